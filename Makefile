@@ -1,0 +1,34 @@
+# Two commands set everything up on a fresh machine with Python 3.11 and pip:
+#   make demo   - creates .venv, installs recsys, starts the embedded PostgreSQL, runs the nightly job on a sample
+#   make test   - creates .venv if missing and runs the whole test suite
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+SHARED ?= $(abspath ../shared)
+DEMO_DIR ?= $(abspath .demo)
+
+.PHONY: install demo test lint bench-load clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev,peers]'
+	-$(BIN)/python -c "import nltk; nltk.download('stopwords', quiet=True, raise_on_error=True)" >/dev/null 2>&1 \
+	  || echo "note: NLTK stopwords not downloadable here (offline); recsys falls back to an equivalent list"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	RECSYS_HOME=$${RECSYS_HOME:-$(DEMO_DIR)/home} $(BIN)/recsys demo --workdir $(DEMO_DIR)
+
+test: $(STAMP)
+	NLTK_DATA=$${NLTK_DATA:-$(SHARED)/nltk_data} RECSYS_SHARED_DATA=$${RECSYS_SHARED_DATA:-$(SHARED)/data} \
+	  $(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check recsys tests benchmarks alembic
+
+clean:
+	rm -rf $(VENV) .demo .pytest_cache

@@ -1,0 +1,1 @@
+"""Database access: engine and embedded server, tables, COPY helpers, advisory locks."""

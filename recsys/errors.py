@@ -1,0 +1,30 @@
+"""Errors that the CLI turns into one clear line and exit code 2.
+
+Anything raised as a :class:`RecsysError` is a known, user-facing problem (bad file, no
+database, too few ratings); its message must be one line and must never contain a password.
+Anything else is unexpected: the CLI logs its traceback and exits 3.
+"""
+
+from __future__ import annotations
+
+
+class RecsysError(Exception):
+    """A known problem that the user can act on; `str(err)` is the one line shown."""
+
+    exit_code = 2
+
+
+class DatabaseUnavailable(RecsysError):
+    """The database cannot be reached or started."""
+
+
+class InputError(RecsysError):
+    """An input file is missing, unreadable, empty, of unknown format or too broken to load."""
+
+
+class DataError(RecsysError):
+    """The data in the database cannot support the requested step (e.g. too few ratings)."""
+
+
+class LockBusy(RecsysError):
+    """Another process holds the lock for this step."""

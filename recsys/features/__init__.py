@@ -1,0 +1,1 @@
+"""Feature store: product text cleaning, averaged word vectors, pgvector storage."""

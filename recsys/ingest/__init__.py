@@ -1,0 +1,1 @@
+"""Ingest: one module per source format -> normalised rows; load.py merges them into tables."""

@@ -1,0 +1,1 @@
+"""Models: the seed notebook's Keras models, baselines, the ranking hybrid, their registry."""

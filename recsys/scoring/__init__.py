@@ -1,0 +1,1 @@
+"""Scoring: exact top-k for every user, atomic publishing."""

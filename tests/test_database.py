@@ -1,0 +1,145 @@
+"""The database layer: settings, embedded server, migrations up and down, password hygiene."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from click.testing import CliRunner
+
+from recsys.cli import cli
+from recsys.config import Settings
+from recsys.db import engine as db
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_postgres_urls_use_psycopg3() -> None:
+    assert Settings(database_url="postgres://a:b@h/d").database_url == "postgresql+psycopg://a:b@h/d"
+    assert Settings(database_url="postgresql://h/d").database_url == "postgresql+psycopg://h/d"
+    assert Settings(database_url="").database_url is None
+
+
+def test_redact_hides_password() -> None:
+    assert "s3cret" not in db.redact("postgresql+psycopg://me:s3cret@host:5432/db")
+    assert db.redact("postgresql+psycopg://me:s3cret@host:5432/db").startswith("postgresql+psycopg://me:***@")
+
+
+def test_unreachable_database_is_one_line_without_password(tmp_path: Path) -> None:
+    env = {"RECSYS_DATABASE_URL": "postgresql://me:s3cret@127.0.0.1:9/nodb", "RECSYS_HOME": str(tmp_path)}
+    result = subprocess.run(
+        [sys.executable, "-m", "recsys", "init-db"],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "s3cret" not in result.stderr + result.stdout
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines == [lines[-1]] and lines[0].startswith("recsys: error: cannot connect to database")
+    assert "Traceback" not in result.stderr
+
+
+def test_migrations_go_up_and_down(engine: sa.Engine) -> None:
+    with engine.connect() as conn:
+        assert db.current_revision(conn) == db.head_revision()
+    db.downgrade(engine, "base")
+    with engine.connect() as conn:
+        tables = set(sa.inspect(conn).get_table_names())
+        assert db.current_revision(conn) is None
+    assert tables <= {"alembic_version"}
+    db.migrate(engine)
+    with engine.connect() as conn:
+        assert {"users", "products", "ratings", "loads", "rejected_rows"} <= set(
+            sa.inspect(conn).get_table_names()
+        )
+        assert db.current_revision(conn) == db.head_revision()
+
+
+def test_every_revision_downgrades_one_step(engine: sa.Engine) -> None:
+    from alembic.script import ScriptDirectory
+
+    revisions = list(ScriptDirectory.from_config(db.alembic_config()).walk_revisions())
+    for rev in revisions:  # newest first
+        db.downgrade(engine, rev.down_revision or "base")
+    db.migrate(engine)
+    with engine.connect() as conn:
+        assert db.current_revision(conn) == db.head_revision()
+
+
+def test_alembic_command_line_upgrades(db_url: str, tmp_path: Path) -> None:
+    alembic = Path(sys.executable).with_name("alembic")
+    result = subprocess.run(
+        [str(alembic), "upgrade", "head"],
+        cwd=REPO_ROOT,
+        env={**os.environ, "RECSYS_DATABASE_URL": db_url, "RECSYS_HOME": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_embedded_server_starts_reuses_and_stops(tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path / "home")
+    url = db.start_embedded(settings)
+    try:
+        assert db.embedded_status(settings).running
+        assert db.start_embedded(settings) == url  # reused, not a second server
+        engine = db.create_engine(settings)
+        db.ensure_schema(engine)
+        with engine.connect() as conn:
+            assert conn.execute(sa.text("SELECT extversion FROM pg_extension WHERE extname='vector'")).scalar()
+        engine.dispose()
+    finally:
+        assert db.stop_embedded(settings)
+    assert not db.embedded_status(settings).running
+
+
+def test_cli_db_commands(tmp_path: Path) -> None:
+    env = {"RECSYS_HOME": str(tmp_path / "home"), "RECSYS_DATABASE_URL": ""}
+    runner = CliRunner()
+    try:
+        result = runner.invoke(cli, ["db", "start"], env=env)
+        assert result.exit_code == 0, result.output
+        result = runner.invoke(cli, ["db", "status"], env=env)
+        assert "running" in result.output and f"schema: {db.head_revision()}" in result.output
+        result = runner.invoke(cli, ["db", "url"], env=env)
+        assert result.output.startswith("postgresql+psycopg://")
+    finally:
+        result = runner.invoke(cli, ["db", "stop"], env=env)
+    assert result.output.strip() == "stopped"
+
+
+def _compose_available() -> bool:
+    if shutil.which("docker") is None:
+        return False
+    probe = subprocess.run(["docker", "compose", "version"], capture_output=True, timeout=30)
+    return probe.returncode == 0
+
+
+@pytest.mark.skipif(not _compose_available(), reason="docker compose plugin not installed")
+def test_docker_compose_file_parses() -> None:
+    result = subprocess.run(
+        ["docker", "compose", "-f", str(REPO_ROOT / "docker-compose.yml"), "config", "-q"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_docker_compose_file_has_pgvector_and_scheduler() -> None:
+    import yaml
+
+    compose = yaml.safe_load((REPO_ROOT / "docker-compose.yml").read_text())
+    services = compose["services"]
+    assert services["db"]["image"].startswith("pgvector/pgvector")
+    assert "recsys schedule" in services["recsys"]["command"]
+    assert services["recsys"]["environment"]["RECSYS_DATABASE_URL"].startswith("postgresql://")
