@@ -115,3 +115,92 @@ class RejectedRow(Base):
 # --- model registry (issue 4) ---------------------------------------------------------------
 
 # --- recommendations, pipeline runs (issue 5) -----------------------------------------------
+
+
+class RecommendationRun(Base):
+    """One scoring run: status ``scoring`` while rows are written, then ``ready`` (or ``failed``)."""
+
+    __tablename__ = "recommendation_runs"
+
+    id: Mapped[int] = mapped_column(sa.BigInteger, sa.Identity(), primary_key=True)
+    model_run_id: Mapped[int | None] = mapped_column(sa.BigInteger)
+    model_type: Mapped[str | None] = mapped_column(sa.Text)
+    k: Mapped[int] = mapped_column(sa.Integer)
+    status: Mapped[str] = mapped_column(sa.Text)
+    generated_at: Mapped[datetime] = mapped_column(
+        sa.DateTime(timezone=True), server_default=sa.func.now()
+    )
+    finished_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    published_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    n_users: Mapped[int] = mapped_column(sa.BigInteger, server_default="0")
+    n_rows: Mapped[int] = mapped_column(sa.BigInteger, server_default="0")
+    counts: Mapped[dict] = mapped_column(JSONB, server_default=sa.text("'{}'::jsonb"))
+    """Users per strategy."""
+    params: Mapped[dict] = mapped_column(JSONB, server_default=sa.text("'{}'::jsonb"))
+    message: Mapped[str | None] = mapped_column(sa.Text)
+
+
+class Recommendation(Base):
+    __tablename__ = "recommendations"
+
+    run_id: Mapped[int] = mapped_column(
+        sa.BigInteger, sa.ForeignKey("recommendation_runs.id", ondelete="CASCADE"), primary_key=True
+    )
+    user_id: Mapped[int] = mapped_column(sa.BigInteger, primary_key=True)
+    rank: Mapped[int] = mapped_column(sa.SmallInteger, primary_key=True)
+    product_id: Mapped[int] = mapped_column(sa.BigInteger)
+    score: Mapped[float] = mapped_column(sa.Float(24))
+    strategy: Mapped[str] = mapped_column(sa.Text)
+    """model | cold_start | popularity | category_popularity"""
+
+
+class PublishedRecommendations(Base):
+    """The single-row pointer to the run that ``current_recommendations`` serves."""
+
+    __tablename__ = "published_recommendations"
+
+    id: Mapped[int] = mapped_column(sa.SmallInteger, primary_key=True, server_default="1")
+    run_id: Mapped[int] = mapped_column(
+        sa.BigInteger, sa.ForeignKey("recommendation_runs.id", ondelete="RESTRICT")
+    )
+    published_at: Mapped[datetime] = mapped_column(
+        sa.DateTime(timezone=True), server_default=sa.func.now()
+    )
+
+
+class PipelineRun(Base):
+    __tablename__ = "pipeline_runs"
+
+    id: Mapped[int] = mapped_column(sa.BigInteger, sa.Identity(), primary_key=True)
+    trigger: Mapped[str] = mapped_column(sa.Text)
+    """cli | schedule | demo"""
+    status: Mapped[str] = mapped_column(sa.Text)
+    """running | succeeded | failed | interrupted"""
+    started_at: Mapped[datetime] = mapped_column(
+        sa.DateTime(timezone=True), server_default=sa.func.now()
+    )
+    finished_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    pid: Mapped[int | None] = mapped_column(sa.Integer)
+    host: Mapped[str | None] = mapped_column(sa.Text)
+    options: Mapped[dict] = mapped_column(JSONB, server_default=sa.text("'{}'::jsonb"))
+    message: Mapped[str | None] = mapped_column(sa.Text)
+
+
+class PipelineStep(Base):
+    __tablename__ = "pipeline_steps"
+
+    id: Mapped[int] = mapped_column(sa.BigInteger, sa.Identity(), primary_key=True)
+    pipeline_run_id: Mapped[int] = mapped_column(
+        sa.BigInteger, sa.ForeignKey("pipeline_runs.id", ondelete="CASCADE"), index=True
+    )
+    position: Mapped[int] = mapped_column(sa.Integer)
+    step: Mapped[str] = mapped_column(sa.Text)
+    status: Mapped[str] = mapped_column(sa.Text)
+    """running | succeeded | failed | skipped | interrupted"""
+    started_at: Mapped[datetime] = mapped_column(
+        sa.DateTime(timezone=True), server_default=sa.func.now()
+    )
+    finished_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    seconds: Mapped[float | None] = mapped_column(sa.Float)
+    detail: Mapped[dict] = mapped_column(JSONB, server_default=sa.text("'{}'::jsonb"))
+    message: Mapped[str | None] = mapped_column(sa.Text)
