@@ -1,7 +1,141 @@
-"""CLI commands of this area (see recsys/commands/__init__.py)."""
+"""``recsys load-db`` and ``recsys sample``: getting data in."""
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import click
 
-COMMANDS: list[click.Command] = []
+from recsys.config import Settings
+from recsys.errors import InputError, RecsysError
+
+_PROGRESS_MIN_BYTES = 8 << 20
+"""Files smaller than this load in well under a few seconds: no progress bar."""
+
+
+class _RichProgress:
+    """A rich progress bar on stderr with rows/s; silent when stderr is not a terminal."""
+
+    def __init__(self) -> None:
+        self._progress = None
+        self._task = None
+
+    def start(self, path: Path, total_bytes: int) -> None:
+        if not sys.stderr.isatty() or total_bytes < _PROGRESS_MIN_BYTES:
+            return
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
+        self._progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            DownloadColumn(),
+            TextColumn("{task.fields[rows]:,} rows, {task.fields[rate]:,.0f} rows/s"),
+            TimeElapsedColumn(),
+            console=Console(stderr=True),
+            transient=False,
+        )
+        self._progress.start()
+        self._task = self._progress.add_task(path.name, total=total_bytes, rows=0, rate=0.0)
+
+    def update(self, bytes_read: int, rows: int) -> None:
+        if self._progress is None:
+            return
+        elapsed = self._progress.tasks[0].elapsed or 0.0
+        self._progress.update(
+            self._task, completed=bytes_read, rows=rows, rate=rows / elapsed if elapsed else 0.0
+        )
+
+    def finish(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+
+def _print_summaries(summaries) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="load-db")
+    for column in ("file", "format", "status", "read", "loaded", "merged", "rejected", "seconds"):
+        table.add_column(column, justify="right" if column in {"read", "loaded", "merged", "rejected", "seconds"} else "left")
+    for s in summaries:
+        table.add_row(
+            Path(s.path).name, s.format, s.status, f"{s.rows_read:,}", f"{s.rows_loaded:,}",
+            f"{s.rows_merged:,}", f"{s.rows_rejected:,}", f"{s.seconds:.1f}",
+        )
+    console = Console(width=max(100, Console().width))
+    console.print(table)
+    for s in summaries:
+        for r in s.rejects:
+            raw = r.raw_line if len(r.raw_line) <= 80 else r.raw_line[:77] + "..."
+            click.echo(f"rejected {Path(s.path).name}:{r.line_no}: {r.reason}: {raw!r}", err=True)
+        if s.rows_rejected > len(s.rejects):
+            click.echo(
+                f"... {s.rows_rejected - len(s.rejects)} more rejected lines of {Path(s.path).name}"
+                f" in rejected_rows (load_id {s.load_id})",
+                err=True,
+            )
+
+
+@click.command("load-db")
+@click.option("--ratings", "ratings", multiple=True, type=click.Path(path_type=Path), help="Rating file (repeatable).")
+@click.option("--metadata", "metadata", multiple=True, type=click.Path(path_type=Path), help="Product metadata file (repeatable).")
+@click.option("--format", "fmt", default=None, help="Force this format instead of detecting it.")
+@click.option("--max-reject-rate", type=float, default=None, help="Share of bad lines above which a file is rolled back (default 0.01).")
+@click.option("--embeddings", type=click.Path(path_type=Path), default=None, help="Import pre-computed product vectors.")
+@click.option("--name", default=None, help="Feature-set name for --embeddings.")
+@click.pass_context
+def load_db(ctx, ratings, metadata, fmt, max_reject_rate, embeddings, name) -> None:
+    """Load ratings and product metadata files (format detected from the content)."""
+    from recsys.commands.database import open_engine
+    from recsys.ingest.load import load_files, plan_files
+
+    settings: Settings = ctx.find_root().obj
+    if not ratings and not metadata and embeddings is None:
+        raise click.UsageError("give at least one --ratings, --metadata or --embeddings file")
+    if embeddings is not None and not name:
+        raise click.UsageError("--embeddings needs --name (the feature set's name)")
+    # check every file before touching the database: a typo fails fast, with one line
+    plan_files(ratings=ratings, metadata=metadata, fmt=fmt)
+    engine = open_engine(settings)
+    summaries = load_files(
+        engine, settings, ratings=ratings, metadata=metadata, fmt=fmt,
+        max_reject_rate=max_reject_rate, progress=_RichProgress(),
+    )
+    if embeddings is not None:
+        try:
+            from recsys.features.importer import import_embeddings
+        except ImportError as err:
+            raise RecsysError(f"importing embeddings is not available: {err}") from err
+        summaries.append(import_embeddings(engine, settings, embeddings, name))
+    _print_summaries(summaries)
+    failed = [s for s in summaries if s.status == "failed"]
+    if failed:
+        raise InputError("; ".join(f"{Path(s.path).name}: {s.message}" for s in failed))
+
+
+@click.command("sample")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Output directory.")
+@click.option("--users", type=click.IntRange(min=1), default=2000, show_default=True)
+@click.option("--products", type=click.IntRange(min=1), default=1000, show_default=True)
+@click.option("--ratings", type=click.IntRange(min=1), default=50000, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+def sample(out: Path, users: int, products: int, ratings: int, seed: int) -> None:
+    """Write a synthetic dataset with planted structure (ratings CSV + metadata JSON lines)."""
+    from recsys.ingest.sample import write_sample
+
+    files = write_sample(out, users=users, products=products, ratings=ratings, seed=seed)
+    click.echo(f"ratings:  {files.ratings_path}")
+    click.echo(f"metadata: {files.metadata_path}")
+    click.echo(f"truth:    {files.truth_path}")
+
+
+COMMANDS: list[click.Command] = [load_db, sample]
