@@ -112,7 +112,86 @@ class RejectedRow(Base):
 
 # --- feature store (issue 3) ----------------------------------------------------------------
 
+from pgvector.sqlalchemy import Vector as _PgVector  # noqa: E402  (kept inside this area)
+
+
+class FeatureSet(Base):
+    """One build of product text vectors; exactly one row at most has ``is_current``."""
+
+    __tablename__ = "feature_sets"
+
+    id: Mapped[int] = mapped_column(sa.BigInteger, sa.Identity(), primary_key=True)
+    name: Mapped[str] = mapped_column(sa.Text, unique=True)
+    source: Mapped[str] = mapped_column(sa.Text)
+    """train | glove-6b-50d | file:PATH | import:PATH"""
+    source_fingerprint: Mapped[str] = mapped_column(sa.Text)
+    """Identifies the word vectors (and weighting inputs): equal fingerprints allow reuse."""
+    dim: Mapped[int] = mapped_column(sa.Integer)
+    weighting: Mapped[str] = mapped_column(sa.Text)
+    """mean | tfidf | precomputed"""
+    cleaning_version: Mapped[int] = mapped_column(sa.Integer)
+    vocabulary_size: Mapped[int] = mapped_column(sa.BigInteger, server_default="0")
+    params: Mapped[dict] = mapped_column(JSONB, server_default=sa.text("'{}'::jsonb"))
+    status: Mapped[str] = mapped_column(sa.Text, server_default="ready")
+    is_current: Mapped[bool] = mapped_column(sa.Boolean, server_default=sa.false())
+    n_products: Mapped[int] = mapped_column(sa.BigInteger, server_default="0")
+    n_embedded: Mapped[int] = mapped_column(sa.BigInteger, server_default="0")
+    n_skipped: Mapped[int] = mapped_column(sa.BigInteger, server_default="0")
+    created_at: Mapped[datetime] = mapped_column(
+        sa.DateTime(timezone=True), server_default=sa.func.now()
+    )
+
+
+class ProductFeature(Base):
+    """A product's text vector in one feature set, or the reason it has none."""
+
+    __tablename__ = "product_features"
+
+    feature_set_id: Mapped[int] = mapped_column(
+        sa.BigInteger, sa.ForeignKey("feature_sets.id", ondelete="CASCADE"), primary_key=True
+    )
+    product_id: Mapped[int] = mapped_column(
+        sa.BigInteger, sa.ForeignKey("products.id", ondelete="CASCADE"), primary_key=True,
+        index=True,
+    )
+    text_hash: Mapped[bytes] = mapped_column(sa.LargeBinary)
+    """blake2b-128 of the cleaned tokens joined by spaces."""
+    vector: Mapped[object | None] = mapped_column(_PgVector())
+    """pgvector ``vector`` of the set's dimension; NULL when ``skip_reason`` is set."""
+    n_words: Mapped[int] = mapped_column(sa.Integer, server_default="0")
+    skip_reason: Mapped[str | None] = mapped_column(sa.Text)
+    notes: Mapped[str | None] = mapped_column(sa.Text)
+
 # --- model registry (issue 4) ---------------------------------------------------------------
+
+
+class ModelRun(Base):
+    """One training run (see alembic revision 0003 and ``recsys.model.registry``)."""
+
+    __tablename__ = "model_runs"
+
+    id: Mapped[int] = mapped_column(sa.BigInteger, sa.Identity(), primary_key=True)
+    model_type: Mapped[str] = mapped_column(sa.Text)
+    params: Mapped[dict] = mapped_column(JSONB, server_default=sa.text("'{}'::jsonb"))
+    n_users: Mapped[int | None] = mapped_column(sa.BigInteger)
+    n_products: Mapped[int | None] = mapped_column(sa.BigInteger)
+    n_ratings: Mapped[int | None] = mapped_column(sa.BigInteger)
+    feature_set_id: Mapped[int | None] = mapped_column(sa.BigInteger)
+    metrics: Mapped[dict] = mapped_column(JSONB, server_default=sa.text("'{}'::jsonb"))
+    """``{"seed": {rmse, mae, ...}, "rank": {recall@10, ndcg@10, ...}}``; empty without evaluation."""
+    history: Mapped[dict] = mapped_column(JSONB, server_default=sa.text("'{}'::jsonb"))
+    """Loss per epoch of the final fit: train_loss, val_loss, best_epoch, stopped_reason."""
+    status: Mapped[str] = mapped_column(sa.Text)
+    """running | succeeded | failed"""
+    failure_reason: Mapped[str | None] = mapped_column(sa.Text)
+    started_at: Mapped[datetime] = mapped_column(
+        sa.DateTime(timezone=True), server_default=sa.func.now()
+    )
+    finished_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    artifact_path: Mapped[str | None] = mapped_column(sa.Text)
+    checksum: Mapped[str | None] = mapped_column(sa.Text)
+    host: Mapped[str | None] = mapped_column(sa.Text)
+    pid: Mapped[int | None] = mapped_column(sa.Integer)
 
 # --- recommendations, pipeline runs (issue 5) -----------------------------------------------
 
