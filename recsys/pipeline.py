@@ -1,0 +1,504 @@
+"""The nightly run: the one place that wires the steps together.
+
+``load -> features -> train -> evaluate -> score -> publish``
+
+* **One run at a time.** The whole run holds the PostgreSQL advisory lock ``recsys:nightly``
+  (``recsys.db.locks``); a second run (another terminal, the scheduler, another machine on the
+  same database) gets :class:`~recsys.errors.LockBusy` at once and exits 2 with that message.
+  The server releases the lock when its holder's connection ends, even after ``kill -9``.
+* **Every step is recorded.** ``pipeline_runs`` holds the run (trigger, options, status) and
+  ``pipeline_steps`` each step's start, end, seconds, outcome and a JSON detail; each row is
+  committed as it changes, so a crash leaves a trace (the next run marks leftovers
+  ``interrupted``).
+* **A failed step stops the run**, is recorded with its one-line reason, the remaining steps
+  are recorded as ``skipped``, and the error propagates (the CLI prints it, exit 2). Nothing is
+  published before the ``publish`` step: ``score`` writes a complete, unpublished run, so the
+  served recommendations change only when everything before has succeeded.
+* **Stopping.** ``should_stop`` (set by SIGTERM/SIGINT in the scheduler) is checked between
+  steps and between scoring batches; the run ends ``interrupted``. Training itself is not
+  interruptible mid-epoch.
+
+The ``evaluate`` step is a gate before anything is published: it reloads the trained model
+from the registry as scoring will, checks that its fast scores (``score_users``) equal direct
+evaluation (``predict``) on sampled users and are finite, and records the run's stored metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from recsys.config import Settings
+from recsys.db.locks import NIGHTLY_LOCK, advisory_lock
+from recsys.errors import DataError, RecsysError
+
+_log = logging.getLogger(__name__)
+
+STEP_NAMES = ("load", "features", "train", "evaluate", "score", "publish")
+RATING_MODELS = frozenset({"mf", "deep", "hybrid", "bias", "numpy-mf"})
+"""Model types whose ranking score is the predicted rating (checked against ``predict``)."""
+
+
+class PipelineInterrupted(RecsysError):
+    """The run was asked to stop (SIGTERM/SIGINT) and ended between steps."""
+
+
+@dataclass(frozen=True)
+class PipelineOptions:
+    """What ``recsys run`` and the scheduler pass to :func:`run`. JSON-serialisable."""
+
+    inbox: str | None = None
+    """Folder of new ratings/metadata files; files already loaded (same sha256) are skipped."""
+    build_features: bool = True
+    word_vectors: str = "train"
+    dim: int = 100
+    model: str | None = None
+    """Model type to train; None: ``recsys.model.catalog.DEFAULT_NIGHTLY_MODEL``."""
+    epochs: int | None = None
+    min_ratings: int | None = None
+    seed: int = 0
+    k: int = 10
+    fallback: str = "category"
+    cold_start: bool = False
+    memory_mb: int = 512
+    check_users: int = 32
+    """Users sampled by the evaluate step to compare fast scores with ``predict``."""
+
+
+@dataclass
+class Context:
+    """What steps share: the database, settings, options, and results of earlier steps."""
+
+    engine: Engine
+    settings: Settings
+    options: PipelineOptions
+    should_stop: Callable[[], bool]
+    state: dict[str, Any] = field(default_factory=dict)
+
+
+StepFn = Callable[[Context], dict | None]
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    fn: StepFn
+
+
+@dataclass(frozen=True)
+class StepResult:
+    name: str
+    status: str
+    seconds: float
+    detail: dict
+    message: str | None = None
+
+
+@dataclass(frozen=True)
+class PipelineResult:
+    """A finished (successful) run."""
+
+    run_id: int
+    status: str
+    steps: list[StepResult]
+    seconds: float
+    recommendation_run_id: int | None = None
+    model_run_id: int | None = None
+
+
+# --- the steps -----------------------------------------------------------------------------
+
+
+def _load_step(ctx: Context) -> dict:
+    if not ctx.options.inbox:
+        return {"skipped": "no --inbox"}
+    inbox = Path(ctx.options.inbox)
+    if not inbox.is_dir():
+        raise RecsysError(f"inbox {inbox} is not a folder")
+    from recsys.ingest.load import load_inbox
+
+    summaries = load_inbox(ctx.engine, ctx.settings, inbox)
+    return {
+        "files": len(summaries),
+        "rows_loaded": int(sum(getattr(s, "rows_loaded", 0) or 0 for s in summaries)),
+    }
+
+
+def _features_step(ctx: Context) -> dict:
+    if not ctx.options.build_features:
+        return {"skipped": "--no-features"}
+    from recsys.features.store import build_features
+
+    summary = build_features(
+        ctx.engine,
+        ctx.settings,
+        word_vectors=ctx.options.word_vectors,
+        dim=ctx.options.dim,
+        seed=ctx.options.seed or 1,
+    )
+    return {
+        "feature_set_id": summary.feature_set_id,
+        "n_embedded": summary.n_embedded,
+        "n_computed": summary.n_computed,
+        "n_reused": summary.n_reused,
+    }
+
+
+def _train_step(ctx: Context) -> dict:
+    from recsys.model.train import TrainConfig, train_run
+
+    fields = {
+        "model": ctx.options.model,
+        "epochs": ctx.options.epochs,
+        "min_ratings": ctx.options.min_ratings,
+        "seed": ctx.options.seed,
+    }
+    if fields["model"] is None:
+        from recsys.model.catalog import DEFAULT_NIGHTLY_MODEL
+
+        fields["model"] = DEFAULT_NIGHTLY_MODEL
+    accepted = set(getattr(TrainConfig, "__dataclass_fields__", {})) or set(
+        getattr(TrainConfig, "model_fields", {})
+    )
+    config = TrainConfig(**{k: v for k, v in fields.items() if v is not None and k in accepted})
+    result = train_run(ctx.engine, ctx.settings, config)
+    ctx.state["model_run_id"] = int(result.run_id)
+    return {"model_run_id": int(result.run_id), "model": fields["model"]}
+
+
+def check_model(model: Any, n_users: int = 32, seed: int = 0) -> dict:
+    """Fast scores against direct evaluation on sampled users; the evaluate step's gate.
+
+    Raises:
+        DataError: non-finite scores, or fast scores that differ from ``predict``.
+    """
+    recommender = model.recommender
+    n_model_users = len(model.user_ids)
+    n_products = len(model.product_ids)
+    if n_model_users == 0 or n_products == 0:
+        raise DataError("the trained model knows no users or no products")
+    rng = np.random.default_rng(seed)
+    users = np.sort(rng.choice(n_model_users, min(n_users, n_model_users), replace=False))
+    fast = np.asarray(recommender.score_users(users.astype(np.int32)), dtype=np.float32)
+    if fast.shape != (len(users), n_products) or not np.all(np.isfinite(fast)):
+        raise DataError(f"the model's scores are broken (shape {fast.shape}, or not finite)")
+    products = rng.choice(n_products, min(200, n_products), replace=False)
+    pairs_u = np.repeat(users, len(products)).astype(np.int32)
+    pairs_p = np.tile(products, len(users)).astype(np.int32)
+    try:
+        direct = np.asarray(recommender.predict(pairs_u, pairs_p), dtype=np.float32).ravel()
+    except NotImplementedError:
+        return {"checked_users": len(users), "compared_with_predict": False}
+    # the notebook's rating models rank by predicted rating, so their fast scores must equal
+    # predict; a ranking model (its own score head) may declare scores_are_ratings = False
+    rating_model = getattr(model, "model_type", None) in RATING_MODELS
+    if getattr(recommender, "scores_are_ratings", rating_model):
+        expected = direct.reshape(len(users), len(products))
+        got = fast[:, products]
+        scale = max(1.0, float(np.abs(expected).max()))
+        err = float(np.abs(got - expected).max())
+        if err > 1e-3 * scale:
+            raise DataError(
+                f"fast scores differ from model.predict by up to {err:.3g}; not publishing"
+            )
+        return {"checked_users": len(users), "max_abs_diff": err}
+    return {"checked_users": len(users), "compared_with_predict": False}
+
+
+def _evaluate_step(ctx: Context) -> dict:
+    model = ctx.state.get("model")
+    if model is None:
+        from recsys.scoring.score import load_model
+
+        model = load_model(ctx.engine, ctx.settings, ctx.state.get("model_run_id"))
+        ctx.state["model"] = model
+    detail = check_model(model, ctx.options.check_users, ctx.options.seed)
+    detail["model_run_id"] = model.run_id
+    metrics = getattr(model, "metrics", None) or ctx.state.get("metrics")
+    if metrics:
+        detail["metrics"] = metrics
+    return detail
+
+
+def _score_step(ctx: Context) -> dict:
+    from recsys.scoring.score import ScoreOptions, load_model, score_and_write
+
+    model = ctx.state.get("model")
+    if model is None:
+        model = load_model(ctx.engine, ctx.settings, ctx.state.get("model_run_id"))
+    options = ScoreOptions(
+        k=ctx.options.k,
+        fallback=ctx.options.fallback,
+        cold_start=ctx.options.cold_start,
+        memory_mb=ctx.options.memory_mb,
+    )
+    summary = score_and_write(
+        ctx.engine, model, options, publish=False, should_stop=ctx.should_stop
+    )
+    ctx.state["recommendation_run_id"] = summary.run_id
+    return {
+        "recommendation_run_id": summary.run_id,
+        "model_run_id": summary.model_run_id,
+        "users": summary.n_users,
+        "rows": summary.n_rows,
+        "strategies": summary.counts,
+        "users_per_second": round(summary.n_users / max(summary.seconds, 1e-9), 1),
+    }
+
+
+def _publish_step(ctx: Context) -> dict:
+    from recsys.scoring.publish import publish_and_prune
+
+    run_id = ctx.state["recommendation_run_id"]
+    previous = publish_and_prune(ctx.engine, run_id, ctx.settings.keep_runs)
+    return {"published": run_id, "previous": previous, "keep_runs": ctx.settings.keep_runs}
+
+
+DEFAULT_STEPS: tuple[Step, ...] = (
+    Step("load", _load_step),
+    Step("features", _features_step),
+    Step("train", _train_step),
+    Step("evaluate", _evaluate_step),
+    Step("score", _score_step),
+    Step("publish", _publish_step),
+)
+
+
+# --- recording -----------------------------------------------------------------------------
+
+
+def _one_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0] if text else ''}"[:500]
+
+
+def _clean_up_after_dead_runs(engine: Engine) -> None:
+    """Under the lock no other run is alive: anything still 'running' was killed."""
+    from recsys.scoring.publish import fail_abandoned_runs
+
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "UPDATE pipeline_steps SET status = 'interrupted', finished_at = now(), "
+                "message = 'the process stopped during this step' WHERE status = 'running'"
+            )
+        )
+        n = conn.execute(
+            sa.text(
+                "UPDATE pipeline_runs SET status = 'interrupted', finished_at = now(), "
+                "message = 'the process stopped (killed or crashed) before finishing' "
+                "WHERE status = 'running'"
+            )
+        ).rowcount
+        m = fail_abandoned_runs(conn)
+    if n or m:
+        _log.warning(
+            "marked %d killed pipeline run(s) interrupted, %d recommendation run(s) failed", n, m
+        )
+
+
+def _record(engine: Engine, sql: str, params: dict) -> Any:
+    with engine.begin() as conn:
+        result = conn.execute(sa.text(sql), params)
+        return result.scalar() if result.returns_rows else None
+
+
+def run(
+    engine: Engine,
+    settings: Settings,
+    options: PipelineOptions | None = None,
+    *,
+    trigger: str = "cli",
+    steps: tuple[Step, ...] | list[Step] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    on_step: Callable[[str, str, float], None] | None = None,
+) -> PipelineResult:
+    """Run the nightly pipeline once, under the nightly lock.
+
+    Args:
+        engine: the database.
+        settings: recsys settings.
+        options: what to run; defaults throughout when None.
+        trigger: recorded with the run (cli, schedule, demo, ...).
+        steps: the steps to run (default :data:`DEFAULT_STEPS`); tests pass their own.
+        should_stop: polled between steps and scoring batches.
+        on_step: called with (step, status, seconds) as each step starts and ends.
+
+    Returns:
+        The successful run's result.
+
+    Raises:
+        LockBusy: another run holds the lock; nothing was recorded or changed.
+        RecsysError: a step failed (recorded) or the run was interrupted.
+    """
+    options = options or PipelineOptions()
+    steps = tuple(steps or DEFAULT_STEPS)
+    stop = should_stop or (lambda: False)
+    started = time.perf_counter()
+    with advisory_lock(engine, NIGHTLY_LOCK, what="recsys run"):
+        _clean_up_after_dead_runs(engine)
+        run_id = int(
+            _record(
+                engine,
+                "INSERT INTO pipeline_runs (trigger, status, pid, host, options) "
+                "VALUES (:t, 'running', :pid, :host, CAST(:o AS jsonb)) RETURNING id",
+                {
+                    "t": trigger,
+                    "pid": os.getpid(),
+                    "host": socket.gethostname(),
+                    "o": json.dumps(asdict(options)),
+                },
+            )
+        )
+        _log.info("pipeline run %d started (%s)", run_id, ", ".join(s.name for s in steps))
+        ctx = Context(engine, settings, options, stop)
+        results: list[StepResult] = []
+        for position, step in enumerate(steps):
+            if stop():
+                _finish_remaining(engine, run_id, steps[position:], position, "interrupted")
+                _record(
+                    engine,
+                    "UPDATE pipeline_runs SET status = 'interrupted', finished_at = now(), "
+                    "message = :m WHERE id = :r",
+                    {"r": run_id, "m": f"stopped on request before step {step.name}"},
+                )
+                raise PipelineInterrupted(
+                    f"pipeline run {run_id} stopped on request before step {step.name}; "
+                    "published recommendations unchanged"
+                )
+            step_id = _record(
+                engine,
+                "INSERT INTO pipeline_steps (pipeline_run_id, position, step, status) "
+                "VALUES (:r, :p, :s, 'running') RETURNING id",
+                {"r": run_id, "p": position, "s": step.name},
+            )
+            if on_step:
+                on_step(step.name, "running", 0.0)
+            t0 = time.perf_counter()
+            try:
+                detail = step.fn(ctx) or {}
+            except BaseException as err:
+                seconds = time.perf_counter() - t0
+                interrupted = isinstance(err, KeyboardInterrupt) or type(err).__name__ in (
+                    "ScoringInterrupted",
+                    "PipelineInterrupted",
+                )
+                status = "interrupted" if interrupted else "failed"
+                message = _one_line(err)
+                if not isinstance(err, RecsysError | KeyboardInterrupt):
+                    _log.error("step %s failed:\n%s", step.name, traceback.format_exc())
+                _record(
+                    engine,
+                    "UPDATE pipeline_steps SET status = :st, finished_at = now(), seconds = :sec, "
+                    "message = :m WHERE id = :id",
+                    {"st": status, "sec": seconds, "m": message, "id": step_id},
+                )
+                _finish_remaining(engine, run_id, steps[position + 1 :], position + 1, "skipped")
+                _record(
+                    engine,
+                    "UPDATE pipeline_runs SET status = :st, finished_at = now(), message = :m "
+                    "WHERE id = :r",
+                    {"st": status, "r": run_id, "m": f"step {step.name} {status}: {message}"},
+                )
+                if on_step:
+                    on_step(step.name, status, seconds)
+                _log.error(
+                    "pipeline run %d: step %s %s after %.1fs: %s",
+                    run_id,
+                    step.name,
+                    status,
+                    seconds,
+                    message,
+                )
+                if isinstance(err, RecsysError | KeyboardInterrupt):
+                    raise
+                raise RecsysError(
+                    f"pipeline run {run_id} failed in step {step.name}: {message} "
+                    "(published recommendations unchanged; traceback in the log)"
+                ) from err
+            seconds = time.perf_counter() - t0
+            _record(
+                engine,
+                "UPDATE pipeline_steps SET status = 'succeeded', finished_at = now(), "
+                "seconds = :sec, detail = CAST(:d AS jsonb) WHERE id = :id",
+                {"sec": seconds, "d": json.dumps(detail, default=str), "id": step_id},
+            )
+            results.append(StepResult(step.name, "succeeded", seconds, detail))
+            if on_step:
+                on_step(step.name, "succeeded", seconds)
+            _log.info(
+                "pipeline run %d: step %s succeeded in %.1fs %s", run_id, step.name, seconds, detail
+            )
+        _record(
+            engine,
+            "UPDATE pipeline_runs SET status = 'succeeded', finished_at = now() WHERE id = :r",
+            {"r": run_id},
+        )
+    return PipelineResult(
+        run_id=run_id,
+        status="succeeded",
+        steps=results,
+        seconds=time.perf_counter() - started,
+        recommendation_run_id=ctx.state.get("recommendation_run_id"),
+        model_run_id=ctx.state.get("model_run_id"),
+    )
+
+
+def _finish_remaining(
+    engine: Engine, run_id: int, steps: tuple[Step, ...], first_position: int, status: str
+) -> None:
+    if not steps:
+        return
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "INSERT INTO pipeline_steps (pipeline_run_id, position, step, status, finished_at, "
+                "seconds) VALUES (:r, :p, :s, :st, now(), 0)"
+            ),
+            [
+                {"r": run_id, "p": first_position + i, "s": s.name, "st": status}
+                for i, s in enumerate(steps)
+            ],
+        )
+
+
+def recent_runs(conn: sa.Connection, limit: int = 10) -> list[dict]:
+    """The newest pipeline runs with their steps, newest first (for ``recsys run --history``)."""
+    runs = (
+        conn.execute(
+            sa.text(
+                "SELECT id, trigger, status, started_at, finished_at, message FROM pipeline_runs "
+                "ORDER BY id DESC LIMIT :n"
+            ),
+            {"n": limit},
+        )
+        .mappings()
+        .all()
+    )
+    out = []
+    for r in runs:
+        steps = (
+            conn.execute(
+                sa.text(
+                    "SELECT step, status, seconds, message FROM pipeline_steps "
+                    "WHERE pipeline_run_id = :r ORDER BY position"
+                ),
+                {"r": r["id"]},
+            )
+            .mappings()
+            .all()
+        )
+        out.append({**dict(r), "steps": [dict(s) for s in steps]})
+    return out

@@ -1,0 +1,176 @@
+"""The nightly pipeline (issue 5): steps recorded, failures stop the run, the lock, interrupts."""
+
+from __future__ import annotations
+
+import pytest
+import sqlalchemy as sa
+from test_nightly_support import add_catalogue, trained_model
+
+from recsys.config import Settings
+from recsys.db.locks import NIGHTLY_LOCK, advisory_lock
+from recsys.errors import DataError, LockBusy, RecsysError
+from recsys.pipeline import DEFAULT_STEPS, PipelineInterrupted, PipelineOptions, Step, run
+
+
+def _train_numpy_mf(ctx) -> dict:
+    with ctx.engine.connect() as conn:
+        ctx.state["model"] = trained_model(conn)
+    return {"model": "numpy-mf"}
+
+
+def _steps(train=_train_numpy_mf) -> list[Step]:
+    by_name = {s.name: s for s in DEFAULT_STEPS}
+    return [Step("train", train), by_name["evaluate"], by_name["score"], by_name["publish"]]
+
+
+@pytest.fixture
+def catalogue(engine: sa.Engine) -> sa.Engine:
+    with engine.begin() as conn:
+        add_catalogue(conn, n_users=25, n_products=40, n_ratings=250, seed=3)
+    return engine
+
+
+def _served(engine: sa.Engine) -> int | None:
+    with engine.connect() as conn:
+        return conn.execute(sa.text("SELECT run_id FROM published_recommendations")).scalar()
+
+
+def test_run_records_every_step_and_publishes(catalogue: sa.Engine, settings: Settings) -> None:
+    seen: list[tuple[str, str]] = []
+    result = run(
+        catalogue,
+        settings,
+        PipelineOptions(k=5),
+        steps=_steps(),
+        on_step=lambda name, status, _s: seen.append((name, status)),
+    )
+    assert result.status == "succeeded" and result.recommendation_run_id == _served(catalogue)
+    assert seen == [
+        (n, s) for n in ("train", "evaluate", "score", "publish") for s in ("running", "succeeded")
+    ]
+    with catalogue.connect() as conn:
+        status = conn.execute(
+            sa.text("SELECT status FROM pipeline_runs WHERE id = :r"), {"r": result.run_id}
+        ).scalar_one()
+        steps = conn.execute(
+            sa.text(
+                "SELECT step, status, seconds, detail FROM pipeline_steps "
+                "WHERE pipeline_run_id = :r ORDER BY position"
+            ),
+            {"r": result.run_id},
+        ).all()
+    assert status == "succeeded"
+    assert [(s, st) for s, st, _, _ in steps] == [
+        ("train", "succeeded"),
+        ("evaluate", "succeeded"),
+        ("score", "succeeded"),
+        ("publish", "succeeded"),
+    ]
+    assert all(sec is not None and sec >= 0 for _, _, sec, _ in steps)
+    assert steps[1][3]["max_abs_diff"] < 1e-3  # evaluate compared fast scores with predict
+    assert steps[2][3]["users"] == 25 and steps[2][3]["rows"] == 125
+
+
+def test_failed_step_stops_the_run_and_keeps_published(
+    catalogue: sa.Engine, settings: Settings
+) -> None:
+    first = run(catalogue, settings, PipelineOptions(k=5), steps=_steps())
+
+    def broken_training(ctx) -> dict:
+        _train_numpy_mf(ctx)
+        ctx.state["model"].recommender.nan = True
+        return {}
+
+    with pytest.raises(DataError, match="broken"):
+        run(catalogue, settings, PipelineOptions(k=5), steps=_steps(broken_training))
+    assert _served(catalogue) == first.recommendation_run_id
+    with catalogue.connect() as conn:
+        run_status, message = conn.execute(
+            sa.text("SELECT status, message FROM pipeline_runs ORDER BY id DESC LIMIT 1")
+        ).one()
+        steps = conn.execute(
+            sa.text(
+                "SELECT step, status FROM pipeline_steps WHERE pipeline_run_id = "
+                "(SELECT max(id) FROM pipeline_runs) ORDER BY position"
+            )
+        ).all()
+    assert run_status == "failed" and message.startswith("step evaluate failed")
+    assert steps == [
+        ("train", "succeeded"),
+        ("evaluate", "failed"),
+        ("score", "skipped"),
+        ("publish", "skipped"),
+    ]
+
+
+def test_unexpected_error_becomes_one_line(catalogue: sa.Engine, settings: Settings) -> None:
+    def crash(ctx) -> dict:
+        raise ZeroDivisionError("division by zero")
+
+    with pytest.raises(RecsysError, match="failed in step train: ZeroDivisionError") as info:
+        run(catalogue, settings, steps=_steps(crash))
+    assert "\n" not in str(info.value)
+
+
+def test_second_run_exits_at_once_while_the_lock_is_held(
+    catalogue: sa.Engine, settings: Settings
+) -> None:
+    with advisory_lock(catalogue, NIGHTLY_LOCK):
+        with pytest.raises(LockBusy, match="another recsys run is in progress"):
+            run(catalogue, settings, steps=_steps())
+    with catalogue.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM pipeline_runs")).scalar_one() == 0
+    assert run(catalogue, settings, steps=_steps()).status == "succeeded"  # released
+
+
+def test_stop_request_interrupts_between_steps(catalogue: sa.Engine, settings: Settings) -> None:
+    calls = {"n": 0}
+
+    def stop_after_train() -> bool:
+        calls["n"] += 1
+        return calls["n"] > 1
+
+    with pytest.raises(PipelineInterrupted, match="before step evaluate"):
+        run(catalogue, settings, steps=_steps(), should_stop=stop_after_train)
+    with catalogue.connect() as conn:
+        assert (
+            conn.execute(sa.text("SELECT status FROM pipeline_runs")).scalar_one() == "interrupted"
+        )
+        assert _served(catalogue) is None
+
+
+def test_leftovers_of_a_killed_run_are_marked(catalogue: sa.Engine, settings: Settings) -> None:
+    with catalogue.begin() as conn:
+        dead = conn.execute(
+            sa.text(
+                "INSERT INTO pipeline_runs (trigger, status) VALUES ('cli', 'running') RETURNING id"
+            )
+        ).scalar_one()
+        conn.execute(
+            sa.text(
+                "INSERT INTO pipeline_steps (pipeline_run_id, position, step, status) "
+                "VALUES (:r, 0, 'score', 'running')"
+            ),
+            {"r": dead},
+        )
+        conn.execute(sa.text("INSERT INTO recommendation_runs (k, status) VALUES (5, 'scoring')"))
+    run(catalogue, settings, steps=_steps())
+    with catalogue.connect() as conn:
+        assert (
+            conn.execute(
+                sa.text("SELECT status FROM pipeline_runs WHERE id = :r"), {"r": dead}
+            ).scalar_one()
+            == "interrupted"
+        )
+        assert (
+            conn.execute(
+                sa.text("SELECT status FROM pipeline_steps WHERE pipeline_run_id = :r"), {"r": dead}
+            ).scalar_one()
+            == "interrupted"
+        )
+        assert (
+            conn.execute(
+                sa.text("SELECT count(*) FROM recommendation_runs WHERE status = 'scoring'")
+            ).scalar_one()
+            == 0
+        )
