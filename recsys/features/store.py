@@ -557,7 +557,7 @@ def build_features(
     import os
 
     from recsys.features import vectors as wv
-    from recsys.features.text import CLEANING_VERSION
+    from recsys.features.text import CLEANING_VERSION, stopwords_source
 
     if weighting not in ("mean", "tfidf"):
         raise InputError(f"unknown weighting {weighting!r} (use mean or tfidf)")
@@ -590,6 +590,7 @@ def build_features(
     fingerprint = hashlib.sha256(
         "|".join([
             vectors.fingerprint, str(vectors.dim), weighting, str(CLEANING_VERSION),
+            stopwords_source(),
             f"title={with_title}", _idf_fingerprint(idf) if idf else "",
         ]).encode()
     ).hexdigest()
@@ -639,6 +640,7 @@ def build_features(
         "seed": seed, "workers": workers, "epochs": epochs, "min_count": min_count,
         "limit": limit, "with_title": with_title, "word_vectors": word_vectors,
         "deterministic": word_vectors != wv.TRAIN or workers == 1,
+        "stopwords": stopwords_source(),
     }
 
     if save_vectors and word_vectors == wv.TRAIN:

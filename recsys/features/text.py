@@ -11,7 +11,8 @@ The notebook's steps, in order (:func:`clean_text`):
 
 Stopwords come from NLTK's corpus when it is installed (``NLTK_DATA``); offline, where
 ``nltk.download`` cannot run, the ``stop-words`` package's English list is used instead and one
-warning line says so. Changing any step, or the text a product is built from, must bump
+warning line says so. That list is larger (1,333 words; it holds 192 of NLTK's 198), so a
+fallback build drops more words; the store never mixes vectors from the two lists. Changing any step, or the text a product is built from, must bump
 :data:`CLEANING_VERSION`: the feature store reuses a product's vector only when its cleaned text
 and the cleaning version are unchanged.
 
@@ -39,7 +40,9 @@ CLEANING_VERSION = 1
 MAX_TEXT_CHARS = 20_000
 """Raw text beyond this many characters is cut off before cleaning (recorded in notes)."""
 
-_TAG = re.compile(r"<[^>]*>")
+_TAG = re.compile(r"<[A-Za-z/!?][^>]*>")
+"""A tag starts with ``<`` then a letter, ``/``, ``!`` or ``?`` (as in HTML parsing): ``a < b``
+is text, not a tag."""
 _TOKEN = re.compile(r"\w+", re.ASCII)
 
 
@@ -90,13 +93,27 @@ def clean_text(text: str | None, stopwords: frozenset[str] | None = None) -> lis
     return [t for t in _TOKEN.findall(lowered) if t not in words and not t.isdigit()]
 
 
-@functools.cache
 def english_stopwords() -> frozenset[str]:
     """NLTK's English stopwords, or the ``stop-words`` package's list with one warning line."""
+    return _stopwords()[1]
+
+
+def stopwords_source() -> str:
+    """``nltk`` or ``stop-words``: which list :func:`english_stopwords` returns.
+
+    The two lists differ (the stop-words package's English list has 1,333 words and covers 192
+    of NLTK's 198), so the feature store counts the source in a set's fingerprint and never
+    reuses vectors cleaned with the other list.
+    """
+    return _stopwords()[0]
+
+
+@functools.cache
+def _stopwords() -> tuple[str, frozenset[str]]:
     try:
         from nltk.corpus import stopwords
 
-        return frozenset(stopwords.words("english"))
+        return "nltk", frozenset(stopwords.words("english"))
     except LookupError:
         from stop_words import get_stop_words
 
@@ -104,7 +121,7 @@ def english_stopwords() -> frozenset[str]:
             "NLTK stopwords corpus not found (set NLTK_DATA or run nltk.download('stopwords')); "
             "using the stop-words package's English list"
         )
-        return frozenset(w.lower() for w in get_stop_words("english"))
+        return "stop-words", frozenset(w.lower() for w in get_stop_words("english"))
 
 
 @dataclass(frozen=True)
