@@ -77,6 +77,8 @@ class FitHistory:
     val_loss: list[float] = field(default_factory=list)
     best_epoch: int | None = None
     stopped_reason: str | None = None
+    epoch_seconds: list[float] = field(default_factory=list)
+    """Wall seconds per epoch (engineer C's compatible extension; empty for closed-form models)."""
 
 
 @runtime_checkable

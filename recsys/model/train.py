@@ -1,0 +1,223 @@
+"""``train_run``: one recorded training run, from the database to a registered model.
+
+Steps, each visible in the registry:
+
+1. mark ``running`` rows of dead trainers ``failed``/``interrupted``; insert this run as
+   ``running`` and commit (so a crash is never mistaken for success);
+2. read the ratings (and, for models that need it, the current feature set's text vectors)
+   into arrays (``recsys.model.data.read_rating_data``); too few ratings fail the run with
+   the counts;
+3. unless ``evaluate=False``: the evaluation protocol (``recsys.evaluation.protocol``), i.e.
+   two extra fits of the same model on the seed and rank splits (about 1.5x the cost of the
+   final fit: 70% + 80% of the ratings);
+4. the final fit on all kept ratings (Keras models hold 10% out for early stopping);
+5. artifacts (model, index maps, run.json, training curve PNG, manifest) into a temporary
+   folder renamed to ``models_dir/<run>``, then the row is marked ``succeeded`` with the
+   checksum. Any exception (NaN loss, too few ratings, Ctrl-C) marks the run ``failed`` with
+   the reason and is re-raised.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from sqlalchemy.engine import Engine
+
+from recsys.errors import DataError
+from recsys.model import catalog, registry
+from recsys.model.base import FitHistory, RatingData
+
+_log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """What to train; None means the model's own default (the notebook's)."""
+
+    model: str = "hybrid"
+    epochs: int | None = None
+    batch_size: int | None = None
+    learning_rate: float | None = None
+    embedding_dim: int | None = None
+    hidden_units: int | None = None
+    min_ratings: int = 10
+    seed: int = 0
+    evaluate: bool = True
+    feature_set_id: int | Literal["current"] = "current"
+    min_train_ratings: int = 100
+    """Fewer ratings than this after filtering fail the run (DataError)."""
+    params: dict[str, Any] = field(default_factory=dict)
+    """Extra model parameters (e.g. for models added by other areas)."""
+
+    def model_params(self) -> dict[str, Any]:
+        options = {
+            "epochs": self.epochs,
+            "batch_size": self.batch_size,
+            "learning_rate": self.learning_rate,
+            "embedding_dim": self.embedding_dim,
+            "hidden_units": self.hidden_units,
+        }
+        return {**catalog.model_params(self.model, options), **self.params}
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """A succeeded run."""
+
+    run_id: int
+    model_type: str
+    n_users: int
+    n_products: int
+    n_ratings: int
+    feature_set_id: int | None
+    metrics: dict[str, Any]
+    history: FitHistory
+    artifact_path: Path
+    checksum: str
+    seconds: float
+
+
+def check_enough(data: RatingData, config: TrainConfig) -> None:
+    """DataError with the counts when the filtered data cannot support training."""
+    if len(data) < config.min_train_ratings or data.n_users < 2 or data.n_products < 2:
+        raise DataError(
+            f"too few ratings to train: {len(data)} ratings of {data.n_users} users and "
+            f"{data.n_products} products left after keeping users and products with more than "
+            f"{config.min_ratings} ratings ({data.meta.get('ratings_total', '?')} in the database); "
+            f"at least {config.min_train_ratings} are needed: load more data or lower --min-ratings"
+        )
+
+
+def plot_curve(history: FitHistory, path: Path, title: str) -> bool:
+    """Train and validation loss per epoch as a PNG (as the notebook plotted it)."""
+    if not history.train_loss:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    epochs = np.arange(1, len(history.train_loss) + 1)
+    ax.plot(epochs, history.train_loss, label="train")
+    if history.val_loss:
+        ax.plot(epochs[: len(history.val_loss)], history.val_loss, label="validation")
+    if history.best_epoch:
+        ax.axvline(history.best_epoch, color="grey", linestyle=":", label="best epoch")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("MSE loss")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def train_run(engine: Engine, settings: Any, config: TrainConfig) -> TrainResult:
+    """Train, evaluate and register one model run (see the module docstring).
+
+    Raises:
+        DataError: too few ratings, or no feature set for a model that needs text.
+        TrainingDiverged: the loss became NaN/inf.
+        RecsysError: bad model name or parameters.
+    """
+    started = time.perf_counter()
+    params = config.model_params()
+    recommender = catalog.create(config.model, **params)  # bad names/params fail before a row exists
+    recorded_params = {
+        **dict(getattr(recommender, "params", {}) or params),
+        "min_ratings": config.min_ratings,
+        "seed": config.seed,
+        "evaluate": config.evaluate,
+    }
+    with engine.begin() as conn:
+        stale = registry.mark_interrupted(conn)
+        if stale:
+            _log.warning("marked interrupted model runs as failed: %s", ", ".join(map(str, stale)))
+        run_id = registry.start_run(conn, config.model, recorded_params)
+    _log.info("model run %d: training %s", run_id, config.model)
+    staging: Path | None = None
+    try:
+        needs_text = config.model in catalog.NEEDS_TEXT
+        with engine.connect() as conn:
+            data = _read(conn, config, needs_text)
+        with engine.begin() as conn:
+            registry.record_data(
+                conn, run_id, n_users=data.n_users, n_products=data.n_products,
+                n_ratings=len(data), feature_set_id=data.feature_set_id,
+            )
+        check_enough(data, config)
+        metrics: dict[str, Any] = {}
+        if config.evaluate:
+            from recsys.evaluation.protocol import evaluate_model, format_metrics, make_splits
+
+            evaluation = evaluate_model(
+                lambda: catalog.create(config.model, **params), make_splits(data), seed=config.seed
+            )
+            metrics = evaluation.as_dict()
+            _log.info("model run %d evaluation: %s", run_id, format_metrics(evaluation))
+        history = recommender.fit(data, seed=config.seed)
+        models_dir = Path(settings.models_dir)
+        staging = registry.staging_dir(models_dir, run_id)
+        run_info = {
+            "run_id": run_id,
+            "model": config.model,
+            "params": recorded_params,
+            "rating_scale": list(data.rating_scale),
+            "feature_set_id": data.feature_set_id,
+            "n_users": data.n_users,
+            "n_products": data.n_products,
+            "n_ratings": len(data),
+            "history": asdict(history),
+            "metrics": metrics,
+        }
+        registry.write_artifacts(staging, recommender, data.user_ids, data.product_ids, run_info)
+        plot_curve(history, staging / registry.CURVE, f"run {run_id}: {config.model}")
+        final, checksum = registry.publish_artifacts(staging, models_dir, run_id)
+        staging = None
+        with engine.begin() as conn:
+            registry.finish_run(
+                conn, run_id, artifact_path=final, checksum=checksum, metrics=metrics,
+                history=asdict(history),
+            )
+    except BaseException as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        if isinstance(err, KeyboardInterrupt):
+            reason = "interrupted"
+        try:
+            with engine.begin() as conn:
+                registry.fail_run(conn, run_id, reason)
+        finally:
+            if staging is not None:
+                shutil.rmtree(staging, ignore_errors=True)
+        raise
+    seconds = time.perf_counter() - started
+    _log.info("model run %d succeeded in %.1f s: %s", run_id, seconds, final)
+    return TrainResult(
+        run_id=run_id, model_type=config.model, n_users=data.n_users, n_products=data.n_products,
+        n_ratings=len(data), feature_set_id=data.feature_set_id, metrics=metrics, history=history,
+        artifact_path=final, checksum=checksum, seconds=seconds,
+    )
+
+
+def _read(conn, config: TrainConfig, needs_text: bool) -> RatingData:
+    from recsys.model.data import read_rating_data
+
+    data = read_rating_data(
+        conn,
+        min_ratings=config.min_ratings,
+        feature_set_id=config.feature_set_id if needs_text else None,
+    )
+    if needs_text and data.feature_set_id is None:
+        raise DataError(
+            f"the {config.model} model needs product text vectors and there is no current feature "
+            "set; build one with `recsys features build` (or train --model deep)"
+        )
+    return data
