@@ -12,9 +12,11 @@ The notebook's steps, in order (:func:`clean_text`):
 Stopwords come from NLTK's corpus when it is installed (``NLTK_DATA``); offline, where
 ``nltk.download`` cannot run, the ``stop-words`` package's English list is used instead and one
 warning line says so. That list is larger (1,333 words; it holds 192 of NLTK's 198), so a
-fallback build drops more words; the store never mixes vectors from the two lists. Changing any step, or the text a product is built from, must bump
-:data:`CLEANING_VERSION`: the feature store reuses a product's vector only when its cleaned text
-and the cleaning version are unchanged.
+fallback build drops more words; the store never mixes vectors from the two lists.
+
+Changing any step, or the text a product is built from, must bump :data:`CLEANING_VERSION`:
+the feature store reuses a product's vector only when its cleaned text and the cleaning version
+are unchanged.
 
 Which text a product gets (:func:`product_text`), as the notebook: its ``feature`` text; where
 empty, its ``description``; where still empty, its category path. ``with_title`` prepends title
