@@ -67,7 +67,12 @@ class PipelineOptions:
     model: str | None = None
     """Model type to train; None: ``recsys.model.catalog.DEFAULT_NIGHTLY_MODEL``."""
     epochs: int | None = None
+    batch_size: int | None = None
+    embedding_dim: int | None = None
+    hidden_units: int | None = None
     min_ratings: int | None = None
+    evaluate: bool = True
+    """Let training evaluate the model on both protocols (metrics stored with the run)."""
     seed: int = 0
     k: int = 10
     fallback: str = "category"
@@ -157,25 +162,29 @@ def _features_step(ctx: Context) -> dict:
 
 
 def _train_step(ctx: Context) -> dict:
+    from recsys.model.catalog import DEFAULT_NIGHTLY_MODEL
     from recsys.model.train import TrainConfig, train_run
 
-    fields = {
-        "model": ctx.options.model,
-        "epochs": ctx.options.epochs,
-        "min_ratings": ctx.options.min_ratings,
-        "seed": ctx.options.seed,
-    }
-    if fields["model"] is None:
-        from recsys.model.catalog import DEFAULT_NIGHTLY_MODEL
-
-        fields["model"] = DEFAULT_NIGHTLY_MODEL
-    accepted = set(getattr(TrainConfig, "__dataclass_fields__", {})) or set(
-        getattr(TrainConfig, "model_fields", {})
+    o = ctx.options
+    config = TrainConfig(
+        model=o.model or DEFAULT_NIGHTLY_MODEL,
+        epochs=o.epochs,
+        batch_size=o.batch_size,
+        embedding_dim=o.embedding_dim,
+        hidden_units=o.hidden_units,
+        seed=o.seed,
+        evaluate=o.evaluate,
+        **({"min_ratings": o.min_ratings} if o.min_ratings is not None else {}),
     )
-    config = TrainConfig(**{k: v for k, v in fields.items() if v is not None and k in accepted})
     result = train_run(ctx.engine, ctx.settings, config)
     ctx.state["model_run_id"] = int(result.run_id)
-    return {"model_run_id": int(result.run_id), "model": fields["model"]}
+    return {
+        "model_run_id": int(result.run_id),
+        "model": config.model,
+        "users": result.n_users,
+        "products": result.n_products,
+        "ratings": result.n_ratings,
+    }
 
 
 def check_model(model: Any, n_users: int = 32, seed: int = 0) -> dict:
@@ -226,9 +235,8 @@ def _evaluate_step(ctx: Context) -> dict:
         ctx.state["model"] = model
     detail = check_model(model, ctx.options.check_users, ctx.options.seed)
     detail["model_run_id"] = model.run_id
-    metrics = getattr(model, "metrics", None) or ctx.state.get("metrics")
-    if metrics:
-        detail["metrics"] = metrics
+    if getattr(model, "metrics", None):
+        detail["metrics"] = model.metrics
     return detail
 
 

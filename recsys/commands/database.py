@@ -80,6 +80,21 @@ def db_url(ctx: click.Context, show_password: bool) -> None:
     click.echo(url if show_password else db.redact(url))
 
 
+@db_group.command("create-reader")
+@click.argument("name")
+@click.option("--password", prompt=True, hide_input=True, confirmation_prompt=True,
+              envvar="RECSYS_READER_PASSWORD", help="Or RECSYS_READER_PASSWORD; prompted if unset.")
+@click.pass_context
+def db_create_reader(ctx: click.Context, name: str, password: str) -> None:
+    """Create login role NAME that can SELECT current_recommendations and nothing else."""
+    from recsys.db.roles import create_reader
+
+    with open_engine(ctx.find_root().obj).begin() as conn:
+        created = create_reader(conn, name, password)
+    verb = "created" if created else "updated"
+    click.echo(f"{verb} role {name}: SELECT on current_recommendations only")
+
+
 @click.command("init-db")
 @click.pass_context
 def init_db(ctx: click.Context) -> None:

@@ -69,6 +69,8 @@ class ScoringModel:
     run_id: int | None = None
     model_type: str | None = None
     feature_set_id: int | None = None
+    metrics: dict = field(default_factory=dict)
+    """The model run's stored evaluation metrics."""
 
 
 @dataclass(frozen=True)
@@ -525,4 +527,5 @@ def load_model(engine: Engine, settings: Any, run_id: int | None = None) -> Scor
         run_id=loaded.run_id,
         model_type=loaded.model_type,
         feature_set_id=getattr(loaded, "feature_set_id", None),
+        metrics=dict(getattr(loaded, "metrics", None) or {}),
     )
