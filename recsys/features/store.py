@@ -563,6 +563,12 @@ def build_features(
         raise InputError(f"unknown weighting {weighting!r} (use mean or tfidf)")
     if word_vectors == wv.TRAIN and not 1 <= dim <= 16000:
         raise InputError(f"--dim must be between 1 and 16000, got {dim}")
+    if word_vectors not in (wv.TRAIN, wv.GLOVE):
+        # fail fast, before cleaning a big catalogue (the full check comes when loading)
+        from pathlib import Path
+
+        if not Path(word_vectors).is_file():
+            raise InputError(f"word vectors file not found: {word_vectors}")
     progress = progress or _NoProgress()
     started = time.perf_counter()
     phases: dict[str, float] = {}
