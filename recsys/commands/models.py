@@ -1,7 +1,230 @@
-"""CLI commands of this area (see recsys/commands/__init__.py)."""
+"""``recsys train``, ``recsys evaluate`` and ``recsys runs list|show``: models and their registry.
+
+TensorFlow is imported only when a Keras model is actually built (inside the model code), so
+these commands' ``--help`` stays instant.
+"""
 
 from __future__ import annotations
 
+import json
+import os
+
 import click
 
-COMMANDS: list[click.Command] = []
+from recsys.config import Settings
+
+DEFAULT_EVALUATE = "hybrid,deep,mf,bias,popularity"
+
+
+def _console(stderr: bool = False):
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False)
+
+
+def _quiet_tensorflow() -> None:
+    # TensorFlow's C++ start-up chatter is not progress; keep errors only
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def _model_options(func):
+    options = [
+        click.option("--epochs", type=click.IntRange(min=1), help="Maximum epochs (Keras models; default 20)."),
+        click.option("--batch-size", type=click.IntRange(min=1), help="Batch size (default 1024)."),
+        click.option("--learning-rate", type=click.FloatRange(min=0, min_open=True),
+                     help="SGD learning rate (default 0.1)."),
+        click.option("--embedding-dim", type=click.IntRange(min=1), help="K (default mf 10, deep/hybrid 32)."),
+        click.option("--hidden-units", type=click.IntRange(min=1), help="Width of the Dense layer (default 1024)."),
+        click.option("--min-ratings", type=click.IntRange(min=0), default=10, show_default=True,
+                     help="Keep users and products with MORE than this many ratings (0: all)."),
+        click.option("--seed", type=int, default=0, show_default=True, help="Random seed (deterministic)."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _options(kwargs: dict) -> dict:
+    return {k: kwargs[k] for k in ("epochs", "batch_size", "learning_rate", "embedding_dim", "hidden_units")}
+
+
+@click.command("train")
+@click.option("--model", "model_name", default=None,
+              help="hybrid (default), deep, mf, bias, popularity, or another catalogue model.")
+@_model_options
+@click.option("--evaluate/--no-evaluate", default=True, show_default=True,
+              help="Also run both evaluation protocols (two extra fits, about 1.5x the training time).")
+@click.option("--feature-set", "feature_set", default="current", show_default=True,
+              help="Feature set id for the text vectors, or 'current'.")
+@click.pass_context
+def train(ctx: click.Context, model_name: str | None, evaluate: bool, feature_set: str, **kwargs) -> None:
+    """Train a model from the database and record the run in the model registry."""
+    from recsys.commands.database import open_engine
+    from recsys.errors import RecsysError
+    from recsys.model import catalog
+    from recsys.model.train import TrainConfig, train_run
+
+    _quiet_tensorflow()
+    settings: Settings = ctx.find_root().obj
+    name = model_name or catalog.DEFAULT_NIGHTLY_MODEL
+    if feature_set != "current" and not feature_set.isdigit():
+        raise RecsysError(f"--feature-set must be an id or 'current', got {feature_set!r}")
+    config = TrainConfig(
+        model=name,
+        min_ratings=kwargs["min_ratings"],
+        seed=kwargs["seed"],
+        evaluate=evaluate,
+        feature_set_id="current" if feature_set == "current" else int(feature_set),
+        **_options(kwargs),
+    )
+    engine = open_engine(settings)
+    result = train_run(engine, settings, config)
+    out = _console()
+    out.print(
+        f"model run {result.run_id}: {result.model_type} trained on {result.n_ratings} ratings of "
+        f"{result.n_users} users and {result.n_products} products in {result.seconds:.1f} s"
+    )
+    if result.history.train_loss:
+        h = result.history
+        out.print(
+            f"epochs {len(h.train_loss)}, best {h.best_epoch} ({h.stopped_reason}); "
+            f"final train loss {h.train_loss[-1]:.4f}"
+            + (f", best val loss {min(h.val_loss):.4f}" if h.val_loss else "")
+        )
+    if result.metrics:
+        out.print(_metrics_line(result.metrics))
+    out.print(f"artifacts: {result.artifact_path}")
+
+
+def _metrics_line(metrics: dict) -> str:
+    parts = []
+    seed = metrics.get("seed") or {}
+    if seed:
+        parts.append(f"seed split RMSE {seed['rmse']:.4f} MAE {seed['mae']:.4f}")
+    rank = metrics.get("rank") or {}
+    if rank:
+        parts.append(
+            f"rank split Recall@10 {rank['recall@10']:.4f} NDCG@10 {rank['ndcg@10']:.4f} "
+            f"coverage@10 {rank['coverage@10']:.4f} popularity pct {rank['popularity_percentile']:.3f}"
+        )
+    return "; ".join(parts)
+
+
+@click.command("evaluate")
+@click.option("--models", default=DEFAULT_EVALUATE, show_default=True,
+              help="Comma-separated catalogue models to compare.")
+@_model_options
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, writable=True),
+              help="Also write the results as JSON to this file.")
+@click.pass_context
+def evaluate(ctx: click.Context, models: str, json_path: str | None, **kwargs) -> None:
+    """Train the models on the same splits and compare them on both protocols."""
+    from recsys.commands.database import open_engine
+    from recsys.errors import DataError, RecsysError
+    from recsys.evaluation.protocol import evaluate_models, metrics_table
+    from recsys.model import catalog
+    from recsys.model.data import read_rating_data
+
+    _quiet_tensorflow()
+    settings: Settings = ctx.find_root().obj
+    names = [n.strip() for n in models.split(",") if n.strip()]
+    unknown = [n for n in names if n not in catalog.MODELS]
+    if not names or unknown:
+        raise RecsysError(
+            f"unknown model(s) {', '.join(unknown) or '(none given)'}; known: {', '.join(sorted(catalog.MODELS))}"
+        )
+    engine = open_engine(settings)
+    needs_text = any(n in catalog.NEEDS_TEXT for n in names)
+    with engine.connect() as conn:
+        data = read_rating_data(conn, min_ratings=kwargs["min_ratings"],
+                                feature_set_id="current" if needs_text else None)
+    if needs_text and data.feature_set_id is None:
+        raise DataError(
+            "the hybrid model needs product text vectors and there is no current feature set; "
+            "build one with `recsys features build` (or leave hybrid out of --models)"
+        )
+    if len(data) < 100:
+        raise DataError(f"too few ratings to evaluate: {len(data)} (at least 100 are needed)")
+    options = _options(kwargs)
+    results = evaluate_models(
+        data, names, params_for=lambda n: catalog.model_params(n, options), seed=kwargs["seed"]
+    )
+    title = (f"{len(data)} ratings, {data.n_users} users, {data.n_products} products "
+             f"(min_ratings {kwargs['min_ratings']}, seed {kwargs['seed']})")
+    _console().print(metrics_table(results, title=title))
+    if json_path:
+        payload = {r.model: r.as_dict() for r in results}
+        with open(json_path, "w", encoding="utf-8") as handle:
+            json.dump(payload, handle, indent=2)
+
+
+@click.group("runs")
+def runs() -> None:
+    """The model registry: trained model runs."""
+
+
+@runs.command("list")
+@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True)
+@click.pass_context
+def runs_list(ctx: click.Context, limit: int) -> None:
+    """The newest model runs."""
+    from rich.table import Table
+
+    from recsys.commands.database import open_engine
+    from recsys.model.registry import list_runs
+
+    settings: Settings = ctx.find_root().obj
+    engine = open_engine(settings)
+    with engine.connect() as conn:
+        rows = list_runs(conn, limit)
+    if not rows:
+        click.echo("no model runs yet; train one with `recsys train`")
+        return
+    table = Table(title="model runs")
+    for column in ("id", "model", "status", "started", "ratings", "RMSE", "NDCG@10", "note"):
+        table.add_column(column)
+    for row in rows:
+        metrics = row["metrics"] or {}
+        seed = metrics.get("seed") or {}
+        rank = metrics.get("rank") or {}
+        table.add_row(
+            str(row["id"]), row["model_type"], row["status"],
+            row["started_at"].strftime("%Y-%m-%d %H:%M:%S"),
+            str(row["n_ratings"] or "-"),
+            f"{seed['rmse']:.4f}" if seed.get("rmse") is not None else "-",
+            f"{rank['ndcg@10']:.4f}" if rank.get("ndcg@10") is not None else "-",
+            row["failure_reason"] or "",
+        )
+    _console().print(table)
+
+
+@runs.command("show")
+@click.argument("run_id", type=int)
+@click.pass_context
+def runs_show(ctx: click.Context, run_id: int) -> None:
+    """Everything recorded about one model run."""
+    from recsys.commands.database import open_engine
+    from recsys.model.registry import CURVE, get_run
+
+    settings: Settings = ctx.find_root().obj
+    engine = open_engine(settings)
+    with engine.connect() as conn:
+        row = get_run(conn, run_id)
+    out = _console()
+    for key in ("id", "model_type", "status", "failure_reason", "started_at", "finished_at",
+                "n_users", "n_products", "n_ratings", "feature_set_id", "host", "pid",
+                "artifact_path", "checksum"):
+        if row.get(key) is not None:
+            out.print(f"{key}: {row[key]}")
+    out.print(f"params: {json.dumps(row['params'], sort_keys=True)}")
+    if row["metrics"]:
+        out.print(f"metrics: {_metrics_line(row['metrics'])}")
+    history = row["history"] or {}
+    for epoch, loss in enumerate(history.get("train_loss") or [], start=1):
+        val = (history.get("val_loss") or [])[epoch - 1 : epoch]
+        out.print(f"epoch {epoch}: loss {loss:.4f}" + (f", val_loss {val[0]:.4f}" if val and val[0] is not None else ""))
+    if row["artifact_path"]:
+        out.print(f"training curve: {row['artifact_path']}/{CURVE}")
+
+
+COMMANDS: list[click.Command] = [train, evaluate, runs]

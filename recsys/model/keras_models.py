@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,7 @@ from recsys.errors import DataError, RecsysError
 from recsys.model.base import FitHistory, RatingData
 
 _log = logging.getLogger(__name__)
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter: errors only
 
 NOTEBOOK_DEFAULTS: dict[str, dict[str, Any]] = {
     "mf": {"embedding_dim": 10, "learning_rate": 0.1, "momentum": 0.99},
