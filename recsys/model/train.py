@@ -144,6 +144,7 @@ def train_run(engine: Engine, settings: Any, config: TrainConfig) -> TrainResult
         run_id = registry.start_run(conn, config.model, recorded_params)
     _log.info("model run %d: training %s", run_id, config.model)
     staging: Path | None = None
+    final: Path | None = None
     try:
         needs_text = config.model in catalog.NEEDS_TEXT
         with engine.connect() as conn:
@@ -181,7 +182,7 @@ def train_run(engine: Engine, settings: Any, config: TrainConfig) -> TrainResult
         registry.write_artifacts(staging, recommender, data.user_ids, data.product_ids, run_info)
         plot_curve(history, staging / registry.CURVE, f"run {run_id}: {config.model}")
         final, checksum = registry.publish_artifacts(staging, models_dir, run_id)
-        staging = None
+        staging = None  # renamed into place: only ``final`` is left to clean up on failure
         with engine.begin() as conn:
             registry.finish_run(
                 conn, run_id, artifact_path=final, checksum=checksum, metrics=metrics,
@@ -195,8 +196,10 @@ def train_run(engine: Engine, settings: Any, config: TrainConfig) -> TrainResult
             with engine.begin() as conn:
                 registry.fail_run(conn, run_id, reason)
         finally:
-            if staging is not None:
-                shutil.rmtree(staging, ignore_errors=True)
+            # a failed run leaves no artifacts: neither the staging folder nor a renamed one
+            for leftover in (staging, final):
+                if leftover is not None:
+                    shutil.rmtree(leftover, ignore_errors=True)
         raise
     seconds = time.perf_counter() - started
     _log.info("model run %d succeeded in %.1f s: %s", run_id, seconds, final)
