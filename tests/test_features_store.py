@@ -297,3 +297,27 @@ def test_gift_cards_end_to_end_trained(engine, settings, shared_data):
     from_file = store.build_features(engine, settings, word_vectors=str(
         settings.home / "word_vectors" / "gift.bin"), name="gift3")
     assert from_file.n_embedded == summary.n_embedded
+
+
+def test_prune_keeps_current_and_referenced_sets(engine, settings, toy_vectors):
+    _insert_products(engine, TOY[:4])
+    with engine.begin() as conn:
+        # another area's table pointing at feature sets without a foreign key (as model runs do)
+        conn.execute(sa.text("CREATE TABLE bench_refs (feature_set_id bigint)"))
+    ids = []
+    for i in range(4):
+        summary = store.build_features(engine, settings, word_vectors=str(toy_vectors),
+                                       name=f"s{i}", keep=0)
+        ids.append(summary.feature_set_id)
+        if i == 0:
+            with engine.begin() as conn:
+                conn.execute(sa.text("INSERT INTO bench_refs VALUES (:i)"),
+                             {"i": summary.feature_set_id})
+    with engine.begin() as conn:
+        deleted = store.prune_feature_sets(conn, keep=2)
+    assert deleted == [ids[1]]
+    with engine.connect() as conn:
+        left = [i.id for i in store.list_feature_sets(conn)]
+        rows = conn.execute(sa.text("SELECT count(*) FROM product_features "
+                                    "WHERE feature_set_id = :i"), {"i": ids[1]}).scalar_one()
+    assert left == [ids[3], ids[2], ids[0]] and rows == 0

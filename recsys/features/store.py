@@ -412,15 +412,33 @@ def make_current(conn: sa.Connection, feature_set_id: int) -> None:
 def prune_feature_sets(conn: sa.Connection, keep: int) -> list[int]:
     """Delete all but the ``keep`` newest sets (never the current one); returns deleted ids.
 
-    A set that another table still references (e.g. a registered model) is kept: each delete
-    runs in a savepoint and a refused one is rolled back.
+    A set that another table still refers to through a ``feature_set_id`` column (e.g. a
+    registered model run, which needs its set's vectors to score) is kept, whether or not that
+    column has a foreign key; a delete refused by a foreign key is rolled back and kept too.
     """
-    ids = conn.execute(
+    candidates = conn.execute(
         sa.text("SELECT id FROM feature_sets WHERE NOT is_current ORDER BY id DESC OFFSET :k"),
         {"k": max(0, keep - 1)},
     ).scalars().all()
+    if not candidates:
+        return []
+    referenced: set[int] = set()
+    tables = conn.execute(sa.text(
+        "SELECT table_schema, table_name FROM information_schema.columns "
+        "WHERE column_name = 'feature_set_id' AND table_schema = current_schema() "
+        "AND table_name NOT IN ('product_features', 'feature_sets')"
+    )).all()
+    with _psycopg(conn).cursor() as cur:
+        for schema, table in tables:
+            cur.execute(sql.SQL("SELECT DISTINCT feature_set_id FROM {}.{} "
+                                "WHERE feature_set_id IS NOT NULL").format(
+                sql.Identifier(schema), sql.Identifier(table)))
+            referenced.update(int(r[0]) for r in cur.fetchall())
     deleted = []
-    for set_id in ids:
+    for set_id in candidates:
+        if set_id in referenced:
+            _log.info("feature set %d is still referenced: kept", set_id)
+            continue
         try:
             with conn.begin_nested():
                 conn.execute(sa.text("DELETE FROM feature_sets WHERE id = :id"), {"id": set_id})
