@@ -41,7 +41,7 @@ CSV_BAD: list[tuple[bytes, str]] = [
 def _csv_with_bad_lines(tmp_path: Path) -> tuple[Path, dict[int, tuple[bytes, str]]]:
     lines = [line.encode() for line in GOOD]
     expected: dict[int, tuple[bytes, str]] = {}
-    for k, (raw, reason) in enumerate(CSV_BAD):
+    for k, (raw, _reason) in enumerate(CSV_BAD):
         position = 10 + 15 * k
         lines.insert(position, raw)
     for line_no, raw in enumerate(lines, 1):
@@ -59,7 +59,9 @@ def test_each_bad_csv_line_is_rejected_with_its_reason(tmp_path: Path, engine, s
     assert s.status == "loaded"
     assert (s.rows_read, s.rows_rejected, s.rows_loaded + s.rows_merged) == (210, 10, 200)
     stored = _rows(engine, "SELECT line_no, raw_line, reason FROM rejected_rows ORDER BY line_no")
-    assert [(n, reason) for n, _, reason in stored] == [(n, r) for n, (_, r) in sorted(expected.items())]
+    assert [(n, reason) for n, _, reason in stored] == [
+        (n, r) for n, (_, r) in sorted(expected.items())
+    ]
     raw_by_line = {n: raw for n, raw, _ in stored}
     nul_line = next(n for n, (_, r) in expected.items() if r == "NUL byte in line")
     utf_line = next(n for n, (_, r) in expected.items() if r.startswith("invalid UTF-8"))
@@ -70,21 +72,34 @@ def test_each_bad_csv_line_is_rejected_with_its_reason(tmp_path: Path, engine, s
 
 
 def test_bad_json_lines(tmp_path: Path, engine, settings) -> None:
-    good = [json.dumps({"reviewerID": f"U{i}", "asin": "A", "overall": 5.0, "unixReviewTime": 1e9 + i})
-            for i in range(50)]
+    good = [
+        json.dumps({"reviewerID": f"U{i}", "asin": "A", "overall": 5.0, "unixReviewTime": 1e9 + i})
+        for i in range(50)
+    ]
     bad = [
         ('{"reviewerID": "U", "asin": "A", "overall": 5.0', "broken JSON"),
         ('{"asin": "A", "overall": 5.0, "unixReviewTime": 1}', "missing user id (reviewerID)"),
         ('{"reviewerID": "U", "overall": 5.0, "unixReviewTime": 1}', "missing product id (asin)"),
         ('{"reviewerID": "U", "asin": "A", "overall": 0, "unixReviewTime": 1}', "rating 0 outside"),
-        ('{"reviewerID": "U", "asin": "A", "overall": "x", "unixReviewTime": 1}', "rating is not a number"),
-        ('{"reviewerID": "U", "asin": "A", "overall": 5, "unixReviewTime": "June"}', "unparseable timestamp"),
-        ('{"reviewerID": "U\\u0000", "asin": "A", "overall": 5, "unixReviewTime": 1}', "NUL character"),
-        ('[1, 2]', "broken JSON: not an object"),
+        (
+            '{"reviewerID": "U", "asin": "A", "overall": "x", "unixReviewTime": 1}',
+            "rating is not a number",
+        ),
+        (
+            '{"reviewerID": "U", "asin": "A", "overall": 5, "unixReviewTime": "June"}',
+            "unparseable timestamp",
+        ),
+        (
+            '{"reviewerID": "U\\u0000", "asin": "A", "overall": 5, "unixReviewTime": 1}',
+            "NUL character",
+        ),
+        ("[1, 2]", "broken JSON: not an object"),
     ]
     path = tmp_path / "reviews.json.gz"
     path.write_bytes(gzip.compress(("\n".join(good + [b for b, _ in bad]) + "\n").encode()))
-    (s,) = load_files(engine, settings, ratings=[path], fmt="amazon2018-reviews", max_reject_rate=0.5)
+    (s,) = load_files(
+        engine, settings, ratings=[path], fmt="amazon2018-reviews", max_reject_rate=0.5
+    )
     reasons = _rows(engine, "SELECT line_no, reason FROM rejected_rows ORDER BY line_no")
     assert [n for n, _ in reasons] == list(range(51, 59))
     for (_, reason), (_, want) in zip(reasons, bad, strict=True):
@@ -92,7 +107,9 @@ def test_bad_json_lines(tmp_path: Path, engine, settings) -> None:
     assert (s.rows_read, s.rows_loaded, s.rows_rejected) == (58, 50, 8)
 
 
-def test_over_max_reject_rate_rolls_back_and_records_failure(tmp_path: Path, engine, settings) -> None:
+def test_over_max_reject_rate_rolls_back_and_records_failure(
+    tmp_path: Path, engine, settings
+) -> None:
     path, expected = _csv_with_bad_lines(tmp_path)  # 10 of 210 lines bad = 4.8% > 1% default
     (s,) = load_files(engine, settings, ratings=[path], fmt="ratings-csv")
     assert s.status == "failed"
@@ -101,7 +118,8 @@ def test_over_max_reject_rate_rolls_back_and_records_failure(tmp_path: Path, eng
     assert _rows(engine, "SELECT count(*) FROM users") == [(0,)]
     assert _rows(engine, "SELECT count(*) FROM products") == [(0,)]
     assert _rows(engine, "SELECT status, rows_read, rows_loaded, rows_rejected FROM loads") == [
-        ("failed", 210, 0, 10)]
+        ("failed", 210, 0, 10)
+    ]
     assert _rows(engine, "SELECT count(*) FROM rejected_rows") == [(10,)]
 
 
@@ -111,7 +129,9 @@ def test_cli_over_reject_rate_exits_non_zero_saying_why(tmp_path: Path, cli_env)
     assert result.exit_code != 0
     assert isinstance(result.exception, InputError)
     assert "ratings.csv: 10 of 210 lines rejected (4.8%)" in str(result.exception)
-    ok = CliRunner().invoke(cli, ["load-db", "--ratings", str(path), "--max-reject-rate", "0.05"], env=cli_env)
+    ok = CliRunner().invoke(
+        cli, ["load-db", "--ratings", str(path), "--max-reject-rate", "0.05"], env=cli_env
+    )
     assert ok.exit_code == 0, ok.output
     assert "rejected ratings.csv:" in ok.output  # the first few are printed (stderr mixed in)
 
@@ -126,7 +146,11 @@ def test_cli_over_reject_rate_exits_non_zero_saying_why(tmp_path: Path, cli_env)
         ("x.txt", b"hello world\nfoo\n", "x.txt: unknown format"),
         ("h.csv", b"userId,movieId,rating,timestamp\n", "h.csv: no data lines"),
         ("t.gz", gzip.compress(b"a,b,5,1\n" * 1000)[:40], "t.gz: cannot read"),
-        ("m.json", b'{"asin": "A", "title": "t"}\n', "m.json: given as --ratings but it holds metadata"),
+        (
+            "m.json",
+            b'{"asin": "A", "title": "t"}\n',
+            "m.json: given as --ratings but it holds metadata",
+        ),
     ],
 )
 def test_unloadable_file_is_one_line_exit_2(
@@ -157,5 +181,7 @@ def test_unreadable_file(tmp_path: Path, cli_env) -> None:
 def test_unknown_forced_format(tmp_path: Path, cli_env) -> None:
     path = tmp_path / "r.csv"
     path.write_text("P,U,5,1\n")
-    result = CliRunner().invoke(cli, ["load-db", "--ratings", str(path), "--format", "nope"], env=cli_env)
+    result = CliRunner().invoke(
+        cli, ["load-db", "--ratings", str(path), "--format", "nope"], env=cli_env
+    )
     assert "unknown format 'nope'" in str(result.exception)

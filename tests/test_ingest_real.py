@@ -20,12 +20,18 @@ def _snapshot(engine: sa.Engine) -> dict[str, list]:
     with engine.connect() as c:
         return {
             "users": c.execute(sa.text("SELECT id, external_id FROM users ORDER BY id")).all(),
-            "products": c.execute(sa.text(
-                "SELECT id, external_id, title, brand, description, feature_text, categories,"
-                " main_category, raw::text FROM products ORDER BY id")).all(),
-            "ratings": c.execute(sa.text(
-                "SELECT user_id, product_id, rating, rated_at FROM ratings"
-                " ORDER BY user_id, product_id")).all(),
+            "products": c.execute(
+                sa.text(
+                    "SELECT id, external_id, title, brand, description, feature_text, categories,"
+                    " main_category, raw::text FROM products ORDER BY id"
+                )
+            ).all(),
+            "ratings": c.execute(
+                sa.text(
+                    "SELECT user_id, product_id, rating, rated_at FROM ratings"
+                    " ORDER BY user_id, product_id"
+                )
+            ).all(),
         }
 
 
@@ -46,11 +52,17 @@ def test_detects_real_formats(shared_data: Path, relative: str, kind: str, name:
 def test_gift_cards_reviews_and_metadata(shared_data: Path, engine, settings) -> None:
     folder = shared_data / "amazon2018_gift_cards"
     meta, reviews = load_files(
-        engine, settings, ratings=[folder / "Gift_Cards_5.json.gz"],
+        engine,
+        settings,
+        ratings=[folder / "Gift_Cards_5.json.gz"],
         metadata=[folder / "meta_Gift_Cards.json.gz"],
     )
     assert (reviews.rows_read, reviews.rows_loaded, reviews.rows_merged, reviews.rows_rejected) == (
-        2972, 2965, 7, 0)
+        2972,
+        2965,
+        7,
+        0,
+    )
     assert meta.rows_loaded == 1547 and meta.status == "loaded"
     assert _count(engine, "SELECT count(*) FROM ratings") == 2965
     assert _count(engine, "SELECT count(*) FROM users") == 458
@@ -58,14 +70,26 @@ def test_gift_cards_reviews_and_metadata(shared_data: Path, engine, settings) ->
     # every rated product has its metadata (the 5-core products are in the metadata file)
     assert _count(engine, "SELECT count(*) FROM products") == 1547
     with engine.connect() as c:
-        row = c.execute(sa.text(
-            "SELECT title, brand, categories, main_category, raw->>'asin' FROM products"
-            " WHERE external_id = 'B001BKEWF2'")).one()
-        loads = c.execute(sa.text("SELECT format, kind, status, rows_read FROM loads ORDER BY id")).all()
-    assert row == ("Serendipity 3 $100.00 Gift Card", "Serendipity 3", ["Gift Cards", "Gift Cards"],
-                   "Grocery", "B001BKEWF2")
-    assert loads == [("amazon2018-metadata", "metadata", "loaded", 1547),
-                     ("amazon2018-reviews", "ratings", "loaded", 2972)]
+        row = c.execute(
+            sa.text(
+                "SELECT title, brand, categories, main_category, raw->>'asin' FROM products"
+                " WHERE external_id = 'B001BKEWF2'"
+            )
+        ).one()
+        loads = c.execute(
+            sa.text("SELECT format, kind, status, rows_read FROM loads ORDER BY id")
+        ).all()
+    assert row == (
+        "Serendipity 3 $100.00 Gift Card",
+        "Serendipity 3",
+        ["Gift Cards", "Gift Cards"],
+        "Grocery",
+        "B001BKEWF2",
+    )
+    assert loads == [
+        ("amazon2018-metadata", "metadata", "loaded", 1547),
+        ("amazon2018-reviews", "ratings", "loaded", 2972),
+    ]
 
 
 def test_duplicate_pair_keeps_latest_rating(shared_data: Path, engine, settings) -> None:
@@ -85,10 +109,14 @@ def test_duplicate_pair_keeps_latest_rating(shared_data: Path, engine, settings)
         for (user, asin), lines in dupes.items():
             # latest timestamp; equal timestamps: the later line
             best = max(enumerate(lines), key=lambda e: (e[1]["unixReviewTime"], e[0]))[1]
-            got = c.execute(sa.text(
-                "SELECT r.rating, extract(epoch FROM r.rated_at)::bigint FROM ratings r"
-                " JOIN users u ON u.id = r.user_id JOIN products p ON p.id = r.product_id"
-                " WHERE u.external_id = :u AND p.external_id = :p"), {"u": user, "p": asin}).one()
+            got = c.execute(
+                sa.text(
+                    "SELECT r.rating, extract(epoch FROM r.rated_at)::bigint FROM ratings r"
+                    " JOIN users u ON u.id = r.user_id JOIN products p ON p.id = r.product_id"
+                    " WHERE u.external_id = :u AND p.external_id = :p"
+                ),
+                {"u": user, "p": asin},
+            ).one()
             assert got == (best["overall"], best["unixReviewTime"])
 
 
@@ -109,26 +137,34 @@ def test_other_5core_counts(shared_data: Path, engine, settings, relative, lines
 @pytest.mark.slow
 def test_movielens_100k(shared_data: Path, engine, settings) -> None:
     folder = shared_data / "movielens_ml-100k"
-    meta, ratings = load_files(engine, settings, ratings=[folder / "u.data"], metadata=[folder / "u.item"])
+    meta, ratings = load_files(
+        engine, settings, ratings=[folder / "u.data"], metadata=[folder / "u.item"]
+    )
     assert (ratings.rows_read, ratings.rows_loaded, ratings.rows_rejected) == (100_000, 100_000, 0)
     assert (meta.rows_read, meta.rows_loaded) == (1682, 1682)
     assert _count(engine, "SELECT count(*) FROM ratings") == 100_000
     assert _count(engine, "SELECT count(*) FROM users") == 943
     assert _count(engine, "SELECT count(*) FROM products") == 1682
     with engine.connect() as c:
-        toy = c.execute(sa.text(
-            "SELECT title, categories FROM products WHERE external_id = '1'")).one()
-        rating = c.execute(sa.text(
-            "SELECT r.rating, extract(epoch FROM r.rated_at)::bigint FROM ratings r"
-            " JOIN users u ON u.id = r.user_id JOIN products p ON p.id = r.product_id"
-            " WHERE u.external_id = '196' AND p.external_id = '242'")).one()
+        toy = c.execute(
+            sa.text("SELECT title, categories FROM products WHERE external_id = '1'")
+        ).one()
+        rating = c.execute(
+            sa.text(
+                "SELECT r.rating, extract(epoch FROM r.rated_at)::bigint FROM ratings r"
+                " JOIN users u ON u.id = r.user_id JOIN products p ON p.id = r.product_id"
+                " WHERE u.external_id = '196' AND p.external_id = '242'"
+            )
+        ).one()
     assert toy == ("Toy Story (1995)", ["Animation", "Children's", "Comedy"])
     assert rating == (3.0, 881250949)
 
 
 def test_reload_leaves_the_same_database(shared_data: Path, engine, settings) -> None:
     folder = shared_data / "amazon2018_gift_cards"
-    files = dict(ratings=[folder / "Gift_Cards_5.json.gz"], metadata=[folder / "meta_Gift_Cards.json.gz"])
+    files = dict(
+        ratings=[folder / "Gift_Cards_5.json.gz"], metadata=[folder / "meta_Gift_Cards.json.gz"]
+    )
     load_files(engine, settings, **files)
     before = _snapshot(engine)
     second = load_files(engine, settings, **files)

@@ -34,7 +34,9 @@ def test_deterministic_per_seed(sample, tmp_path: Path) -> None:
     again = write_sample(tmp_path / "a", users=600, products=300, ratings=12_000, seed=7)
     other = write_sample(tmp_path / "b", users=600, products=300, ratings=12_000, seed=8)
     assert _digest(again.ratings_path) == _digest(sample.ratings_path)
-    assert gzip.decompress(again.metadata_path.read_bytes()) == gzip.decompress(sample.metadata_path.read_bytes())
+    assert gzip.decompress(again.metadata_path.read_bytes()) == gzip.decompress(
+        sample.metadata_path.read_bytes()
+    )
     assert _digest(other.ratings_path) != _digest(sample.ratings_path)
 
 
@@ -90,29 +92,60 @@ def test_text_words_depend_on_topics(sample) -> None:
         records = [json.loads(line) for line in handle]
     assert [r["asin"] for r in records] == truth["product_ids"].tolist()
     for r in records:
-        assert {"asin", "title", "feature", "description", "category", "brand", "main_cat"} <= set(r)
+        assert {"asin", "title", "feature", "description", "category", "brand", "main_cat"} <= set(
+            r
+        )
         words.append(set(" ".join(r["feature"]).split()))
     assert any("<" in r["description"][0] for r in records)  # some HTML, as real data has
 
     def jaccard(a: set[str], b: set[str]) -> float:
         return len(a & b) / len(a | b)
 
-    same = [jaccard(words[i], words[j]) for i in range(60) for j in range(i + 1, 60) if dominant[i] == dominant[j]]
-    diff = [jaccard(words[i], words[j]) for i in range(60) for j in range(i + 1, 60) if dominant[i] != dominant[j]]
+    same = [
+        jaccard(words[i], words[j])
+        for i in range(60)
+        for j in range(i + 1, 60)
+        if dominant[i] == dominant[j]
+    ]
+    diff = [
+        jaccard(words[i], words[j])
+        for i in range(60)
+        for j in range(i + 1, 60)
+        if dominant[i] != dominant[j]
+    ]
     assert np.mean(same) > 3 * np.mean(diff)
 
 
 def test_sample_loads(sample, engine, settings) -> None:
-    meta, ratings = load_files(engine, settings, ratings=[sample.ratings_path], metadata=[sample.metadata_path])
+    meta, ratings = load_files(
+        engine, settings, ratings=[sample.ratings_path], metadata=[sample.metadata_path]
+    )
     assert (meta.rows_loaded, ratings.rows_loaded, ratings.rows_rejected) == (300, 12_000, 0)
     with engine.connect() as c:
         assert c.execute(sa.text("SELECT count(*) FROM users")).scalar_one() == 600
-        assert c.execute(sa.text("SELECT count(*) FROM products WHERE title IS NOT NULL")).scalar_one() == 300
+        assert (
+            c.execute(sa.text("SELECT count(*) FROM products WHERE title IS NOT NULL")).scalar_one()
+            == 300
+        )
 
 
 def test_cli_sample_and_bad_sizes(tmp_path: Path) -> None:
-    result = CliRunner().invoke(cli, ["sample", "--out", str(tmp_path), "--users", "50", "--products", "40",
-                                      "--ratings", "500", "--seed", "3"])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "sample",
+            "--out",
+            str(tmp_path),
+            "--users",
+            "50",
+            "--products",
+            "40",
+            "--ratings",
+            "500",
+            "--seed",
+            "3",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert len((tmp_path / "ratings.csv").read_text().splitlines()) == 500
     with pytest.raises(InputError, match="do not fit"):

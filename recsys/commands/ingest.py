@@ -64,14 +64,22 @@ def _print_summaries(summaries) -> None:
     from rich.table import Table
 
     table = Table(title="load-db")
+    numbers = {"read", "loaded", "merged", "rejected", "seconds"}
     for column in ("file", "format", "status", "read", "loaded", "merged", "rejected", "seconds"):
-        table.add_column(column, justify="right" if column in {"read", "loaded", "merged", "rejected", "seconds"} else "left")
+        table.add_column(column, justify="right" if column in numbers else "left", no_wrap=True)
     for s in summaries:
         table.add_row(
-            Path(s.path).name, s.format, s.status, f"{s.rows_read:,}", f"{s.rows_loaded:,}",
-            f"{s.rows_merged:,}", f"{s.rows_rejected:,}", f"{s.seconds:.1f}",
+            Path(s.path).name,
+            s.format,
+            s.status,
+            f"{s.rows_read:,}",
+            f"{s.rows_loaded:,}",
+            f"{s.rows_merged:,}",
+            f"{s.rows_rejected:,}",
+            f"{s.seconds:.1f}",
         )
-    console = Console(width=max(100, Console().width))
+    # not a terminal (a log, a pipe): wide enough that nothing is cut
+    console = Console() if sys.stdout.isatty() else Console(width=200)
     console.print(table)
     for s in summaries:
         for r in s.rejects:
@@ -86,11 +94,33 @@ def _print_summaries(summaries) -> None:
 
 
 @click.command("load-db")
-@click.option("--ratings", "ratings", multiple=True, type=click.Path(path_type=Path), help="Rating file (repeatable).")
-@click.option("--metadata", "metadata", multiple=True, type=click.Path(path_type=Path), help="Product metadata file (repeatable).")
+@click.option(
+    "--ratings",
+    "ratings",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="Rating file (repeatable).",
+)
+@click.option(
+    "--metadata",
+    "metadata",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="Product metadata file (repeatable).",
+)
 @click.option("--format", "fmt", default=None, help="Force this format instead of detecting it.")
-@click.option("--max-reject-rate", type=float, default=None, help="Share of bad lines above which a file is rolled back (default 0.01).")
-@click.option("--embeddings", type=click.Path(path_type=Path), default=None, help="Import pre-computed product vectors.")
+@click.option(
+    "--max-reject-rate",
+    type=float,
+    default=None,
+    help="Share of bad lines above which a file is rolled back (default 0.01).",
+)
+@click.option(
+    "--embeddings",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Import pre-computed product vectors.",
+)
 @click.option("--name", default=None, help="Feature-set name for --embeddings.")
 @click.pass_context
 def load_db(ctx, ratings, metadata, fmt, max_reject_rate, embeddings, name) -> None:
@@ -107,8 +137,13 @@ def load_db(ctx, ratings, metadata, fmt, max_reject_rate, embeddings, name) -> N
     plan_files(ratings=ratings, metadata=metadata, fmt=fmt)
     engine = open_engine(settings)
     summaries = load_files(
-        engine, settings, ratings=ratings, metadata=metadata, fmt=fmt,
-        max_reject_rate=max_reject_rate, progress=_RichProgress(),
+        engine,
+        settings,
+        ratings=ratings,
+        metadata=metadata,
+        fmt=fmt,
+        max_reject_rate=max_reject_rate,
+        progress=_RichProgress(),
     )
     if embeddings is not None:
         try:

@@ -32,7 +32,9 @@ def _copy_statement(table: str, columns: Sequence[str]) -> sql.Composed:
     )
 
 
-def copy_text(conn: sa.Connection, table: str, columns: Sequence[str], chunks: Iterable[str]) -> None:
+def copy_text(
+    conn: sa.Connection, table: str, columns: Sequence[str], chunks: Iterable[str]
+) -> None:
     """COPY pre-formatted text (tab-separated, escaped with :func:`escape_text`, one row a line)."""
     with driver_connection(conn).cursor() as cur:
         with cur.copy(_copy_statement(table, columns)) as copy:
@@ -41,7 +43,9 @@ def copy_text(conn: sa.Connection, table: str, columns: Sequence[str], chunks: I
                     copy.write(chunk)
 
 
-def copy_rows(conn: sa.Connection, table: str, columns: Sequence[str], rows: Iterable[Sequence]) -> None:
+def copy_rows(
+    conn: sa.Connection, table: str, columns: Sequence[str], rows: Iterable[Sequence]
+) -> None:
     """COPY rows of Python values (``None`` -> NULL) with ``write_row``."""
     with driver_connection(conn).cursor() as cur:
         with cur.copy(_copy_statement(table, columns)) as copy:

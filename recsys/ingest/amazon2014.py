@@ -58,7 +58,9 @@ def parse_metadata(line: str) -> ProductRow:
 
 
 REVIEWS = register(
-    Format("amazon2014-reviews", "ratings", parse_review, description="Amazon 2014 reviews JSON lines")
+    Format(
+        "amazon2014-reviews", "ratings", parse_review, description="Amazon 2014 reviews JSON lines"
+    )
 )
 METADATA = register(
     Format(

@@ -55,15 +55,24 @@ def parse_metadata(line: str) -> ProductRow:
         brand=text_or_none(record.get("brand")),
         description=text_or_none(record.get("description")),
         feature_text=text_or_none(record.get("feature")),
-        categories=[str(c) for c in categories] if isinstance(categories, list) and categories else None,
+        categories=[str(c) for c in categories]
+        if isinstance(categories, list) and categories
+        else None,
         main_category=text_or_none(record.get("main_cat")),
         raw=record,
     )
 
 
 REVIEWS = register(
-    Format("amazon2018-reviews", "ratings", parse_review, description="Amazon 2018 reviews JSON lines")
+    Format(
+        "amazon2018-reviews", "ratings", parse_review, description="Amazon 2018 reviews JSON lines"
+    )
 )
 METADATA = register(
-    Format("amazon2018-metadata", "metadata", parse_metadata, description="Amazon 2018 metadata JSON lines")
+    Format(
+        "amazon2018-metadata",
+        "metadata",
+        parse_metadata,
+        description="Amazon 2018 metadata JSON lines",
+    )
 )

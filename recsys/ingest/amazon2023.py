@@ -36,7 +36,9 @@ def parse_review(line: str) -> RatingRow:
 
 def parse_metadata(line: str) -> ProductRow:
     record = load_json_object(line)
-    product = require_id(record.get("parent_asin") or record.get("asin"), "product id (parent_asin)")
+    product = require_id(
+        record.get("parent_asin") or record.get("asin"), "product id (parent_asin)"
+    )
     check_json_safe(record)
     categories = record.get("categories")
     return ProductRow(
@@ -45,15 +47,24 @@ def parse_metadata(line: str) -> ProductRow:
         brand=text_or_none(record.get("store")),
         description=text_or_none(record.get("description")),
         feature_text=text_or_none(record.get("features")),
-        categories=[str(c) for c in categories] if isinstance(categories, list) and categories else None,
+        categories=[str(c) for c in categories]
+        if isinstance(categories, list) and categories
+        else None,
         main_category=text_or_none(record.get("main_category")),
         raw=record,
     )
 
 
 REVIEWS = register(
-    Format("amazon2023-reviews", "ratings", parse_review, description="Amazon 2023 reviews JSON lines")
+    Format(
+        "amazon2023-reviews", "ratings", parse_review, description="Amazon 2023 reviews JSON lines"
+    )
 )
 METADATA = register(
-    Format("amazon2023-metadata", "metadata", parse_metadata, description="Amazon 2023 metadata JSON lines")
+    Format(
+        "amazon2023-metadata",
+        "metadata",
+        parse_metadata,
+        description="Amazon 2023 metadata JSON lines",
+    )
 )

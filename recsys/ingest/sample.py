@@ -41,10 +41,27 @@ NOISE = 0.6
 _USER_BLOCK = 20_000
 _SHARED_WORDS = 60
 _TOPIC_WORDS = 40
-_SYLLABLES = "ka lo mi ra zen tor vi ex pla nu qua sil bre dor fin gal hex jo lum mar neo or pix ron sun tek ul vox wex yar".split()
+_SYLLABLES = (
+    "ka lo mi ra zen tor vi ex pla nu qua sil bre dor fin gal "
+    "hex jo lum mar neo or pix ron sun tek ul vox wex yar"
+).split()
 _TOPIC_NAMES = [
-    "Audio", "Cameras", "Computers", "Phones", "Home Theater", "Wearables", "Gaming", "Networking",
-    "Car Electronics", "Office", "Smart Home", "Power", "Storage", "Printers", "Drones", "Tools",
+    "Audio",
+    "Cameras",
+    "Computers",
+    "Phones",
+    "Home Theater",
+    "Wearables",
+    "Gaming",
+    "Networking",
+    "Car Electronics",
+    "Office",
+    "Smart Home",
+    "Power",
+    "Storage",
+    "Printers",
+    "Drones",
+    "Tools",
 ]
 
 
@@ -111,14 +128,18 @@ def write_sample(out: Path, *, users: int, products: int, ratings: int, seed: in
 
     topic_embedding = rng.normal(0.0, 1.0, (TOPICS, DIM)).astype(np.float32)
     product_topics = rng.dirichlet(np.full(TOPICS, 0.15), size=products).astype(np.float32)
-    product_factors = product_topics @ topic_embedding + rng.normal(0, 0.3, (products, DIM)).astype(np.float32)
+    product_factors = product_topics @ topic_embedding + rng.normal(0, 0.3, (products, DIM)).astype(
+        np.float32
+    )
     product_bias = rng.normal(0.0, 0.3, products).astype(np.float32)
     popularity = 1.0 / np.arange(1, products + 1) ** 0.9
     popularity = rng.permutation(popularity)
     dominant = product_topics.argmax(axis=1)
 
     user_topics = rng.dirichlet(np.full(TOPICS, 0.3), size=users).astype(np.float32)
-    user_factors = user_topics @ topic_embedding + rng.normal(0, 0.3, (users, DIM)).astype(np.float32)
+    user_factors = user_topics @ topic_embedding + rng.normal(0, 0.3, (users, DIM)).astype(
+        np.float32
+    )
     user_bias = rng.normal(0.0, 0.25, users).astype(np.float32)
     activity = rng.lognormal(0.0, 1.0, users)
     per_user = _allocate(ratings, users, activity, cap=max(1, products // 2), rng=rng)
@@ -150,9 +171,24 @@ def write_sample(out: Path, *, users: int, products: int, ratings: int, seed: in
         for start in range(0, users, _USER_BLOCK):
             stop = min(users, start + _USER_BLOCK)
             written += _write_block(
-                handle, rng, start, stop, per_user, user_topics, topic_present, cdf, order,
-                global_cdf, user_factors, product_factors, user_bias, product_bias, aff_mean,
-                aff_std, user_ids, product_ids,
+                handle,
+                rng,
+                start,
+                stop,
+                per_user,
+                user_topics,
+                topic_present,
+                cdf,
+                order,
+                global_cdf,
+                user_factors,
+                product_factors,
+                user_bias,
+                product_bias,
+                aff_mean,
+                aff_std,
+                user_ids,
+                product_ids,
             )
 
     metadata_path = out / "meta.json.gz"
@@ -161,16 +197,23 @@ def write_sample(out: Path, *, users: int, products: int, ratings: int, seed: in
     truth_path = out / "truth.npz"
     np.savez_compressed(
         truth_path,
-        user_ids=user_ids, product_ids=product_ids,
-        user_factors=user_factors, product_factors=product_factors,
-        user_topics=user_topics, product_topics=product_topics,
-        user_bias=user_bias, product_bias=product_bias, topic_embedding=topic_embedding,
+        user_ids=user_ids,
+        product_ids=product_ids,
+        user_factors=user_factors,
+        product_factors=product_factors,
+        user_topics=user_topics,
+        product_topics=product_topics,
+        user_bias=user_bias,
+        product_bias=product_bias,
+        topic_embedding=topic_embedding,
         constants=np.array([MEAN, SCALE, aff_mean, aff_std, NOISE], dtype=np.float64),
     )
     return SampleFiles(ratings_path, metadata_path, truth_path, written)
 
 
-def _allocate(total: int, users: int, activity: np.ndarray, *, cap: int, rng: np.random.Generator) -> np.ndarray:
+def _allocate(
+    total: int, users: int, activity: np.ndarray, *, cap: int, rng: np.random.Generator
+) -> np.ndarray:
     """Ratings per user: at least one each, the rest by activity, capped, summing to total."""
     counts = np.ones(users, dtype=np.int64)
     remaining = total - users
@@ -187,8 +230,24 @@ def _allocate(total: int, users: int, activity: np.ndarray, *, cap: int, rng: np
 
 
 def _write_block(
-    handle, rng, start, stop, per_user, user_topics, topic_present, cdf, order, global_cdf,
-    user_factors, product_factors, user_bias, product_bias, aff_mean, aff_std, user_ids, product_ids,
+    handle,
+    rng,
+    start,
+    stop,
+    per_user,
+    user_topics,
+    topic_present,
+    cdf,
+    order,
+    global_cdf,
+    user_factors,
+    product_factors,
+    user_bias,
+    product_bias,
+    aff_mean,
+    aff_std,
+    user_ids,
+    product_ids,
 ) -> int:
     counts = per_user[start:stop]
     n_products = len(product_ids)
@@ -229,14 +288,19 @@ def _write_block(
     u, p = u[order_in_block], p[order_in_block]
     affinity = np.einsum("ij,ij->i", user_factors[u], product_factors[p])
     score = (
-        MEAN + user_bias[u] + product_bias[p] + SCALE * (affinity - aff_mean) / aff_std
+        MEAN
+        + user_bias[u]
+        + product_bias[p]
+        + SCALE * (affinity - aff_mean) / aff_std
         + rng.normal(0.0, NOISE, len(u))
     )
     stars = np.clip(np.rint(score), 1, 5)
     timestamps = rng.integers(1_325_376_000, 1_538_352_000, len(u))  # 2012-01-01 .. 2018-10-01
     lines = [
         f"{product_ids[pi]},{user_ids[ui]},{star:.1f},{ts}\n"
-        for pi, ui, star, ts in zip(p.tolist(), u.tolist(), stars.tolist(), timestamps.tolist(), strict=True)
+        for pi, ui, star, ts in zip(
+            p.tolist(), u.tolist(), stars.tolist(), timestamps.tolist(), strict=True
+        )
     ]
     handle.write("".join(lines))
     return len(lines)
@@ -246,15 +310,24 @@ def _write_metadata(path: Path, rng, product_ids, product_topics, dominant) -> N
     used: set[str] = set()
     shared = _words(rng, _SHARED_WORDS, used)
     vocab = [_words(rng, _TOPIC_WORDS, used) for _ in range(TOPICS)]
-    brands = [[w.capitalize() + suffix for w, suffix in zip(_words(rng, 4, used), ["", "tek", "ix", "co"], strict=True)]
-              for _ in range(TOPICS)]
+    brands = [
+        [
+            w.capitalize() + suffix
+            for w, suffix in zip(_words(rng, 4, used), ["", "tek", "ix", "co"], strict=True)
+        ]
+        for _ in range(TOPICS)
+    ]
     categories = [_TOPIC_NAMES[t % len(_TOPIC_NAMES)] for t in range(TOPICS)]
     subcategories = [[w.capitalize() for w in _words(rng, 3, used)] for _ in range(TOPICS)]
 
     def text(topic: int, n: int) -> str:
         from_topic = rng.random(n) < 0.8
-        picks = [vocab[topic][int(rng.integers(_TOPIC_WORDS))] if f else shared[int(rng.integers(_SHARED_WORDS))]
-                 for f in from_topic]
+        picks = [
+            vocab[topic][int(rng.integers(_TOPIC_WORDS))]
+            if f
+            else shared[int(rng.integers(_SHARED_WORDS))]
+            for f in from_topic
+        ]
         return " ".join(picks)
 
     with gzip.open(path, "wt", encoding="utf-8", compresslevel=3) as handle:
@@ -263,10 +336,15 @@ def _write_metadata(path: Path, rng, product_ids, product_topics, dominant) -> N
             second = int(np.argsort(product_topics[index])[-2])
             brand = brands[topic][int(rng.integers(4))]
             record = {
-                "category": ["Electronics", categories[topic], subcategories[topic][int(rng.integers(3))]],
+                "category": [
+                    "Electronics",
+                    categories[topic],
+                    subcategories[topic][int(rng.integers(3))],
+                ],
                 "tech1": "",
                 "description": [
-                    f"<p>{text(topic, 12).capitalize()}.</p><br/><b>{text(second, 4)}</b> {text(topic, 10)}."
+                    f"<p>{text(topic, 12).capitalize()}.</p><br/>"
+                    f"<b>{text(second, 4)}</b> {text(topic, 10)}."
                 ],
                 "fit": "",
                 "title": f"{brand} {text(topic, 3).title()} {index}",
@@ -306,4 +384,9 @@ def expected_ratings(truth: dict[str, np.ndarray], user_index: int) -> np.ndarra
     """
     mean, scale, aff_mean, aff_std, _ = truth["constants"].tolist()
     affinity = truth["product_factors"] @ truth["user_factors"][user_index]
-    return mean + truth["user_bias"][user_index] + truth["product_bias"] + scale * (affinity - aff_mean) / aff_std
+    return (
+        mean
+        + truth["user_bias"][user_index]
+        + truth["product_bias"]
+        + scale * (affinity - aff_mean) / aff_std
+    )
