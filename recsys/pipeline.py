@@ -78,6 +78,8 @@ class PipelineOptions:
     fallback: str = "category"
     cold_start: bool = False
     memory_mb: int = 512
+    batch_users: int | None = None
+    """Users per scoring batch (default: from memory_mb)."""
     check_users: int = 32
     """Users sampled by the evaluate step to compare fast scores with ``predict``."""
 
@@ -251,6 +253,7 @@ def _score_step(ctx: Context) -> dict:
         fallback=ctx.options.fallback,
         cold_start=ctx.options.cold_start,
         memory_mb=ctx.options.memory_mb,
+        batch_users=ctx.options.batch_users,
     )
     summary = score_and_write(
         ctx.engine, model, options, publish=False, should_stop=ctx.should_stop

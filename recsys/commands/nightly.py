@@ -120,13 +120,19 @@ _cold_option = click.option(
     help="Working memory for one batch of users x products.",
 )
 @click.option(
+    "--batch-users",
+    type=click.IntRange(1),
+    default=None,
+    help="Users per batch (overrides --memory-mb).",
+)
+@click.option(
     "--publish/--no-publish",
     default=True,
     show_default=True,
     help="Serve the new run as soon as it is complete.",
 )
 @click.pass_context
-def score_command(ctx, model_run, k, fallback, cold_start, memory_mb, publish) -> None:
+def score_command(ctx, model_run, k, fallback, cold_start, memory_mb, batch_users, publish) -> None:
     """Score every user against every product they have not rated; exact top-k.
 
     Writes a new recommendation run (one transaction) and, unless --no-publish, serves it.
@@ -138,7 +144,9 @@ def score_command(ctx, model_run, k, fallback, cold_start, memory_mb, publish) -
 
     settings = _settings(ctx)
     engine = open_engine(settings)
-    options = ScoreOptions(k=k, fallback=fallback, cold_start=cold_start, memory_mb=memory_mb)
+    options = ScoreOptions(
+        k=k, fallback=fallback, cold_start=cold_start, memory_mb=memory_mb, batch_users=batch_users
+    )
     with advisory_lock(engine, NIGHTLY_LOCK, what="recsys run/score/publish"):
         with engine.begin() as conn:
             fail_abandoned_runs(conn)
@@ -254,6 +262,18 @@ def _pipeline_decorators(f):
         _k_option,
         _fallback_option,
         _cold_option,
+        click.option(
+            "--memory-mb",
+            type=click.IntRange(16),
+            default=None,
+            help="Working memory for one scoring batch (default 512).",
+        ),
+        click.option(
+            "--batch-users",
+            type=click.IntRange(1),
+            default=None,
+            help="Users per scoring batch (overrides --memory-mb).",
+        ),
     ]
     for option in reversed(options):
         f = option(f)
