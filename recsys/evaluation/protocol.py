@@ -119,7 +119,7 @@ def metrics_table(results: Sequence[ModelEvaluation], title: str = "evaluation")
 
     table = Table(title=title)
     for column in ("model", "RMSE", "MAE", "Recall@10", "NDCG@10", "coverage@10", "pop. pct", "seconds"):
-        table.add_column(column, justify="left" if column == "model" else "right")
+        table.add_column(column, justify="left" if column == "model" else "right", no_wrap=True)
     for res in results:
         seed = res.seed or {}
         rmse = f"{seed['rmse']:.4f}" if seed else "-"
