@@ -197,7 +197,7 @@ class ModelRun(Base):
 
 
 class RecommendationRun(Base):
-    """One scoring run: status ``scoring`` while rows are written, then ``ready`` (or ``failed``)."""
+    """One scoring run: ``scoring`` while its rows are written, then ``ready`` or ``failed``."""
 
     __tablename__ = "recommendation_runs"
 
