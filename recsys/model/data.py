@@ -92,27 +92,36 @@ def _copy_ratings(conn: sa.Connection, min_ratings: int) -> tuple[np.ndarray, ..
 
         copy_sql = sql.SQL("COPY ({}) TO STDOUT (FORMAT BINARY)").format(_ratings_query(min_ratings))
         filled = 0
-        pending = b""
         header_left = _HEADER
+        buffer = bytearray()
+
+        def drain() -> None:
+            # decode every whole record in the buffer into the arrays
+            nonlocal filled, header_left
+            if header_left:
+                skip = min(header_left, len(buffer))
+                del buffer[:skip]
+                header_left -= skip
+            usable = (len(buffer) // _ROW.itemsize) * _ROW.itemsize
+            rows = np.frombuffer(bytes(buffer[:usable]), dtype=_ROW)
+            del buffer[:usable]
+            # the trailer (int16 -1) is 2 bytes and never forms a whole record
+            rows = rows[rows["nfields"] == 4]
+            take = min(len(rows), n - filled)  # rows inserted after the count are ignored
+            sl = slice(filled, filled + take)
+            user_ids[sl] = rows["user"][:take]
+            product_ids[sl] = rows["product"][:take]
+            ratings[sl] = rows["rating"][:take]
+            timestamps[sl] = rows["time"][:take]
+            filled += take
+
         with cursor.copy(copy_sql) as copy:
+            # COPY TO sends one message per row: gather ~4 MiB before decoding a batch
             for chunk in copy:
-                data = pending + bytes(chunk)
-                if header_left:
-                    skip = min(header_left, len(data))
-                    data = data[skip:]
-                    header_left -= skip
-                usable = (len(data) // _ROW.itemsize) * _ROW.itemsize
-                rows = np.frombuffer(data, dtype=_ROW, count=usable // _ROW.itemsize)
-                # the trailer (int16 -1) is 2 bytes and never forms a whole record
-                rows = rows[rows["nfields"] == 4]
-                take = min(len(rows), n - filled)  # rows inserted after the count are ignored
-                sl = slice(filled, filled + take)
-                user_ids[sl] = rows["user"][:take]
-                product_ids[sl] = rows["product"][:take]
-                ratings[sl] = rows["rating"][:take]
-                timestamps[sl] = rows["time"][:take]
-                filled += take
-                pending = data[usable:]
+                buffer += chunk
+                if len(buffer) >= 1 << 22:
+                    drain()
+        drain()
     return user_ids[:filled], product_ids[:filled], ratings[:filled], timestamps[:filled]
 
 
