@@ -137,3 +137,18 @@ def test_name_taken(engine, settings, products, tmp_path):
     import_embeddings(engine, settings, path, "same")
     with pytest.raises(InputError, match="a feature set named 'same' exists already"):
         import_embeddings(engine, settings, path, "same")
+
+
+def test_load_db_embeddings_command(engine, products, cli_env, tmp_path):
+    from click.testing import CliRunner
+
+    from recsys.cli import cli
+
+    path = tmp_path / "emb.csv"
+    path.write_text('product_id,vector\np1,"[1, 0]"\np2,"[0, 1]"\n')
+    result = CliRunner().invoke(cli, ["load-db", "--embeddings", str(path), "--name", "cli"],
+                                env=cli_env)
+    assert result.exit_code == 0, result.output
+    with engine.connect() as conn:
+        info = store.current_feature_set(conn)
+    assert info.name == "cli" and info.n_embedded == 2
