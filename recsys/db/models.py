@@ -222,9 +222,8 @@ class RecommendationRun(Base):
 class Recommendation(Base):
     __tablename__ = "recommendations"
 
-    run_id: Mapped[int] = mapped_column(
-        sa.BigInteger, sa.ForeignKey("recommendation_runs.id", ondelete="CASCADE"), primary_key=True
-    )
+    run_id: Mapped[int] = mapped_column(sa.BigInteger, primary_key=True)
+    """``recommendation_runs.id`` (no foreign key: COPY speed; prune_runs deletes the rows)."""
     user_id: Mapped[int] = mapped_column(sa.BigInteger, primary_key=True)
     rank: Mapped[int] = mapped_column(sa.SmallInteger, primary_key=True)
     product_id: Mapped[int] = mapped_column(sa.BigInteger)

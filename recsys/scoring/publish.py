@@ -202,7 +202,6 @@ class RunWriter:
         self.conn = conn
         self.run_id = run_id
         self.n_rows = 0
-        self.users: set[int] = set()
         self._n_users = 0
 
     def write(self, batch: ScoreBatch) -> int:
@@ -219,10 +218,7 @@ class RunWriter:
 
     def finish(self, counts: dict | None = None) -> None:
         """Mark the run ``ready`` with its row and user counts (same transaction as the rows)."""
-        n_users = self.conn.execute(
-            sa.text("SELECT count(DISTINCT user_id) FROM recommendations WHERE run_id = :r"),
-            {"r": self.run_id},
-        ).scalar_one()
+        n_users = self._n_users
         self.conn.execute(
             sa.text(
                 "UPDATE recommendation_runs SET status = 'ready', finished_at = now(), "
@@ -307,32 +303,39 @@ def prune_runs(conn: sa.Connection, keep: int) -> list[int]:
     """Delete all but the newest ``keep`` ready runs, and failed runs older than those.
 
     The published run is never deleted, whatever its age (after a rollback it may be old).
+    ``recommendations`` has no foreign key (COPY speed), so its rows are deleted here too.
     Returns the ids deleted.
     """
     keep = max(1, int(keep))
-    rows = (
+    doomed = (
         conn.execute(
             sa.text(
                 """
-            WITH kept AS (
-                SELECT id FROM recommendation_runs WHERE status = 'ready'
-                ORDER BY id DESC LIMIT :keep
-            )
-            DELETE FROM recommendation_runs r
-            WHERE r.status <> 'scoring'
-              AND r.id NOT IN (SELECT id FROM kept)
-              AND r.id NOT IN (SELECT run_id FROM published_recommendations)
-              AND r.id < (SELECT coalesce(min(id), 0) FROM kept)
-            RETURNING r.id
-            """
+                WITH kept AS (
+                    SELECT id FROM recommendation_runs WHERE status = 'ready'
+                    ORDER BY id DESC LIMIT :keep
+                )
+                SELECT r.id FROM recommendation_runs r
+                WHERE r.status <> 'scoring'
+                  AND r.id NOT IN (SELECT id FROM kept)
+                  AND r.id NOT IN (SELECT run_id FROM published_recommendations)
+                  AND r.id < (SELECT coalesce(min(id), 0) FROM kept)
+                ORDER BY r.id
+                """
             ),
             {"keep": keep},
         )
         .scalars()
         .all()
     )
-    deleted = sorted(int(r) for r in rows)
+    deleted = [int(r) for r in doomed]
     if deleted:
+        conn.execute(
+            sa.text("DELETE FROM recommendations WHERE run_id = ANY(:ids)"), {"ids": deleted}
+        )
+        conn.execute(
+            sa.text("DELETE FROM recommendation_runs WHERE id = ANY(:ids)"), {"ids": deleted}
+        )
         _log.info("deleted old recommendation runs %s", deleted)
     return deleted
 
