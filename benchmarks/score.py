@@ -1,0 +1,353 @@
+"""Benchmark of nightly scoring and publishing (issue 5).
+
+Prints, all measured in this run on this machine:
+
+1. the machine's dense float32 matmul FLOP/s (numpy and TensorFlow, the larger is the reference);
+2. the hybrid's fast scorer (``score_users``: per-user and per-product parts of the first
+   layer, XLA blocks) in user x product pairs/s, next to ``model.predict`` on the same model,
+   and as a fraction of the matmul reference (3 x hidden FLOPs per pair: add, multiply, add);
+3. publishing: rows/s of ``RunWriter`` (COPY BINARY into ``recommendations``, with its primary
+   key) next to a raw COPY of the same bytes into an unindexed temporary table;
+4. ``--full``: all users x all products scored (mask, exact top-10, fallbacks) and published
+   through ``score_and_write`` against a real PostgreSQL, timed end to end;
+5. ``--e2e-ratings N``: the whole ``recsys run`` (load, features, train, evaluate-gate, score,
+   publish) on an ``recsys sample`` of N ratings, in a subprocess.
+
+The model is the notebook's hybrid shape (K=32, Dense 1024, 100-d text) fitted for one epoch on
+synthetic ratings: the weights do not change the speed. Defaults are the issue's target
+(100k users x 50k products); use smaller sizes on a busy machine.
+
+    .venv/bin/python benchmarks/score.py --users 100000 --products 50000 --full
+    .venv/bin/python benchmarks/score.py --skip-scorer --e2e-ratings 3300000
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def best_of(fn, repeat: int = 3) -> float:
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def matmul_flops(n: int = 2048) -> dict[str, float]:
+    import tensorflow as tf
+
+    rng = np.random.default_rng(0)
+    a = rng.random((n, n), dtype=np.float32)
+    b = rng.random((n, n), dtype=np.float32)
+    a @ b
+    numpy_flops = 2 * n**3 / best_of(lambda: a @ b)
+    ta, tb = tf.constant(a), tf.constant(b)
+    tf.linalg.matmul(ta, tb).numpy()
+    tf_flops = 2 * n**3 / best_of(lambda: tf.linalg.matmul(ta, tb).numpy())
+    return {"numpy": numpy_flops, "tensorflow": tf_flops}
+
+
+def synthetic_hybrid(n_users: int, n_products: int, hidden: int, dim: int = 100, seed: int = 0):
+    from recsys.model import catalog
+    from recsys.model.base import RatingData
+
+    rng = np.random.default_rng(seed)
+    n = max(2 * n_users, 50_000)
+    data = RatingData(
+        users=rng.integers(0, n_users, n).astype(np.int32),
+        products=rng.integers(0, n_products, n).astype(np.int32),
+        ratings=rng.integers(1, 6, n).astype(np.float32),
+        timestamps=np.zeros(n, dtype=np.int64),
+        user_ids=np.arange(1, n_users + 1, dtype=np.int64),
+        product_ids=np.arange(1, n_products + 1, dtype=np.int64),
+        text=rng.normal(0, 0.1, (n_products, dim)).astype(np.float32),
+        has_text=np.ones(n_products, dtype=bool),
+    )
+    model = catalog.create("hybrid", epochs=1, hidden_units=hidden, batch_size=4096)
+    t0 = time.perf_counter()
+    model.fit(data, seed=seed)
+    print(
+        f"  (fitted a {n_users:,} x {n_products:,} hybrid, hidden {hidden}, one epoch on "
+        f"{n:,} synthetic ratings in {time.perf_counter() - t0:.0f}s)"
+    )
+    return model, data
+
+
+def scorer_speed(model, n_users: int, n_products: int, hidden: int, batch: int) -> dict:
+    rng = np.random.default_rng(1)
+    users = np.sort(rng.choice(n_users, batch, replace=False)).astype(np.int32)
+    model.score_users(users[:8])  # precompute parts, compile
+    model.score_users(users)  # compile the batch's block shapes
+    fast_s = best_of(lambda: model.score_users(users), repeat=2)
+    fast_pairs = batch * n_products / fast_s
+    n_pred = 200_000
+    pu = rng.integers(0, n_users, n_pred).astype(np.int32)
+    pp = rng.integers(0, n_products, n_pred).astype(np.int32)
+    model.predict(pu[:1000], pp[:1000])
+    pred_s = best_of(lambda: model.predict(pu, pp), repeat=2)
+    pred_pairs = n_pred / pred_s
+    # agreement on sampled pairs
+    sub_u = users[:50]
+    fast = model.score_users(sub_u)
+    cols = rng.integers(0, n_products, 200)
+    direct = model.predict(np.repeat(sub_u, 200), np.tile(cols, 50)).reshape(50, 200)
+    return {
+        "fast_pairs_per_s": fast_pairs,
+        "predict_pairs_per_s": pred_pairs,
+        "max_abs_diff": float(np.abs(fast[:, cols] - direct).max()),
+        "fast_flops": fast_pairs * 3 * hidden,
+    }
+
+
+def database_engine(home: Path):
+    from recsys.config import load_settings
+    from recsys.db import engine as db
+
+    settings = load_settings(home=home)
+    engine = db.create_engine(settings)
+    db.ensure_schema(engine)
+    return engine, settings
+
+
+def publish_speed(engine, n_rows: int) -> dict:
+    import sqlalchemy as sa
+
+    from recsys.scoring.publish import (
+        RunWriter,
+        ScoreBatch,
+        batch_to_copy_binary,
+        begin_run,
+    )
+
+    rng = np.random.default_rng(2)
+    users = n_rows // 10
+    batch = ScoreBatch(
+        np.repeat(np.arange(1, users + 1, dtype=np.int64), 10),
+        np.tile(np.arange(1, 11, dtype=np.int16), users),
+        rng.integers(1, 50_000, users * 10).astype(np.int64),
+        rng.random(users * 10).astype(np.float32),
+        np.zeros(users * 10, dtype=np.int8),
+    )
+    with engine.begin() as conn:
+        run_id = begin_run(conn, k=10, model_run_id=None, model_type="bench")
+    t0 = time.perf_counter()
+    with engine.begin() as conn:
+        writer = RunWriter(conn, run_id)
+        writer.write(batch)
+        writer.finish({"model": users})
+    publish_s = time.perf_counter() - t0
+    with engine.begin() as conn:
+        conn.execute(sa.text("DELETE FROM recommendations WHERE run_id = :r"), {"r": run_id})
+        conn.execute(sa.text("DELETE FROM recommendation_runs WHERE id = :r"), {"r": run_id})
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "CREATE TEMP TABLE raw_copy (run_id bigint, user_id bigint, rank smallint, "
+                "product_id bigint, score real, strategy text) ON COMMIT DROP"
+            )
+        )
+        raw = conn.connection.driver_connection
+        t0 = time.perf_counter()
+        data = batch_to_copy_binary(0, batch)
+        with (
+            raw.cursor() as cur,
+            cur.copy(
+                "COPY raw_copy (run_id, user_id, rank, product_id, score, strategy) "
+                "FROM STDIN (FORMAT BINARY)"
+            ) as copy,
+        ):
+            copy.write(data)
+        raw_s = time.perf_counter() - t0
+    return {
+        "rows": len(batch),
+        "publish_rows_per_s": len(batch) / publish_s,
+        "raw_copy_rows_per_s": len(batch) / raw_s,
+    }
+
+
+def full_run(engine, model, data, n_ratings: int) -> dict:
+    """All users x all products through score_and_write (mask, top-10, publish) on PostgreSQL."""
+    import sqlalchemy as sa
+
+    from recsys.scoring.score import ScoreOptions, ScoringModel, score_and_write
+
+    n_users, n_products = data.n_users, data.n_products
+    with engine.begin() as conn:
+        conn.execute(sa.text("TRUNCATE users, products, ratings RESTART IDENTITY CASCADE"))
+        conn.execute(
+            sa.text(
+                "INSERT INTO users (external_id) SELECT 'u' || g FROM generate_series(1, :n) g"
+            ),
+            {"n": n_users},
+        )
+        conn.execute(
+            sa.text(
+                "INSERT INTO products (external_id, title) SELECT 'p' || g, 'product ' || g "
+                "FROM generate_series(1, :n) g"
+            ),
+            {"n": n_products},
+        )
+        conn.execute(
+            sa.text(
+                "INSERT INTO ratings (user_id, product_id, rating, rated_at) "
+                "SELECT DISTINCT ON (u, p) u, p, 4, now() FROM ("
+                "SELECT 1 + (random() * (:nu - 1))::bigint AS u, "
+                "1 + (random() * (:np - 1))::bigint AS p "
+                "FROM generate_series(1, :nr)) t"
+            ),
+            {"nu": n_users, "np": n_products, "nr": n_ratings},
+        )
+        conn.execute(sa.text("ANALYZE ratings"))
+    scoring = ScoringModel(model, data.user_ids, data.product_ids, run_id=None, model_type="hybrid")
+    t0 = time.perf_counter()
+    summary = score_and_write(engine, scoring, ScoreOptions(k=10), publish=True)
+    seconds = time.perf_counter() - t0
+    with engine.connect() as conn:
+        bad = conn.execute(
+            sa.text(
+                "SELECT count(*) FROM recommendations r JOIN ratings x "
+                "ON x.user_id = r.user_id AND x.product_id = r.product_id"
+            )
+        ).scalar_one()
+    return {
+        "users": summary.n_users,
+        "rows": summary.n_rows,
+        "seconds": seconds,
+        "rated_recommended": bad,
+    }
+
+
+def e2e(ratings: int, users: int, products: int, epochs: int, home: Path) -> dict:
+    from recsys.ingest.sample import write_sample
+
+    work = home / "e2e"
+    inbox = work / "inbox"
+    t0 = time.perf_counter()
+    files = write_sample(work / "sample", users=users, products=products, ratings=ratings, seed=0)
+    inbox.mkdir(parents=True, exist_ok=True)
+    for path in (files.ratings_path, files.metadata_path):
+        target = inbox / path.name
+        if not target.exists():
+            target.symlink_to(path)
+    sample_s = time.perf_counter() - t0
+    env = {**os.environ, "RECSYS_HOME": str(home / "e2e-home"), "RECSYS_DATABASE_URL": ""}
+    t0 = time.perf_counter()
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "recsys",
+            "run",
+            "--inbox",
+            str(inbox),
+            "--epochs",
+            str(epochs),
+            "--no-evaluate",
+            "--model",
+            "hybrid",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    seconds = time.perf_counter() - t0
+    if result.returncode != 0:
+        print(result.stderr[-3000:])
+    steps = [
+        line.strip()
+        for line in result.stderr.splitlines()
+        if " succeeded in " in line
+        and line.strip().split()[0] in ("load", "features", "train", "evaluate", "score", "publish")
+    ]
+    return {"rc": result.returncode, "seconds": seconds, "sample_seconds": sample_s, "steps": steps}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--users", type=int, default=100_000)
+    parser.add_argument("--products", type=int, default=50_000)
+    parser.add_argument("--hidden", type=int, default=1024)
+    parser.add_argument("--batch", type=int, default=512, help="users per timed score_users call")
+    parser.add_argument("--publish-rows", type=int, default=1_000_000)
+    parser.add_argument("--full", action="store_true", help="score and publish all users")
+    parser.add_argument("--full-ratings", type=int, default=3_300_000)
+    parser.add_argument("--e2e-ratings", type=int, default=0)
+    parser.add_argument("--e2e-users", type=int, default=100_000)
+    parser.add_argument("--e2e-products", type=int, default=50_000)
+    parser.add_argument("--e2e-epochs", type=int, default=1)
+    parser.add_argument("--home", type=Path, default=None)
+    parser.add_argument("--skip-scorer", action="store_true")
+    args = parser.parse_args()
+    home = args.home or Path(tempfile.mkdtemp(prefix="recsys-bench-"))
+    print(f"machine: {os.cpu_count()} CPUs; home {home}")
+
+    if not args.skip_scorer:
+        flops = matmul_flops()
+        reference = max(flops.values())
+        print(
+            f"dense float32 matmul: numpy {flops['numpy'] / 1e9:.1f} GFLOP/s, "
+            f"tensorflow {flops['tensorflow'] / 1e9:.1f} GFLOP/s"
+        )
+        model, data = synthetic_hybrid(args.users, args.products, args.hidden)
+        speed = scorer_speed(model, args.users, args.products, args.hidden, args.batch)
+        print(
+            f"fast scorer: {speed['fast_pairs_per_s'] / 1e6:.1f} M pairs/s; model.predict: "
+            f"{speed['predict_pairs_per_s'] / 1e6:.3f} M pairs/s; ratio "
+            f"{speed['fast_pairs_per_s'] / speed['predict_pairs_per_s']:.0f}x "
+            f"(max |fast - predict| {speed['max_abs_diff']:.2e})"
+        )
+        print(
+            f"fast scorer at 3 x {args.hidden} FLOP/pair: {speed['fast_flops'] / 1e9:.1f} "
+            f"GFLOP/s = {speed['fast_flops'] / reference:.2f} of this machine's matmul"
+        )
+        all_pairs = args.users * args.products
+        print(
+            f"projected scoring of {args.users:,} x {args.products:,} = {all_pairs / 1e9:.1f}G "
+            f"pairs: {all_pairs / speed['fast_pairs_per_s'] / 60:.1f} min (model time only)"
+        )
+
+    engine, _ = database_engine(home)
+    pub = publish_speed(engine, args.publish_rows)
+    print(
+        f"publish: {pub['publish_rows_per_s'] / 1e6:.2f} M rows/s into recommendations vs raw "
+        f"COPY {pub['raw_copy_rows_per_s'] / 1e6:.2f} M rows/s into an unindexed temp table "
+        f"(ratio {pub['publish_rows_per_s'] / pub['raw_copy_rows_per_s']:.2f}; "
+        f"{pub['rows']:,} rows)"
+    )
+
+    if args.full and not args.skip_scorer:
+        full = full_run(engine, model, data, args.full_ratings)
+        print(
+            f"full: {full['users']:,} users x {args.products:,} products scored (exact top-10, "
+            f"rated masked) and published ({full['rows']:,} rows) in {full['seconds']:.0f}s "
+            f"= {full['seconds'] / 60:.1f} min; rated-and-recommended rows: "
+            f"{full['rated_recommended']}"
+        )
+    if args.e2e_ratings:
+        res = e2e(args.e2e_ratings, args.e2e_users, args.e2e_products, args.e2e_epochs, home)
+        print(
+            f"recsys run on a sample of {args.e2e_ratings:,} ratings ({args.e2e_users:,} users, "
+            f"{args.e2e_products:,} products, {args.e2e_epochs} epoch(s), no evaluation): "
+            f"rc {res['rc']}, {res['seconds']:.0f}s (sample written in "
+            f"{res['sample_seconds']:.0f}s)"
+        )
+        for step in res["steps"]:
+            print(f"  {step}")
+    engine.dispose()
+
+
+if __name__ == "__main__":
+    main()
