@@ -61,10 +61,13 @@ def main() -> None:
     products = args.products or max(50, args.ratings // 60)
     work = Path(tempfile.mkdtemp(prefix="recsys-bench-train-"))
     tick = time.perf_counter()
-    files = write_sample(args.keep or work / "sample", users=users, products=products,
-                         ratings=args.ratings, seed=0)
-    print(f"sample: {files.ratings:,} ratings, {users:,} users, {products:,} products "
-          f"written in {time.perf_counter() - tick:.1f} s")
+    files = write_sample(
+        args.keep or work / "sample", users=users, products=products, ratings=args.ratings, seed=0
+    )
+    print(
+        f"sample: {files.ratings:,} ratings, {users:,} users, {products:,} products "
+        f"written in {time.perf_counter() - tick:.1f} s"
+    )
 
     url = os.environ.get("RECSYS_DATABASE_URL")
     server = None
@@ -90,9 +93,11 @@ def main() -> None:
     with engine.connect() as conn:
         data = read_rating_data(conn, min_ratings=0)
     read_s = time.perf_counter() - tick
-    print(f"read_rating_data: {len(data):,} ratings, {data.n_users:,} users, {data.n_products:,} "
-          f"products, {int(data.has_text.sum()):,} with text, in {read_s:.2f} s "
-          f"({len(data) / read_s:,.0f} ratings/s)")
+    print(
+        f"read_rating_data: {len(data):,} ratings, {data.n_users:,} users, {data.n_products:,} "
+        f"products, {int(data.has_text.sum()):,} with text, in {read_s:.2f} s "
+        f"({len(data) / read_s:,.0f} ratings/s)"
+    )
 
     results = {}
     for kind in ("hybrid", "mf"):
@@ -101,19 +106,29 @@ def main() -> None:
         n_train = len(data) - round(0.1 * len(data))
         rates = [n_train / s for s in history.epoch_seconds]
         results[kind] = (model, rates, history)
-        print(f"{kind:<7} epochs " + ", ".join(
-            f"{s:.1f} s = {r:,.0f} ratings/s" for s, r in zip(history.epoch_seconds, rates))
-            + f"; val_loss {['%.4f' % v for v in history.val_loss]}")
+        print(
+            f"{kind:<7} epochs "
+            + ", ".join(
+                f"{s:.1f} s = {r:,.0f} ratings/s"
+                for s, r in zip(history.epoch_seconds, rates, strict=True)
+            )
+            + "; val_loss "
+            + ", ".join(f"{v:.4f}" for v in history.val_loss)
+        )
 
     hybrid_rate = results["hybrid"][1][-1]
     mf_rate = results["mf"][1][-1]
     print()
-    print(f"hybrid training throughput (last epoch): {hybrid_rate:,.0f} ratings/s "
-          f"= {hybrid_rate / mf_rate:.3f}x the notebook MF's {mf_rate:,.0f} ratings/s "
-          f"(same data, same run)")
+    print(
+        f"hybrid training throughput (last epoch): {hybrid_rate:,.0f} ratings/s "
+        f"= {hybrid_rate / mf_rate:.3f}x the notebook MF's {mf_rate:,.0f} ratings/s "
+        f"(same data, same run)"
+    )
     projected = len(data) * 0.9 / hybrid_rate
-    print(f"one hybrid epoch on these {len(data):,} ratings: {projected:.0f} s; "
-          f"20 epochs: {20 * projected / 60:.0f} min")
+    print(
+        f"one hybrid epoch on these {len(data):,} ratings: {projected:.0f} s; "
+        f"20 epochs: {20 * projected / 60:.0f} min"
+    )
 
     model = results["hybrid"][0]
     sample_users = np.arange(min(args.score_users, data.n_users))
@@ -123,13 +138,17 @@ def main() -> None:
     fast_s = time.perf_counter() - tick
     pairs = len(sample_users) * data.n_products
     tick = time.perf_counter()
-    direct = model.predict(np.repeat(sample_users, data.n_products),
-                           np.tile(np.arange(data.n_products), len(sample_users)))
+    direct = model.predict(
+        np.repeat(sample_users, data.n_products),
+        np.tile(np.arange(data.n_products), len(sample_users)),
+    )
     predict_s = time.perf_counter() - tick
     np.testing.assert_allclose(fast.reshape(-1), direct, rtol=1e-4, atol=1e-4)
-    print(f"exact scoring, {len(sample_users)} users x {data.n_products:,} products: score_users "
-          f"{pairs / fast_s:,.0f} pairs/s vs model.predict {pairs / predict_s:,.0f} pairs/s "
-          f"= {predict_s / fast_s:.1f}x (max |diff| {np.abs(fast.reshape(-1) - direct).max():.2e})")
+    print(
+        f"exact scoring, {len(sample_users)} users x {data.n_products:,} products: score_users "
+        f"{pairs / fast_s:,.0f} pairs/s vs model.predict {pairs / predict_s:,.0f} pairs/s "
+        f"= {predict_s / fast_s:.1f}x (max |diff| {np.abs(fast.reshape(-1) - direct).max():.2e})"
+    )
     print(f"peak RSS {_peak_rss_mib():,.0f} MiB")
     engine.dispose()
     if server is not None:

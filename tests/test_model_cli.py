@@ -7,19 +7,19 @@ import subprocess
 import sys
 from pathlib import Path
 
+import click
 import pytest
 import sqlalchemy as sa
-import click
 from click.testing import CliRunner
+from test_model_data import load_ml100k
 
 from recsys.cli import main
-from test_model_data import load_ml100k
 
 pytestmark = pytest.mark.slow
 
 
 def _call(args: list[str], env: dict[str, str]) -> tuple[int, str]:
-    """Run ``recsys ARGS`` through main(), so errors become one line and an exit code as in a shell."""
+    """``recsys ARGS`` through main(): errors become one line and an exit code, as in a shell."""
     runner = CliRunner()
 
     @click.command()
@@ -62,8 +62,10 @@ def test_bad_input_is_one_line_exit_2(loaded, cli_env) -> None:
 
 def test_evaluate_prints_a_table(loaded, cli_env, tmp_path) -> None:
     target = tmp_path / "eval.json"
-    code, out = _call(["evaluate", "--models", "popularity,bias", "--min-ratings", "0",
-                       "--json", str(target)], cli_env)
+    code, out = _call(
+        ["evaluate", "--models", "popularity,bias", "--min-ratings", "0", "--json", str(target)],
+        cli_env,
+    )
     assert code == 0, out
     assert "popularity" in out and "bias" in out and "NDCG@10" in out
     import json
@@ -76,13 +78,32 @@ def test_evaluate_prints_a_table(loaded, cli_env, tmp_path) -> None:
 def test_train_in_a_real_subprocess(loaded, cli_env) -> None:
     env = {**os.environ, **cli_env}
     run = subprocess.run(
-        [sys.executable, "-m", "recsys", "train", "--model", "mf", "--epochs", "2", "--no-evaluate",
-         "--min-ratings", "0"],
-        env=env, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "recsys",
+            "train",
+            "--model",
+            "mf",
+            "--epochs",
+            "2",
+            "--no-evaluate",
+            "--min-ratings",
+            "0",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert run.returncode == 0, run.stderr
     assert "mf epoch 1/2: loss" in run.stderr and "val_loss" in run.stderr
     assert "model run 1: mf trained on" in run.stdout
-    listed = subprocess.run([sys.executable, "-m", "recsys", "runs", "list"], env=env,
-                            capture_output=True, text=True, timeout=120)
+    listed = subprocess.run(
+        [sys.executable, "-m", "recsys", "runs", "list"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert listed.returncode == 0 and "succeeded" in listed.stdout

@@ -40,7 +40,9 @@ def insert_ratings(conn: sa.Connection, rows: list[tuple[str, str, float, int]])
         cur.execute("DROP TABLE _r")
 
 
-def ml100k_rows(shared_data: Path, max_users: int | None = None) -> list[tuple[str, str, float, int]]:
+def ml100k_rows(
+    shared_data: Path, max_users: int | None = None
+) -> list[tuple[str, str, float, int]]:
     """ml-100k u.data as rows, optionally only users 1..max_users."""
     raw = np.loadtxt(shared_data / "movielens_ml-100k" / "u.data", dtype=np.int64)
     if max_users:
@@ -54,22 +56,32 @@ def load_ml100k(conn: sa.Connection, shared_data: Path, max_users: int | None = 
     return len(rows)
 
 
-def add_feature_set(conn: sa.Connection, vectors: dict[int, np.ndarray], *, current: bool = True) -> int:
+def add_feature_set(
+    conn: sa.Connection, vectors: dict[int, np.ndarray], *, current: bool = True
+) -> int:
     """A feature set with the given product id -> vector rows (others get no vector)."""
     dim = len(next(iter(vectors.values())))
     fs_id = conn.execute(
         sa.text(
             "INSERT INTO feature_sets (name, source, source_fingerprint, dim, weighting, "
-            "cleaning_version, is_current) VALUES (:n, 'test', 'test', :d, 'mean', 1, :c) RETURNING id"
+            "cleaning_version, is_current) "
+            "VALUES (:n, 'test', 'test', :d, 'mean', 1, :c) RETURNING id"
         ),
-        {"n": f"test-{len(vectors)}-{dim}-{np.random.default_rng().integers(1 << 30)}", "d": dim, "c": current},
+        {
+            "n": f"test-{len(vectors)}-{dim}-{np.random.default_rng().integers(1 << 30)}",
+            "d": dim,
+            "c": current,
+        },
     ).scalar_one()
     conn.execute(
         sa.text(
             "INSERT INTO product_features (feature_set_id, product_id, text_hash, vector) "
             "VALUES (:f, :p, '\\x00', CAST(:v AS vector))"
         ),
-        [{"f": fs_id, "p": int(p), "v": "[" + ",".join(f"{x:.6f}" for x in v) + "]"} for p, v in vectors.items()],
+        [
+            {"f": fs_id, "p": int(p), "v": "[" + ",".join(f"{x:.6f}" for x in v) + "]"}
+            for p, v in vectors.items()
+        ],
     )
     return int(fs_id)
 
@@ -77,7 +89,14 @@ def add_feature_set(conn: sa.Connection, vectors: dict[int, np.ndarray], *, curr
 def test_filter_keeps_more_than_min_ratings_and_orders_by_id(conn: sa.Connection) -> None:
     rows = []
     # users a (3 ratings), b (2), c (1); products x (3), y (2), z (1)
-    for u, p, r in [("a", "x", 5), ("a", "y", 4), ("a", "z", 3), ("b", "x", 2), ("b", "y", 1), ("c", "x", 4)]:
+    for u, p, r in [
+        ("a", "x", 5),
+        ("a", "y", 4),
+        ("a", "z", 3),
+        ("b", "x", 2),
+        ("b", "y", 1),
+        ("c", "x", 4),
+    ]:
         rows.append((u, p, float(r), 1_000_000 + len(rows)))
     insert_ratings(conn, rows)
     everything = read_rating_data(conn, min_ratings=0, feature_set_id=None)
@@ -86,9 +105,18 @@ def test_filter_keeps_more_than_min_ratings_and_orders_by_id(conn: sa.Connection
     ids = dict(conn.execute(sa.text("SELECT external_id, id FROM users")).all())
     pids = dict(conn.execute(sa.text("SELECT external_id, id FROM products")).all())
     # every row maps back to the database rating
-    for u, p, r, t in zip(everything.users, everything.products, everything.ratings, everything.timestamps):
+    for u, p, r, t in zip(
+        everything.users,
+        everything.products,
+        everything.ratings,
+        everything.timestamps,
+        strict=True,
+    ):
         found = conn.execute(
-            sa.text("SELECT rating, extract(epoch FROM rated_at)::bigint FROM ratings WHERE user_id=:u AND product_id=:p"),
+            sa.text(
+                "SELECT rating, extract(epoch FROM rated_at)::bigint FROM ratings "
+                "WHERE user_id = :u AND product_id = :p"
+            ),
             {"u": int(everything.user_ids[u]), "p": int(everything.product_ids[p])},
         ).one()
         assert found[0] == pytest.approx(r) and found[1] == t
@@ -109,7 +137,9 @@ def test_no_ratings_left_is_a_data_error(conn: sa.Connection) -> None:
 def test_text_vectors_aligned_with_has_text_flag(conn: sa.Connection) -> None:
     insert_ratings(conn, [("a", "x", 5.0, 1), ("a", "y", 4.0, 2), ("b", "z", 3.0, 3)])
     pids = dict(conn.execute(sa.text("SELECT external_id, id FROM products")).all())
-    add_feature_set(conn, {pids["z"]: np.array([1.0, 2.0, 3.0]), pids["x"]: np.array([-1.0, 0.5, 0.0])})
+    add_feature_set(
+        conn, {pids["z"]: np.array([1.0, 2.0, 3.0]), pids["x"]: np.array([-1.0, 0.5, 0.0])}
+    )
     data = read_rating_data(conn, min_ratings=0)
     assert data.feature_set_id is not None
     pos = {int(p): i for i, p in enumerate(data.product_ids)}
@@ -123,7 +153,9 @@ def test_text_vectors_aligned_with_has_text_flag(conn: sa.Connection) -> None:
 
 
 def test_align_text_unsorted_ids() -> None:
-    text, has = align_text(np.array([3, 5, 9]), np.array([9, 3]), np.array([[9.0], [3.0]], dtype=np.float32))
+    text, has = align_text(
+        np.array([3, 5, 9]), np.array([9, 3]), np.array([[9.0], [3.0]], dtype=np.float32)
+    )
     assert has.tolist() == [True, False, True]
     assert text[:, 0].tolist() == [3.0, 0.0, 9.0]
 

@@ -15,7 +15,9 @@ from recsys.model.keras_models import KerasRecommender
 SMALL = {"epochs": 2, "hidden_units": 48, "learning_rate": 0.01}
 
 
-def synthetic(n_users: int = 60, n_products: int = 90, n: int = 4000, dim: int = 5, seed: int = 0) -> RatingData:
+def synthetic(
+    n_users: int = 60, n_products: int = 90, n: int = 4000, dim: int = 5, seed: int = 0
+) -> RatingData:
     """Ratings that depend on the first text dimension, so the hybrid has something to learn."""
     rng = np.random.default_rng(seed)
     users = rng.integers(0, n_users, n).astype(np.int32)
@@ -23,11 +25,18 @@ def synthetic(n_users: int = 60, n_products: int = 90, n: int = 4000, dim: int =
     text = rng.normal(size=(n_products, dim)).astype(np.float32)
     has_text = rng.random(n_products) < 0.8
     text[~has_text] = 0
-    ratings = np.clip(np.round(3 + text[products, 0] + rng.normal(size=n) * 0.5), 1, 5).astype(np.float32)
+    ratings = np.clip(np.round(3 + text[products, 0] + rng.normal(size=n) * 0.5), 1, 5).astype(
+        np.float32
+    )
     return RatingData(
-        users, products, ratings, np.arange(n, dtype=np.int64),
-        np.arange(100, 100 + n_users, dtype=np.int64), np.arange(500, 500 + n_products, dtype=np.int64),
-        text, has_text,
+        users,
+        products,
+        ratings,
+        np.arange(n, dtype=np.int64),
+        np.arange(100, 100 + n_users, dtype=np.int64),
+        np.arange(500, 500 + n_products, dtype=np.int64),
+        text,
+        has_text,
     )
 
 
@@ -99,7 +108,7 @@ def test_score_new_products_is_the_mean_embedding_with_text(trained, data: Ratin
     new_text = np.random.default_rng(5).normal(size=(4, data.text.shape[1])).astype(np.float32)
     scores = model.score_new_products(users, new_text)
     assert scores.shape == (2, 4)
-    # the same computation through the network: put the new product in slot 0 with the mean embedding
+    # the same computation through the network: the new product in slot 0, mean embedding
     emb_layer = model.model.get_layer("product_embedding")
     saved_emb = emb_layer.get_weights()[0].copy()
     try:
@@ -124,7 +133,9 @@ def test_score_new_products_is_the_mean_embedding_with_text(trained, data: Ratin
 
 
 @pytest.mark.parametrize("kind", ["mf", "deep", "hybrid", "bias", "popularity"])
-def test_save_load_round_trip_identical(trained, data: RatingData, kind: str, tmp_path: Path) -> None:
+def test_save_load_round_trip_identical(
+    trained, data: RatingData, kind: str, tmp_path: Path
+) -> None:
     if kind in trained:
         model = trained[kind]
     else:
@@ -161,7 +172,11 @@ def test_notebook_defaults() -> None:
         assert (model.params["learning_rate"], model.params["momentum"]) == (0.1, 0.9)
         assert model.params["dropout"] == 0.2
     for model in (mf, deep, hybrid):
-        assert (model.params["batch_size"], model.params["epochs"], model.params["patience"]) == (1024, 20, 6)
+        assert (model.params["batch_size"], model.params["epochs"], model.params["patience"]) == (
+            1024,
+            20,
+            6,
+        )
 
 
 def test_network_layers_and_custom_layer_config(data: RatingData) -> None:
@@ -171,7 +186,14 @@ def test_network_layers_and_custom_layer_config(data: RatingData) -> None:
 
     model = build_model(NetworkConfig("hybrid", 4, 6, text_dim=3))
     names = [layer.name for layer in model.layers]
-    for name in ("user_embedding", "product_embedding", "product_text", "hidden", "dropout", "output"):
+    for name in (
+        "user_embedding",
+        "product_embedding",
+        "product_text",
+        "hidden",
+        "dropout",
+        "output",
+    ):
         assert name in names
     assert model.get_layer("hidden").units == 1024
     assert model.get_layer("hidden").kernel.shape == (32 + 32 + 3 + 1, 1024)
@@ -190,8 +212,12 @@ def test_hybrid_without_text_is_a_clear_error(data: RatingData) -> None:
 def test_bias_baseline_hand_computed() -> None:
     # two users, two products; reg 0 and one iteration gives plain means
     data = RatingData(
-        np.array([0, 0, 1], np.int32), np.array([0, 1, 0], np.int32), np.array([5, 3, 1], np.float32),
-        np.zeros(3, np.int64), np.array([1, 2]), np.array([1, 2]),
+        np.array([0, 0, 1], np.int32),
+        np.array([0, 1, 0], np.int32),
+        np.array([5, 3, 1], np.float32),
+        np.zeros(3, np.int64),
+        np.array([1, 2]),
+        np.array([1, 2]),
     )
     model = catalog.create("bias", reg_user=0.0, reg_product=0.0, iterations=1)
     model.fit(data)

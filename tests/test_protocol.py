@@ -6,12 +6,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_model_data import load_ml100k
 
 from recsys.evaluation.metrics import ranking_metrics, rating_metrics
 from recsys.evaluation.protocol import evaluate_models, make_splits, metrics_table
 from recsys.model import catalog
 from recsys.model.data import read_rating_data
-from test_model_data import load_ml100k
 
 pytestmark = pytest.mark.slow
 
@@ -25,8 +25,11 @@ def ml_small(conn, shared_data: Path):
 def test_models_side_by_side_on_the_same_splits(ml_small) -> None:
     splits = make_splits(ml_small)
     results = evaluate_models(
-        ml_small, ["popularity", "bias", "mf"], splits=splits,
-        params_for=lambda n: catalog.model_params(n, {"epochs": 1}), seed=0,
+        ml_small,
+        ["popularity", "bias", "mf"],
+        splits=splits,
+        params_for=lambda n: catalog.model_params(n, {"epochs": 1}),
+        seed=0,
     )
     assert [r.model for r in results] == ["popularity", "bias", "mf"]
     popularity, bias, mf = results
@@ -38,7 +41,9 @@ def test_models_side_by_side_on_the_same_splits(ml_small) -> None:
     # the harness reports exactly what the metric functions give for the same fitted model
     model = catalog.create("popularity")
     model.fit(splits.rank.train)
-    assert popularity.rank == ranking_metrics(model.score_users, splits.rank.train, splits.rank.test)
+    assert popularity.rank == ranking_metrics(
+        model.score_users, splits.rank.train, splits.rank.test
+    )
     model = catalog.create("bias")
     model.fit(splits.seed.train)
     assert bias.seed == rating_metrics(model.predict, splits.seed.train, splits.seed.test)

@@ -1,4 +1,4 @@
-"""The model registry: a killed or failed training never leaves a usable run; checksums; migration."""
+"""Model registry: a killed or failed training never leaves a usable run; checksums; migration."""
 
 from __future__ import annotations
 
@@ -6,19 +6,18 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import sqlalchemy as sa
+from test_model_data import load_ml100k
 
 from recsys.db import engine as db
 from recsys.errors import DataError, RecsysError
 from recsys.model import registry
 from recsys.model.registry import ArtifactError, load_run
 from recsys.model.train import TrainConfig, train_run
-from test_model_data import load_ml100k
 
 pytestmark = pytest.mark.slow
 FAST = {"model": "bias", "min_ratings": 0, "evaluate": False}
@@ -26,11 +25,17 @@ FAST = {"model": "bias", "min_ratings": 0, "evaluate": False}
 
 def _statuses(engine: sa.Engine) -> list[tuple[int, str, str | None]]:
     with engine.connect() as conn:
-        return [tuple(r) for r in conn.execute(
-            sa.text("SELECT id, status, failure_reason FROM model_runs ORDER BY id"))]
+        return [
+            tuple(r)
+            for r in conn.execute(
+                sa.text("SELECT id, status, failure_reason FROM model_runs ORDER BY id")
+            )
+        ]
 
 
-def test_run_is_running_until_artifacts_are_in_place(engine, settings, shared_data, monkeypatch) -> None:
+def test_run_is_running_until_artifacts_are_in_place(
+    engine, settings, shared_data, monkeypatch
+) -> None:
     with engine.begin() as conn:
         load_ml100k(conn, shared_data, max_users=40)
     seen = {}
@@ -45,15 +50,20 @@ def test_run_is_running_until_artifacts_are_in_place(engine, settings, shared_da
 
     monkeypatch.setattr(registry, "publish_artifacts", publish)
     result = train_run(engine, settings, TrainConfig(**FAST))
-    assert seen == {"status": "running", "final_exists_before": False,
-                    "staging_name": f".tmp-{result.run_id}-{os.getpid()}"}
+    assert seen == {
+        "status": "running",
+        "final_exists_before": False,
+        "staging_name": f".tmp-{result.run_id}-{os.getpid()}",
+    }
     assert _statuses(engine) == [(result.run_id, "succeeded", None)]
     with engine.connect() as conn:
         loaded = load_run(conn, settings, result.run_id)
     assert loaded.model_type == "bias" and loaded.rating_scale == (1.0, 5.0)
 
 
-def test_failure_after_rename_leaves_no_successful_run(engine, settings, shared_data, monkeypatch) -> None:
+def test_failure_after_rename_leaves_no_successful_run(
+    engine, settings, shared_data, monkeypatch
+) -> None:
     with engine.begin() as conn:
         load_ml100k(conn, shared_data, max_users=40)
 
@@ -69,7 +79,10 @@ def test_failure_after_rename_leaves_no_successful_run(engine, settings, shared_
     assert list(settings.models_dir.iterdir()) == []
     with engine.connect() as conn, pytest.raises(DataError, match="no trained model"):
         load_run(conn, settings)
-    with engine.connect() as conn, pytest.raises(RecsysError, match=f"model run {run_id} is failed: database went away"):
+    with (
+        engine.connect() as conn,
+        pytest.raises(RecsysError, match=f"model run {run_id} is failed: database went away"),
+    ):
         load_run(conn, settings, run_id)
 
 
@@ -83,7 +96,10 @@ def test_tampered_artifacts_are_refused(engine, settings, shared_data) -> None:
         load_run(conn, settings)
     with engine.begin() as conn:
         conn.execute(sa.text("UPDATE model_runs SET checksum = 'x'"))
-    with engine.connect() as conn, pytest.raises(ArtifactError, match="do not match the registry checksum"):
+    with (
+        engine.connect() as conn,
+        pytest.raises(ArtifactError, match="do not match the registry checksum"),
+    ):
         load_run(conn, settings)
 
 
@@ -116,7 +132,9 @@ def test_killed_training_is_never_successful_and_is_marked_interrupted(
         "hidden_units=64, batch_size=64, min_ratings=0, evaluate=False))\n"
     )
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    proc = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script], stderr=subprocess.PIPE, text=True, env=env
+    )
     try:
         for line in proc.stderr:  # wait until it is inside the epochs
             if "epoch 1/200" in line:
@@ -155,4 +173,6 @@ def test_migration_downgrade_and_upgrade(engine) -> None:
     with engine.begin() as conn:
         assert sa.inspect(conn).has_table("model_runs")
         with pytest.raises(sa.exc.IntegrityError):  # succeeded needs an artifact and checksum
-            conn.execute(sa.text("INSERT INTO model_runs (model_type, status) VALUES ('mf', 'succeeded')"))
+            conn.execute(
+                sa.text("INSERT INTO model_runs (model_type, status) VALUES ('mf', 'succeeded')")
+            )

@@ -22,10 +22,15 @@ pytestmark = pytest.mark.slow
 def test_hybrid_on_a_recsys_sample(engine: sa.Engine, settings, tmp_path: Path) -> None:
     files = write_sample(tmp_path / "sample", users=400, products=150, ratings=12_000, seed=4)
     load_files(engine, settings, ratings=[files.ratings_path], metadata=[files.metadata_path])
-    build = build_features(engine, settings, dim=16, epochs=2, create_hnsw=False, save_vectors=False)
+    build = build_features(
+        engine, settings, dim=16, epochs=2, create_hnsw=False, save_vectors=False
+    )
     result = train_run(
-        engine, settings,
-        TrainConfig(model="hybrid", epochs=3, hidden_units=64, learning_rate=0.01, min_ratings=2, seed=2),
+        engine,
+        settings,
+        TrainConfig(
+            model="hybrid", epochs=3, hidden_units=64, learning_rate=0.01, min_ratings=2, seed=2
+        ),
     )
     assert result.feature_set_id == build.feature_set_id
     assert result.n_ratings > 8000
@@ -35,24 +40,32 @@ def test_hybrid_on_a_recsys_sample(engine: sa.Engine, settings, tmp_path: Path) 
     assert 0 < rank["ndcg@10"] <= 1 and rank["coverage@10"] > 0
     with engine.connect() as conn:
         loaded = load_run(conn, settings)
-        has_text = conn.execute(sa.text(
-            "SELECT count(*) FROM product_features WHERE feature_set_id = :f AND vector IS NOT NULL"),
-            {"f": result.feature_set_id}).scalar_one()
+        has_text = conn.execute(
+            sa.text(
+                "SELECT count(*) FROM product_features "
+                "WHERE feature_set_id = :f AND vector IS NOT NULL"
+            ),
+            {"f": result.feature_set_id},
+        ).scalar_one()
     assert has_text > 0
     scores = loaded.recommender.score_users(np.arange(5))
-    direct = loaded.recommender.predict(np.repeat(np.arange(5), result.n_products),
-                                        np.tile(np.arange(result.n_products), 5))
+    direct = loaded.recommender.predict(
+        np.repeat(np.arange(5), result.n_products), np.tile(np.arange(result.n_products), 5)
+    )
     np.testing.assert_allclose(scores.reshape(-1), direct, rtol=1e-5, atol=2e-5)
 
 
 def test_hybrid_on_real_gift_cards(engine: sa.Engine, settings, shared_data: Path) -> None:
     folder = shared_data / "amazon2018_gift_cards"
-    ratings = sorted(p for p in folder.iterdir() if "meta" not in p.name and p.suffix in (".csv", ".gz", ".json"))
+    ratings = sorted(
+        p for p in folder.iterdir() if "meta" not in p.name and p.suffix in (".csv", ".gz", ".json")
+    )
     metadata = sorted(p for p in folder.iterdir() if "meta" in p.name)
     load_files(engine, settings, ratings=ratings, metadata=metadata)
     build_features(engine, settings, dim=16, epochs=2, create_hnsw=False, save_vectors=False)
     result = train_run(
-        engine, settings,
+        engine,
+        settings,
         TrainConfig(model="hybrid", epochs=2, hidden_units=64, min_ratings=0, seed=1),
     )
     with engine.connect() as conn:

@@ -16,8 +16,9 @@ artifact) when the feature set is later deleted.
 from __future__ import annotations
 
 import sqlalchemy as sa
-from alembic import op
 from sqlalchemy.dialects.postgresql import JSONB
+
+from alembic import op
 
 revision = "0003"
 down_revision = "0002"
@@ -40,7 +41,10 @@ def upgrade() -> None:
         sa.Column("status", sa.Text, nullable=False),
         sa.Column("failure_reason", sa.Text),
         sa.Column(
-            "started_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.text("now()")
+            "started_at",
+            sa.DateTime(timezone=True),
+            nullable=False,
+            server_default=sa.text("now()"),
         ),
         sa.Column("finished_at", sa.DateTime(timezone=True)),
         sa.Column("artifact_path", sa.Text),

@@ -29,15 +29,35 @@ def _quiet_tensorflow() -> None:
 
 def _model_options(func):
     options = [
-        click.option("--epochs", type=click.IntRange(min=1), help="Maximum epochs (Keras models; default 20)."),
+        click.option(
+            "--epochs",
+            type=click.IntRange(min=1),
+            help="Maximum epochs (Keras models; default 20).",
+        ),
         click.option("--batch-size", type=click.IntRange(min=1), help="Batch size (default 1024)."),
-        click.option("--learning-rate", type=click.FloatRange(min=0, min_open=True),
-                     help="SGD learning rate (default 0.1)."),
-        click.option("--embedding-dim", type=click.IntRange(min=1), help="K (default mf 10, deep/hybrid 32)."),
-        click.option("--hidden-units", type=click.IntRange(min=1), help="Width of the Dense layer (default 1024)."),
-        click.option("--min-ratings", type=click.IntRange(min=0), default=10, show_default=True,
-                     help="Keep users and products with MORE than this many ratings (0: all)."),
-        click.option("--seed", type=int, default=0, show_default=True, help="Random seed (deterministic)."),
+        click.option(
+            "--learning-rate",
+            type=click.FloatRange(min=0, min_open=True),
+            help="SGD learning rate (default 0.1).",
+        ),
+        click.option(
+            "--embedding-dim", type=click.IntRange(min=1), help="K (default mf 10, deep/hybrid 32)."
+        ),
+        click.option(
+            "--hidden-units",
+            type=click.IntRange(min=1),
+            help="Width of the Dense layer (default 1024).",
+        ),
+        click.option(
+            "--min-ratings",
+            type=click.IntRange(min=0),
+            default=10,
+            show_default=True,
+            help="Keep users and products with MORE than this many ratings (0: all).",
+        ),
+        click.option(
+            "--seed", type=int, default=0, show_default=True, help="Random seed (deterministic)."
+        ),
     ]
     for option in reversed(options):
         func = option(func)
@@ -45,19 +65,37 @@ def _model_options(func):
 
 
 def _options(kwargs: dict) -> dict:
-    return {k: kwargs[k] for k in ("epochs", "batch_size", "learning_rate", "embedding_dim", "hidden_units")}
+    return {
+        k: kwargs[k]
+        for k in ("epochs", "batch_size", "learning_rate", "embedding_dim", "hidden_units")
+    }
 
 
 @click.command("train")
-@click.option("--model", "model_name", default=None,
-              help="hybrid (default), deep, mf, bias, popularity, or another catalogue model.")
+@click.option(
+    "--model",
+    "model_name",
+    default=None,
+    help="hybrid (default), deep, mf, bias, popularity, or another catalogue model.",
+)
 @_model_options
-@click.option("--evaluate/--no-evaluate", default=True, show_default=True,
-              help="Also run both evaluation protocols (two extra fits, about 1.5x the training time).")
-@click.option("--feature-set", "feature_set", default="current", show_default=True,
-              help="Feature set id for the text vectors, or 'current'.")
+@click.option(
+    "--evaluate/--no-evaluate",
+    default=True,
+    show_default=True,
+    help="Also run both evaluation protocols (two extra fits, about 1.5x the training time).",
+)
+@click.option(
+    "--feature-set",
+    "feature_set",
+    default="current",
+    show_default=True,
+    help="Feature set id for the text vectors, or 'current'.",
+)
 @click.pass_context
-def train(ctx: click.Context, model_name: str | None, evaluate: bool, feature_set: str, **kwargs) -> None:
+def train(
+    ctx: click.Context, model_name: str | None, evaluate: bool, feature_set: str, **kwargs
+) -> None:
     """Train a model from the database and record the run in the model registry."""
     from recsys.commands.database import open_engine
     from recsys.errors import RecsysError
@@ -105,17 +143,26 @@ def _metrics_line(metrics: dict) -> str:
     if rank:
         parts.append(
             f"rank split Recall@10 {rank['recall@10']:.4f} NDCG@10 {rank['ndcg@10']:.4f} "
-            f"coverage@10 {rank['coverage@10']:.4f} popularity pct {rank['popularity_percentile']:.3f}"
+            f"coverage@10 {rank['coverage@10']:.4f} "
+            f"popularity pct {rank['popularity_percentile']:.3f}"
         )
     return "; ".join(parts)
 
 
 @click.command("evaluate")
-@click.option("--models", default=DEFAULT_EVALUATE, show_default=True,
-              help="Comma-separated catalogue models to compare.")
+@click.option(
+    "--models",
+    default=DEFAULT_EVALUATE,
+    show_default=True,
+    help="Comma-separated catalogue models to compare.",
+)
 @_model_options
-@click.option("--json", "json_path", type=click.Path(dir_okay=False, writable=True),
-              help="Also write the results as JSON to this file.")
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(dir_okay=False, writable=True),
+    help="Also write the results as JSON to this file.",
+)
 @click.pass_context
 def evaluate(ctx: click.Context, models: str, json_path: str | None, **kwargs) -> None:
     """Train the models on the same splits and compare them on both protocols."""
@@ -131,13 +178,17 @@ def evaluate(ctx: click.Context, models: str, json_path: str | None, **kwargs) -
     unknown = [n for n in names if n not in catalog.MODELS]
     if not names or unknown:
         raise RecsysError(
-            f"unknown model(s) {', '.join(unknown) or '(none given)'}; known: {', '.join(sorted(catalog.MODELS))}"
+            f"unknown model(s) {', '.join(unknown) or '(none given)'}; "
+            f"known: {', '.join(sorted(catalog.MODELS))}"
         )
     engine = open_engine(settings)
     needs_text = any(n in catalog.NEEDS_TEXT for n in names)
     with engine.connect() as conn:
-        data = read_rating_data(conn, min_ratings=kwargs["min_ratings"],
-                                feature_set_id="current" if needs_text else None)
+        data = read_rating_data(
+            conn,
+            min_ratings=kwargs["min_ratings"],
+            feature_set_id="current" if needs_text else None,
+        )
     if needs_text and data.feature_set_id is None:
         raise DataError(
             "the hybrid model needs product text vectors and there is no current feature set; "
@@ -149,8 +200,10 @@ def evaluate(ctx: click.Context, models: str, json_path: str | None, **kwargs) -
     results = evaluate_models(
         data, names, params_for=lambda n: catalog.model_params(n, options), seed=kwargs["seed"]
     )
-    title = (f"{len(data)} ratings, {data.n_users} users, {data.n_products} products "
-             f"(min_ratings {kwargs['min_ratings']}, seed {kwargs['seed']})")
+    title = (
+        f"{len(data)} ratings, {data.n_users} users, {data.n_products} products "
+        f"(min_ratings {kwargs['min_ratings']}, seed {kwargs['seed']})"
+    )
     _console().print(metrics_table(results, title=title))
     if json_path:
         payload = {r.model: r.as_dict() for r in results}
@@ -188,7 +241,9 @@ def runs_list(ctx: click.Context, limit: int) -> None:
         seed = metrics.get("seed") or {}
         rank = metrics.get("rank") or {}
         table.add_row(
-            str(row["id"]), row["model_type"], row["status"],
+            str(row["id"]),
+            row["model_type"],
+            row["status"],
             row["started_at"].strftime("%Y-%m-%d %H:%M:%S"),
             str(row["n_ratings"] or "-"),
             f"{seed['rmse']:.4f}" if seed.get("rmse") is not None else "-",
@@ -211,9 +266,22 @@ def runs_show(ctx: click.Context, run_id: int) -> None:
     with engine.connect() as conn:
         row = get_run(conn, run_id)
     out = _console()
-    for key in ("id", "model_type", "status", "failure_reason", "started_at", "finished_at",
-                "n_users", "n_products", "n_ratings", "feature_set_id", "host", "pid",
-                "artifact_path", "checksum"):
+    for key in (
+        "id",
+        "model_type",
+        "status",
+        "failure_reason",
+        "started_at",
+        "finished_at",
+        "n_users",
+        "n_products",
+        "n_ratings",
+        "feature_set_id",
+        "host",
+        "pid",
+        "artifact_path",
+        "checksum",
+    ):
         if row.get(key) is not None:
             out.print(f"{key}: {row[key]}")
     out.print(f"params: {json.dumps(row['params'], sort_keys=True)}")
@@ -222,7 +290,10 @@ def runs_show(ctx: click.Context, run_id: int) -> None:
     history = row["history"] or {}
     for epoch, loss in enumerate(history.get("train_loss") or [], start=1):
         val = (history.get("val_loss") or [])[epoch - 1 : epoch]
-        out.print(f"epoch {epoch}: loss {loss:.4f}" + (f", val_loss {val[0]:.4f}" if val and val[0] is not None else ""))
+        out.print(
+            f"epoch {epoch}: loss {loss:.4f}"
+            + (f", val_loss {val[0]:.4f}" if val and val[0] is not None else "")
+        )
     if row["artifact_path"]:
         out.print(f"training curve: {row['artifact_path']}/{CURVE}")
 

@@ -75,8 +75,13 @@ def evaluate_model(
     _log.info("%s: training on the rank split (%d ratings)", model.name, len(splits.rank.train))
     model.fit(splits.rank.train, seed=seed)
     rank = ranking_metrics(model.score_users, splits.rank.train, splits.rank.test, k=k)
-    result = ModelEvaluation(model.name, seed_metrics, rank, time.perf_counter() - started,
-                             dict(getattr(model, "params", {}) or {}))
+    result = ModelEvaluation(
+        model.name,
+        seed_metrics,
+        rank,
+        time.perf_counter() - started,
+        dict(getattr(model, "params", {}) or {}),
+    )
     _log.info("%s: %s", model.name, format_metrics(result))
     return result
 
@@ -96,7 +101,9 @@ def evaluate_models(
     results = []
     for name in names:
         params = params_for(name) if params_for else {}
-        results.append(evaluate_model(lambda n=name, p=params: catalog.create(n, **p), splits, seed=seed))
+        results.append(
+            evaluate_model(lambda n=name, p=params: catalog.create(n, **p), splits, seed=seed)
+        )
     return results
 
 
@@ -118,7 +125,16 @@ def metrics_table(results: Sequence[ModelEvaluation], title: str = "evaluation")
     from rich.table import Table
 
     table = Table(title=title)
-    for column in ("model", "RMSE", "MAE", "Recall@10", "NDCG@10", "coverage@10", "pop. pct", "seconds"):
+    for column in (
+        "model",
+        "RMSE",
+        "MAE",
+        "Recall@10",
+        "NDCG@10",
+        "coverage@10",
+        "pop. pct",
+        "seconds",
+    ):
         table.add_column(column, justify="left" if column == "model" else "right", no_wrap=True)
     for res in results:
         seed = res.seed or {}
@@ -126,7 +142,13 @@ def metrics_table(results: Sequence[ModelEvaluation], title: str = "evaluation")
         mae = f"{seed['mae']:.4f}" if seed else "-"
         r = res.rank
         table.add_row(
-            res.model, rmse, mae, f"{r['recall@10']:.4f}", f"{r['ndcg@10']:.4f}",
-            f"{r['coverage@10']:.4f}", f"{r['popularity_percentile']:.3f}", f"{res.seconds:.1f}",
+            res.model,
+            rmse,
+            mae,
+            f"{r['recall@10']:.4f}",
+            f"{r['ndcg@10']:.4f}",
+            f"{r['coverage@10']:.4f}",
+            f"{r['popularity_percentile']:.3f}",
+            f"{res.seconds:.1f}",
         )
     return table

@@ -2,7 +2,8 @@
 
 ``bias`` fits the biases by alternating least squares (ANCHORS.md, Surprise's baseline
 estimator): starting from zero, repeat ``iterations`` times
-``b_u = sum(r - mu - b_i) / (reg_user + n_u)`` then ``b_i = sum(r - mu - b_u) / (reg_product + n_i)``.
+``b_u = sum(r - mu - b_i) / (reg_user + n_u)`` then
+``b_i = sum(r - mu - b_u) / (reg_product + n_i)``.
 Its ranking score is the predicted rating; for one user that orders products by ``b_i``.
 
 ``popularity`` ranks products by their number of training ratings; it predicts no ratings.
@@ -28,15 +29,21 @@ class BiasRecommender:
 
     name = "bias"
 
-    def __init__(self, *, reg_user: float = 15.0, reg_product: float = 10.0, iterations: int = 10) -> None:
+    def __init__(
+        self, *, reg_user: float = 15.0, reg_product: float = 10.0, iterations: int = 10
+    ) -> None:
         self.params: dict[str, Any] = {
-            "reg_user": float(reg_user), "reg_product": float(reg_product), "iterations": int(iterations)
+            "reg_user": float(reg_user),
+            "reg_product": float(reg_product),
+            "iterations": int(iterations),
         }
         self.mu = 0.0
         self.user_bias: np.ndarray | None = None
         self.product_bias: np.ndarray | None = None
 
-    def fit(self, train: RatingData, *, validation: RatingData | None = None, seed: int = 0) -> FitHistory:
+    def fit(
+        self, train: RatingData, *, validation: RatingData | None = None, seed: int = 0
+    ) -> FitHistory:
         if len(train) == 0:
             raise DataError("no training ratings")
         r = train.ratings.astype(np.float64)
@@ -57,19 +64,25 @@ class BiasRecommender:
         return FitHistory(stopped_reason="closed form")
 
     def predict(self, users: np.ndarray, products: np.ndarray) -> np.ndarray:
-        return (np.float32(self.mu) + self.user_bias[users] + self.product_bias[products]).astype(np.float32)
+        return (np.float32(self.mu) + self.user_bias[users] + self.product_bias[products]).astype(
+            np.float32
+        )
 
     def score_users(self, users: np.ndarray) -> np.ndarray:
         users = np.asarray(users, dtype=np.int64)
-        return (np.float32(self.mu) + self.user_bias[users][:, None] + self.product_bias[None, :]).astype(
-            np.float32
-        )
+        return (
+            np.float32(self.mu) + self.user_bias[users][:, None] + self.product_bias[None, :]
+        ).astype(np.float32)
 
     def save(self, directory: Path) -> None:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        np.savez(directory / "bias.npz", mu=np.float64(self.mu), user_bias=self.user_bias,
-                 product_bias=self.product_bias)
+        np.savez(
+            directory / "bias.npz",
+            mu=np.float64(self.mu),
+            user_bias=self.user_bias,
+            product_bias=self.product_bias,
+        )
         (directory / META_FILE).write_text(json.dumps({"model": self.name, "params": self.params}))
 
     @classmethod
@@ -94,7 +107,9 @@ class PopularityRecommender:
         self.params: dict[str, Any] = {}
         self.counts: np.ndarray | None = None
 
-    def fit(self, train: RatingData, *, validation: RatingData | None = None, seed: int = 0) -> FitHistory:
+    def fit(
+        self, train: RatingData, *, validation: RatingData | None = None, seed: int = 0
+    ) -> FitHistory:
         if len(train) == 0:
             raise DataError("no training ratings")
         self.counts = np.bincount(train.products, minlength=train.n_products).astype(np.float32)

@@ -52,7 +52,11 @@ def _ratings_query(min_ratings: int, *, count: bool = False):
 
     text = _ALL_RATINGS_SQL if min_ratings <= 0 else _RATINGS_SQL
     if count:
-        text = "SELECT count(*) FROM (" + text.replace("ORDER BY r.user_id, r.product_id", "") + ") AS kept"
+        text = (
+            "SELECT count(*) FROM ("
+            + text.replace("ORDER BY r.user_id, r.product_id", "")
+            + ") AS kept"
+        )
     return sql.SQL(text).format(min=sql.Literal(int(min_ratings)))
 
 
@@ -66,10 +70,14 @@ def _count_ratings(cursor, min_ratings: int) -> int:
 _ROW = np.dtype(
     [
         ("nfields", ">i2"),
-        ("l_user", ">i4"), ("user", ">i8"),
-        ("l_product", ">i4"), ("product", ">i8"),
-        ("l_rating", ">i4"), ("rating", ">f4"),
-        ("l_time", ">i4"), ("time", ">i8"),
+        ("l_user", ">i4"),
+        ("user", ">i8"),
+        ("l_product", ">i4"),
+        ("product", ">i8"),
+        ("l_rating", ">i4"),
+        ("rating", ">f4"),
+        ("l_time", ">i4"),
+        ("time", ">i8"),
     ]
 )
 _HEADER = 19  # PGCOPY\n\377\r\n\0 + int32 flags + int32 extension length (0)
@@ -81,7 +89,9 @@ def _copy_ratings(conn: sa.Connection, min_ratings: int) -> tuple[np.ndarray, ..
     Streams ``COPY ... (FORMAT BINARY)`` chunks straight into preallocated arrays: no
     intermediate Python rows and no copy of the whole table.
     """
-    dbapi = conn.connection.driver_connection  # psycopg 3 connection inside the caller's transaction
+    dbapi = (
+        conn.connection.driver_connection
+    )  # psycopg 3 connection inside the caller's transaction
     with dbapi.cursor() as cursor:
         n = _count_ratings(cursor, min_ratings)
         user_ids = np.empty(n, dtype=np.int64)
@@ -90,7 +100,9 @@ def _copy_ratings(conn: sa.Connection, min_ratings: int) -> tuple[np.ndarray, ..
         timestamps = np.empty(n, dtype=np.int64)
         from psycopg import sql
 
-        copy_sql = sql.SQL("COPY ({}) TO STDOUT (FORMAT BINARY)").format(_ratings_query(min_ratings))
+        copy_sql = sql.SQL("COPY ({}) TO STDOUT (FORMAT BINARY)").format(
+            _ratings_query(min_ratings)
+        )
         filled = 0
         header_left = _HEADER
         buffer = bytearray()
@@ -224,13 +236,19 @@ def read_rating_data(
     text = has_text = None
     if fs_id is not None:
         text_ids, vectors = read_text_vectors(conn, fs_id)
-        dim = conn.execute(sa.text("SELECT dim FROM feature_sets WHERE id = :i"), {"i": fs_id}).scalar()
+        dim = conn.execute(
+            sa.text("SELECT dim FROM feature_sets WHERE id = :i"), {"i": fs_id}
+        ).scalar()
         text, has_text = align_text(product_ids, text_ids, vectors, dim)
     # star ratings: the 1-5 scale unless the data goes beyond it (e.g. 0.5 half stars)
     scale = (min(1.0, float(ratings.min())), max(5.0, float(ratings.max())))
     _log.info(
         "read %d of %d ratings: %d users, %d products (min_ratings %d)%s",
-        len(ratings), total, len(user_ids), len(product_ids), min_ratings,
+        len(ratings),
+        total,
+        len(user_ids),
+        len(product_ids),
+        min_ratings,
         "" if has_text is None else f", {int(has_text.sum())} with text (feature set {fs_id})",
     )
     return RatingData(

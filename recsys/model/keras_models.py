@@ -94,9 +94,13 @@ class _EpochLog:
                 sink.append(seconds)
                 _log.info(
                     "%s epoch %d/%d: loss %.4f, val_loss %s (%.1f s, %.0f ratings/s)",
-                    name, epoch + 1, epochs, float(logs.get("loss", float("nan"))),
+                    name,
+                    epoch + 1,
+                    epochs,
+                    float(logs.get("loss", float("nan"))),
                     f"{logs['val_loss']:.4f}" if "val_loss" in logs else "-",
-                    seconds, n_ratings / max(seconds, 1e-9),
+                    seconds,
+                    n_ratings / max(seconds, 1e-9),
                 )
 
         return EpochLog()
@@ -141,7 +145,9 @@ class KerasRecommender:
         self.params: dict[str, Any] = {
             "epochs": int(epochs),
             "batch_size": int(batch_size),
-            "learning_rate": float(learning_rate if learning_rate is not None else defaults["learning_rate"]),
+            "learning_rate": float(
+                learning_rate if learning_rate is not None else defaults["learning_rate"]
+            ),
             "momentum": float(momentum if momentum is not None else defaults["momentum"]),
             "embedding_dim": int(embedding_dim or defaults["embedding_dim"]),
             "hidden_units": int(hidden_units),
@@ -218,7 +224,10 @@ class KerasRecommender:
             callbacks.append(stopper)
         fit_args: dict[str, Any] = {}
         if has_val:
-            fit_args["validation_data"] = (self._inputs(validation.users, validation.products), validation.ratings)
+            fit_args["validation_data"] = (
+                self._inputs(validation.users, validation.products),
+                validation.ratings,
+            )
         history = model.fit(
             self._inputs(train.users, train.products),
             train.ratings,
@@ -233,13 +242,17 @@ class KerasRecommender:
         val_loss = [float(x) for x in history.history.get("val_loss", [])]
         bad = [i for i, x in enumerate(train_loss + val_loss) if not np.isfinite(x)]
         if bad or not train_loss:
-            epoch = next((i + 1 for i, x in enumerate(train_loss) if not np.isfinite(x)), len(train_loss))
+            epoch = next(
+                (i + 1 for i, x in enumerate(train_loss) if not np.isfinite(x)), len(train_loss)
+            )
             raise TrainingDiverged(
                 f"{self.name} training loss became NaN/inf in epoch {epoch}; training stopped "
                 f"(learning rate {self.params['learning_rate']} too high for this data?)"
             )
         best_epoch = int(np.argmin(val_loss)) + 1 if val_loss else len(train_loss)
-        stopped = "early stopping" if stopper is not None and stopper.stopped_epoch > 0 else "max epochs"
+        stopped = (
+            "early stopping" if stopper is not None and stopper.stopped_epoch > 0 else "max epochs"
+        )
         self.model = model
         self.network_config = config.to_dict()
         self._reset_cache()

@@ -74,13 +74,23 @@ def start_run(conn: sa.Connection, model_type: str, params: dict[str, Any]) -> i
                 "INSERT INTO model_runs (model_type, params, status, host, pid) "
                 "VALUES (:m, CAST(:p AS jsonb), 'running', :h, :pid) RETURNING id"
             ),
-            {"m": model_type, "p": json.dumps(params), "h": socket.gethostname(), "pid": os.getpid()},
+            {
+                "m": model_type,
+                "p": json.dumps(params),
+                "h": socket.gethostname(),
+                "pid": os.getpid(),
+            },
         ).scalar_one()
     )
 
 
 def record_data(
-    conn: sa.Connection, run_id: int, *, n_users: int, n_products: int, n_ratings: int,
+    conn: sa.Connection,
+    run_id: int,
+    *,
+    n_users: int,
+    n_products: int,
+    n_ratings: int,
     feature_set_id: int | None,
 ) -> None:
     """Store the counts of the data the run trains on."""
@@ -94,8 +104,13 @@ def record_data(
 
 
 def finish_run(
-    conn: sa.Connection, run_id: int, *, artifact_path: Path, checksum: str,
-    metrics: dict[str, Any], history: dict[str, Any],
+    conn: sa.Connection,
+    run_id: int,
+    *,
+    artifact_path: Path,
+    checksum: str,
+    metrics: dict[str, Any],
+    history: dict[str, Any],
 ) -> None:
     """Mark the run succeeded (call only after :func:`publish_artifacts`)."""
     updated = conn.execute(
@@ -104,7 +119,13 @@ def finish_run(
             "checksum = :c, metrics = CAST(:m AS jsonb), history = CAST(:h AS jsonb), "
             "failure_reason = NULL WHERE id = :id AND status = 'running'"
         ),
-        {"a": str(artifact_path), "c": checksum, "m": _json(metrics), "h": _json(history), "id": run_id},
+        {
+            "a": str(artifact_path),
+            "c": checksum,
+            "m": _json(metrics),
+            "h": _json(history),
+            "id": run_id,
+        },
     ).rowcount
     if updated != 1:
         raise RecsysError(f"model run {run_id} is no longer running (marked failed meanwhile?)")
@@ -174,15 +195,21 @@ def _nan_to_none(value: Any) -> Any:
 
 def list_runs(conn: sa.Connection, limit: int = 20) -> list[dict[str, Any]]:
     """The newest runs first, as dicts of the row."""
-    rows = conn.execute(
-        sa.text("SELECT * FROM model_runs ORDER BY id DESC LIMIT :n"), {"n": limit}
-    ).mappings().all()
+    rows = (
+        conn.execute(sa.text("SELECT * FROM model_runs ORDER BY id DESC LIMIT :n"), {"n": limit})
+        .mappings()
+        .all()
+    )
     return [dict(r) for r in rows]
 
 
 def get_run(conn: sa.Connection, run_id: int) -> dict[str, Any]:
     """One run's row as a dict; RecsysError if there is none."""
-    row = conn.execute(sa.text("SELECT * FROM model_runs WHERE id = :i"), {"i": run_id}).mappings().first()
+    row = (
+        conn.execute(sa.text("SELECT * FROM model_runs WHERE id = :i"), {"i": run_id})
+        .mappings()
+        .first()
+    )
     if row is None:
         raise RecsysError(f"no model run {run_id} (see `recsys runs list`)")
     return dict(row)
@@ -201,7 +228,10 @@ def staging_dir(models_dir: Path, run_id: int) -> Path:
 
 
 def write_artifacts(
-    staging: Path, recommender: Recommender, user_ids: np.ndarray, product_ids: np.ndarray,
+    staging: Path,
+    recommender: Recommender,
+    user_ids: np.ndarray,
+    product_ids: np.ndarray,
     run_info: dict[str, Any],
 ) -> None:
     """Save the model and index maps into ``staging`` (not yet visible as a run)."""
@@ -252,7 +282,9 @@ def verify_artifacts(directory: Path, checksum: str) -> None:
     if hashlib.sha256(manifest.encode()).hexdigest() != checksum:
         raise ArtifactError(f"model artifacts in {directory} do not match the registry checksum")
     if manifest.strip().splitlines() != _manifest_lines(directory):
-        raise ArtifactError(f"model artifacts in {directory} were changed or damaged after training")
+        raise ArtifactError(
+            f"model artifacts in {directory} were changed or damaged after training"
+        )
 
 
 def _artifact_dir(settings: Any, run: dict[str, Any]) -> Path:

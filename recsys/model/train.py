@@ -89,7 +89,8 @@ def check_enough(data: RatingData, config: TrainConfig) -> None:
         raise DataError(
             f"too few ratings to train: {len(data)} ratings of {data.n_users} users and "
             f"{data.n_products} products left after keeping users and products with more than "
-            f"{config.min_ratings} ratings ({data.meta.get('ratings_total', '?')} in the database); "
+            f"{config.min_ratings} ratings "
+            f"({data.meta.get('ratings_total', '?')} in the database); "
             f"at least {config.min_train_ratings} are needed: load more data or lower --min-ratings"
         )
 
@@ -130,7 +131,9 @@ def train_run(engine: Engine, settings: Any, config: TrainConfig) -> TrainResult
     """
     started = time.perf_counter()
     params = config.model_params()
-    recommender = catalog.create(config.model, **params)  # bad names/params fail before a row exists
+    recommender = catalog.create(
+        config.model, **params
+    )  # bad names/params fail before a row exists
     recorded_params = {
         **dict(getattr(recommender, "params", {}) or params),
         "min_ratings": config.min_ratings,
@@ -151,8 +154,12 @@ def train_run(engine: Engine, settings: Any, config: TrainConfig) -> TrainResult
             data = _read(conn, config, needs_text)
         with engine.begin() as conn:
             registry.record_data(
-                conn, run_id, n_users=data.n_users, n_products=data.n_products,
-                n_ratings=len(data), feature_set_id=data.feature_set_id,
+                conn,
+                run_id,
+                n_users=data.n_users,
+                n_products=data.n_products,
+                n_ratings=len(data),
+                feature_set_id=data.feature_set_id,
             )
         check_enough(data, config)
         metrics: dict[str, Any] = {}
@@ -185,7 +192,11 @@ def train_run(engine: Engine, settings: Any, config: TrainConfig) -> TrainResult
         staging = None  # renamed into place: only ``final`` is left to clean up on failure
         with engine.begin() as conn:
             registry.finish_run(
-                conn, run_id, artifact_path=final, checksum=checksum, metrics=metrics,
+                conn,
+                run_id,
+                artifact_path=final,
+                checksum=checksum,
+                metrics=metrics,
                 history=asdict(history),
             )
     except BaseException as err:
@@ -204,9 +215,17 @@ def train_run(engine: Engine, settings: Any, config: TrainConfig) -> TrainResult
     seconds = time.perf_counter() - started
     _log.info("model run %d succeeded in %.1f s: %s", run_id, seconds, final)
     return TrainResult(
-        run_id=run_id, model_type=config.model, n_users=data.n_users, n_products=data.n_products,
-        n_ratings=len(data), feature_set_id=data.feature_set_id, metrics=metrics, history=history,
-        artifact_path=final, checksum=checksum, seconds=seconds,
+        run_id=run_id,
+        model_type=config.model,
+        n_users=data.n_users,
+        n_products=data.n_products,
+        n_ratings=len(data),
+        feature_set_id=data.feature_set_id,
+        metrics=metrics,
+        history=history,
+        artifact_path=final,
+        checksum=checksum,
+        seconds=seconds,
     )
 
 
