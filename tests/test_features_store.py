@@ -321,3 +321,14 @@ def test_prune_keeps_current_and_referenced_sets(engine, settings, toy_vectors):
         rows = conn.execute(sa.text("SELECT count(*) FROM product_features "
                                     "WHERE feature_set_id = :i"), {"i": ids[1]}).scalar_one()
     assert left == [ids[3], ids[2], ids[0]] and rows == 0
+
+
+def test_one_build_at_a_time(engine, settings, toy_vectors):
+    from recsys.db.locks import advisory_lock
+    from recsys.errors import LockBusy
+
+    _insert_products(engine, TOY[:4])
+    with advisory_lock(engine, store.FEATURES_LOCK, what="recsys features build"):
+        with pytest.raises(LockBusy, match="recsys features build"):
+            store.build_features(engine, settings, word_vectors=str(toy_vectors))
+    assert store.build_features(engine, settings, word_vectors=str(toy_vectors)).n_embedded == 4

@@ -45,6 +45,9 @@ if TYPE_CHECKING:
 
 _log = logging.getLogger(__name__)
 
+FEATURES_LOCK = "recsys:features"
+"""Advisory lock held while a feature set is built."""
+
 HNSW_MAX_DIM = 2000
 """pgvector's HNSW limit for ``vector``; larger sets are stored without an index."""
 
@@ -575,7 +578,6 @@ def build_features(
     import os
 
     from recsys.features import vectors as wv
-    from recsys.features.text import CLEANING_VERSION, stopwords_source
 
     if weighting not in ("mean", "tfidf"):
         raise InputError(f"unknown weighting {weighting!r} (use mean or tfidf)")
@@ -589,9 +591,32 @@ def build_features(
             raise InputError(f"word vectors file not found: {word_vectors}")
     progress = progress or _NoProgress()
     started = time.perf_counter()
-    phases: dict[str, float] = {}
     workers = workers if workers > 0 else (os.cpu_count() or 1)
 
+    from recsys.db.locks import advisory_lock
+
+    # one build at a time (CLI or nightly), across processes: fails at once with LockBusy
+    with advisory_lock(engine, FEATURES_LOCK, what="recsys features build"):
+        return _build(
+            engine, settings, word_vectors=word_vectors, dim=dim, weighting=weighting, seed=seed,
+            workers=workers, epochs=epochs, min_count=min_count, limit=limit,
+            with_title=with_title, name=name, make_current_set=make_current_set,
+            create_hnsw=create_hnsw, keep=keep, save_vectors=save_vectors, progress=progress,
+            after_write=after_write, started=started,
+        )
+
+
+def _build(
+    engine: sa.Engine, settings: Settings, *, word_vectors: str, dim: int, weighting: str,
+    seed: int, workers: int, epochs: int, min_count: int, limit: int | None, with_title: bool,
+    name: str | None, make_current_set: bool, create_hnsw: bool, keep: int, save_vectors: bool,
+    progress: Progress, after_write: Callable[[sa.Connection, int], None] | None,
+    started: float,
+) -> BuildSummary:
+    from recsys.features import vectors as wv
+    from recsys.features.text import CLEANING_VERSION, stopwords_source
+
+    phases: dict[str, float] = {}
     tick = time.perf_counter()
     with engine.connect() as conn:
         catalogue = _read_catalogue(conn, with_title=with_title, progress=progress)
