@@ -10,7 +10,9 @@ exercise the dedupe), then, on the same server in the same run:
 1. raw: ``psql -c "\\copy bench_raw FROM file (FORMAT csv)"`` into an unindexed table
    (the reference: PostgreSQL's own parser, no validation, no merge);
 2. recsys: ``python -m recsys load-db --ratings file`` on a fresh migrated database, in a
-   subprocess whose peak RSS is read from ``wait4``'s rusage.
+   subprocess whose RSS is polled every 50 ms with psutil (its peak is reported). The file is
+   written by a separate process: ``ru_maxrss`` of a child started by a big parent inherits the
+   parent's high-water mark through vfork+exec, which inflated an earlier measurement.
 
 Prints rows/s of both, their ratio (recsys / raw) and recsys's peak RSS, plus a markdown row
 for benchmarks/RESULTS.md. Uses ``RECSYS_DATABASE_URL`` if set, else a throwaway embedded server.
@@ -74,7 +76,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=5_000_000)
     parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--write-only", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.write_only is not None:
+        write_ratings(args.write_only, args.rows)
+        return
 
     from recsys.db import engine as db
 
@@ -97,7 +103,10 @@ def main() -> None:
         db.migrate(engine)
         path = workdir / "ratings.csv"
         started = time.perf_counter()
-        write_ratings(path, args.rows)
+        subprocess.run(
+            [sys.executable, __file__, "--rows", str(args.rows), "--write-only", str(path)],
+            check=True,
+        )
         print(
             f"wrote {args.rows:,} rows ({path.stat().st_size / 1e6:.0f} MB) "
             f"in {time.perf_counter() - started:.1f}s"
@@ -131,12 +140,20 @@ def main() -> None:
             env=env,
             cwd=REPO,
         )
-        _, status, usage = os.wait4(process.pid, 0)
+        import psutil
+
+        watched = psutil.Process(process.pid)
+        peak = 0
+        while process.poll() is None:
+            try:
+                peak = max(peak, watched.memory_info().rss)
+            except psutil.Error:
+                break
+            time.sleep(0.05)
         recsys_seconds = time.perf_counter() - started
-        process.returncode = os.waitstatus_to_exitcode(status)
-        if process.returncode != 0:
+        if process.wait() != 0:
             sys.exit(f"recsys load-db failed with exit code {process.returncode}")
-        peak_mb = usage.ru_maxrss / 1024  # Linux: kilobytes
+        peak_mb = peak / 2**20
         with engine.connect() as conn:
             loaded = conn.execute(sa.text("SELECT count(*) FROM ratings")).scalar_one()
 
