@@ -185,3 +185,12 @@ def test_unknown_forced_format(tmp_path: Path, cli_env) -> None:
         cli, ["load-db", "--ratings", str(path), "--format", "nope"], env=cli_env
     )
     assert "unknown format 'nope'" in str(result.exception)
+
+
+def test_load_db_needs_a_file_and_embeddings_need_a_name(tmp_path: Path, cli_env) -> None:
+    nothing = CliRunner().invoke(cli, ["load-db"], env=cli_env)
+    assert nothing.exit_code == 2 and "give at least one --ratings" in nothing.output
+    vectors = tmp_path / "v.csv"
+    vectors.write_text("A,0.1,0.2\n")
+    unnamed = CliRunner().invoke(cli, ["load-db", "--embeddings", str(vectors)], env=cli_env)
+    assert unnamed.exit_code == 2 and "--embeddings needs --name" in unnamed.output
