@@ -178,13 +178,17 @@ def publish_speed(engine, n_rows: int) -> dict:
     }
 
 
-def full_run(engine, model, data, n_ratings: int) -> dict:
-    """All users x all products through score_and_write (mask, top-10, publish) on PostgreSQL."""
+def full_run(engine, model, data, n_ratings: int, n_users: int | None = None) -> dict:
+    """Users x all products through score_and_write (mask, top-10, publish) on PostgreSQL.
+
+    ``n_users`` < the model's users: only that many exist in the database, so only they are
+    scored (the others are skipped as deleted users are); the rate is per user scored.
+    """
     import sqlalchemy as sa
 
     from recsys.scoring.score import ScoreOptions, ScoringModel, score_and_write
 
-    n_users, n_products = data.n_users, data.n_products
+    n_users, n_products = n_users or data.n_users, data.n_products
     with engine.begin() as conn:
         conn.execute(sa.text("TRUNCATE users, products, ratings RESTART IDENTITY CASCADE"))
         conn.execute(
@@ -284,6 +288,12 @@ def main() -> None:
     parser.add_argument("--publish-rows", type=int, default=1_000_000)
     parser.add_argument("--full", action="store_true", help="score and publish all users")
     parser.add_argument("--full-ratings", type=int, default=3_300_000)
+    parser.add_argument(
+        "--full-users",
+        type=int,
+        default=None,
+        help="score only this many of the users (the rest is extrapolated)",
+    )
     parser.add_argument("--e2e-ratings", type=int, default=0)
     parser.add_argument("--e2e-users", type=int, default=100_000)
     parser.add_argument("--e2e-products", type=int, default=50_000)
@@ -329,13 +339,18 @@ def main() -> None:
     )
 
     if args.full and not args.skip_scorer:
-        full = full_run(engine, model, data, args.full_ratings)
+        full = full_run(engine, model, data, args.full_ratings, args.full_users)
         print(
             f"full: {full['users']:,} users x {args.products:,} products scored (exact top-10, "
             f"rated masked) and published ({full['rows']:,} rows) in {full['seconds']:.0f}s "
             f"= {full['seconds'] / 60:.1f} min; rated-and-recommended rows: "
             f"{full['rated_recommended']}"
         )
+        if full["users"] < args.users:
+            print(
+                f"  extrapolated to {args.users:,} users at the same rate: "
+                f"{full['seconds'] * args.users / full['users'] / 60:.1f} min"
+            )
     if args.e2e_ratings:
         res = e2e(args.e2e_ratings, args.e2e_users, args.e2e_products, args.e2e_epochs, home)
         print(

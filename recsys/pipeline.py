@@ -19,8 +19,9 @@
   interruptible mid-epoch.
 
 The ``evaluate`` step is a gate before anything is published: it reloads the trained model
-from the registry as scoring will, checks that its fast scores (``score_users``) equal direct
-evaluation (``predict``) on sampled users and are finite, and records the run's stored metrics.
+from the registry as scoring will, checks that its fast scores (``score_users``) are finite
+and equal direct evaluation on sampled users (``direct_scores`` for ranking models that have
+it, ``predict`` for the notebook's rating models), and records the run's stored metrics.
 """
 
 from __future__ import annotations
@@ -205,6 +206,17 @@ def check_model(model: Any, n_users: int = 32, seed: int = 0) -> dict:
     fast = np.asarray(recommender.score_users(users.astype(np.int32)), dtype=np.float32)
     if fast.shape != (len(users), n_products) or not np.all(np.isfinite(fast)):
         raise DataError(f"the model's scores are broken (shape {fast.shape}, or not finite)")
+    if hasattr(recommender, "direct_scores"):
+        # a ranking model's direct (unoptimised) evaluation of the same score
+        direct = np.asarray(recommender.direct_scores(users.astype(np.int32)), dtype=np.float32)
+        scale = max(1.0, float(np.abs(direct).max()))
+        err = float(np.abs(fast - direct).max())
+        if err > 1e-3 * scale:
+            raise DataError(
+                f"fast scores differ from the model's direct scores by up to {err:.3g}; "
+                "not publishing"
+            )
+        return {"checked_users": len(users), "max_abs_diff": err, "compared_with": "direct_scores"}
     products = rng.choice(n_products, min(200, n_products), replace=False)
     pairs_u = np.repeat(users, len(products)).astype(np.int32)
     pairs_p = np.tile(products, len(users)).astype(np.int32)

@@ -174,3 +174,30 @@ def test_leftovers_of_a_killed_run_are_marked(catalogue: sa.Engine, settings: Se
             ).scalar_one()
             == 0
         )
+
+
+def test_evaluate_gate_uses_direct_scores_of_ranking_models(catalogue: sa.Engine) -> None:
+    from test_nightly_support import NumpyMF
+
+    from recsys.pipeline import check_model
+    from recsys.scoring.score import ScoringModel
+
+    class Ranker(NumpyMF):
+        name = "ranker"
+        offset = 0.0
+
+        def direct_scores(self, users):
+            return (self.U[users] @ self.V.T + self.mean + self.offset).astype("float32")
+
+        def predict(self, users, products):  # a rating head unrelated to the ranking score
+            return super().predict(users, products) * 0 + 3
+
+    with catalogue.connect() as conn:
+        base = trained_model(conn)
+    ranker = Ranker()
+    ranker.__dict__.update(base.recommender.__dict__)
+    model = ScoringModel(ranker, base.user_ids, base.product_ids, model_type="ranker")
+    assert check_model(model)["compared_with"] == "direct_scores"
+    ranker.offset = 0.5  # the fast path no longer matches the model
+    with pytest.raises(DataError, match="direct scores"):
+        check_model(model)
