@@ -326,7 +326,7 @@ class KerasRecommender:
         if self._kernel is None:
             import tensorflow as tf
 
-            @tf.function(jit_compile=True, reduce_retracing=True)
+            @tf.function(jit_compile=True, reduce_retracing=True, autograph=False)
             def block(a, b, w2, b2):
                 hidden = tf.nn.relu(a[:, None, :] + b[None, :, :])
                 return tf.tensordot(hidden, w2, axes=[[2], [0]]) + b2
