@@ -89,12 +89,21 @@ def _words(rng: np.random.Generator, n: int, used: set[str]) -> list[str]:
     return words
 
 
+# External ids are formatted from the index on the fly (not kept in big arrays while writing).
+def _product_id(index: int) -> str:
+    return f"B{index:09d}"
+
+
+def _user_id(index: int) -> str:
+    return f"A{index:011d}X"
+
+
 def _product_ids(n: int) -> np.ndarray:
-    return np.array([f"B{index:09d}" for index in range(n)])
+    return np.array([_product_id(index) for index in range(n)])
 
 
 def _user_ids(n: int) -> np.ndarray:
-    return np.array([f"A{index:011d}X" for index in range(n)])
+    return np.array([_user_id(index) for index in range(n)])
 
 
 def write_sample(out: Path, *, users: int, products: int, ratings: int, seed: int) -> SampleFiles:
@@ -163,8 +172,6 @@ def write_sample(out: Path, *, users: int, products: int, ratings: int, seed: in
     topic_present = np.bincount(dominant, minlength=TOPICS) > 0
     global_cdf = np.cumsum(popularity) / popularity.sum()
 
-    user_ids = _user_ids(users)
-    product_ids = _product_ids(products)
     ratings_path = out / "ratings.csv"
     written = 0
     with open(ratings_path, "w", encoding="ascii", newline="\n") as handle:
@@ -187,18 +194,17 @@ def write_sample(out: Path, *, users: int, products: int, ratings: int, seed: in
                 product_bias,
                 aff_mean,
                 aff_std,
-                user_ids,
-                product_ids,
+                products,
             )
 
     metadata_path = out / "meta.json.gz"
-    _write_metadata(metadata_path, rng, product_ids, product_topics, dominant)
+    _write_metadata(metadata_path, rng, products, product_topics, dominant)
 
     truth_path = out / "truth.npz"
     np.savez_compressed(
         truth_path,
-        user_ids=user_ids,
-        product_ids=product_ids,
+        user_ids=_user_ids(users),
+        product_ids=_product_ids(products),
         user_factors=user_factors,
         product_factors=product_factors,
         user_topics=user_topics,
@@ -246,11 +252,9 @@ def _write_block(
     product_bias,
     aff_mean,
     aff_std,
-    user_ids,
-    product_ids,
+    n_products,
 ) -> int:
     counts = per_user[start:stop]
-    n_products = len(product_ids)
     users = np.repeat(np.arange(start, stop), counts)
     chosen_u: list[np.ndarray] = []
     chosen_p: list[np.ndarray] = []
@@ -297,7 +301,7 @@ def _write_block(
     stars = np.clip(np.rint(score), 1, 5)
     timestamps = rng.integers(1_325_376_000, 1_538_352_000, len(u))  # 2012-01-01 .. 2018-10-01
     lines = [
-        f"{product_ids[pi]},{user_ids[ui]},{star:.1f},{ts}\n"
+        f"{_product_id(pi)},{_user_id(ui)},{star:.1f},{ts}\n"
         for pi, ui, star, ts in zip(
             p.tolist(), u.tolist(), stars.tolist(), timestamps.tolist(), strict=True
         )
@@ -306,7 +310,7 @@ def _write_block(
     return len(lines)
 
 
-def _write_metadata(path: Path, rng, product_ids, product_topics, dominant) -> None:
+def _write_metadata(path: Path, rng, products: int, product_topics, dominant) -> None:
     used: set[str] = set()
     shared = _words(rng, _SHARED_WORDS, used)
     vocab = [_words(rng, _TOPIC_WORDS, used) for _ in range(TOPICS)]
@@ -331,7 +335,8 @@ def _write_metadata(path: Path, rng, product_ids, product_topics, dominant) -> N
         return " ".join(picks)
 
     with gzip.open(path, "wt", encoding="utf-8", compresslevel=3) as handle:
-        for index, asin in enumerate(product_ids.tolist()):
+        for index in range(products):
+            asin = _product_id(index)
             topic = int(dominant[index])
             second = int(np.argsort(product_topics[index])[-2])
             brand = brands[topic][int(rng.integers(4))]
