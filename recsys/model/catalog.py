@@ -139,3 +139,41 @@ def load(directory: Path) -> Recommender:
     if name not in LOADERS:
         raise RecsysError(f"saved model {name!r} in {directory} is not in the catalogue")
     return LOADERS[name](directory)
+
+
+# --- engineer E (issue 6): the ranking hybrid and the evaluation peers -----------------------
+
+
+def _ranker(**params: Any) -> Recommender:
+    from recsys.model.ranker import RankerRecommender
+
+    return RankerRecommender(**params)
+
+
+def _ranker_load(directory: Path) -> Recommender:
+    from recsys.model.ranker import RankerRecommender
+
+    return RankerRecommender.load(directory)
+
+
+def _peer(kind: str) -> tuple[Callable[..., Recommender], Callable[[Path], Recommender]]:
+    def classes():
+        from recsys.evaluation import peers
+
+        return {"ease": peers.EASEPeer, "als": peers.ALSPeer, "lightfm": peers.LightFMPeer,
+                "lightfm_text": peers.LightFMPeer}[kind]
+
+    def factory(**params: Any) -> Recommender:
+        if kind == "lightfm_text":
+            params = {**params, "text": True}
+        return classes()(**params)
+
+    def loader(directory: Path) -> Recommender:
+        return classes().load(directory)
+
+    return factory, loader
+
+
+register("ranker", _ranker, _ranker_load, needs_text=True, accepts=("epochs", "embedding_dim"))
+for _name in ("ease", "als", "lightfm", "lightfm_text"):
+    register(_name, *_peer(_name), needs_text=_name == "lightfm_text", accepts=())

@@ -1,0 +1,137 @@
+"""The ranking hybrid's Keras networks (pure builders, no training here).
+
+Two heads on the same inputs (user index, product index, the product's text vector):
+
+* :class:`RankingTower` (ranking head), a two-tower model whose score is a dot product::
+
+      user vector     u = E[user] + (x_u / |x_u|^0.5) @ H        (SVD++-style: the user's
+                                                                  own embedding plus the
+                                                                  products they rated)
+      product vector  v = P[product] + W text[product]           (id embedding + text projection)
+      score           s(u, i) = u . v_i + b_i
+
+  ``x_u`` is the user's binary row of training ratings. Because ``H`` maps rated products to the
+  user side, the model captures item-item structure the way EASE does, while ``W text`` lets a
+  product that was never rated be scored from its text alone (:meth:`product_vectors` with the
+  id part dropped).
+* :func:`build_rating_head`, the rating head: ``mu + b_u + b_i + Dense(1)(relu(Dense(h)([e_u;
+  e_i; text])))``, the notebook hybrid's Dense head on the same three inputs, with its own
+  embeddings so the ranking and the rating objectives do not pull one set of embeddings two ways.
+
+Everything is registered for Keras serialisation with ``get_config``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+import numpy as np
+from keras import ops
+
+
+@keras.saving.register_keras_serializable(package="recsys")
+class RankingTower(keras.Model):
+    """Ranking head: ``score = (E[u] + x_u H) . (P[i] + W t_i) + b_i``.
+
+    Args:
+        n_users, n_products, text_dim: sizes.
+        dim: embedding width.
+        use_user_embedding: include the free per-user embedding E (else the user vector is the
+            history part only, which also serves users whose embedding never trained).
+    """
+
+    def __init__(self, n_users: int, n_products: int, text_dim: int, dim: int = 64,
+                 use_user_embedding: bool = True, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.n_users = int(n_users)
+        self.n_products = int(n_products)
+        self.text_dim = int(text_dim)
+        self.dim = int(dim)
+        self.use_user_embedding = bool(use_user_embedding)
+        init = keras.initializers.RandomNormal(stddev=0.05)
+        self.user_embedding = keras.layers.Embedding(self.n_users, self.dim, embeddings_initializer=init,
+                                                     name="user_embedding")
+        self.history_embedding = keras.layers.Embedding(self.n_products, self.dim,
+                                                        embeddings_initializer=init,
+                                                        name="history_embedding")
+        self.product_embedding = keras.layers.Embedding(self.n_products, self.dim,
+                                                        embeddings_initializer=init,
+                                                        name="product_embedding")
+        self.text_projection = keras.layers.Dense(self.dim, use_bias=False, name="text_projection")
+        self.product_bias = keras.layers.Embedding(self.n_products, 1, embeddings_initializer="zeros",
+                                                   name="product_bias")
+        self.text_bias = keras.layers.Dense(1, use_bias=False, name="text_bias")
+        self.user_embedding.build((None,))
+        self.history_embedding.build((None,))
+        self.product_embedding.build((None,))
+        self.product_bias.build((None,))
+        self.text_projection.build((None, max(1, self.text_dim)))
+        self.text_bias.build((None, max(1, self.text_dim)))
+
+    def user_vectors(self, users: Any, history: Any) -> Any:
+        """``[batch, dim]`` from user indices and their (dense, binary) history rows."""
+        count = ops.sum(history, axis=1, keepdims=True)
+        pooled = ops.matmul(history, self.history_embedding.embeddings) / ops.sqrt(ops.maximum(count, 1.0))
+        if self.use_user_embedding:
+            pooled = pooled + self.user_embedding(users)
+        return pooled
+
+    def product_vectors(self, text: Any, id_keep: Any | None = None) -> Any:
+        """``([n_products, dim], [n_products])`` for the catalogue; ``id_keep`` (0/1 per product)
+        drops the id embedding and id bias (product-id dropout)."""
+        ids = self.product_embedding.embeddings
+        bias = self.product_bias.embeddings[:, 0]
+        if id_keep is not None:
+            ids = ids * id_keep[:, None]
+            bias = bias * id_keep
+        vectors = ids + self.text_projection(text)
+        return vectors, bias + self.text_bias(text)[:, 0]
+
+    def text_only_vectors(self, text: Any) -> Any:
+        """Product vectors and biases of products known only by their text (cold products)."""
+        return self.text_projection(text), self.text_bias(text)[:, 0]
+
+    def call(self, inputs: Any) -> Any:
+        """Scores ``[batch, n_products]`` from ``(users, history, text)``: direct evaluation."""
+        users, history, text = inputs
+        user = self.user_vectors(users, history)
+        product, bias = self.product_vectors(text)
+        return ops.matmul(user, ops.transpose(product)) + bias[None, :]
+
+    def get_config(self) -> dict[str, Any]:
+        return {"n_users": self.n_users, "n_products": self.n_products, "text_dim": self.text_dim,
+                "dim": self.dim, "use_user_embedding": self.use_user_embedding, "name": self.name}
+
+
+def build_rating_head(n_users: int, n_products: int, text_dim: int, *, dim: int = 32,
+                      hidden: int = 64, dropout: float = 0.2, l2: float = 1e-5) -> keras.Model:
+    """The rating head: inputs ``user`` (int), ``product`` (int), ``text`` ([dim]); output the
+    predicted rating minus the global mean."""
+    reg = keras.regularizers.L2(l2)
+    user = keras.Input(shape=(), dtype="int32", name="user")
+    product = keras.Input(shape=(), dtype="int32", name="product")
+    text = keras.Input(shape=(max(1, text_dim),), dtype="float32", name="text")
+    user_vec = keras.layers.Embedding(n_users, dim, embeddings_regularizer=reg, name="r_user")(user)
+    product_vec = keras.layers.Embedding(n_products, dim, embeddings_regularizer=reg,
+                                         name="r_product")(product)
+    user_bias = keras.layers.Embedding(n_users, 1, embeddings_initializer="zeros",
+                                       embeddings_regularizer=reg, name="r_user_bias")(user)
+    product_bias = keras.layers.Embedding(n_products, 1, embeddings_initializer="zeros",
+                                          embeddings_regularizer=reg, name="r_product_bias")(product)
+    joined = keras.layers.Concatenate(name="r_joined")([user_vec, product_vec, text])
+    hidden_out = keras.layers.Dense(hidden, activation="relu", kernel_regularizer=reg,
+                                    name="r_hidden")(joined)
+    hidden_out = keras.layers.Dropout(dropout, name="r_dropout")(hidden_out)
+    interaction = keras.layers.Dense(1, name="r_output")(hidden_out)
+    rating = keras.layers.Add(name="r_sum")([interaction, user_bias, product_bias])
+    rating = keras.layers.Reshape((), name="r_rating")(rating)
+    return keras.Model([user, product, text], rating, name="rating_head")
+
+
+def normalise_text(text: np.ndarray | None, n_products: int) -> np.ndarray:
+    """L2-normalised text rows (zero rows stay zero); a zero column when there is no text."""
+    if text is None or text.shape[1] == 0:
+        return np.zeros((n_products, 1), dtype=np.float32)
+    norms = np.linalg.norm(text, axis=1, keepdims=True)
+    return (text / np.maximum(norms, 1e-12)).astype(np.float32)
