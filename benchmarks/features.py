@@ -51,7 +51,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--reference-subset", type=int, default=20_000)
     parser.add_argument("--no-index", action="store_true")
-    parser.add_argument("--keep", type=Path, default=None, help="Keep the sample files here.")
+    parser.add_argument("--sample", type=Path, default=None,
+                        help="Write the sample here, or reuse the one already there.")
     args = parser.parse_args()
 
     import sqlalchemy as sa
@@ -64,11 +65,17 @@ def main() -> None:
     from recsys.ingest.sample import write_sample
 
     work = Path(tempfile.mkdtemp(prefix="recsys-bench-features-"))
-    sample_dir = args.keep or work / "sample"
-    tick = time.perf_counter()
-    users = 1000
-    files = write_sample(sample_dir, users=users, products=args.products, ratings=users, seed=0)
-    print(f"sample: {args.products:,} products written in {time.perf_counter() - tick:.1f} s")
+    sample_dir = args.sample or work / "sample"
+    metadata_path = sample_dir / "meta.json.gz"
+    if not metadata_path.is_file():
+        tick = time.perf_counter()
+        users = 1000
+        files = write_sample(sample_dir, users=users, products=args.products, ratings=users,
+                             seed=0)
+        metadata_path = files.metadata_path
+        print(f"sample: {args.products:,} products written in {time.perf_counter() - tick:.1f} s")
+    else:
+        print(f"sample: reusing {metadata_path}")
 
     url = os.environ.get("RECSYS_DATABASE_URL")
     server = None
@@ -85,9 +92,11 @@ def main() -> None:
             sys.exit("the benchmark database already holds products: use an empty one")
 
     tick = time.perf_counter()
-    load_files(engine, settings, metadata=[files.metadata_path])
+    load_files(engine, settings, metadata=[metadata_path])
     load_s = time.perf_counter() - tick
-    print(f"load-db metadata: {load_s:.1f} s ({args.products / load_s:,.0f} products/s)")
+    with engine.connect() as conn:
+        n_loaded = conn.execute(sa.text("SELECT count(*) FROM products")).scalar_one()
+    print(f"load-db metadata: {n_loaded:,} products in {load_s:.1f} s")
 
     tick = time.perf_counter()
     summary = store.build_features(

@@ -332,3 +332,23 @@ def test_one_build_at_a_time(engine, settings, toy_vectors):
         with pytest.raises(LockBusy, match="recsys features build"):
             store.build_features(engine, settings, word_vectors=str(toy_vectors))
     assert store.build_features(engine, settings, word_vectors=str(toy_vectors)).n_embedded == 4
+
+
+def test_hnsw_memory_estimate():
+    assert store.hnsw_memory_mb(786_000, 100) == 1334  # 786k x (400 + 1024) B x 1.25
+    assert store.hnsw_memory_mb(10, 4) == 64
+    assert store.hnsw_memory_mb(50_000_000, 300) == 4096
+
+
+def test_similar_query_can_use_the_sets_hnsw_index(engine, settings, toy_vectors):
+    _insert_products(engine, TOY)
+    summary = store.build_features(engine, settings, word_vectors=str(toy_vectors))
+    with engine.begin() as conn:
+        info = store.current_feature_set(conn)
+        pg = conn.connection.driver_connection
+        with pg.cursor() as cur:
+            cur.execute("SET LOCAL enable_seqscan = off")  # tiny table: force the choice
+            cur.execute(b"EXPLAIN " + store.similar_sql(info).as_bytes(pg),
+                        {"v": "[1,0,0,0]", "p": 0, "k": 3})
+            plan = "\n".join(r[0] for r in cur.fetchall())
+    assert store.index_name(summary.feature_set_id) in plan

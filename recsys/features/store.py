@@ -365,20 +365,42 @@ def index_name(feature_set_id: int) -> str:
     return f"ix_product_features_hnsw_{int(feature_set_id)}"
 
 
-def create_index(conn: sa.Connection, feature_set_id: int, dim: int) -> bool:
-    """The set's HNSW cosine index (partial, on ``vector::vector(dim)``); False above 2000-d."""
+def hnsw_memory_mb(n_rows: int, dim: int) -> int:
+    """``maintenance_work_mem`` (MB) for building an HNSW graph of ``n_rows`` vectors in memory.
+
+    pgvector builds fast only while the graph fits in ``maintenance_work_mem``; past it, it
+    goes on on disk, several times slower. Per element: the vector (4 bytes a value) plus about
+    1 KB of neighbour lists at the default m = 16; 25% headroom; between 64 MB and 4 GB.
+    """
+    estimate = n_rows * (4 * dim + 1024) * 1.25 / 2**20
+    return int(min(4096, max(64, estimate)))
+
+
+def create_index(
+    conn: sa.Connection, feature_set_id: int, dim: int, n_rows: int | None = None
+) -> bool:
+    """The set's HNSW cosine index (partial, on ``vector::vector(dim)``); False above 2000-d.
+
+    ``maintenance_work_mem`` is raised for this transaction to fit the graph (see
+    :func:`hnsw_memory_mb`; ``n_rows`` defaults to the set's vectors).
+    """
     if dim > HNSW_MAX_DIM:
         _log.warning("dimension %d > %d: feature set %d is stored without an HNSW index",
                      dim, HNSW_MAX_DIM, feature_set_id)
         return False
+    if n_rows is None:
+        n_rows = conn.execute(
+            sa.text("SELECT count(vector) FROM product_features WHERE feature_set_id = :id"),
+            {"id": feature_set_id},
+        ).scalar_one()
     statement = sql.SQL(
         "CREATE INDEX {} ON product_features USING hnsw ((vector::vector({})) vector_cosine_ops) "
         "WHERE feature_set_id = {}"
     ).format(sql.Identifier(index_name(feature_set_id)), sql.Literal(int(dim)),
              sql.Literal(int(feature_set_id)))
     with _psycopg(conn).cursor() as cur:
-        # HNSW builds much faster when the graph fits in maintenance_work_mem
-        cur.execute("SET LOCAL maintenance_work_mem = '512MB'")
+        cur.execute("SELECT set_config('maintenance_work_mem', %s, true)",
+                    (f"{hnsw_memory_mb(int(n_rows), dim)}MB",))
         cur.execute(statement)
     return True
 
@@ -787,6 +809,20 @@ def _copy_forward(conn: sa.Connection, old_id: int, new_id: int, product_ids: np
 # --- querying --------------------------------------------------------------------------------
 
 
+def similar_sql(info: FeatureSetInfo) -> sql.Composed:
+    """The nearest-neighbour query over one set, shaped so its partial HNSW index applies:
+    the same ``vector::vector(DIM)`` expression, the set id as a literal (a partial index
+    predicate must be provable at plan time) and the query vector as a parameter ``%(v)s``.
+    """
+    return sql.SQL(
+        "SELECT p.id, p.external_id, p.title, p.brand, "
+        "1 - (pf.vector::vector({dim}) <=> %(v)s::vector({dim})) AS similarity "
+        "FROM product_features pf JOIN products p ON p.id = pf.product_id "
+        "WHERE pf.feature_set_id = {set} AND pf.product_id <> %(p)s "
+        "ORDER BY pf.vector::vector({dim}) <=> %(v)s::vector({dim}) LIMIT %(k)s"
+    ).format(dim=sql.Literal(info.dim), set=sql.Literal(info.id))
+
+
 @dataclass(frozen=True)
 class SimilarProduct:
     """One answer of :func:`similar_products`."""
@@ -831,18 +867,14 @@ def similar_products(
         )
     if not row[0]:
         raise DataError(f"product {external_id!r} has no text vector ({row[1]})")
-    query = sql.SQL(
-        "SELECT p.id, p.external_id, p.title, p.brand, "
-        "1 - (pf.vector::vector({dim}) <=> q.v) AS similarity "
-        "FROM product_features pf JOIN products p ON p.id = pf.product_id, "
-        "(SELECT vector::vector({dim}) AS v FROM product_features "
-        " WHERE feature_set_id = {set} AND product_id = %(p)s) q "
-        "WHERE pf.feature_set_id = {set} AND pf.product_id <> %(p)s "
-        "ORDER BY pf.vector::vector({dim}) <=> q.v LIMIT %(k)s"
-    ).format(dim=sql.Literal(info.dim), set=sql.Literal(info.id))
+    vector_text = conn.execute(
+        sa.text("SELECT vector::text FROM product_features "
+                "WHERE feature_set_id = :s AND product_id = :p"),
+        {"s": info.id, "p": product.id},
+    ).scalar_one()
     with _psycopg(conn).cursor() as cur:
         cur.execute("SELECT set_config('hnsw.ef_search', %s, true)", (str(max(40, 2 * k)),))
-        cur.execute(query, {"p": product.id, "k": k})
+        cur.execute(similar_sql(info), {"v": vector_text, "p": product.id, "k": k})
         rows = cur.fetchall()
     return info, [SimilarProduct(int(r[0]), r[1], r[2], r[3], float(r[4])) for r in rows]
 
