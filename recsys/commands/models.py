@@ -83,7 +83,7 @@ def _options(kwargs: dict) -> dict:
     "--evaluate/--no-evaluate",
     default=True,
     show_default=True,
-    help="Also run both evaluation protocols (two extra fits, about 1.5x the training time).",
+    help="Also run both evaluation protocols (two extra fits: about 2x the final fit).",
 )
 @click.option(
     "--feature-set",
