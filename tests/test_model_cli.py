@@ -36,7 +36,7 @@ def loaded(engine: sa.Engine, shared_data: Path) -> None:
         load_ml100k(conn, shared_data, max_users=120)
 
 
-def test_train_runs_list_show(loaded, cli_env) -> None:
+def test_train_runs_list_show(loaded, engine: sa.Engine, cli_env) -> None:
     code, out = _call(["train", "--model", "bias", "--min-ratings", "5"], cli_env)
     assert code == 0, out
     assert "model run 1: bias trained on" in out and "seed split RMSE" in out and "NDCG@10" in out
@@ -44,6 +44,14 @@ def test_train_runs_list_show(loaded, cli_env) -> None:
     assert code == 0 and "succeeded" in out and "bias" in out
     code, out = _call(["runs", "show", "1"], cli_env)
     assert code == 0 and "status: succeeded" in out and '"min_ratings": 5' in out
+    with engine.begin() as conn:  # a NaN metric is stored as JSON null
+        conn.execute(
+            sa.text("UPDATE model_runs SET metrics = jsonb_set(metrics, '{seed,rmse}', 'null')")
+        )
+    code, out = _call(["runs", "show", "1"], cli_env)
+    assert code == 0 and "seed split RMSE - MAE" in out
+    code, out = _call(["runs", "list"], cli_env)
+    assert code == 0 and "succeeded" in out
     code, out = _call(["runs", "show", "7"], cli_env)
     assert code == 2 and "no model run 7" in out
 

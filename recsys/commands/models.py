@@ -134,17 +134,23 @@ def train(
     out.print(f"artifacts: {result.artifact_path}")
 
 
+def _fmt(value: object, spec: str = ".4f") -> str:
+    """A metric for display; None (NaN stored as JSON null) shows as '-'."""
+    return "-" if value is None else format(value, spec)
+
+
 def _metrics_line(metrics: dict) -> str:
     parts = []
     seed = metrics.get("seed") or {}
     if seed:
-        parts.append(f"seed split RMSE {seed['rmse']:.4f} MAE {seed['mae']:.4f}")
+        parts.append(f"seed split RMSE {_fmt(seed.get('rmse'))} MAE {_fmt(seed.get('mae'))}")
     rank = metrics.get("rank") or {}
     if rank:
         parts.append(
-            f"rank split Recall@10 {rank['recall@10']:.4f} NDCG@10 {rank['ndcg@10']:.4f} "
-            f"coverage@10 {rank['coverage@10']:.4f} "
-            f"popularity pct {rank['popularity_percentile']:.3f}"
+            f"rank split Recall@10 {_fmt(rank.get('recall@10'))} "
+            f"NDCG@10 {_fmt(rank.get('ndcg@10'))} "
+            f"coverage@10 {_fmt(rank.get('coverage@10'))} "
+            f"popularity pct {_fmt(rank.get('popularity_percentile'), '.3f')}"
         )
     return "; ".join(parts)
 
