@@ -104,3 +104,56 @@ def test_schedule_command_stops_cleanly_on_sigterm(cli_env: dict[str, str], db_u
         engine.dispose()
     assert proc.returncode == 0, err
     assert "Traceback" not in err and "scheduler stopped" in err
+
+
+@pytest.mark.subprocess
+def test_run_now_fires_the_real_pipeline(cli_env: dict[str, str], engine: sa.Engine) -> None:
+    from test_nightly_support import add_catalogue
+
+    with engine.begin() as conn:
+        add_catalogue(conn, n_users=30, n_products=25, n_ratings=300, seed=4)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "recsys",
+            "schedule",
+            "--run-now",
+            "--model",
+            "bias",
+            "--no-features",
+            "--no-evaluate",
+            "--min-ratings",
+            "0",
+            "-k",
+            "3",
+        ],
+        env={**os.environ, **cli_env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        status = None
+        while time.monotonic() < deadline and proc.poll() is None and status is None:
+            with engine.connect() as conn:
+                status = conn.execute(
+                    sa.text("SELECT status FROM pipeline_runs WHERE status <> 'running'")
+                ).scalar()
+            time.sleep(0.3)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert status == "succeeded", err[-3000:]
+    assert proc.returncode == 0, err[-3000:]
+    with engine.connect() as conn:
+        trigger, users = conn.execute(
+            sa.text(
+                "SELECT (SELECT trigger FROM pipeline_runs), "
+                "count(DISTINCT user_external_id) FROM current_recommendations"
+            )
+        ).one()
+    assert trigger == "schedule-now" and users == 30
