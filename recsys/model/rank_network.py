@@ -63,11 +63,13 @@ class RankingTower(keras.Model):
                                                    name="product_bias")
         self.text_bias = keras.layers.Dense(1, use_bias=False, name="text_bias")
         self.user_embedding.build((None,))
+        self.user_embedding.trainable = self.use_user_embedding
         self.history_embedding.build((None,))
         self.product_embedding.build((None,))
         self.product_bias.build((None,))
         self.text_projection.build((None, max(1, self.text_dim)))
         self.text_bias.build((None, max(1, self.text_dim)))
+        self.built = True  # every weight exists now: save_weights/load_weights work unfitted
 
     def user_vectors(self, users: Any, history: Any) -> Any:
         """``[batch, dim]`` from user indices and their (dense, binary) history rows."""
@@ -105,9 +107,15 @@ class RankingTower(keras.Model):
 
 
 def build_rating_head(n_users: int, n_products: int, text_dim: int, *, dim: int = 32,
-                      hidden: int = 64, dropout: float = 0.2, l2: float = 1e-5) -> keras.Model:
+                      hidden: int = 64, dropout: float = 0.2, l2: float = 1e-5,
+                      tower_dim: int = 0) -> keras.Model:
     """The rating head: inputs ``user`` (int), ``product`` (int), ``text`` ([dim]); output the
-    predicted rating minus the global mean."""
+    predicted rating minus the global mean.
+
+    With ``tower_dim`` > 0 the ranking tower's user and product vectors join the Dense layer's
+    inputs through two frozen lookups (``r_tower_user``, ``r_tower_product``; fill them with
+    ``set_weights`` after building): the user vector pools the products the user rated, the
+    implicit feedback that SVD++ adds to a rating model."""
     reg = keras.regularizers.L2(l2)
     user = keras.Input(shape=(), dtype="int32", name="user")
     product = keras.Input(shape=(), dtype="int32", name="product")
@@ -119,7 +127,13 @@ def build_rating_head(n_users: int, n_products: int, text_dim: int, *, dim: int 
                                        embeddings_regularizer=reg, name="r_user_bias")(user)
     product_bias = keras.layers.Embedding(n_products, 1, embeddings_initializer="zeros",
                                           embeddings_regularizer=reg, name="r_product_bias")(product)
-    joined = keras.layers.Concatenate(name="r_joined")([user_vec, product_vec, text])
+    parts = [user_vec, product_vec, text]
+    if tower_dim > 0:
+        parts.append(keras.layers.Embedding(n_users, tower_dim, trainable=False,
+                                            name="r_tower_user")(user))
+        parts.append(keras.layers.Embedding(n_products, tower_dim, trainable=False,
+                                            name="r_tower_product")(product))
+    joined = keras.layers.Concatenate(name="r_joined")(parts)
     hidden_out = keras.layers.Dense(hidden, activation="relu", kernel_regularizer=reg,
                                     name="r_hidden")(joined)
     hidden_out = keras.layers.Dropout(dropout, name="r_dropout")(hidden_out)

@@ -92,6 +92,32 @@ def sample_negatives(rng: np.random.Generator, history, users: np.ndarray, n: in
     return out
 
 
+def _target_loss(negative_lse, logits, targets):
+    import tensorflow as tf
+
+    per_target = tf.nn.softplus(negative_lse[:, None] - logits) * targets
+    n_targets = tf.reduce_sum(targets, axis=1)
+    per_user = tf.reduce_sum(per_target, axis=1) / tf.maximum(n_targets, 1.0)
+    has = tf.cast(n_targets > 0, tf.float32)
+    return tf.reduce_sum(per_user * has) / tf.maximum(tf.reduce_sum(has), 1.0)
+
+
+def ranking_loss(logits, targets, negatives):
+    """The full-softmax ranking loss of a batch (mean over users with at least one target).
+
+    Args:
+        logits: ``[batch, n_products]`` scores.
+        targets: 1 where a product is a target (a held-out rated product of the user).
+        negatives: 1 where a product is a negative: :func:`negative_mask` (unrated only). A
+            product with 0 here never enters the normaliser, so a user's own rated products
+            get no push-down.
+    """
+    import tensorflow as tf
+
+    masked = tf.where(negatives > 0, logits, tf.fill(tf.shape(logits), -1e9))
+    return _target_loss(tf.reduce_logsumexp(masked, axis=1), logits, targets)
+
+
 class RankerRecommender:
     """The ranking hybrid as a Recommender (see the module docstring).
 
@@ -133,6 +159,10 @@ class RankerRecommender:
         rating_batch: int = 512,
         rating_dim: int = 32,
         weight_average: float = 0.99,
+        rating_hidden: int = 64,
+        rating_tower: bool = True,
+        rating_l2: float = 1e-5,
+        rating_learning_rate: float = 1e-3,
         embedding_dim: int | None = None,
     ) -> None:
         dim = int(embedding_dim or dim)  # ``embedding_dim``: the shared CLI option's name
@@ -145,7 +175,9 @@ class RankerRecommender:
             "full_softmax_max": int(full_softmax_max), "sampled_negatives": int(sampled_negatives),
             "rating_head": bool(rating_head), "rating_epochs": int(rating_epochs),
             "rating_batch": int(rating_batch), "rating_dim": int(rating_dim),
-            "weight_average": float(weight_average),
+            "weight_average": float(weight_average), "rating_hidden": int(rating_hidden),
+            "rating_tower": bool(rating_tower),
+            "rating_l2": float(rating_l2), "rating_learning_rate": float(rating_learning_rate),
         }
         if self.params["dim"] < 1 or self.params["batch_users"] < 1:
             raise RecsysError("ranker dim and batch size must be at least 1")
@@ -198,22 +230,14 @@ class RankerRecommender:
             with tf.GradientTape() as tape:
                 user = tower.user_vectors(users, history_in)
                 product, bias = tower.product_vectors(text, id_keep)
+                logits = tf.matmul(user, product, transpose_b=True) + bias[None, :]
                 if full:
-                    logits = tf.matmul(user, product, transpose_b=True) + bias[None, :]
-                    masked = tf.where(negatives_or_ids > 0, logits, tf.fill(tf.shape(logits), -1e9))
-                    negative_lse = tf.reduce_logsumexp(masked, axis=1)
-                    target_logits = logits
+                    loss = ranking_loss(logits, targets, negatives_or_ids)
                 else:
                     ids = tf.maximum(negatives_or_ids, 0)
                     neg = tf.einsum("bd,bnd->bn", user, tf.gather(product, ids)) + tf.gather(bias, ids)
                     negative_lse = tf.reduce_logsumexp(neg, axis=1) + log_correction
-                    logits = tf.matmul(user, product, transpose_b=True) + bias[None, :]
-                    target_logits = logits
-                per_target = tf.nn.softplus(negative_lse[:, None] - target_logits) * targets
-                n_targets = tf.reduce_sum(targets, axis=1)
-                per_user = tf.reduce_sum(per_target, axis=1) / tf.maximum(n_targets, 1.0)
-                has = tf.cast(n_targets > 0, tf.float32)
-                loss = tf.reduce_sum(per_user * has) / tf.maximum(tf.reduce_sum(has), 1.0)
+                    loss = _target_loss(negative_lse, logits, targets)
             grads = tape.gradient(loss, tower.trainable_variables)
             optimizer.apply_gradients(zip(grads, tower.trainable_variables, strict=True))
             for average, variable in zip(averages, tower.trainable_variables, strict=True):
@@ -306,14 +330,23 @@ class RankerRecommender:
         set_determinism(seed + 1)
         self.mu = float(train.ratings.astype(np.float64).mean())
         model = build_rating_head(train.n_users, train.n_products, self.text.shape[1],
-                                  dim=self.params["rating_dim"])
+                                  dim=self.params["rating_dim"], hidden=self.params["rating_hidden"],
+                                  l2=self.params["rating_l2"],
+                                  tower_dim=self.params["dim"] if self.params["rating_tower"] else 0)
+        if self.params["rating_tower"]:
+            # unit-scaled copies: the Dense layer sees each tower vector at a comparable scale
+            def unit(m: np.ndarray) -> np.ndarray:
+                return m / max(float(np.sqrt((m**2).sum(1).mean())), 1e-12)
+
+            model.get_layer("r_tower_user").set_weights([unit(self.user_vectors)])
+            model.get_layer("r_tower_product").set_weights([unit(self.product_vectors)])
         fit_part, val_part = internal_validation(train, 0.1, seed)
 
         def inputs(part: RatingData) -> dict[str, np.ndarray]:
             return {"user": part.users.astype(np.int32), "product": part.products.astype(np.int32),
                     "text": self.text[part.products]}
 
-        model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse")
+        model.compile(optimizer=keras.optimizers.Adam(self.params["rating_learning_rate"]), loss="mse")
         stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=2, restore_best_weights=True)
         model.fit(inputs(fit_part), fit_part.ratings - self.mu,
                   validation_data=(inputs(val_part), val_part.ratings - self.mu),
