@@ -13,19 +13,29 @@ from recsys.model import catalog
 from recsys.model.base import RatingData
 
 
-def _data(users: list[int], products: list[int], n_users: int, n_products: int,
-          text: np.ndarray | None = None) -> RatingData:
+def _data(
+    users: list[int],
+    products: list[int],
+    n_users: int,
+    n_products: int,
+    text: np.ndarray | None = None,
+) -> RatingData:
     n = len(users)
     return RatingData(
-        users=np.array(users, np.int32), products=np.array(products, np.int32),
-        ratings=np.full(n, 5.0, np.float32), timestamps=np.arange(n, dtype=np.int64),
+        users=np.array(users, np.int32),
+        products=np.array(products, np.int32),
+        ratings=np.full(n, 5.0, np.float32),
+        timestamps=np.arange(n, dtype=np.int64),
         user_ids=np.arange(1, n_users + 1, dtype=np.int64),
         product_ids=np.arange(1, n_products + 1, dtype=np.int64),
-        text=text, has_text=None if text is None else np.ones(n_products, bool),
+        text=text,
+        has_text=None if text is None else np.ones(n_products, bool),
     )
 
 
-def _blocks(seed: int = 0, n_users: int = 120, n_products: int = 40, per_user: int = 8) -> RatingData:
+def _blocks(
+    seed: int = 0, n_users: int = 120, n_products: int = 40, per_user: int = 8
+) -> RatingData:
     """Two user groups, each rating products from its own half of the catalogue."""
     rng = np.random.default_rng(seed)
     users, products = [], []
@@ -60,7 +70,9 @@ def test_ease_equals_the_closed_form_by_hand() -> None:
     model = peers.EASEPeer(lam=lam)
     model.fit(data)
     np.testing.assert_allclose(model.weights, expected_b, rtol=1e-6, atol=1e-7)
-    np.testing.assert_allclose(model.score_users(np.arange(3)), x @ expected_b, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(
+        model.score_users(np.arange(3)), x @ expected_b, rtol=1e-6, atol=1e-7
+    )
     assert np.all(np.diag(model.weights) == 0)
 
 
@@ -75,12 +87,16 @@ def test_ease_tunes_lambda_on_a_train_internal_split() -> None:
     assert len(val_part) == sum(max(1, round(0.2 * 8)) for _ in range(120))
 
 
-@pytest.mark.parametrize("factory", [
-    lambda: peers.EASEPeer(),
-    lambda: peers.ALSPeer(grid=((8, 0.1, 5.0),)),
-    lambda: peers.LightFMPeer(components=8, epoch_grid=(15,)),
-    lambda: peers.LightFMPeer(text=True, components=8, epochs=15),
-], ids=["ease", "als", "lightfm", "lightfm_text"])
+@pytest.mark.parametrize(
+    "factory",
+    [
+        lambda: peers.EASEPeer(),
+        lambda: peers.ALSPeer(grid=((8, 0.1, 5.0),)),
+        lambda: peers.LightFMPeer(components=8, epoch_grid=(15,)),
+        lambda: peers.LightFMPeer(text=True, components=8, epochs=15),
+    ],
+    ids=["ease", "als", "lightfm", "lightfm_text"],
+)
 def test_peer_ranks_the_planted_groups(factory, tmp_path) -> None:
     data = _blocks()
     split = rank_split(data)
@@ -89,8 +105,13 @@ def test_peer_ranks_the_planted_groups(factory, tmp_path) -> None:
     scores = model.score_users(np.arange(data.n_users))
     assert scores.shape == (data.n_users, data.n_products) and scores.dtype == np.float32
     # each user's own half of the catalogue outranks the other half on average
-    own = np.where((np.arange(data.n_users) % 2 == 0)[:, None], np.arange(40) < 20, np.arange(40) >= 20)
-    assert (scores[own].reshape(data.n_users, 20).mean(1) > scores[~own].reshape(data.n_users, 20).mean(1)).mean() > 0.9
+    own = np.where(
+        (np.arange(data.n_users) % 2 == 0)[:, None], np.arange(40) < 20, np.arange(40) >= 20
+    )
+    assert (
+        scores[own].reshape(data.n_users, 20).mean(1)
+        > scores[~own].reshape(data.n_users, 20).mean(1)
+    ).mean() > 0.9
     metrics = ranking_metrics(model.score_users, split.train, split.test)
     # random lists hit ~10/40 of relevant; the planted structure gives far better
     assert metrics["recall@10"] > 0.4

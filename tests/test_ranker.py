@@ -102,10 +102,14 @@ def test_sampled_negatives_never_hit_rated_products() -> None:
     n = 50
     users = np.repeat(np.arange(40), 10)
     products = rng.integers(0, n, size=len(users))
-    data = RatingData(users=users.astype(np.int32), products=products.astype(np.int32),
-                      ratings=np.full(len(users), 5.0, np.float32),
-                      timestamps=np.zeros(len(users), np.int64),
-                      user_ids=np.arange(40, dtype=np.int64), product_ids=np.arange(n, dtype=np.int64))
+    data = RatingData(
+        users=users.astype(np.int32),
+        products=products.astype(np.int32),
+        ratings=np.full(len(users), 5.0, np.float32),
+        timestamps=np.zeros(len(users), np.int64),
+        user_ids=np.arange(40, dtype=np.int64),
+        product_ids=np.arange(n, dtype=np.int64),
+    )
     history = history_matrix(data)
     drawn = sample_negatives(np.random.default_rng(2), history, np.arange(40), 200)
     for user in range(40):
@@ -156,8 +160,10 @@ def test_scores_equal_the_keras_model_and_round_trip(sample, tmp_path: Path) -> 
     import tensorflow as tf
 
     no_id = model.tower.text_projection(tf.constant(model.text[:5]))
-    expected = model.user_vectors[users] @ np.asarray(no_id).T + np.asarray(
-        model.tower.text_bias(tf.constant(model.text[:5])))[:, 0][None, :]
+    expected = (
+        model.user_vectors[users] @ np.asarray(no_id).T
+        + np.asarray(model.tower.text_bias(tf.constant(model.text[:5])))[:, 0][None, :]
+    )
     np.testing.assert_allclose(cold, expected, rtol=1e-5, atol=1e-5)
 
     model.save(tmp_path / "ranker")
@@ -165,8 +171,9 @@ def test_scores_equal_the_keras_model_and_round_trip(sample, tmp_path: Path) -> 
     assert loaded.name == "ranker"
     np.testing.assert_array_equal(loaded.score_users(users), fast)
     pairs_u, pairs_p = data.users[:50], data.products[:50]
-    np.testing.assert_allclose(loaded.predict(pairs_u, pairs_p), model.predict(pairs_u, pairs_p),
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        loaded.predict(pairs_u, pairs_p), model.predict(pairs_u, pairs_p), rtol=1e-6
+    )
 
 
 def test_rating_head_beats_the_global_mean_and_fit_is_deterministic(sample) -> None:
@@ -187,8 +194,9 @@ def test_rating_head_beats_the_global_mean_and_fit_is_deterministic(sample) -> N
 
 def test_epochs_are_tuned_on_a_train_internal_split(sample) -> None:
     data, _, _ = sample
-    model = RankerRecommender(**{**FAST, "epochs": None, "max_epochs": 10, "eval_every": 5,
-                                 "rating_head": False})
+    model = RankerRecommender(
+        **{**FAST, "epochs": None, "max_epochs": 10, "eval_every": 5, "rating_head": False}
+    )
     history = model.fit(data, seed=0)
     assert model.params["tuned_epochs"] in (5, 10)
     assert history.best_epoch == model.params["tuned_epochs"]

@@ -78,7 +78,8 @@ def _require(module: str, extra: str = "peers"):
         return importlib.import_module(module)
     except ImportError as err:
         raise RecsysError(
-            f"the {module} package is missing; install the optional peers: pip install 'recsys[{extra}]'"
+            f"the {module} package is missing; install the optional peers: "
+            f"pip install 'recsys[{extra}]'"
         ) from err
 
 
@@ -126,8 +127,12 @@ class EASEPeer(_Peer):
 
     name = "ease"
 
-    def __init__(self, *, lam: float | None = None,
-                 lambdas: tuple[float, ...] = (50.0, 100.0, 200.0, 400.0, 800.0, 1600.0)) -> None:
+    def __init__(
+        self,
+        *,
+        lam: float | None = None,
+        lambdas: tuple[float, ...] = (50.0, 100.0, 200.0, 400.0, 800.0, 1600.0),
+    ) -> None:
         self.params: dict[str, Any] = {"lam": lam, "lambdas": [float(x) for x in lambdas]}
         self.weights: np.ndarray | None = None
         self.history = None
@@ -148,7 +153,9 @@ class EASEPeer(_Peer):
         self.weights = self.closed_form(gram, lam).astype(np.float32)
         self.history = x.astype(np.float32)
 
-    def fit(self, train: RatingData, *, validation: RatingData | None = None, seed: int = 0) -> FitHistory:
+    def fit(
+        self, train: RatingData, *, validation: RatingData | None = None, seed: int = 0
+    ) -> FitHistory:
         if len(train) == 0:
             raise DataError("no training ratings")
         if train.n_products > 30_000:
@@ -175,8 +182,12 @@ class EASEPeer(_Peer):
 
     def _arrays(self) -> dict[str, np.ndarray]:
         coo = self.history.tocoo()
-        return {"weights": self.weights, "rows": coo.row, "cols": coo.col,
-                "shape": np.array(coo.shape)}
+        return {
+            "weights": self.weights,
+            "rows": coo.row,
+            "cols": coo.col,
+            "shape": np.array(coo.shape),
+        }
 
     def _set_arrays(self, arrays: dict[str, np.ndarray]) -> None:
         from scipy import sparse
@@ -184,7 +195,8 @@ class EASEPeer(_Peer):
         self.weights = arrays["weights"]
         shape = tuple(int(s) for s in arrays["shape"])
         self.history = sparse.csr_matrix(
-            (np.ones(len(arrays["rows"]), np.float32), (arrays["rows"], arrays["cols"])), shape=shape
+            (np.ones(len(arrays["rows"]), np.float32), (arrays["rows"], arrays["cols"])),
+            shape=shape,
         )
 
 
@@ -211,34 +223,57 @@ class ALSPeer(FactorPeer):
 
     name = "als"
 
-    def __init__(self, *, factors: int | None = None, regularization: float | None = None,
-                 alpha: float | None = None, iterations: int = 15,
-                 grid: tuple[tuple[int, float, float], ...] = (
-                     (32, 0.05, 1.0), (32, 0.05, 5.0), (64, 0.05, 1.0), (64, 0.5, 5.0),
-                     (128, 0.5, 1.0), (128, 5.0, 5.0), (64, 5.0, 20.0))) -> None:
+    def __init__(
+        self,
+        *,
+        factors: int | None = None,
+        regularization: float | None = None,
+        alpha: float | None = None,
+        iterations: int = 15,
+        grid: tuple[tuple[int, float, float], ...] = (
+            (32, 0.05, 1.0),
+            (32, 0.05, 5.0),
+            (64, 0.05, 1.0),
+            (64, 0.5, 5.0),
+            (128, 0.5, 1.0),
+            (128, 5.0, 5.0),
+            (64, 5.0, 20.0),
+        ),
+    ) -> None:
         self.params: dict[str, Any] = {
-            "factors": factors, "regularization": regularization, "alpha": alpha,
-            "iterations": int(iterations), "grid": [list(g) for g in grid],
+            "factors": factors,
+            "regularization": regularization,
+            "alpha": alpha,
+            "iterations": int(iterations),
+            "grid": [list(g) for g in grid],
         }
 
-    def _fit_setting(self, train: RatingData, factors: int, reg: float, alpha: float, seed: int) -> None:
+    def _fit_setting(
+        self, train: RatingData, factors: int, reg: float, alpha: float, seed: int
+    ) -> None:
         _require("implicit")
         from implicit.cpu.als import AlternatingLeastSquares
-
-        model = AlternatingLeastSquares(
-            factors=int(factors), regularization=float(reg), alpha=float(alpha),
-            iterations=self.params["iterations"], random_state=seed, num_threads=1,
-            calculate_training_loss=False,
-        )
         from threadpoolctl import threadpool_limits
 
-        # implicit runs its own threads; a BLAS thread pool underneath only oversubscribes
+        # implicit runs its own threads; a BLAS thread pool underneath only oversubscribes (it
+        # checks, and warns, when the model is made)
         with threadpool_limits(1, "blas"):
+            model = AlternatingLeastSquares(
+                factors=int(factors),
+                regularization=float(reg),
+                alpha=float(alpha),
+                iterations=self.params["iterations"],
+                random_state=seed,
+                num_threads=1,
+                calculate_training_loss=False,
+            )
             model.fit(interaction_matrix(train), show_progress=False)
         self.user_factors = np.asarray(model.user_factors, dtype=np.float32)
         self.product_factors = np.asarray(model.item_factors, dtype=np.float32)
 
-    def fit(self, train: RatingData, *, validation: RatingData | None = None, seed: int = 0) -> FitHistory:
+    def fit(
+        self, train: RatingData, *, validation: RatingData | None = None, seed: int = 0
+    ) -> FitHistory:
         if len(train) == 0:
             raise DataError("no training ratings")
         setting = (self.params["factors"], self.params["regularization"], self.params["alpha"])
@@ -264,12 +299,22 @@ class LightFMPeer(FactorPeer):
         epochs: None tunes it over ``epoch_grid`` on a train-internal split.
     """
 
-    def __init__(self, *, text: bool = False, components: int = 64, epochs: int | None = None,
-                 epoch_grid: tuple[int, ...] = (10, 20, 40), learning_rate: float = 0.05) -> None:
+    def __init__(
+        self,
+        *,
+        text: bool = False,
+        components: int = 64,
+        epochs: int | None = None,
+        epoch_grid: tuple[int, ...] = (10, 20, 40),
+        learning_rate: float = 0.05,
+    ) -> None:
         self.name = "lightfm_text" if text else "lightfm"
         self.params: dict[str, Any] = {
-            "text": bool(text), "components": int(components), "epochs": epochs,
-            "epoch_grid": [int(e) for e in epoch_grid], "learning_rate": float(learning_rate),
+            "text": bool(text),
+            "components": int(components),
+            "epochs": epochs,
+            "epoch_grid": [int(e) for e in epoch_grid],
+            "learning_rate": float(learning_rate),
         }
         self.text_weights: np.ndarray | None = None
         self.text_bias: np.ndarray | None = None
@@ -287,17 +332,27 @@ class LightFMPeer(FactorPeer):
             return identity
         if data.text is None:
             raise DataError("lightfm_text needs product text vectors (build a feature set)")
-        return sparse.hstack([identity, sparse.csr_matrix(self._text_rows(data.text))], format="csr")
+        return sparse.hstack(
+            [identity, sparse.csr_matrix(self._text_rows(data.text))], format="csr"
+        )
 
     def _fit_epochs(self, train: RatingData, epochs: int, seed: int):
         _require("lightfm")
         from lightfm import LightFM
 
         features = self._item_features(train)
-        model = LightFM(no_components=self.params["components"], loss="warp",
-                        learning_rate=self.params["learning_rate"], random_state=seed)
-        model.fit(interaction_matrix(train).tocoo(), item_features=features, epochs=int(epochs),
-                  num_threads=1)
+        model = LightFM(
+            no_components=self.params["components"],
+            loss="warp",
+            learning_rate=self.params["learning_rate"],
+            random_state=seed,
+        )
+        model.fit(
+            interaction_matrix(train).tocoo(),
+            item_features=features,
+            epochs=int(epochs),
+            num_threads=1,
+        )
         item_bias, item_emb = model.get_item_representations(features)
         user_bias, user_emb = model.get_user_representations()
         # score = u . v + b_i (+ b_u, constant per user): fold the product bias into the dot product
@@ -308,7 +363,9 @@ class LightFMPeer(FactorPeer):
             self.text_weights = np.asarray(model.item_embeddings[n:], dtype=np.float32)
             self.text_bias = np.asarray(model.item_biases[n:], dtype=np.float32)
 
-    def fit(self, train: RatingData, *, validation: RatingData | None = None, seed: int = 0) -> FitHistory:
+    def fit(
+        self, train: RatingData, *, validation: RatingData | None = None, seed: int = 0
+    ) -> FitHistory:
         if len(train) == 0:
             raise DataError("no training ratings")
         epochs = self.params["epochs"]
@@ -323,8 +380,9 @@ class LightFMPeer(FactorPeer):
             _log.info("%s: validation NDCG@10 per epochs %s -> %d", self.name, scores, epochs)
             self.params["tuned_epochs"] = int(epochs)
         self._fit_epochs(train, epochs, seed)
-        return FitHistory(stopped_reason=f"{epochs} epochs",
-                          epoch_seconds=[time.perf_counter() - started])
+        return FitHistory(
+            stopped_reason=f"{epochs} epochs", epoch_seconds=[time.perf_counter() - started]
+        )
 
     def score_new_products(self, users: np.ndarray, text: np.ndarray) -> np.ndarray:
         """Products with no identity feature trained: their text features alone."""

@@ -41,8 +41,15 @@ class RankingTower(keras.Model):
             history part only, which also serves users whose embedding never trained).
     """
 
-    def __init__(self, n_users: int, n_products: int, text_dim: int, dim: int = 64,
-                 use_user_embedding: bool = True, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        n_users: int,
+        n_products: int,
+        text_dim: int,
+        dim: int = 64,
+        use_user_embedding: bool = True,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.n_users = int(n_users)
         self.n_products = int(n_products)
@@ -50,17 +57,19 @@ class RankingTower(keras.Model):
         self.dim = int(dim)
         self.use_user_embedding = bool(use_user_embedding)
         init = keras.initializers.RandomNormal(stddev=0.05)
-        self.user_embedding = keras.layers.Embedding(self.n_users, self.dim, embeddings_initializer=init,
-                                                     name="user_embedding")
-        self.history_embedding = keras.layers.Embedding(self.n_products, self.dim,
-                                                        embeddings_initializer=init,
-                                                        name="history_embedding")
-        self.product_embedding = keras.layers.Embedding(self.n_products, self.dim,
-                                                        embeddings_initializer=init,
-                                                        name="product_embedding")
+        self.user_embedding = keras.layers.Embedding(
+            self.n_users, self.dim, embeddings_initializer=init, name="user_embedding"
+        )
+        self.history_embedding = keras.layers.Embedding(
+            self.n_products, self.dim, embeddings_initializer=init, name="history_embedding"
+        )
+        self.product_embedding = keras.layers.Embedding(
+            self.n_products, self.dim, embeddings_initializer=init, name="product_embedding"
+        )
         self.text_projection = keras.layers.Dense(self.dim, use_bias=False, name="text_projection")
-        self.product_bias = keras.layers.Embedding(self.n_products, 1, embeddings_initializer="zeros",
-                                                   name="product_bias")
+        self.product_bias = keras.layers.Embedding(
+            self.n_products, 1, embeddings_initializer="zeros", name="product_bias"
+        )
         self.text_bias = keras.layers.Dense(1, use_bias=False, name="text_bias")
         self.user_embedding.build((None,))
         self.user_embedding.trainable = self.use_user_embedding
@@ -74,7 +83,9 @@ class RankingTower(keras.Model):
     def user_vectors(self, users: Any, history: Any) -> Any:
         """``[batch, dim]`` from user indices and their (dense, binary) history rows."""
         count = ops.sum(history, axis=1, keepdims=True)
-        pooled = ops.matmul(history, self.history_embedding.embeddings) / ops.sqrt(ops.maximum(count, 1.0))
+        pooled = ops.matmul(history, self.history_embedding.embeddings) / ops.sqrt(
+            ops.maximum(count, 1.0)
+        )
         if self.use_user_embedding:
             pooled = pooled + self.user_embedding(users)
         return pooled
@@ -102,13 +113,27 @@ class RankingTower(keras.Model):
         return ops.matmul(user, ops.transpose(product)) + bias[None, :]
 
     def get_config(self) -> dict[str, Any]:
-        return {"n_users": self.n_users, "n_products": self.n_products, "text_dim": self.text_dim,
-                "dim": self.dim, "use_user_embedding": self.use_user_embedding, "name": self.name}
+        return {
+            "n_users": self.n_users,
+            "n_products": self.n_products,
+            "text_dim": self.text_dim,
+            "dim": self.dim,
+            "use_user_embedding": self.use_user_embedding,
+            "name": self.name,
+        }
 
 
-def build_rating_head(n_users: int, n_products: int, text_dim: int, *, dim: int = 32,
-                      hidden: int = 64, dropout: float = 0.2, l2: float = 1e-5,
-                      tower_dim: int = 0) -> keras.Model:
+def build_rating_head(
+    n_users: int,
+    n_products: int,
+    text_dim: int,
+    *,
+    dim: int = 32,
+    hidden: int = 64,
+    dropout: float = 0.2,
+    l2: float = 1e-5,
+    tower_dim: int = 0,
+) -> keras.Model:
     """The rating head: inputs ``user`` (int), ``product`` (int), ``text`` ([dim]); output the
     predicted rating minus the global mean.
 
@@ -121,21 +146,33 @@ def build_rating_head(n_users: int, n_products: int, text_dim: int, *, dim: int 
     product = keras.Input(shape=(), dtype="int32", name="product")
     text = keras.Input(shape=(max(1, text_dim),), dtype="float32", name="text")
     user_vec = keras.layers.Embedding(n_users, dim, embeddings_regularizer=reg, name="r_user")(user)
-    product_vec = keras.layers.Embedding(n_products, dim, embeddings_regularizer=reg,
-                                         name="r_product")(product)
-    user_bias = keras.layers.Embedding(n_users, 1, embeddings_initializer="zeros",
-                                       embeddings_regularizer=reg, name="r_user_bias")(user)
-    product_bias = keras.layers.Embedding(n_products, 1, embeddings_initializer="zeros",
-                                          embeddings_regularizer=reg, name="r_product_bias")(product)
+    product_vec = keras.layers.Embedding(
+        n_products, dim, embeddings_regularizer=reg, name="r_product"
+    )(product)
+    user_bias = keras.layers.Embedding(
+        n_users, 1, embeddings_initializer="zeros", embeddings_regularizer=reg, name="r_user_bias"
+    )(user)
+    product_bias = keras.layers.Embedding(
+        n_products,
+        1,
+        embeddings_initializer="zeros",
+        embeddings_regularizer=reg,
+        name="r_product_bias",
+    )(product)
     parts = [user_vec, product_vec, text]
     if tower_dim > 0:
-        parts.append(keras.layers.Embedding(n_users, tower_dim, trainable=False,
-                                            name="r_tower_user")(user))
-        parts.append(keras.layers.Embedding(n_products, tower_dim, trainable=False,
-                                            name="r_tower_product")(product))
+        parts.append(
+            keras.layers.Embedding(n_users, tower_dim, trainable=False, name="r_tower_user")(user)
+        )
+        parts.append(
+            keras.layers.Embedding(n_products, tower_dim, trainable=False, name="r_tower_product")(
+                product
+            )
+        )
     joined = keras.layers.Concatenate(name="r_joined")(parts)
-    hidden_out = keras.layers.Dense(hidden, activation="relu", kernel_regularizer=reg,
-                                    name="r_hidden")(joined)
+    hidden_out = keras.layers.Dense(
+        hidden, activation="relu", kernel_regularizer=reg, name="r_hidden"
+    )(joined)
     hidden_out = keras.layers.Dropout(dropout, name="r_dropout")(hidden_out)
     interaction = keras.layers.Dense(1, name="r_output")(hidden_out)
     rating = keras.layers.Add(name="r_sum")([interaction, user_bias, product_bias])

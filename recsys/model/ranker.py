@@ -167,21 +167,35 @@ class RankerRecommender:
     ) -> None:
         dim = int(embedding_dim or dim)  # ``embedding_dim``: the shared CLI option's name
         self.params: dict[str, Any] = {
-            "dim": int(dim), "epochs": None if epochs is None else int(epochs),
-            "max_epochs": int(max_epochs), "eval_every": int(eval_every), "patience": int(patience),
-            "batch_users": int(batch_users), "learning_rate": float(learning_rate),
-            "weight_decay": float(weight_decay), "input_dropout": float(input_dropout),
-            "id_dropout": float(id_dropout), "use_user_embedding": bool(use_user_embedding),
-            "full_softmax_max": int(full_softmax_max), "sampled_negatives": int(sampled_negatives),
-            "rating_head": bool(rating_head), "rating_epochs": int(rating_epochs),
-            "rating_batch": int(rating_batch), "rating_dim": int(rating_dim),
-            "weight_average": float(weight_average), "rating_hidden": int(rating_hidden),
+            "dim": int(dim),
+            "epochs": None if epochs is None else int(epochs),
+            "max_epochs": int(max_epochs),
+            "eval_every": int(eval_every),
+            "patience": int(patience),
+            "batch_users": int(batch_users),
+            "learning_rate": float(learning_rate),
+            "weight_decay": float(weight_decay),
+            "input_dropout": float(input_dropout),
+            "id_dropout": float(id_dropout),
+            "use_user_embedding": bool(use_user_embedding),
+            "full_softmax_max": int(full_softmax_max),
+            "sampled_negatives": int(sampled_negatives),
+            "rating_head": bool(rating_head),
+            "rating_epochs": int(rating_epochs),
+            "rating_batch": int(rating_batch),
+            "rating_dim": int(rating_dim),
+            "weight_average": float(weight_average),
+            "rating_hidden": int(rating_hidden),
             "rating_tower": bool(rating_tower),
-            "rating_l2": float(rating_l2), "rating_learning_rate": float(rating_learning_rate),
+            "rating_l2": float(rating_l2),
+            "rating_learning_rate": float(rating_learning_rate),
         }
         if self.params["dim"] < 1 or self.params["batch_users"] < 1:
             raise RecsysError("ranker dim and batch size must be at least 1")
-        if not 0.0 <= self.params["input_dropout"] < 1.0 or not 0.0 <= self.params["id_dropout"] < 1.0:
+        if (
+            not 0.0 <= self.params["input_dropout"] < 1.0
+            or not 0.0 <= self.params["id_dropout"] < 1.0
+        ):
             raise RecsysError("ranker dropout shares must be in [0, 1)")
         self.predicts_ratings = self.params["rating_head"]
         self.tower = None
@@ -199,11 +213,18 @@ class RankerRecommender:
     def _new_tower(self, n_users: int, n_products: int, text_dim: int):
         from recsys.model.rank_network import RankingTower
 
-        return RankingTower(n_users, n_products, text_dim, dim=self.params["dim"],
-                            use_user_embedding=self.params["use_user_embedding"], name="ranking_tower")
+        return RankingTower(
+            n_users,
+            n_products,
+            text_dim,
+            dim=self.params["dim"],
+            use_user_embedding=self.params["use_user_embedding"],
+            name="ranking_tower",
+        )
 
-    def _train_tower(self, train: RatingData, epochs: int, seed: int,
-                     validation: RatingData | None = None) -> tuple[Any, list[float], int]:
+    def _train_tower(
+        self, train: RatingData, epochs: int, seed: int, validation: RatingData | None = None
+    ) -> tuple[Any, list[float], int]:
         """Train a fresh tower on ``train``; with ``validation``, keep the best evaluated epoch."""
         import keras
         import tensorflow as tf
@@ -214,8 +235,9 @@ class RankerRecommender:
         rng = np.random.default_rng(seed)
         history = history_matrix(train)
         tower = self._new_tower(train.n_users, train.n_products, self.text.shape[1])
-        optimizer = keras.optimizers.AdamW(learning_rate=self.params["learning_rate"],
-                                           weight_decay=self.params["weight_decay"])
+        optimizer = keras.optimizers.AdamW(
+            learning_rate=self.params["learning_rate"], weight_decay=self.params["weight_decay"]
+        )
         text = tf.constant(self.text)
         full = train.n_products <= self.params["full_softmax_max"]
         n_sampled = self.params["sampled_negatives"]
@@ -235,7 +257,9 @@ class RankerRecommender:
                     loss = ranking_loss(logits, targets, negatives_or_ids)
                 else:
                     ids = tf.maximum(negatives_or_ids, 0)
-                    neg = tf.einsum("bd,bnd->bn", user, tf.gather(product, ids)) + tf.gather(bias, ids)
+                    neg = tf.einsum("bd,bnd->bn", user, tf.gather(product, ids)) + tf.gather(
+                        bias, ids
+                    )
                     negative_lse = tf.reduce_logsumexp(neg, axis=1) + log_correction
                     loss = _target_loss(negative_lse, logits, targets)
             grads = tape.gradient(loss, tower.trainable_variables)
@@ -269,7 +293,9 @@ class RankerRecommender:
                 keep = (rng.random(rows.shape) >= self.params["input_dropout"]).astype(np.float32)
                 history_in = rows * keep
                 targets = rows - history_in
-                id_keep = (rng.random(train.n_products) >= self.params["id_dropout"]).astype(np.float32)
+                id_keep = (rng.random(train.n_products) >= self.params["id_dropout"]).astype(
+                    np.float32
+                )
                 if full:
                     negatives = negative_mask(rows)
                     correction = log_q
@@ -277,8 +303,11 @@ class RankerRecommender:
                     negatives = sample_negatives(rng, history, users, n_sampled).astype(np.int32)
                     n_unrated = train.n_products - rows.sum(axis=1).mean()
                     correction = tf.constant(float(np.log(max(n_unrated, 1.0) / n_sampled)))
-                total += float(step(users.astype(np.int32), history_in, targets, negatives,
-                                    correction, id_keep))
+                total += float(
+                    step(
+                        users.astype(np.int32), history_in, targets, negatives, correction, id_keep
+                    )
+                )
             losses.append(total / max(1, -(-len(order) // batch)))
             if validation is not None and epoch % self.params["eval_every"] == 0:
                 raw = use_averages()
@@ -287,8 +316,12 @@ class RankerRecommender:
                 from recsys.evaluation.peers import validation_ndcg
 
                 score = validation_ndcg(self, train, validation)
-                _log.info("ranker epoch %d: loss %.4f, internal validation NDCG@10 %.4f",
-                          epoch, losses[-1], score)
+                _log.info(
+                    "ranker epoch %d: loss %.4f, internal validation NDCG@10 %.4f",
+                    epoch,
+                    losses[-1],
+                    score,
+                )
                 if score > best[0] + 1e-4:
                     best = (score, epoch, [a.numpy() for a in averages])
                     evaluations_without_gain = 0
@@ -307,7 +340,9 @@ class RankerRecommender:
         from scipy import sparse
 
         counts = np.asarray(history.sum(axis=1)).ravel()
-        normalised = sparse.diags(1.0 / np.sqrt(np.maximum(counts, 1.0))).astype(np.float32) @ history
+        normalised = (
+            sparse.diags(1.0 / np.sqrt(np.maximum(counts, 1.0))).astype(np.float32) @ history
+        )
         h = np.asarray(tower.history_embedding.embeddings.numpy(), dtype=np.float32)
         users = np.asarray(normalised @ h, dtype=np.float32)
         if tower.use_user_embedding:
@@ -329,10 +364,15 @@ class RankerRecommender:
 
         set_determinism(seed + 1)
         self.mu = float(train.ratings.astype(np.float64).mean())
-        model = build_rating_head(train.n_users, train.n_products, self.text.shape[1],
-                                  dim=self.params["rating_dim"], hidden=self.params["rating_hidden"],
-                                  l2=self.params["rating_l2"],
-                                  tower_dim=self.params["dim"] if self.params["rating_tower"] else 0)
+        model = build_rating_head(
+            train.n_users,
+            train.n_products,
+            self.text.shape[1],
+            dim=self.params["rating_dim"],
+            hidden=self.params["rating_hidden"],
+            l2=self.params["rating_l2"],
+            tower_dim=self.params["dim"] if self.params["rating_tower"] else 0,
+        )
         if self.params["rating_tower"]:
             # unit-scaled copies: the Dense layer sees each tower vector at a comparable scale
             def unit(m: np.ndarray) -> np.ndarray:
@@ -343,20 +383,35 @@ class RankerRecommender:
         fit_part, val_part = internal_validation(train, 0.1, seed)
 
         def inputs(part: RatingData) -> dict[str, np.ndarray]:
-            return {"user": part.users.astype(np.int32), "product": part.products.astype(np.int32),
-                    "text": self.text[part.products]}
+            return {
+                "user": part.users.astype(np.int32),
+                "product": part.products.astype(np.int32),
+                "text": self.text[part.products],
+            }
 
-        model.compile(optimizer=keras.optimizers.Adam(self.params["rating_learning_rate"]), loss="mse")
-        stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=2, restore_best_weights=True)
-        model.fit(inputs(fit_part), fit_part.ratings - self.mu,
-                  validation_data=(inputs(val_part), val_part.ratings - self.mu),
-                  epochs=self.params["rating_epochs"], batch_size=self.params["rating_batch"],
-                  callbacks=[stop], verbose=0, shuffle=True)
+        model.compile(
+            optimizer=keras.optimizers.Adam(self.params["rating_learning_rate"]), loss="mse"
+        )
+        stop = keras.callbacks.EarlyStopping(
+            monitor="val_loss", patience=2, restore_best_weights=True
+        )
+        model.fit(
+            inputs(fit_part),
+            fit_part.ratings - self.mu,
+            validation_data=(inputs(val_part), val_part.ratings - self.mu),
+            epochs=self.params["rating_epochs"],
+            batch_size=self.params["rating_batch"],
+            callbacks=[stop],
+            verbose=0,
+            shuffle=True,
+        )
         self.rating_model = model
 
     # --- Recommender ----------------------------------------------------------------------
 
-    def fit(self, train: RatingData, *, validation: RatingData | None = None, seed: int = 0) -> FitHistory:
+    def fit(
+        self, train: RatingData, *, validation: RatingData | None = None, seed: int = 0
+    ) -> FitHistory:
         """Train the ranking head (epochs tuned on a train-internal split) and the rating head."""
         from recsys.model.rank_network import normalise_text
 
@@ -367,13 +422,14 @@ class RankerRecommender:
         self.text = normalise_text(train.text, train.n_products)
         self.text_dim = self.text.shape[1]
         epochs = self.params["epochs"]
-        val_ndcg = None
         if epochs is None:
             from recsys.evaluation.peers import internal_rank_split
 
             fit_part, val_part = internal_rank_split(train)
             if np.any(val_part.ratings >= 4):
-                _, _, epochs = self._train_tower(fit_part, self.params["max_epochs"], seed, val_part)
+                _, _, epochs = self._train_tower(
+                    fit_part, self.params["max_epochs"], seed, val_part
+                )
             else:
                 epochs = self.params["max_epochs"] // 2
             self.params["tuned_epochs"] = int(epochs)
@@ -383,10 +439,14 @@ class RankerRecommender:
         if self.params["rating_head"]:
             self._train_rating_head(train, seed)
         seconds = time.perf_counter() - started
-        return FitHistory(train_loss=losses, best_epoch=int(epochs),
-                          stopped_reason=f"{epochs} epochs (tuned on a train-internal split)"
-                          if self.params["epochs"] is None else f"{epochs} epochs",
-                          epoch_seconds=[seconds])
+        return FitHistory(
+            train_loss=losses,
+            best_epoch=int(epochs),
+            stopped_reason=f"{epochs} epochs (tuned on a train-internal split)"
+            if self.params["epochs"] is None
+            else f"{epochs} epochs",
+            epoch_seconds=[seconds],
+        )
 
     def _check(self) -> None:
         if self.user_vectors is None:
@@ -396,9 +456,9 @@ class RankerRecommender:
         """Exact scores: ``U[users] @ V.T + b`` from the precomputed towers."""
         self._check()
         users = np.asarray(users, dtype=np.int64)
-        return (self.user_vectors[users] @ self.product_vectors.T + self.product_bias[None, :]).astype(
-            np.float32
-        )
+        return (
+            self.user_vectors[users] @ self.product_vectors.T + self.product_bias[None, :]
+        ).astype(np.float32)
 
     def direct_scores(self, users: np.ndarray) -> np.ndarray:
         """The Keras ranking tower evaluated directly on (users, history rows, text): for tests."""
@@ -415,9 +475,9 @@ class RankerRecommender:
         rows = normalise_text(np.asarray(text, dtype=np.float32), len(text))
         vectors, bias = self.tower.text_only_vectors(rows)
         users = np.asarray(users, dtype=np.int64)
-        return (self.user_vectors[users] @ np.asarray(vectors).T + np.asarray(bias)[None, :]).astype(
-            np.float32
-        )
+        return (
+            self.user_vectors[users] @ np.asarray(vectors).T + np.asarray(bias)[None, :]
+        ).astype(np.float32)
 
     def predict(self, users: np.ndarray, products: np.ndarray) -> np.ndarray:
         """The rating head's predictions (unclipped)."""
@@ -446,8 +506,13 @@ class RankerRecommender:
             self.rating_model.save(directory / "rating_head.keras")
         sparse.save_npz(directory / "history.npz", self.history.tocsr())
         np.save(directory / "text.npy", self.text)
-        meta = {"model": self.name, "params": self.params, "mu": self.mu, "n_users": self.n_users,
-                "n_products": self.n_products}
+        meta = {
+            "model": self.name,
+            "params": self.params,
+            "mu": self.mu,
+            "n_users": self.n_users,
+            "n_products": self.n_products,
+        }
         (directory / META_FILE).write_text(json.dumps(meta))
 
     @classmethod
