@@ -15,7 +15,9 @@ from typing import Any
 from recsys.errors import RecsysError
 from recsys.model.base import Recommender
 
-DEFAULT_NIGHTLY_MODEL = "hybrid"
+DEFAULT_NIGHTLY_MODEL = "ranker"
+"""The ranking hybrid (issue 6): best measured top-10 lists (benchmarks/RESULTS.md, Ranking
+quality); the notebook models stay available by name."""
 META_FILE = "recommender.json"
 """Every saved model writes this JSON with at least ``{"model": name}``."""
 
@@ -174,6 +176,9 @@ def _peer(kind: str) -> tuple[Callable[..., Recommender], Callable[[Path], Recom
     return factory, loader
 
 
-register("ranker", _ranker, _ranker_load, needs_text=True, accepts=("epochs", "embedding_dim"))
+register(
+    "ranker", _ranker, _ranker_load, needs_text=True,
+    accepts=("epochs", "embedding_dim", "learning_rate"),
+)
 for _name in ("ease", "als", "lightfm", "lightfm_text"):
     register(_name, *_peer(_name), needs_text=_name == "lightfm_text", accepts=())
