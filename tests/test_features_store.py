@@ -352,3 +352,19 @@ def test_similar_query_can_use_the_sets_hnsw_index(engine, settings, toy_vectors
                         {"v": "[1,0,0,0]", "p": 0, "k": 3})
             plan = "\n".join(r[0] for r in cur.fetchall())
     assert store.index_name(summary.feature_set_id) in plan
+
+
+def test_migration_downgrade_and_upgrade(engine, settings, toy_vectors):
+    from recsys.db import engine as db
+
+    _insert_products(engine, TOY[:2])
+    store.build_features(engine, settings, word_vectors=str(toy_vectors))
+    db.downgrade(engine, "0001")
+    with engine.connect() as conn:
+        tables = set(conn.execute(sa.text(
+            "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()")).scalars())
+        assert db.current_revision(conn) == "0001"
+    assert not {"feature_sets", "product_features"} & tables and "products" in tables
+    db.migrate(engine)
+    summary = store.build_features(engine, settings, word_vectors=str(toy_vectors))
+    assert summary.n_embedded == 2
