@@ -85,7 +85,7 @@ def _served_state(engine: sa.Engine) -> tuple[int, int, int, int, int]:
 def inbox(tmp_path: Path) -> Path:
     from recsys.ingest.sample import write_sample
 
-    files = write_sample(tmp_path / "sample", users=300, products=120, ratings=6000, seed=5)
+    files = write_sample(tmp_path / "sample", users=800, products=120, ratings=12000, seed=5)
     folder = tmp_path / "inbox"
     folder.mkdir()
     shutil.copy(files.ratings_path, folder)
@@ -105,20 +105,25 @@ def test_kill_during_scoring_then_concurrent_runs(
         served, users, low, high, rated = _served_state(engine)
         with engine.connect() as conn:
             n_users = conn.execute(sa.text("SELECT count(*) FROM users")).scalar_one()
-        assert (users, low, high, rated) == (n_users, K, K, 0) and n_users == 300
+        assert (users, low, high, rated) == (n_users, K, K, 0) and n_users == 800
 
         # kill -9 in the middle of scoring (tiny batches make scoring last)
-        victim = _recsys([*args, "--batch-users", "2", "--no-features"], cli_env)
+        victim = _recsys([*args, "--batch-users", "1", "--no-features"], cli_env)
         _wait_for(
             engine, "SELECT count(*) FROM recommendation_runs WHERE status = 'scoring'", victim
         )
-        time.sleep(0.3)
         os.kill(victim.pid, signal.SIGKILL)
         victim.wait(timeout=30)
         assert victim.returncode == -signal.SIGKILL
         assert _served_state(engine) == (served, n_users, K, K, 0)
         with engine.connect() as conn:
-            # the killed run's rows were never committed
+            # killed mid-scoring: its run is still 'scoring', and none of its rows committed
+            assert (
+                conn.execute(
+                    sa.text("SELECT status FROM recommendation_runs ORDER BY id DESC LIMIT 1")
+                ).scalar_one()
+                == "scoring"
+            )
             assert (
                 conn.execute(
                     sa.text("SELECT count(*) FROM recommendations WHERE run_id <> :r"),
