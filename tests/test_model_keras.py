@@ -77,9 +77,12 @@ def test_fast_scorer_small_blocks_pad_and_tile(trained, data: RatingData) -> Non
     model = trained["hybrid"]
     users = np.arange(data.n_users)
     reference = model.score_users(users)
-    model.block_bytes = 4 * 48 * 300  # 300 pairs per block: 256 products x 1 user, padded
     try:
-        np.testing.assert_allclose(model.score_users(users), reference, rtol=1e-6, atol=1e-6)
+        # 40 pairs: blocks of 64 products x 1 user (products padded); 448 pairs: 64 x 7 users
+        # (60 users: the last user block padded too)
+        for pairs in (40, 448):
+            model.block_bytes = 4 * 48 * pairs
+            np.testing.assert_allclose(model.score_users(users), reference, rtol=1e-6, atol=1e-6)
     finally:
         model.block_bytes = 64 << 20
 
