@@ -157,3 +157,62 @@ def test_run_now_fires_the_real_pipeline(cli_env: dict[str, str], engine: sa.Eng
             )
         ).one()
     assert trigger == "schedule-now" and users == 30
+
+
+@pytest.mark.subprocess
+def test_sigterm_during_a_run_stops_it_between_steps(
+    cli_env: dict[str, str], engine: sa.Engine, tmp_path
+) -> None:
+    from test_nightly_support import add_catalogue
+
+    with engine.begin() as conn:
+        add_catalogue(conn, n_users=40, n_products=30, n_ratings=400, seed=6)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "recsys",
+            "schedule",
+            "--run-now",
+            "--model",
+            "hybrid",
+            "--epochs",
+            "2",
+            "--hidden-units",
+            "8",
+            "--dim",
+            "8",
+            "--no-evaluate",
+            "--min-ratings",
+            "0",
+        ],
+        env={**os.environ, **cli_env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        step = None
+        while time.monotonic() < deadline and proc.poll() is None and step is None:
+            with engine.connect() as conn:
+                step = conn.execute(
+                    sa.text(
+                        "SELECT step FROM pipeline_steps WHERE status = 'running' "
+                        "AND step IN ('features', 'train')"
+                    )
+                ).scalar()
+            time.sleep(0.05)
+        assert step, "the run never reached features/train"
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err[-3000:]
+    with engine.connect() as conn:
+        status = conn.execute(sa.text("SELECT status FROM pipeline_runs")).scalar_one()
+        steps = dict(conn.execute(sa.text("SELECT step, status FROM pipeline_steps")).all())
+        served = conn.execute(sa.text("SELECT count(*) FROM published_recommendations")).scalar()
+    assert status == "interrupted", (steps, err[-2000:])
+    assert steps["publish"] == "interrupted" and served == 0

@@ -237,6 +237,17 @@ def _pipeline_decorators(f):
         click.option("--model", default=None, help="Model type (default: the nightly model)."),
         click.option("--epochs", type=click.IntRange(1), default=None),
         click.option("--batch-size", type=click.IntRange(1), default=None),
+        click.option(
+            "--word-vectors",
+            default=None,
+            help="Word vectors for the features step (default: train on the catalogue).",
+        ),
+        click.option(
+            "--dim",
+            type=click.IntRange(1),
+            default=None,
+            help="Text vector dimension for the features step (default 100).",
+        ),
         click.option("--embedding-dim", type=click.IntRange(1), default=None),
         click.option("--hidden-units", type=click.IntRange(1), default=None),
         click.option(
