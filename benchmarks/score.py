@@ -112,6 +112,25 @@ def scorer_speed(model, n_users: int, n_products: int, hidden: int, batch: int) 
     }
 
 
+class NumpyMF:
+    """Exact matrix-factorisation scorer (K=32, float32 matmul): measures the scoring and
+    publishing machinery (masking, exact top-k, fallbacks, COPY, switch) when the model itself
+    is cheap, i.e. what the nightly job costs beyond the model."""
+
+    name = "mf-numpy"
+
+    def __init__(self, n_users: int, n_products: int, k: int = 32, seed: int = 0) -> None:
+        rng = np.random.default_rng(seed)
+        self.U = rng.normal(0, 0.3, (n_users, k)).astype(np.float32)
+        self.V = rng.normal(0, 0.3, (n_products, k)).astype(np.float32)
+
+    def score_users(self, users: np.ndarray) -> np.ndarray:
+        return self.U[users] @ self.V.T
+
+    def predict(self, users: np.ndarray, products: np.ndarray) -> np.ndarray:
+        return np.sum(self.U[users] * self.V[products], axis=1)
+
+
 def database_engine(home: Path):
     from recsys.config import load_settings
     from recsys.db import engine as db
@@ -289,6 +308,12 @@ def main() -> None:
     parser.add_argument("--full", action="store_true", help="score and publish all users")
     parser.add_argument("--full-ratings", type=int, default=3_300_000)
     parser.add_argument(
+        "--full-model",
+        choices=["hybrid", "mf"],
+        default="hybrid",
+        help="model for --full: the hybrid, or an exact numpy MF (machinery cost)",
+    )
+    parser.add_argument(
         "--full-users",
         type=int,
         default=None,
@@ -338,7 +363,18 @@ def main() -> None:
         f"{pub['rows']:,} rows)"
     )
 
-    if args.full and not args.skip_scorer:
+    if args.full and args.full_model == "mf":
+        from recsys.model.base import RatingData
+
+        ids_u = np.arange(1, args.users + 1, dtype=np.int64)
+        ids_p = np.arange(1, args.products + 1, dtype=np.int64)
+        empty = np.zeros(0, dtype=np.int32)
+        data = RatingData(
+            empty, empty, empty.astype(np.float32), empty.astype(np.int64), ids_u, ids_p
+        )
+        model = NumpyMF(args.users, args.products)
+    if args.full and (args.full_model == "mf" or not args.skip_scorer):
+        print(f"full run with the {args.full_model} model:")
         full = full_run(engine, model, data, args.full_ratings, args.full_users)
         print(
             f"full: {full['users']:,} users x {args.products:,} products scored (exact top-10, "
