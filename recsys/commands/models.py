@@ -160,7 +160,8 @@ def _metrics_line(metrics: dict) -> str:
     "--models",
     default=DEFAULT_EVALUATE,
     show_default=True,
-    help="Comma-separated catalogue models to compare.",
+    help="Comma-separated catalogue models to compare; also ranker and the peers ease, als, "
+    "lightfm, lightfm_text (pip install 'recsys[peers]').",
 )
 @_model_options
 @click.option(
