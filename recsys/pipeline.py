@@ -42,7 +42,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from recsys.config import Settings
-from recsys.db.locks import NIGHTLY_LOCK, advisory_lock
+from recsys.db.locks import NIGHTLY_JOB, NIGHTLY_LOCK, advisory_lock
 from recsys.errors import DataError, RecsysError
 
 _log = logging.getLogger(__name__)
@@ -370,7 +370,7 @@ def run(
     steps = tuple(steps or DEFAULT_STEPS)
     stop = should_stop or (lambda: False)
     started = time.perf_counter()
-    with advisory_lock(engine, NIGHTLY_LOCK, what="recsys run"):
+    with advisory_lock(engine, NIGHTLY_LOCK, what=NIGHTLY_JOB):
         _clean_up_after_dead_runs(engine)
         run_id = int(
             _record(

@@ -151,7 +151,9 @@ def test_kill_during_scoring_then_concurrent_runs(
         )
         assert second.returncode == 2, second.stderr
         lines = [line for line in second.stderr.splitlines() if line.strip()]
-        assert lines[-1].startswith("recsys: error: another recsys run is in progress")
+        assert lines[-1].startswith(
+            "recsys: error: another nightly job (recsys run, score or publish) is in progress"
+        )
         assert "Traceback" not in second.stderr
         assert time.monotonic() - started < 60
         out, err = runner.communicate(timeout=300)

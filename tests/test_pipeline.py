@@ -116,7 +116,9 @@ def test_second_run_exits_at_once_while_the_lock_is_held(
     catalogue: sa.Engine, settings: Settings
 ) -> None:
     with advisory_lock(catalogue, NIGHTLY_LOCK):
-        with pytest.raises(LockBusy, match="another recsys run is in progress"):
+        with pytest.raises(
+            LockBusy, match=r"another nightly job \(recsys run, score or publish\) is in progress"
+        ):
             run(catalogue, settings, steps=_steps())
     with catalogue.connect() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM pipeline_runs")).scalar_one() == 0
@@ -201,3 +203,16 @@ def test_evaluate_gate_uses_direct_scores_of_ranking_models(catalogue: sa.Engine
     ranker.offset = 0.5  # the fast path no longer matches the model
     with pytest.raises(DataError, match="direct scores"):
         check_model(model)
+
+
+def test_score_and_publish_commands_respect_the_nightly_lock(
+    catalogue: sa.Engine, cli_env: dict[str, str]
+) -> None:
+    from click.testing import CliRunner
+
+    from recsys.cli import cli
+
+    with advisory_lock(catalogue, NIGHTLY_LOCK):
+        for args in (["score"], ["publish"], ["publish", "--rollback"]):
+            result = CliRunner().invoke(cli, args, env=cli_env)
+            assert isinstance(result.exception, LockBusy), (args, result.output)

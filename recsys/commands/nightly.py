@@ -138,7 +138,7 @@ def score_command(ctx, model_run, k, fallback, cold_start, memory_mb, batch_user
     Writes a new recommendation run (one transaction) and, unless --no-publish, serves it.
     Holds the nightly lock, so it never races `recsys run`.
     """
-    from recsys.db.locks import NIGHTLY_LOCK, advisory_lock
+    from recsys.db.locks import NIGHTLY_JOB, NIGHTLY_LOCK, advisory_lock
     from recsys.scoring.publish import fail_abandoned_runs
     from recsys.scoring.score import ScoreOptions, load_model, score_and_write
 
@@ -147,7 +147,7 @@ def score_command(ctx, model_run, k, fallback, cold_start, memory_mb, batch_user
     options = ScoreOptions(
         k=k, fallback=fallback, cold_start=cold_start, memory_mb=memory_mb, batch_users=batch_users
     )
-    with advisory_lock(engine, NIGHTLY_LOCK, what="recsys run/score/publish"):
+    with advisory_lock(engine, NIGHTLY_LOCK, what=NIGHTLY_JOB):
         with engine.begin() as conn:
             fail_abandoned_runs(conn)
         model = load_model(engine, settings, model_run)
@@ -176,7 +176,7 @@ def score_command(ctx, model_run, k, fallback, cold_start, memory_mb, batch_user
 @click.pass_context
 def publish_command(ctx, run_id, rollback, list_runs) -> None:
     """Switch the recommendations apps read to a complete run, in one transaction."""
-    from recsys.db.locks import NIGHTLY_LOCK, advisory_lock
+    from recsys.db.locks import NIGHTLY_JOB, NIGHTLY_LOCK, advisory_lock
     from recsys.scoring import publish
 
     settings = _settings(ctx)
@@ -204,7 +204,7 @@ def publish_command(ctx, run_id, rollback, list_runs) -> None:
         return
     if rollback and run_id is not None:
         raise click.UsageError("--rollback and --run are exclusive")
-    with advisory_lock(engine, NIGHTLY_LOCK, what="recsys run/score/publish"):
+    with advisory_lock(engine, NIGHTLY_LOCK, what=NIGHTLY_JOB):
         with engine.begin() as conn:
             if rollback:
                 served, previous = publish.rollback(conn)

@@ -25,6 +25,9 @@ LOCK_NAMESPACE = 0x5EC5
 NIGHTLY_LOCK = "recsys:nightly"
 """Held by `recsys run`, `recsys score` and `recsys publish`: the writers of recommendations."""
 
+NIGHTLY_JOB = "nightly job (recsys run, score or publish)"
+"""How the lock message names whoever holds NIGHTLY_LOCK."""
+
 
 def _key(conn: sa.Connection, name: str) -> int:
     return int(conn.execute(sa.text("SELECT hashtext(:n)"), {"n": name}).scalar_one())
@@ -44,7 +47,7 @@ def lock_holder(conn: sa.Connection, name: str) -> int | None:
 
 @contextmanager
 def advisory_lock(
-    engine: Engine, name: str = NIGHTLY_LOCK, *, what: str = "recsys run"
+    engine: Engine, name: str = NIGHTLY_LOCK, *, what: str = NIGHTLY_JOB
 ) -> Iterator[sa.Connection]:
     """Hold advisory lock ``name`` for the duration of the block, or fail at once.
 
