@@ -143,3 +143,45 @@ def test_peers_are_in_the_catalogue_and_deterministic() -> None:
     a.fit(data, seed=3)
     b.fit(data, seed=3)
     np.testing.assert_allclose(a.score_users(np.arange(4)), b.score_users(np.arange(4)), rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_evaluate_command_compares_peers_and_the_ranker(
+    engine, settings, cli_env, tmp_path
+) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from recsys.cli import cli
+    from recsys.features.store import build_features
+    from recsys.ingest.load import load_files
+    from recsys.ingest.sample import write_sample
+
+    files = write_sample(tmp_path / "sample", users=120, products=50, ratings=2000, seed=5)
+    load_files(engine, settings, ratings=[files.ratings_path], metadata=[files.metadata_path])
+    build_features(engine, settings, dim=8, epochs=2, min_count=1, create_hnsw=False)
+    out = tmp_path / "eval.json"
+    args = [
+        "evaluate",
+        "--models",
+        "popularity,ease,lightfm_text,ranker",
+        "--min-ratings",
+        "0",
+        "--epochs",
+        "3",
+        "--json",
+        str(out),
+    ]
+    result = CliRunner().invoke(cli, args, env=cli_env, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    payload = json.loads(out.read_text())
+    assert set(payload) == {"popularity", "ease", "lightfm_text", "ranker"}
+    for name in ("popularity", "ease", "lightfm_text"):
+        assert payload[name]["seed"] is None  # peers rank, they predict no ratings
+    assert payload["ranker"]["seed"]["rmse"] > 0
+    # same rank split for every model: the same evaluated users
+    users = {payload[n]["rank"]["n_eval_users"] for n in payload}
+    assert len(users) == 1 and users.pop() > 0
+    # the sample has planted tastes: the item-item peer beats the one list for everyone
+    assert payload["ease"]["rank"]["ndcg@10"] > payload["popularity"]["rank"]["ndcg@10"]
