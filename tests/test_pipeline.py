@@ -216,3 +216,18 @@ def test_score_and_publish_commands_respect_the_nightly_lock(
         for args in (["score"], ["publish"], ["publish", "--rollback"]):
             result = CliRunner().invoke(cli, args, env=cli_env)
             assert isinstance(result.exception, LockBusy), (args, result.output)
+
+
+def test_run_history_lists_runs_and_steps(
+    catalogue: sa.Engine, settings: Settings, cli_env: dict[str, str]
+) -> None:
+    from click.testing import CliRunner
+
+    from recsys.cli import cli
+
+    run(catalogue, settings, steps=_steps(), trigger="test")
+    result = CliRunner().invoke(cli, ["run", "--history"], env=cli_env)
+    assert result.exit_code == 0, result.output
+    line = result.output.strip().splitlines()[0]
+    assert "test" in line and "succeeded" in line
+    assert "train:succeeded" in line and "publish:succeeded" in line
