@@ -117,10 +117,13 @@ def test_sampled_negatives_never_hit_rated_products() -> None:
     assert drawn.min() >= 0 and drawn.max() < n
 
 
-def test_ranker_recovers_planted_favourites_better_than_popularity(sample) -> None:
+@pytest.mark.parametrize("objective", ["full", "sampled"])
+def test_ranker_recovers_planted_favourites_better_than_popularity(sample, objective) -> None:
     data, truth, ids = sample
     truth_users, truth_products = _truth_index(data, truth, ids)
-    model = RankerRecommender(**{**FAST, "rating_head": False})
+    # "sampled": the large-catalogue objective (50 sampled unrated negatives, log-Q corrected)
+    extra = {"full_softmax_max": 10, "sampled_negatives": 50} if objective == "sampled" else {}
+    model = RankerRecommender(**{**FAST, "rating_head": False, **extra})
     model.fit(data, seed=0)
     popularity = PopularityRecommender()
     popularity.fit(data)
