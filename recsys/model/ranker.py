@@ -19,7 +19,8 @@ i.e. a full softmax over the catalogue (exact and cheap up to ~50k products). Be
 among the unrated ones (:func:`sample_negatives`) with the log-Q correction
 ``log(n_unrated / n_sampled)``. (Known limit: a step still builds dense ``[batch_users,
 n_products]`` history/target rows and target logits, so with hundreds of thousands of products
-lower ``batch_users``; the sampled path is tested on a small sample, not benchmarked at scale.) Predicting held-out products from the others is what EASE's zero
+lower ``batch_users``; the sampled path is tested on a small sample, not benchmarked at scale.)
+Predicting held-out products from the others is what EASE's zero
 diagonal does in closed form; the text projection and product-id dropout (``id_dropout``: a
 product's id embedding and bias are zeroed for a random share of products per step) make the
 text path carry signal for products that were never rated (:meth:`score_new_products`).
