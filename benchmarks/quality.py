@@ -155,7 +155,9 @@ def factories(names: list[str]) -> dict:
     return made
 
 
-def run_dataset(name: str, data, models: list[str], *, seed: int, cold: bool) -> dict:
+def run_dataset(
+    name: str, data, models: list[str], *, seed: int, cold: bool, seeds: list[int] = ()
+) -> dict:
     from recsys.evaluation.cold import measure_cold
     from recsys.evaluation.protocol import evaluate_model, make_splits
 
@@ -172,6 +174,14 @@ def run_dataset(name: str, data, models: list[str], *, seed: int, cold: bool) ->
             f"coverage@10 {r['coverage@10']:.4f} {rmse} ({time.perf_counter() - started:.0f} s)",
             flush=True,
         )
+    seeds_results = []
+    for extra_seed in seeds:
+        if extra_seed == seed and "ranker" in results:
+            seeds_results.append(results["ranker"])
+            continue
+        seeds_results.append(
+            evaluate_model(factories(["ranker"])["ranker"], splits, seed=extra_seed)
+        )
     cold_results = []
     if cold:
         cold_results = measure_cold(
@@ -183,7 +193,7 @@ def run_dataset(name: str, data, models: list[str], *, seed: int, cold: bool) ->
                 f"products, {c.n_users} users, {c.seconds:.0f} s)",
                 flush=True,
             )
-    return {"data": data, "results": results, "cold": cold_results}
+    return {"data": data, "results": results, "cold": cold_results, "seeds": seeds_results}
 
 
 def _f(value: float | None) -> str:
@@ -225,6 +235,19 @@ def markdown(runs: dict, *, seed: int, seconds: float) -> str:
         if "ease" in res and "ranker" in res:
             ratio = res["ranker"].rank["ndcg@10"] / max(res["ease"].rank["ndcg@10"], 1e-12)
             lines.append(f"- {n}: ranker NDCG@10 / EASE NDCG@10 (same run) = **{ratio:.3f}**")
+    for n in names:
+        evals = runs[n].get("seeds") or []
+        if len(evals) > 1:
+            parts = []
+            for key in ("ndcg@10", "recall@10", "coverage@10"):
+                values = np.array([e.rank[key] for e in evals])
+                parts.append(f"{key} {values.mean():.3f} ± {values.std():.3f}")
+            rmse = np.array([e.seed["rmse"] for e in evals if e.seed])
+            if len(rmse):
+                parts.append(f"RMSE {rmse.mean():.3f} ± {rmse.std():.3f}")
+            lines.append(
+                f"- {n}: ranker over {len(evals)} training seeds (same splits): " + ", ".join(parts)
+            )
     lines.append("")
     if any(runs[n]["cold"] for n in names):
         lines += [
@@ -269,6 +292,11 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, default=None, help="Keep/reuse the RatingData here.")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-cold", action="store_true")
+    parser.add_argument(
+        "--ranker-seeds",
+        default="0,1,2",
+        help="Training seeds for the ranker's mean ± std line ('' to skip).",
+    )
     parser.add_argument("--only-data", action="store_true")
     parser.add_argument("--write", action="store_true", help="Write the section of RESULTS.md.")
     args = parser.parse_args()
@@ -284,8 +312,9 @@ def main() -> None:
         )
         if args.only_data:
             continue
+        seeds = [int(x) for x in args.ranker_seeds.split(",") if x.strip()]
         runs[name] = run_dataset(
-            name, data, args.models.split(","), seed=args.seed, cold=not args.no_cold
+            name, data, args.models.split(","), seed=args.seed, cold=not args.no_cold, seeds=seeds
         )
     if runs:
         text = markdown(runs, seed=args.seed, seconds=time.perf_counter() - started)
