@@ -206,3 +206,20 @@ def test_epochs_are_tuned_on_a_train_internal_split(sample) -> None:
     assert len(history.train_loss) == model.params["tuned_epochs"]
     with pytest.raises(NotImplementedError):
         model.predict(np.array([0]), np.array([0]))
+
+
+def test_targets_fall_back_to_every_rated_product_on_implicit_data(sample) -> None:
+    from dataclasses import replace
+
+    data, _, _ = sample
+    # implicit feedback: every rating 1.0, none reaches target_min_rating (4)
+    implicit = replace(data, ratings=np.ones_like(data.ratings))
+    model = RankerRecommender(**{**FAST, "epochs": 5, "rating_head": False})
+    history = model.fit(implicit, seed=0)
+    # without the fallback there would be no targets at all and the loss would stay 0
+    assert history.train_loss[0] > 0
+    assert history.train_loss[-1] < history.train_loss[0]
+    liked_only = RankerRecommender(**{**FAST, "epochs": 5, "rating_head": False})
+    liked_history = liked_only.fit(data, seed=0)
+    # with star ratings only the liked products are targets: a different objective
+    assert liked_history.train_loss != history.train_loss

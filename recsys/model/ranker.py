@@ -6,10 +6,12 @@ feature store (see :mod:`recsys.model.rank_network` for the networks).
 
 Ranking objective (why): the notebook's models regress observed ratings and so rank
 high-average niche products first for everyone. Here the ranking head learns which products a
-user rates at all. Each step takes a batch of users; a random half of each user's training
-products (``input_dropout``) is the INPUT (the history part of the user vector) and the other
-half are the TARGETS; every target ``t`` is scored against the user's NEGATIVES, which are the
-products the user did NOT rate (:func:`negative_mask`; never their own rated products)::
+user rates, and likes, among all. Each step takes a batch of users; a random half of each
+user's training products (``input_dropout``) is the INPUT (the history part of the user
+vector) and the other half are the TARGETS (only those rated >= ``target_min_rating``, 4: a
+list should hold what users like, not merely what they rated); every target ``t`` is scored
+against the user's NEGATIVES, which are the products the user did NOT rate
+(:func:`negative_mask`; never their own rated products)::
 
     loss(u, t) = -log( exp(s_t) / (exp(s_t) + sum_{j unrated} exp(s_j)) )
                = softplus(logsumexp_{j unrated} s_j - s_t)
@@ -138,6 +140,10 @@ class RankerRecommender:
         sampled_negatives: negatives per user per step in sampled mode.
         rating_head: also train the rating head (``predict``); False makes a pure ranker.
         rating_epochs, rating_batch: rating head training.
+        target_min_rating: only products the user rated at least this are TARGETS (the
+            evaluation's relevance, rating >= 4); lower-rated ones still count as input and are
+            never negatives. Ignored (all rated products are targets) when under 10% of the
+            ratings reach it, e.g. implicit-feedback data. None: every rated product.
         embedding_dim: alias of ``dim`` (the name ``recsys train --embedding-dim`` passes).
     """
 
@@ -164,6 +170,7 @@ class RankerRecommender:
         rating_batch: int = 512,
         rating_dim: int = 32,
         weight_average: float = 0.99,
+        target_min_rating: float | None = 4.0,
         rating_hidden: int = 64,
         rating_tower: bool = True,
         rating_l2: float = 1e-5,
@@ -190,6 +197,7 @@ class RankerRecommender:
             "rating_batch": int(rating_batch),
             "rating_dim": int(rating_dim),
             "weight_average": float(weight_average),
+            "target_min_rating": target_min_rating,
             "rating_hidden": int(rating_hidden),
             "rating_tower": bool(rating_tower),
             "rating_l2": float(rating_l2),
@@ -239,6 +247,15 @@ class RankerRecommender:
         set_determinism(seed)
         rng = np.random.default_rng(seed)
         history = history_matrix(train)
+        liked = None
+        threshold = self.params["target_min_rating"]
+        if threshold is not None and np.mean(train.ratings >= threshold) >= 0.1:
+            liked = history_matrix(train.subset(train.ratings >= threshold))
+        elif threshold is not None:
+            _log.info(
+                "ranker: under 10%% of ratings are >= %g; every rated product is a target",
+                threshold,
+            )
         tower = self._new_tower(train.n_users, train.n_products, self.text.shape[1])
         optimizer = keras.optimizers.AdamW(
             learning_rate=self.params["learning_rate"], weight_decay=self.params["weight_decay"]
@@ -298,6 +315,8 @@ class RankerRecommender:
                 keep = (rng.random(rows.shape) >= self.params["input_dropout"]).astype(np.float32)
                 history_in = rows * keep
                 targets = rows - history_in
+                if liked is not None:
+                    targets = targets * liked[users].toarray()
                 id_keep = (rng.random(train.n_products) >= self.params["id_dropout"]).astype(
                     np.float32
                 )
