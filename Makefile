@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 SHARED ?= $(abspath ../shared)
 DEMO_DIR ?= $(abspath .demo)
 
-.PHONY: install demo test lint bench-load clean
+.PHONY: install demo test test-fast lint bench-load clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,12 +23,20 @@ install: $(STAMP)
 demo: $(STAMP)
 	RECSYS_HOME=$${RECSYS_HOME:-$(DEMO_DIR)/home} $(BIN)/recsys demo --workdir $(DEMO_DIR)
 
-test: $(STAMP)
-	NLTK_DATA=$${NLTK_DATA:-$(SHARED)/nltk_data} RECSYS_SHARED_DATA=$${RECSYS_SHARED_DATA:-$(SHARED)/data} \
-	  $(BIN)/python -m pytest -q
+TEST_ENV = NLTK_DATA=$${NLTK_DATA:-$(SHARED)/nltk_data} RECSYS_SHARED_DATA=$${RECSYS_SHARED_DATA:-$(SHARED)/data}
+LINT_PATHS = recsys tests benchmarks alembic
+
+# make test: style first (ruff check and ruff format --check), then every test
+test: lint
+	$(TEST_ENV) $(BIN)/python -m pytest -q
+
+# make test-fast: the same without the slow and subprocess markers
+test-fast: lint
+	$(TEST_ENV) $(BIN)/python -m pytest -q -m "not slow and not subprocess"
 
 lint: $(STAMP)
-	$(BIN)/ruff check recsys tests benchmarks alembic
+	$(BIN)/ruff check $(LINT_PATHS)
+	$(BIN)/ruff format --check $(LINT_PATHS)
 
 clean:
 	rm -rf $(VENV) .demo .pytest_cache

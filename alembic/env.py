@@ -10,7 +10,6 @@ from __future__ import annotations
 from logging.config import fileConfig
 
 from alembic import context
-
 from recsys.db.models import Base
 
 config = context.config

@@ -51,8 +51,12 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--reference-subset", type=int, default=20_000)
     parser.add_argument("--no-index", action="store_true")
-    parser.add_argument("--sample", type=Path, default=None,
-                        help="Write the sample here, or reuse the one already there.")
+    parser.add_argument(
+        "--sample",
+        type=Path,
+        default=None,
+        help="Write the sample here, or reuse the one already there.",
+    )
     args = parser.parse_args()
 
     import sqlalchemy as sa
@@ -70,8 +74,7 @@ def main() -> None:
     if not metadata_path.is_file():
         tick = time.perf_counter()
         users = 1000
-        files = write_sample(sample_dir, users=users, products=args.products, ratings=users,
-                             seed=0)
+        files = write_sample(sample_dir, users=users, products=args.products, ratings=users, seed=0)
         metadata_path = files.metadata_path
         print(f"sample: {args.products:,} products written in {time.perf_counter() - tick:.1f} s")
     else:
@@ -100,15 +103,21 @@ def main() -> None:
 
     tick = time.perf_counter()
     summary = store.build_features(
-        engine, settings, dim=args.dim, epochs=args.epochs, workers=args.workers,
-        create_hnsw=not args.no_index, save_vectors=False,
+        engine,
+        settings,
+        dim=args.dim,
+        epochs=args.epochs,
+        workers=args.workers,
+        create_hnsw=not args.no_index,
+        save_vectors=False,
     )
     build_s = time.perf_counter() - tick
 
     # reference, same run: the notebook loop on a subset, with the same kind of word vectors
     with engine.connect() as conn:
-        catalogue = store._read_catalogue(conn, with_title=False, progress=store._NoProgress(),
-                                          limit=args.reference_subset)
+        catalogue = store._read_catalogue(
+            conn, with_title=False, progress=store._NoProgress(), limit=args.reference_subset
+        )
     docs = [t for t in catalogue.tokens if t]
     vectors = wv.train_word2vec(docs, dim=args.dim, epochs=1, workers=1)
     tick = time.perf_counter()
@@ -120,23 +129,33 @@ def main() -> None:
     np.testing.assert_allclose(fast, reference, rtol=1e-4, atol=1e-5)
 
     print()
-    print(f"products              {summary.n_products:,} (embedded {summary.n_embedded:,}, "
-          f"skipped {summary.n_skipped:,})")
-    print(f"vocabulary            {summary.vocabulary_size:,} words, token coverage "
-          f"{summary.token_coverage:.1%}")
+    print(
+        f"products              {summary.n_products:,} (embedded {summary.n_embedded:,}, "
+        f"skipped {summary.n_skipped:,})"
+    )
+    print(
+        f"vocabulary            {summary.vocabulary_size:,} words, token coverage "
+        f"{summary.token_coverage:.1%}"
+    )
     for phase, seconds in summary.phases.items():
         print(f"  {phase:<18}  {seconds:8.1f} s")
     rate = summary.n_products / build_s
-    print(f"build total           {build_s:8.1f} s  = {rate:,.0f} products/s"
-          f"  (Word2Vec workers={args.workers}, dim={args.dim}, epochs={args.epochs}, "
-          f"HNSW={'yes' if summary.indexed else 'no'})")
+    print(
+        f"build total           {build_s:8.1f} s  = {rate:,.0f} products/s"
+        f"  (Word2Vec workers={args.workers}, dim={args.dim}, epochs={args.epochs}, "
+        f"HNSW={'yes' if summary.indexed else 'no'})"
+    )
     print(f"peak RSS              {_peak_rss_mib():,.0f} MiB")
-    print(f"embedding, same docs  sparse {fast_rate:,.0f} products/s vs notebook loop "
-          f"{loop_rate:,.0f} products/s on {len(docs):,} products: "
-          f"{fast_rate / loop_rate:.1f}x")
+    print(
+        f"embedding, same docs  sparse {fast_rate:,.0f} products/s vs notebook loop "
+        f"{loop_rate:,.0f} products/s on {len(docs):,} products: "
+        f"{fast_rate / loop_rate:.1f}x"
+    )
     target = 600.0
-    print(f"target 786k in {target:.0f} s: projected {786_000 / rate:.0f} s at this rate"
-          " (linear extrapolation when the run was smaller)")
+    print(
+        f"target 786k in {target:.0f} s: projected {786_000 / rate:.0f} s at this rate"
+        " (linear extrapolation when the run was smaller)"
+    )
     engine.dispose()
     if server is not None:
         server.cleanup()

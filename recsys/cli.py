@@ -79,6 +79,8 @@ def main(argv: list[str] | None = None) -> None:
         raise
     except Exception as err:
         _log.exception("unexpected error")
-        click.echo(f"recsys: unexpected error: {type(err).__name__}: {err}".splitlines()[0], err=True)
+        click.echo(
+            f"recsys: unexpected error: {type(err).__name__}: {err}".splitlines()[0], err=True
+        )
         sys.exit(3)
     sys.exit(0)

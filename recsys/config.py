@@ -22,7 +22,9 @@ def default_home() -> Path:
 class Settings(BaseSettings):
     """recsys configuration."""
 
-    model_config = SettingsConfigDict(env_prefix="RECSYS_", env_nested_delimiter="__", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="RECSYS_", env_nested_delimiter="__", extra="ignore"
+    )
 
     database_url: str | None = None
     """PostgreSQL URL; unset means the embedded server under `home`."""

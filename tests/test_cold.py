@@ -49,11 +49,14 @@ def _planted(seed: int = 0) -> RatingData:
     text[:, 2:] = rng.normal(0, 0.3, (n_products, 6))
     n = len(users)
     return RatingData(
-        users=np.array(users, np.int32), products=np.array(products, np.int32),
-        ratings=np.array(ratings, np.float32), timestamps=np.arange(n, dtype=np.int64),
+        users=np.array(users, np.int32),
+        products=np.array(products, np.int32),
+        ratings=np.array(ratings, np.float32),
+        timestamps=np.arange(n, dtype=np.int64),
         user_ids=np.arange(1, n_users + 1, dtype=np.int64),
         product_ids=np.arange(1, n_products + 1, dtype=np.int64),
-        text=text, has_text=np.ones(n_products, bool),
+        text=text,
+        has_text=np.ones(n_products, bool),
     )
 
 
@@ -70,9 +73,16 @@ def test_ranker_text_path_beats_random_on_cold_products() -> None:
     data = _planted()
     results = measure_cold(
         data,
-        {"ranker": lambda: RankerRecommender(dim=16, epochs=30, batch_users=32,
-                                             learning_rate=0.01, id_dropout=0.5,
-                                             rating_head=False)},
+        {
+            "ranker": lambda: RankerRecommender(
+                dim=16,
+                epochs=30,
+                batch_users=32,
+                learning_rate=0.01,
+                id_dropout=0.5,
+                rating_head=False,
+            )
+        },
         seed=0,
     )
     by_name = {r.model: r for r in results}

@@ -20,18 +20,25 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_postgres_urls_use_psycopg3() -> None:
-    assert Settings(database_url="postgres://a:b@h/d").database_url == "postgresql+psycopg://a:b@h/d"
+    assert (
+        Settings(database_url="postgres://a:b@h/d").database_url == "postgresql+psycopg://a:b@h/d"
+    )
     assert Settings(database_url="postgresql://h/d").database_url == "postgresql+psycopg://h/d"
     assert Settings(database_url="").database_url is None
 
 
 def test_redact_hides_password() -> None:
     assert "s3cret" not in db.redact("postgresql+psycopg://me:s3cret@host:5432/db")
-    assert db.redact("postgresql+psycopg://me:s3cret@host:5432/db").startswith("postgresql+psycopg://me:***@")
+    assert db.redact("postgresql+psycopg://me:s3cret@host:5432/db").startswith(
+        "postgresql+psycopg://me:***@"
+    )
 
 
 def test_unreachable_database_is_one_line_without_password(tmp_path: Path) -> None:
-    env = {"RECSYS_DATABASE_URL": "postgresql://me:s3cret@127.0.0.1:9/nodb", "RECSYS_HOME": str(tmp_path)}
+    env = {
+        "RECSYS_DATABASE_URL": "postgresql://me:s3cret@127.0.0.1:9/nodb",
+        "RECSYS_HOME": str(tmp_path),
+    }
     result = subprocess.run(
         [sys.executable, "-m", "recsys", "init-db"],
         env={**os.environ, **env},
@@ -95,7 +102,9 @@ def test_embedded_server_starts_reuses_and_stops(tmp_path: Path) -> None:
         engine = db.create_engine(settings)
         db.ensure_schema(engine)
         with engine.connect() as conn:
-            assert conn.execute(sa.text("SELECT extversion FROM pg_extension WHERE extname='vector'")).scalar()
+            assert conn.execute(
+                sa.text("SELECT extversion FROM pg_extension WHERE extname='vector'")
+            ).scalar()
         engine.dispose()
     finally:
         assert db.stop_embedded(settings)

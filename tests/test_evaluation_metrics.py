@@ -55,11 +55,18 @@ def test_ranking_metrics_hand_computed() -> None:
     # 2 users, 5 products. Training: user 0 rated p0; user 1 rated p1. Products 0..3 are training
     # products (p2, p3 via other ratings of user 1), p4 is never in training.
     train = _data([0, 1, 1, 1], [0, 1, 2, 3], [5, 5, 3, 3], n_users=2, n_products=5)
-    # test: user 0 likes p1 (rel) and p4 (rel, not a training product); user 1 likes p0 (rating 2: not rel)
+    # test: user 0 likes p1 (rel) and p4 (rel, not a training product);
+    # user 1 likes p0 (rating 2: not rel)
     test = _data([0, 0, 1], [1, 4, 0], [5, 4, 2], n_users=2, n_products=5)
     table = np.array(
         [
-            [9.0, 1.0, 3.0, 2.0, 100.0],  # user 0: p0 rated (masked), p4 not training: list [2, 3, 1]
+            [
+                9.0,
+                1.0,
+                3.0,
+                2.0,
+                100.0,
+            ],  # user 0: p0 rated (masked), p4 not training: list [2, 3, 1]
             [0.0, 0.0, 0.0, 0.0, 0.0],
         ],
         dtype=np.float32,
@@ -80,7 +87,11 @@ def test_rank_split_holds_out_a_fifth_per_user_and_keeps_single_ratings() -> Non
     split = rank_split(data)
     assert len(split.train) + len(split.test) == 14
     per_user = np.bincount(split.test.users, minlength=3)
-    assert per_user.tolist() == [2, 0, 1]  # round(0.2*10)=2; single rating stays; max(1, round(0.6))=1
+    assert per_user.tolist() == [
+        2,
+        0,
+        1,
+    ]  # round(0.2*10)=2; single rating stays; max(1, round(0.6))=1
     assert rank_split(data).test.products.tolist() == split.test.products.tolist()  # deterministic
 
 

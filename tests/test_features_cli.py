@@ -21,8 +21,11 @@ from recsys.ingest.load import load_files
 
 def _run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "recsys", *args], env={**os.environ, **env}, capture_output=True,
-        text=True, timeout=300,
+        [sys.executable, "-m", "recsys", *args],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
 
 
@@ -38,8 +41,11 @@ def test_gift_cards_build_and_similar_in_a_subprocess(engine, settings, cli_env,
     bad.write_bytes(b"10 300\nthe \x00\x01")
     result = _run(["features", "build", "--word-vectors", str(bad)], cli_env)
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines()[-1].startswith(
-        f"recsys: error: {bad}: truncated or malformed word2vec binary file")
+    assert (
+        result.stderr.strip()
+        .splitlines()[-1]
+        .startswith(f"recsys: error: {bad}: truncated or malformed word2vec binary file")
+    )
     assert "Traceback" not in result.stderr
     with engine.connect() as conn:
         assert store.current_feature_set(conn) is None
@@ -51,10 +57,14 @@ def test_gift_cards_build_and_similar_in_a_subprocess(engine, settings, cli_env,
     with engine.connect() as conn:
         info = store.current_feature_set(conn)
         n_products = conn.execute(sa.text("SELECT count(*) FROM products")).scalar_one()
-        some = conn.execute(sa.text(
-            "SELECT p.external_id FROM product_features pf JOIN products p ON p.id = "
-            "pf.product_id WHERE pf.feature_set_id = :s AND pf.vector IS NOT NULL "
-            "ORDER BY p.id LIMIT 1"), {"s": info.id}).scalar_one()
+        some = conn.execute(
+            sa.text(
+                "SELECT p.external_id FROM product_features pf JOIN products p ON p.id = "
+                "pf.product_id WHERE pf.feature_set_id = :s AND pf.vector IS NOT NULL "
+                "ORDER BY p.id LIMIT 1"
+            ),
+            {"s": info.id},
+        ).scalar_one()
     assert info.name == "gc" and info.n_products == n_products
 
     result = _run(["similar", some, "-k", "3"], cli_env)
@@ -71,8 +81,9 @@ def test_movielens_glove_build_list_similar(engine, settings, cli_env, shared_da
     [loaded] = load_files(engine, settings, metadata=[shared_data / "movielens_ml-100k" / "u.item"])
     assert loaded.status == "loaded" and loaded.rows_loaded == 1682
     runner = CliRunner()
-    result = runner.invoke(cli, ["features", "build", "--word-vectors", "glove-6b-50d",
-                                 "--name", "ml"], env=cli_env)
+    result = runner.invoke(
+        cli, ["features", "build", "--word-vectors", "glove-6b-50d", "--name", "ml"], env=cli_env
+    )
     assert result.exit_code == 0, result.output
     assert "glove-6b-50d (400,000 words, 50-d)" in result.output
 
@@ -82,13 +93,21 @@ def test_movielens_glove_build_list_similar(engine, settings, cli_env, shared_da
     kv = load_glove().keyed_vectors
     with engine.connect() as conn:
         info = store.current_feature_set(conn)
-        row = conn.execute(sa.text(
-            "SELECT id, title, categories, feature_text FROM products WHERE external_id = '1'"
-        )).one()
+        row = conn.execute(
+            sa.text(
+                "SELECT id, title, categories, feature_text FROM products WHERE external_id = '1'"
+            )
+        ).one()
         ids, vectors = store.read_vectors(conn, info.id)
-    tokens = clean_product(product_text(feature_text=row.feature_text, description=None,
-                                        categories=row.categories, title=row.title,
-                                        is_movie=True))
+    tokens = clean_product(
+        product_text(
+            feature_text=row.feature_text,
+            description=None,
+            categories=row.categories,
+            title=row.title,
+            is_movie=True,
+        )
+    )
     assert tokens[:2] == ["toy", "story"] and "animation" in tokens
     expected = np.mean([kv[t] for t in tokens if t in kv.key_to_index], axis=0)
     np.testing.assert_allclose(vectors[list(ids).index(row.id)], expected, rtol=1e-5)
@@ -107,8 +126,9 @@ def test_movielens_glove_build_list_similar(engine, settings, cli_env, shared_da
 
 def test_cli_bad_options(cli_env):
     runner = CliRunner()
-    result = runner.invoke(cli, ["features", "build", "--word-vectors", "/nonexistent/w.bin"],
-                           env=cli_env)
+    result = runner.invoke(
+        cli, ["features", "build", "--word-vectors", "/nonexistent/w.bin"], env=cli_env
+    )
     assert isinstance(result.exception, InputError)
     assert str(result.exception) == "word vectors file not found: /nonexistent/w.bin"
     result = runner.invoke(cli, ["similar", "x", "-k", "0"], env=cli_env)

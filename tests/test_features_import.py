@@ -44,13 +44,20 @@ def test_csv_list_column_with_rejects(engine, settings, products, tmp_path):
     )
     summary = import_embeddings(engine, settings, path, "ext", max_reject_rate=0.9)
     assert (summary.kind, summary.format, summary.status) == ("embeddings", "csv", "loaded")
-    assert (summary.rows_read, summary.rows_loaded, summary.rows_merged,
-            summary.rows_rejected) == (6, 2, 1, 3)
+    assert (summary.rows_read, summary.rows_loaded, summary.rows_merged, summary.rows_rejected) == (
+        6,
+        2,
+        1,
+        3,
+    )
     with engine.connect() as conn:
         info = store.current_feature_set(conn)
-        rejected = conn.execute(sa.text(
-            "SELECT r.line_no, r.reason FROM rejected_rows r JOIN loads l ON l.id = r.load_id "
-            "WHERE l.kind = 'embeddings' ORDER BY r.line_no")).all()
+        rejected = conn.execute(
+            sa.text(
+                "SELECT r.line_no, r.reason FROM rejected_rows r JOIN loads l ON l.id = r.load_id "
+                "WHERE l.kind = 'embeddings' ORDER BY r.line_no"
+            )
+        ).all()
     assert info.name == "ext" and info.dim == 3 and info.weighting == "precomputed"
     assert [tuple(r) for r in rejected] == [
         (4, "wrong dimension: 2 values, the file's vectors have 3"),
@@ -68,14 +75,15 @@ def test_csv_columns_too_many_rejects_fails(engine, settings, products, tmp_path
     assert "more than --max-reject-rate" in summary.message
     with engine.connect() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM feature_sets")).scalar_one() == 0
-        assert conn.execute(sa.text(
-            "SELECT status FROM loads WHERE kind = 'embeddings'")).scalar_one() == "failed"
+        assert (
+            conn.execute(sa.text("SELECT status FROM loads WHERE kind = 'embeddings'")).scalar_one()
+            == "failed"
+        )
 
 
 def test_parquet_list_column(engine, settings, products, tmp_path):
     path = tmp_path / "emb.parquet"
-    pq.write_table(pa.table({"product_id": ["p1", "p3"],
-                             "vector": [[1.0, 2.0], [3.0, 4.0]]}), path)
+    pq.write_table(pa.table({"product_id": ["p1", "p3"], "vector": [[1.0, 2.0], [3.0, 4.0]]}), path)
     summary = import_embeddings(engine, settings, path, "pq")
     assert summary.status == "loaded" and summary.rows_loaded == 2
     with engine.connect() as conn:
@@ -96,7 +104,10 @@ def test_npy_with_ids_file(engine, settings, products, tmp_path):
         info = store.current_feature_set(conn)
     assert info.name == "npy"
     assert _vectors(engine, info.id, products) == {
-        "p1": [1.0, 1.0], "p2": [1.0, 0.0], "p4": [0.0, 1.0]}
+        "p1": [1.0, 1.0],
+        "p2": [1.0, 0.0],
+        "p4": [0.0, 1.0],
+    }
 
 
 @pytest.mark.parametrize(
@@ -146,8 +157,9 @@ def test_load_db_embeddings_command(engine, products, cli_env, tmp_path):
 
     path = tmp_path / "emb.csv"
     path.write_text('product_id,vector\np1,"[1, 0]"\np2,"[0, 1]"\n')
-    result = CliRunner().invoke(cli, ["load-db", "--embeddings", str(path), "--name", "cli"],
-                                env=cli_env)
+    result = CliRunner().invoke(
+        cli, ["load-db", "--embeddings", str(path), "--name", "cli"], env=cli_env
+    )
     assert result.exit_code == 0, result.output
     with engine.connect() as conn:
         info = store.current_feature_set(conn)

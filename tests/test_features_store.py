@@ -22,8 +22,16 @@ def _insert_products(engine_or_conn, rows: list[dict]) -> None:
         ":categories, :main_category, CAST(:raw AS jsonb))"
     )
     full = [
-        {"title": None, "brand": None, "description": None, "feature_text": None,
-         "categories": None, "main_category": None, "raw": None, **r}
+        {
+            "title": None,
+            "brand": None,
+            "description": None,
+            "feature_text": None,
+            "categories": None,
+            "main_category": None,
+            "raw": None,
+            **r,
+        }
         for r in rows
     ]
     if isinstance(engine_or_conn, sa.Engine):
@@ -55,14 +63,34 @@ def _gift_cards(shared_data) -> list[dict]:
 
 
 TOY = [
-    {"external_id": "a", "title": "Red shoe", "brand": "Acme",
-     "feature_text": "red leather running shoe", "categories": ["Shoes"]},
-    {"external_id": "b", "title": "Blue shoe", "brand": "Acme",
-     "feature_text": "blue leather running shoe", "categories": ["Shoes"]},
-    {"external_id": "c", "title": "Coffee", "brand": "Bean",
-     "description": "dark roast coffee beans", "categories": ["Coffee"]},
-    {"external_id": "d", "title": "Tea", "brand": "Leaf",
-     "description": "green tea leaves", "categories": ["Tea"]},
+    {
+        "external_id": "a",
+        "title": "Red shoe",
+        "brand": "Acme",
+        "feature_text": "red leather running shoe",
+        "categories": ["Shoes"],
+    },
+    {
+        "external_id": "b",
+        "title": "Blue shoe",
+        "brand": "Acme",
+        "feature_text": "blue leather running shoe",
+        "categories": ["Shoes"],
+    },
+    {
+        "external_id": "c",
+        "title": "Coffee",
+        "brand": "Bean",
+        "description": "dark roast coffee beans",
+        "categories": ["Coffee"],
+    },
+    {
+        "external_id": "d",
+        "title": "Tea",
+        "brand": "Leaf",
+        "description": "green tea leaves",
+        "categories": ["Tea"],
+    },
     {"external_id": "empty", "title": "Nothing"},
     {"external_id": "html", "title": "Only markup", "description": "<div><br/></div> 123 &amp;"},
     {"external_id": "unknown", "description": "zzzqqq"},
@@ -80,12 +108,23 @@ def _write_w2v_text(path, words: dict[str, list[float]]) -> None:
 @pytest.fixture
 def toy_vectors(tmp_path):
     path = tmp_path / "toy.txt"
-    _write_w2v_text(path, {
-        "red": [1, 0, 0, 0], "blue": [0, 1, 0, 0], "leather": [0, 0, 1, 0],
-        "running": [0, 0, 0, 1], "shoe": [1, 1, 1, 1], "dark": [2, 0, 0, 0],
-        "roast": [0, 2, 0, 0], "coffee": [0, 0, 2, 0], "beans": [0, 0, 0, 2],
-        "green": [1, 0, 1, 0], "tea": [0, 1, 0, 1], "leaves": [1, 1, 0, 0],
-    })
+    _write_w2v_text(
+        path,
+        {
+            "red": [1, 0, 0, 0],
+            "blue": [0, 1, 0, 0],
+            "leather": [0, 0, 1, 0],
+            "running": [0, 0, 0, 1],
+            "shoe": [1, 1, 1, 1],
+            "dark": [2, 0, 0, 0],
+            "roast": [0, 2, 0, 0],
+            "coffee": [0, 0, 2, 0],
+            "beans": [0, 0, 0, 2],
+            "green": [1, 0, 1, 0],
+            "tea": [0, 1, 0, 1],
+            "leaves": [1, 1, 0, 0],
+        },
+    )
     return path
 
 
@@ -107,9 +146,14 @@ def test_build_with_file_vectors_exact(engine, settings, toy_vectors):
         assert info.n_embedded == 5 and info.n_skipped == 3
         ids, vectors = store.read_vectors(conn, info.id)
         ext = dict(conn.execute(sa.text("SELECT id, external_id FROM products")).all())
-        notes = dict(conn.execute(sa.text(
-            "SELECT p.external_id, pf.notes FROM product_features pf JOIN products p "
-            "ON p.id = pf.product_id WHERE pf.notes IS NOT NULL")).all())
+        notes = dict(
+            conn.execute(
+                sa.text(
+                    "SELECT p.external_id, pf.notes FROM product_features pf JOIN products p "
+                    "ON p.id = pf.product_id WHERE pf.notes IS NOT NULL"
+                )
+            ).all()
+        )
     assert ids.dtype == np.int64 and vectors.dtype == np.float32 and vectors.shape == (5, 4)
     assert list(ids) == sorted(ids)
     by_ext = {ext[i]: v for i, v in zip(ids.tolist(), vectors, strict=True)}
@@ -126,7 +170,7 @@ def test_similar_and_errors(engine, settings, toy_vectors):
     with engine.begin() as conn:
         info, rows = store.similar_products(conn, "a", k=3)
         # a=[.5,.25,.5,.5]; c and big point along [1,1,1,1]; b=[.25,.5,.5,.5]
-        a, b, ones = np.array([.5, .25, .5, .5]), np.array([.25, .5, .5, .5]), np.ones(4)
+        a, b, ones = np.array([0.5, 0.25, 0.5, 0.5]), np.array([0.25, 0.5, 0.5, 0.5]), np.ones(4)
         assert {r.external_id for r in rows[:2]} == {"c", "big"}
         assert rows[0].similarity == pytest.approx(a @ ones / np.sqrt(a @ a) / 2, abs=1e-5)
         assert rows[2].external_id == "b"
@@ -141,8 +185,9 @@ def test_similar_and_errors(engine, settings, toy_vectors):
 
 def test_tfidf_weighting(engine, settings, toy_vectors):
     _insert_products(engine, TOY[:4])
-    summary = store.build_features(engine, settings, word_vectors=str(toy_vectors),
-                                   weighting="tfidf")
+    summary = store.build_features(
+        engine, settings, word_vectors=str(toy_vectors), weighting="tfidf"
+    )
     with engine.connect() as conn:
         ids, vectors = store.read_vectors(conn, summary.feature_set_id)
         ext = dict(conn.execute(sa.text("SELECT id, external_id FROM products")).all())
@@ -159,12 +204,16 @@ def test_incremental_rebuild_touches_only_changed(engine, settings, toy_vectors)
     first = store.build_features(engine, settings, word_vectors=str(toy_vectors))
     assert first.n_computed == 8 and first.n_reused == 0
     with engine.begin() as conn:
-        conn.execute(sa.text(
-            "UPDATE products SET feature_text = 'green tea' WHERE external_id = 'a'"))
+        conn.execute(
+            sa.text("UPDATE products SET feature_text = 'green tea' WHERE external_id = 'a'")
+        )
         # a change that cleans to the same tokens is not a change
-        conn.execute(sa.text(
-            "UPDATE products SET description = 'DARK <b>roast</b> coffee beans!' "
-            "WHERE external_id = 'c'"))
+        conn.execute(
+            sa.text(
+                "UPDATE products SET description = 'DARK <b>roast</b> coffee beans!' "
+                "WHERE external_id = 'c'"
+            )
+        )
     second = store.build_features(engine, settings, word_vectors=str(toy_vectors))
     assert second.n_computed == 1 and second.n_reused == 7
     assert second.n_embedded == 5
@@ -208,8 +257,10 @@ def test_switch_is_atomic(engine, settings, toy_vectors):
     assert seen == {"during": first.id if False else first.feature_set_id, "vectors": 4}
     with engine.connect() as conn:
         assert store.current_feature_set(conn).id == second.feature_set_id
-        assert conn.execute(sa.text("SELECT count(*) FROM feature_sets WHERE is_current")
-                            ).scalar_one() == 1
+        assert (
+            conn.execute(sa.text("SELECT count(*) FROM feature_sets WHERE is_current")).scalar_one()
+            == 1
+        )
 
 
 def test_failed_build_writes_nothing(engine, settings, toy_vectors):
@@ -278,8 +329,11 @@ def test_gift_cards_end_to_end_trained(engine, settings, shared_data):
     assert summary.n_products == len(rows)
     assert summary.n_embedded + summary.n_skipped == len(rows)
     assert summary.n_embedded > 0.95 * len(rows)
-    assert set(summary.skipped) <= {store.SKIP_NO_TEXT, store.SKIP_NO_WORDS,
-                                    store.SKIP_NO_KNOWN_WORDS}
+    assert set(summary.skipped) <= {
+        store.SKIP_NO_TEXT,
+        store.SKIP_NO_WORDS,
+        store.SKIP_NO_KNOWN_WORDS,
+    }
     assert (settings.home / "word_vectors" / "gift.bin").is_file()
     with engine.connect() as conn:
         ids, vectors = store.read_vectors(conn, summary.feature_set_id)
@@ -294,8 +348,12 @@ def test_gift_cards_end_to_end_trained(engine, settings, shared_data):
     np.testing.assert_array_equal(ids, ids2)
     np.testing.assert_array_equal(vectors, vectors2)
     # the saved trained vectors load back as a PATH source
-    from_file = store.build_features(engine, settings, word_vectors=str(
-        settings.home / "word_vectors" / "gift.bin"), name="gift3")
+    from_file = store.build_features(
+        engine,
+        settings,
+        word_vectors=str(settings.home / "word_vectors" / "gift.bin"),
+        name="gift3",
+    )
     assert from_file.n_embedded == summary.n_embedded
 
 
@@ -306,20 +364,24 @@ def test_prune_keeps_current_and_referenced_sets(engine, settings, toy_vectors):
         conn.execute(sa.text("CREATE TABLE bench_refs (feature_set_id bigint)"))
     ids = []
     for i in range(4):
-        summary = store.build_features(engine, settings, word_vectors=str(toy_vectors),
-                                       name=f"s{i}", keep=0)
+        summary = store.build_features(
+            engine, settings, word_vectors=str(toy_vectors), name=f"s{i}", keep=0
+        )
         ids.append(summary.feature_set_id)
         if i == 0:
             with engine.begin() as conn:
-                conn.execute(sa.text("INSERT INTO bench_refs VALUES (:i)"),
-                             {"i": summary.feature_set_id})
+                conn.execute(
+                    sa.text("INSERT INTO bench_refs VALUES (:i)"), {"i": summary.feature_set_id}
+                )
     with engine.begin() as conn:
         deleted = store.prune_feature_sets(conn, keep=2)
     assert deleted == [ids[1]]
     with engine.connect() as conn:
         left = [i.id for i in store.list_feature_sets(conn)]
-        rows = conn.execute(sa.text("SELECT count(*) FROM product_features "
-                                    "WHERE feature_set_id = :i"), {"i": ids[1]}).scalar_one()
+        rows = conn.execute(
+            sa.text("SELECT count(*) FROM product_features WHERE feature_set_id = :i"),
+            {"i": ids[1]},
+        ).scalar_one()
     assert left == [ids[3], ids[2], ids[0]] and rows == 0
 
 
@@ -348,8 +410,10 @@ def test_similar_query_can_use_the_sets_hnsw_index(engine, settings, toy_vectors
         pg = conn.connection.driver_connection
         with pg.cursor() as cur:
             cur.execute("SET LOCAL enable_seqscan = off")  # tiny table: force the choice
-            cur.execute(b"EXPLAIN " + store.similar_sql(info).as_bytes(pg),
-                        {"v": "[1,0,0,0]", "p": 0, "k": 3})
+            cur.execute(
+                b"EXPLAIN " + store.similar_sql(info).as_bytes(pg),
+                {"v": "[1,0,0,0]", "p": 0, "k": 3},
+            )
             plan = "\n".join(r[0] for r in cur.fetchall())
     assert store.index_name(summary.feature_set_id) in plan
 
@@ -361,8 +425,11 @@ def test_migration_downgrade_and_upgrade(engine, settings, toy_vectors):
     store.build_features(engine, settings, word_vectors=str(toy_vectors))
     db.downgrade(engine, "0001")
     with engine.connect() as conn:
-        tables = set(conn.execute(sa.text(
-            "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()")).scalars())
+        tables = set(
+            conn.execute(
+                sa.text("SELECT tablename FROM pg_tables WHERE schemaname = current_schema()")
+            ).scalars()
+        )
         assert db.current_revision(conn) == "0001"
     assert not {"feature_sets", "product_features"} & tables and "products" in tables
     db.migrate(engine)

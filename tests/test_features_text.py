@@ -71,10 +71,28 @@ def test_clean_text_all_steps():
 
 @pytest.mark.parametrize(
     "raw",
-    [None, "", "   \n\t", "<div><br/></div>", "12345 678 9", "\u00c4\u00d6\u00dc \u65e5\u672c",
-     "&amp; &lt; &gt;", "the and of is", "<p>123</p> &nbsp; \u00e9"],
-    ids=["none", "empty", "blank", "only-html", "only-numbers", "only-non-ascii",
-         "only-entities", "only-stopwords", "mixed-nothing"],
+    [
+        None,
+        "",
+        "   \n\t",
+        "<div><br/></div>",
+        "12345 678 9",
+        "\u00c4\u00d6\u00dc \u65e5\u672c",
+        "&amp; &lt; &gt;",
+        "the and of is",
+        "<p>123</p> &nbsp; \u00e9",
+    ],
+    ids=[
+        "none",
+        "empty",
+        "blank",
+        "only-html",
+        "only-numbers",
+        "only-non-ascii",
+        "only-entities",
+        "only-stopwords",
+        "mixed-nothing",
+    ],
 )
 def test_texts_that_clean_to_nothing(raw):
     assert clean_text(raw) == []
@@ -92,18 +110,28 @@ def test_product_text_choice_as_the_notebook():
 
 
 def test_product_text_title_option_and_movies():
-    pick = product_text(feature_text="soft", description=None, categories=None, title="Shirt",
-                        brand="Acme", with_title=True)
+    pick = product_text(
+        feature_text="soft",
+        description=None,
+        categories=None,
+        title="Shirt",
+        brand="Acme",
+        with_title=True,
+    )
     assert pick.text == "Shirt Acme soft"
-    movie = product_text(feature_text="funny\nclassic", description=None,
-                         categories=["Comedy", "Drama"], title="Toy Story (1995)", is_movie=True)
+    movie = product_text(
+        feature_text="funny\nclassic",
+        description=None,
+        categories=["Comedy", "Drama"],
+        title="Toy Story (1995)",
+        is_movie=True,
+    )
     assert (movie.text, movie.source) == ("Toy Story (1995) Comedy Drama funny\nclassic", "movie")
     assert clean_product(movie) == ["toy", "story", "comedy", "drama", "funny", "classic"]
 
 
 def test_category_fallback_when_text_cleans_to_nothing():
-    pick = product_text(feature_text="<br/> 100 &amp;", description=None,
-                        categories=["Gift Cards"])
+    pick = product_text(feature_text="<br/> 100 &amp;", description=None, categories=["Gift Cards"])
     assert pick.source == "feature"
     assert clean_text(pick.text) == []
     assert clean_product(pick) == ["gift", "cards"]
@@ -132,8 +160,11 @@ def test_clean_text_properties(raw):
     assert clean_text(" ".join(tokens)) == tokens
 
 
-@given(st.lists(st.sampled_from(["red", "shoe", "<b>", "</b>", "&amp;", "42", "the", "\u00e9"]),
-                max_size=30))
+@given(
+    st.lists(
+        st.sampled_from(["red", "shoe", "<b>", "</b>", "&amp;", "42", "the", "\u00e9"]), max_size=30
+    )
+)
 def test_clean_text_keeps_content_words_in_order(parts):
     expected = [p for p in parts if p in ("red", "shoe")]
     assert clean_text(" ".join(parts)) == expected
@@ -154,8 +185,9 @@ def test_stopword_fallback_without_nltk_corpus(tmp_path):
         "print(text.clean_text('The cat is able to sit on the mat'));"
         "text.english_stopwords()"
     )
-    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
-                            text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == ["stop-words 1333", "['cat', 'sit', 'mat']"]
     warnings = [line for line in result.stderr.splitlines() if line.startswith("WARNING")]

@@ -12,8 +12,12 @@ from recsys.errors import DataError, InputError
 from recsys.features import vectors as wv
 
 CORPUS = [
-    ["red", "leather", "shoe"], ["blue", "leather", "shoe"], ["green", "tea", "leaves"],
-    ["black", "tea", "leaves"], ["dark", "roast", "coffee"], ["light", "roast", "coffee"],
+    ["red", "leather", "shoe"],
+    ["blue", "leather", "shoe"],
+    ["green", "tea", "leaves"],
+    ["black", "tea", "leaves"],
+    ["dark", "roast", "coffee"],
+    ["light", "roast", "coffee"],
 ] * 20
 
 

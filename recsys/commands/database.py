@@ -34,7 +34,9 @@ def db_status(ctx: click.Context) -> None:
         engine = db.engine_for_url(settings.database_url)
     else:
         status = db.embedded_status(settings)
-        state = "running" if status.running else ("stopped" if status.initialised else "not created")
+        state = (
+            "running" if status.running else ("stopped" if status.initialised else "not created")
+        )
         click.echo(f"database: embedded PostgreSQL in {status.pgdata} ({state})")
         if not status.running:
             return
@@ -52,7 +54,9 @@ def db_start(ctx: click.Context) -> None:
     """Start the embedded server (reuses a running one) and migrate it."""
     settings: Settings = ctx.find_root().obj
     if settings.database_url:
-        click.echo(f"RECSYS_DATABASE_URL is set ({db.redact(settings.database_url)}): nothing to start")
+        click.echo(
+            f"RECSYS_DATABASE_URL is set ({db.redact(settings.database_url)}): nothing to start"
+        )
         return
     open_engine(settings)
     click.echo(f"embedded PostgreSQL running in {db.pgdata_dir(settings)}")
@@ -82,8 +86,14 @@ def db_url(ctx: click.Context, show_password: bool) -> None:
 
 @db_group.command("create-reader")
 @click.argument("name")
-@click.option("--password", prompt=True, hide_input=True, confirmation_prompt=True,
-              envvar="RECSYS_READER_PASSWORD", help="Or RECSYS_READER_PASSWORD; prompted if unset.")
+@click.option(
+    "--password",
+    prompt=True,
+    hide_input=True,
+    confirmation_prompt=True,
+    envvar="RECSYS_READER_PASSWORD",
+    help="Or RECSYS_READER_PASSWORD; prompted if unset.",
+)
 @click.pass_context
 def db_create_reader(ctx: click.Context, name: str, password: str) -> None:
     """Create login role NAME that can SELECT current_recommendations and nothing else."""

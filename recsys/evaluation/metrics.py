@@ -19,7 +19,9 @@ from recsys.model.base import RatingData
 RELEVANT_RATING = 4.0
 
 
-def rmse_mae(predicted: np.ndarray, actual: np.ndarray, scale: tuple[float, float]) -> tuple[float, float]:
+def rmse_mae(
+    predicted: np.ndarray, actual: np.ndarray, scale: tuple[float, float]
+) -> tuple[float, float]:
     """RMSE and MAE of predictions clipped to the rating scale."""
     if len(actual) == 0:
         return float("nan"), float("nan")
@@ -50,8 +52,10 @@ def top_k(scores: np.ndarray, k: int) -> np.ndarray:
     n_rows, n_cols = scores.shape
     k_eff = min(k, n_cols)
     # stable ordering: sort by (-score, index) via argsort on negated scores with kind="stable"
-    part = np.argpartition(-scores, k_eff - 1, axis=1)[:, :k_eff] if k_eff < n_cols else np.tile(
-        np.arange(n_cols), (n_rows, 1)
+    part = (
+        np.argpartition(-scores, k_eff - 1, axis=1)[:, :k_eff]
+        if k_eff < n_cols
+        else np.tile(np.arange(n_cols), (n_rows, 1))
     )
     # argpartition may split ties arbitrarily at the boundary: widen to all entries >= kth value
     kth = np.take_along_axis(scores, part, axis=1).min(axis=1, keepdims=True)
@@ -112,7 +116,9 @@ def ranking_metrics(
             hits = np.array([item in rel for item in items.tolist()], dtype=bool)
             ideal = min(k, len(rel))
             recall_sum += hits.sum() / ideal
-            ndcg_sum += float((hits * discounts[: len(hits)]).sum()) / float(discounts[:ideal].sum())
+            ndcg_sum += float((hits * discounts[: len(hits)]).sum()) / float(
+                discounts[:ideal].sum()
+            )
             recommended.update(items.tolist())
             pop_sum += float(percentile[items].sum())
             pop_count += len(items)

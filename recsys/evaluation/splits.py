@@ -58,7 +58,9 @@ def seed_split(data: RatingData, *, seed: int = 10, test_share: float = 0.3) -> 
     return Split(data.subset(~is_test), data.subset(is_test), "seed")
 
 
-def cold_product_split(data: RatingData, *, seed: int = 42, share: float = 0.1) -> tuple[Split, np.ndarray]:
+def cold_product_split(
+    data: RatingData, *, seed: int = 42, share: float = 0.1
+) -> tuple[Split, np.ndarray]:
     """Hold out every rating of ``share`` of the products (``default_rng(seed)`` over sorted ids).
 
     Returns:

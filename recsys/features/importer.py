@@ -115,17 +115,22 @@ def _read_parquet(path: Path) -> _Rows:
     rest = [n for n in names if n != id_col]
     vec_col = "vector" if "vector" in rest else rest[0]
     rows = _Rows([], [], [], [], "parquet")
-    if pa.types.is_list(table.schema.field(vec_col).type) or pa.types.is_large_list(
-        table.schema.field(vec_col).type
-    ) or pa.types.is_fixed_size_list(table.schema.field(vec_col).type):
+    if (
+        pa.types.is_list(table.schema.field(vec_col).type)
+        or pa.types.is_large_list(table.schema.field(vec_col).type)
+        or pa.types.is_fixed_size_list(table.schema.field(vec_col).type)
+    ):
         values = table.column(vec_col).to_pylist()
     else:
         columns = [table.column(n).to_pylist() for n in rest]
         values = [list(r) for r in zip(*columns, strict=True)]
     for i, (ext, value) in enumerate(zip(ids, values, strict=True)):
         try:
-            vector = None if value is None or any(v is None for v in value) else np.asarray(
-                value, dtype=np.float64)
+            vector = (
+                None
+                if value is None or any(v is None for v in value)
+                else np.asarray(value, dtype=np.float64)
+            )
         except (TypeError, ValueError):
             vector = None
         rows.line_no.append(i + 1)
@@ -153,9 +158,7 @@ def _read_npy(path: Path, ids: Path | None) -> _Rows:
         raise InputError(f"{path}: expected a 2-d numeric matrix, got shape {matrix.shape}")
     names = ids_file.read_text(encoding="utf-8").splitlines()
     if len(names) != matrix.shape[0]:
-        raise InputError(
-            f"{path}: {matrix.shape[0]} vectors but {len(names)} ids in {ids_file}"
-        )
+        raise InputError(f"{path}: {matrix.shape[0]} vectors but {len(names)} ids in {ids_file}")
     rows = _Rows([], [], [], [], "npy")
     for i, ext in enumerate(names):
         rows.line_no.append(i + 1)
@@ -265,22 +268,37 @@ def import_embeddings(
 
     def summary(load_id: int | None) -> LoadSummary:
         return LoadSummary(
-            path=str(path), sha256=sha256, format=rows.fmt, kind="embeddings", rows_read=n_read,
+            path=str(path),
+            sha256=sha256,
+            format=rows.fmt,
+            kind="embeddings",
+            rows_read=n_read,
             rows_loaded=n_loaded if status == "loaded" else 0,
-            rows_merged=n_merged if status == "loaded" else 0, rows_rejected=len(rejects),
-            status=status, message=failed_message, seconds=time.perf_counter() - started,
-            rejects=shown, load_id=load_id,
+            rows_merged=n_merged if status == "loaded" else 0,
+            rows_rejected=len(rejects),
+            status=status,
+            message=failed_message,
+            seconds=time.perf_counter() - started,
+            rejects=shown,
+            load_id=load_id,
         )
 
     with engine.begin() as conn:
         if status == "loaded":
             product_ids = np.fromiter(sorted(chosen), dtype=np.int64, count=n_loaded)
             vectors = np.stack([rows.vectors[chosen[p]] for p in product_ids.tolist()]).astype(
-                np.float32)
+                np.float32
+            )
             hashes = [hashlib.blake2b(v.tobytes(), digest_size=16).digest() for v in vectors]
             set_id = store.create_feature_set(
-                conn, name=name, source=f"import:{path}", source_fingerprint=f"import:{sha256}",
-                dim=dim, weighting="precomputed", cleaning_version=0, vocabulary_size=0,
+                conn,
+                name=name,
+                source=f"import:{path}",
+                source_fingerprint=f"import:{sha256}",
+                dim=dim,
+                weighting="precomputed",
+                cleaning_version=0,
+                vocabulary_size=0,
                 params={"path": str(path), "sha256": sha256, "format": rows.fmt},
             )
             store.write_vectors(conn, set_id, product_ids, vectors, hashes)
@@ -290,8 +308,15 @@ def import_embeddings(
                 store.make_current(conn, set_id)
         load_id = _record(conn, summary(None), started_at, rejects)
     result = summary(load_id)
-    _log.info("%s: %s, %d rows, %d loaded, %d merged, %d rejected", path, result.status,
-              n_read, result.rows_loaded, result.rows_merged, result.rows_rejected)
+    _log.info(
+        "%s: %s, %d rows, %d loaded, %d merged, %d rejected",
+        path,
+        result.status,
+        n_read,
+        result.rows_loaded,
+        result.rows_merged,
+        result.rows_rejected,
+    )
     return result
 
 
@@ -303,15 +328,16 @@ def _known_products(conn: sa.Connection, external_ids: set[str]) -> dict[str, in
     with _psycopg(conn).cursor() as cur, cur.copy("COPY _import_ids FROM STDIN") as copy:
         for ext in external_ids:
             copy.write_row((ext,))
-    found = conn.execute(sa.text(
-        "SELECT p.external_id, p.id FROM products p JOIN _import_ids i USING (external_id)"
-    )).all()
+    found = conn.execute(
+        sa.text("SELECT p.external_id, p.id FROM products p JOIN _import_ids i USING (external_id)")
+    ).all()
     conn.rollback()
     return {ext: pid for ext, pid in found}
 
 
-def _record(conn: sa.Connection, summary, started_at: datetime,
-            rejects: list[tuple[int, str, str]]) -> int:
+def _record(
+    conn: sa.Connection, summary, started_at: datetime, rejects: list[tuple[int, str, str]]
+) -> int:
     load_id = conn.execute(
         sa.text(
             "INSERT INTO loads (path, sha256, format, kind, status, rows_read, rows_loaded, "
@@ -320,19 +346,25 @@ def _record(conn: sa.Connection, summary, started_at: datetime,
             ":rows_rejected, :message, :started_at, clock_timestamp()) RETURNING id"
         ),
         {
-            "path": summary.path, "sha256": summary.sha256, "format": summary.format,
-            "status": summary.status, "rows_read": summary.rows_read,
-            "rows_loaded": summary.rows_loaded, "rows_merged": summary.rows_merged,
-            "rows_rejected": summary.rows_rejected, "message": summary.message,
+            "path": summary.path,
+            "sha256": summary.sha256,
+            "format": summary.format,
+            "status": summary.status,
+            "rows_read": summary.rows_read,
+            "rows_loaded": summary.rows_loaded,
+            "rows_merged": summary.rows_merged,
+            "rows_rejected": summary.rows_rejected,
+            "message": summary.message,
             "started_at": started_at,
         },
     ).scalar_one()
     if rejects:
         from recsys.features.store import _psycopg
 
-        with _psycopg(conn).cursor() as cur, cur.copy(
-            "COPY rejected_rows (load_id, line_no, raw_line, reason) FROM STDIN"
-        ) as copy:
+        with (
+            _psycopg(conn).cursor() as cur,
+            cur.copy("COPY rejected_rows (load_id, line_no, raw_line, reason) FROM STDIN") as copy,
+        ):
             for line_no, raw, reason in rejects:
                 copy.write_row((load_id, line_no, raw.replace("\x00", ""), reason))
     return int(load_id)

@@ -187,8 +187,14 @@ def _vector_row_dtype(dim: int, with_set: bool) -> np.dtype:
     fields: list[tuple[str, Any]] = [("nfields", ">i2")]
     if with_set:
         fields += [("l_set", ">i4"), ("set", ">i8")]
-    fields += [("l_id", ">i4"), ("id", ">i8"), ("l_vec", ">i4"), ("vdim", ">i2"),
-               ("vunused", ">i2"), ("vec", ">f4", (dim,))]
+    fields += [
+        ("l_id", ">i4"),
+        ("id", ">i8"),
+        ("l_vec", ">i4"),
+        ("vdim", ">i2"),
+        ("vunused", ">i2"),
+        ("vec", ">f4", (dim,)),
+    ]
     return np.dtype(fields)
 
 
@@ -257,8 +263,13 @@ def create_feature_set(
                 ":weighting, :cv, :vocab, CAST(:params AS jsonb)) RETURNING id"
             ),
             {
-                "name": name, "source": source, "fp": source_fingerprint, "dim": dim,
-                "weighting": weighting, "cv": cleaning_version, "vocab": vocabulary_size,
+                "name": name,
+                "source": source,
+                "fp": source_fingerprint,
+                "dim": dim,
+                "weighting": weighting,
+                "cv": cleaning_version,
+                "vocab": vocabulary_size,
                 "params": json.dumps(params),
             },
         ).scalar_one()
@@ -300,12 +311,23 @@ def write_vectors(
     hlen = len(hashes[0])
     if hlen and notes is None and all(len(h) == hlen for h in hashes):
         # fixed-size rows: the whole COPY stream is one numpy structured array
-        dtype = np.dtype([
-            ("nfields", ">i2"), ("l_set", ">i4"), ("set", ">i8"), ("l_id", ">i4"), ("id", ">i8"),
-            ("l_hash", ">i4"), ("hash", f"V{hlen}"), ("l_vec", ">i4"),
-            ("vdim", ">i2"), ("vunused", ">i2"), ("vec", ">f4", (dim,)),
-            ("l_words", ">i4"), ("words", ">i4"),
-        ])
+        dtype = np.dtype(
+            [
+                ("nfields", ">i2"),
+                ("l_set", ">i4"),
+                ("set", ">i8"),
+                ("l_id", ">i4"),
+                ("id", ">i8"),
+                ("l_hash", ">i4"),
+                ("hash", f"V{hlen}"),
+                ("l_vec", ">i4"),
+                ("vdim", ">i2"),
+                ("vunused", ">i2"),
+                ("vec", ">f4", (dim,)),
+                ("l_words", ">i4"),
+                ("words", ">i4"),
+            ]
+        )
         rows = np.zeros(n, dtype=dtype)
         rows["nfields"] = 5
         rows["l_set"], rows["set"] = 8, feature_set_id
@@ -317,10 +339,13 @@ def write_vectors(
         rows["l_words"], rows["words"] = 4, words
         payload = memoryview(_COPY_HEADER + rows.tobytes() + b"\xff\xff")
         chunk = 8 << 20
-        with _psycopg(conn).cursor() as cur, cur.copy(
-            "COPY product_features (feature_set_id, product_id, text_hash, vector, n_words) "
-            "FROM STDIN (FORMAT BINARY)"
-        ) as copy:
+        with (
+            _psycopg(conn).cursor() as cur,
+            cur.copy(
+                "COPY product_features (feature_set_id, product_id, text_hash, vector, n_words) "
+                "FROM STDIN (FORMAT BINARY)"
+            ) as copy,
+        ):
             for start in range(0, len(payload), chunk):
                 copy.write(payload[start : start + chunk])
         return n
@@ -329,16 +354,25 @@ def write_vectors(
 
     pg = _psycopg(conn)
     register_vector(pg)
-    with pg.cursor() as cur, cur.copy(
-        "COPY product_features (feature_set_id, product_id, text_hash, vector, n_words, notes) "
-        "FROM STDIN (FORMAT BINARY)"
-    ) as copy:
+    with (
+        pg.cursor() as cur,
+        cur.copy(
+            "COPY product_features (feature_set_id, product_id, text_hash, vector, n_words, notes) "
+            "FROM STDIN (FORMAT BINARY)"
+        ) as copy,
+    ):
         copy.set_types(["int8", "int8", "bytea", "vector", "int4", "text"])
         note_list = notes or [None] * n
         for i in range(n):
             copy.write_row(
-                (feature_set_id, int(product_ids[i]), hashes[i], vectors[i], int(words[i]),
-                 note_list[i])
+                (
+                    feature_set_id,
+                    int(product_ids[i]),
+                    hashes[i],
+                    vectors[i],
+                    int(words[i]),
+                    note_list[i],
+                )
             )
     return n
 
@@ -351,10 +385,13 @@ def write_skipped(
     """COPY products that get no vector: (product id, text hash, skip reason, notes)."""
     if not rows:
         return 0
-    with _psycopg(conn).cursor() as cur, cur.copy(
-        "COPY product_features (feature_set_id, product_id, text_hash, skip_reason, notes) "
-        "FROM STDIN"
-    ) as copy:
+    with (
+        _psycopg(conn).cursor() as cur,
+        cur.copy(
+            "COPY product_features (feature_set_id, product_id, text_hash, skip_reason, notes) "
+            "FROM STDIN"
+        ) as copy,
+    ):
         for product_id, text_hash, reason, note in rows:
             copy.write_row((feature_set_id, product_id, text_hash, reason, note))
     return len(rows)
@@ -385,8 +422,12 @@ def create_index(
     :func:`hnsw_memory_mb`; ``n_rows`` defaults to the set's vectors).
     """
     if dim > HNSW_MAX_DIM:
-        _log.warning("dimension %d > %d: feature set %d is stored without an HNSW index",
-                     dim, HNSW_MAX_DIM, feature_set_id)
+        _log.warning(
+            "dimension %d > %d: feature set %d is stored without an HNSW index",
+            dim,
+            HNSW_MAX_DIM,
+            feature_set_id,
+        )
         return False
     if n_rows is None:
         n_rows = conn.execute(
@@ -396,11 +437,16 @@ def create_index(
     statement = sql.SQL(
         "CREATE INDEX {} ON product_features USING hnsw ((vector::vector({})) vector_cosine_ops) "
         "WHERE feature_set_id = {}"
-    ).format(sql.Identifier(index_name(feature_set_id)), sql.Literal(int(dim)),
-             sql.Literal(int(feature_set_id)))
+    ).format(
+        sql.Identifier(index_name(feature_set_id)),
+        sql.Literal(int(dim)),
+        sql.Literal(int(feature_set_id)),
+    )
     with _psycopg(conn).cursor() as cur:
-        cur.execute("SELECT set_config('maintenance_work_mem', %s, true)",
-                    (f"{hnsw_memory_mb(int(n_rows), dim)}MB",))
+        cur.execute(
+            "SELECT set_config('maintenance_work_mem', %s, true)",
+            (f"{hnsw_memory_mb(int(n_rows), dim)}MB",),
+        )
         cur.execute(statement)
     return True
 
@@ -441,23 +487,31 @@ def prune_feature_sets(conn: sa.Connection, keep: int) -> list[int]:
     registered model run, which needs its set's vectors to score) is kept, whether or not that
     column has a foreign key; a delete refused by a foreign key is rolled back and kept too.
     """
-    candidates = conn.execute(
-        sa.text("SELECT id FROM feature_sets WHERE NOT is_current ORDER BY id DESC OFFSET :k"),
-        {"k": max(0, keep - 1)},
-    ).scalars().all()
+    candidates = (
+        conn.execute(
+            sa.text("SELECT id FROM feature_sets WHERE NOT is_current ORDER BY id DESC OFFSET :k"),
+            {"k": max(0, keep - 1)},
+        )
+        .scalars()
+        .all()
+    )
     if not candidates:
         return []
     referenced: set[int] = set()
-    tables = conn.execute(sa.text(
-        "SELECT table_schema, table_name FROM information_schema.columns "
-        "WHERE column_name = 'feature_set_id' AND table_schema = current_schema() "
-        "AND table_name NOT IN ('product_features', 'feature_sets')"
-    )).all()
+    tables = conn.execute(
+        sa.text(
+            "SELECT table_schema, table_name FROM information_schema.columns "
+            "WHERE column_name = 'feature_set_id' AND table_schema = current_schema() "
+            "AND table_name NOT IN ('product_features', 'feature_sets')"
+        )
+    ).all()
     with _psycopg(conn).cursor() as cur:
         for schema, table in tables:
-            cur.execute(sql.SQL("SELECT DISTINCT feature_set_id FROM {}.{} "
-                                "WHERE feature_set_id IS NOT NULL").format(
-                sql.Identifier(schema), sql.Identifier(table)))
+            cur.execute(
+                sql.SQL(
+                    "SELECT DISTINCT feature_set_id FROM {}.{} WHERE feature_set_id IS NOT NULL"
+                ).format(sql.Identifier(schema), sql.Identifier(table))
+            )
             referenced.update(int(r[0]) for r in cur.fetchall())
     deleted = []
     for set_id in candidates:
@@ -518,15 +572,21 @@ def _read_catalogue(
     for batch in result.partitions(5000):
         for pid, feature_text, description, categories, title, brand, is_movie in batch:
             chosen = product_text(
-                feature_text=feature_text, description=description, categories=categories,
-                title=title, brand=brand, is_movie=bool(is_movie), with_title=with_title,
+                feature_text=feature_text,
+                description=description,
+                categories=categories,
+                title=title,
+                brand=brand,
+                is_movie=bool(is_movie),
+                with_title=with_title,
             )
             words = clean_product(chosen, stopwords)
             ids.append(pid)
             tokens.append(words)
             hashes.append(text_hash(words))
-            reasons.append(None if words else (SKIP_NO_TEXT if chosen.source == "none"
-                                               else SKIP_NO_WORDS))
+            reasons.append(
+                None if words else (SKIP_NO_TEXT if chosen.source == "none" else SKIP_NO_WORDS)
+            )
             if chosen.capped:
                 n_capped += 1
                 notes.append(f"text capped at {MAX_TEXT_CHARS} characters")
@@ -620,19 +680,48 @@ def build_features(
     # one build at a time (CLI or nightly), across processes: fails at once with LockBusy
     with advisory_lock(engine, FEATURES_LOCK, what="recsys features build"):
         return _build(
-            engine, settings, word_vectors=word_vectors, dim=dim, weighting=weighting, seed=seed,
-            workers=workers, epochs=epochs, min_count=min_count, limit=limit,
-            with_title=with_title, name=name, make_current_set=make_current_set,
-            create_hnsw=create_hnsw, keep=keep, save_vectors=save_vectors, progress=progress,
-            after_write=after_write, started=started,
+            engine,
+            settings,
+            word_vectors=word_vectors,
+            dim=dim,
+            weighting=weighting,
+            seed=seed,
+            workers=workers,
+            epochs=epochs,
+            min_count=min_count,
+            limit=limit,
+            with_title=with_title,
+            name=name,
+            make_current_set=make_current_set,
+            create_hnsw=create_hnsw,
+            keep=keep,
+            save_vectors=save_vectors,
+            progress=progress,
+            after_write=after_write,
+            started=started,
         )
 
 
 def _build(
-    engine: sa.Engine, settings: Settings, *, word_vectors: str, dim: int, weighting: str,
-    seed: int, workers: int, epochs: int, min_count: int, limit: int | None, with_title: bool,
-    name: str | None, make_current_set: bool, create_hnsw: bool, keep: int, save_vectors: bool,
-    progress: Progress, after_write: Callable[[sa.Connection, int], None] | None,
+    engine: sa.Engine,
+    settings: Settings,
+    *,
+    word_vectors: str,
+    dim: int,
+    weighting: str,
+    seed: int,
+    workers: int,
+    epochs: int,
+    min_count: int,
+    limit: int | None,
+    with_title: bool,
+    name: str | None,
+    make_current_set: bool,
+    create_hnsw: bool,
+    keep: int,
+    save_vectors: bool,
+    progress: Progress,
+    after_write: Callable[[sa.Connection, int], None] | None,
     started: float,
 ) -> BuildSummary:
     from recsys.features import vectors as wv
@@ -651,42 +740,65 @@ def _build(
     tick = time.perf_counter()
     progress.start("word vectors", 1)
     vectors = wv.resolve_word_vectors(
-        word_vectors, sentences=catalogue.tokens, dim=dim, seed=seed, workers=workers,
-        epochs=epochs, min_count=min_count, limit=limit,
+        word_vectors,
+        sentences=catalogue.tokens,
+        dim=dim,
+        seed=seed,
+        workers=workers,
+        epochs=epochs,
+        min_count=min_count,
+        limit=limit,
     )
     progress.advance(1)
     phases["word_vectors"] = time.perf_counter() - tick
 
     idf = wv.idf_weights(catalogue.tokens, vectors.keyed_vectors) if weighting == "tfidf" else None
     fingerprint = hashlib.sha256(
-        "|".join([
-            vectors.fingerprint, str(vectors.dim), weighting, str(CLEANING_VERSION),
-            stopwords_source(),
-            f"title={with_title}", _idf_fingerprint(idf) if idf else "",
-        ]).encode()
+        "|".join(
+            [
+                vectors.fingerprint,
+                str(vectors.dim),
+                weighting,
+                str(CLEANING_VERSION),
+                stopwords_source(),
+                f"title={with_title}",
+                _idf_fingerprint(idf) if idf else "",
+            ]
+        ).encode()
     ).hexdigest()
 
     reuse_from = previous.id if previous and previous.source_fingerprint == fingerprint else None
     changed = np.ones(len(catalogue.product_ids), dtype=bool)
     if reuse_from is not None:
         with engine.connect() as conn:
-            old = dict(conn.execute(
-                sa.text("SELECT product_id, text_hash FROM product_features "
-                        "WHERE feature_set_id = :id"), {"id": reuse_from}
-            ).all())
-        for i, (pid, h) in enumerate(zip(catalogue.product_ids.tolist(), catalogue.hashes,
-                                         strict=True)):
+            old = dict(
+                conn.execute(
+                    sa.text(
+                        "SELECT product_id, text_hash FROM product_features "
+                        "WHERE feature_set_id = :id"
+                    ),
+                    {"id": reuse_from},
+                ).all()
+            )
+        for i, (pid, h) in enumerate(
+            zip(catalogue.product_ids.tolist(), catalogue.hashes, strict=True)
+        ):
             if old.get(pid) == h:
                 changed[i] = False
-        _log.info("reusing %d unchanged products from feature set %d",
-                  int((~changed).sum()), reuse_from)
+        _log.info(
+            "reusing %d unchanged products from feature set %d", int((~changed).sum()), reuse_from
+        )
 
     tick = time.perf_counter()
     todo = np.flatnonzero(changed)
     has_words = [i for i in todo.tolist() if catalogue.tokens[i]]
     progress.start("embedding", len(todo))
-    embedded = wv.embed([catalogue.tokens[i] for i in has_words], vectors.keyed_vectors,
-                        weighting=weighting, idf=idf)
+    embedded = wv.embed(
+        [catalogue.tokens[i] for i in has_words],
+        vectors.keyed_vectors,
+        weighting=weighting,
+        idf=idf,
+    )
     progress.advance(len(todo))
     phases["embed"] = time.perf_counter() - tick
 
@@ -697,19 +809,31 @@ def _build(
     for i in todo.tolist():
         reason = catalogue.empty_reason[i]
         if reason:
-            skipped_rows.append((int(catalogue.product_ids[i]), catalogue.hashes[i], reason,
-                                 catalogue.notes[i]))
+            skipped_rows.append(
+                (int(catalogue.product_ids[i]), catalogue.hashes[i], reason, catalogue.notes[i])
+            )
     for j in np.flatnonzero(~ok).tolist():
         i = has_words[j]
-        skipped_rows.append((int(catalogue.product_ids[i]), catalogue.hashes[i],
-                             SKIP_NO_KNOWN_WORDS, catalogue.notes[i]))
+        skipped_rows.append(
+            (
+                int(catalogue.product_ids[i]),
+                catalogue.hashes[i],
+                SKIP_NO_KNOWN_WORDS,
+                catalogue.notes[i],
+            )
+        )
     for row in skipped_rows:
         skipped[row[2]] += 1
 
     set_name = name or f"fs-{datetime.now().strftime('%Y%m%d-%H%M%S-%f')}"
     params = {
-        "seed": seed, "workers": workers, "epochs": epochs, "min_count": min_count,
-        "limit": limit, "with_title": with_title, "word_vectors": word_vectors,
+        "seed": seed,
+        "workers": workers,
+        "epochs": epochs,
+        "min_count": min_count,
+        "limit": limit,
+        "with_title": with_title,
+        "word_vectors": word_vectors,
         "deterministic": word_vectors != wv.TRAIN or workers == 1,
         "stopwords": stopwords_source(),
     }
@@ -726,28 +850,43 @@ def _build(
     indexed = False
     with engine.begin() as conn:
         set_id = create_feature_set(
-            conn, name=set_name, source=vectors.source, source_fingerprint=fingerprint,
-            dim=vectors.dim, weighting=weighting, cleaning_version=CLEANING_VERSION,
-            vocabulary_size=vectors.vocabulary_size, params=params,
+            conn,
+            name=set_name,
+            source=vectors.source,
+            source_fingerprint=fingerprint,
+            dim=vectors.dim,
+            weighting=weighting,
+            cleaning_version=CLEANING_VERSION,
+            vocabulary_size=vectors.vocabulary_size,
+            params=params,
         )
         n_reused = 0
         if reuse_from is not None and (~changed).any():
-            n_reused = _copy_forward(conn, reuse_from, set_id,
-                                     catalogue.product_ids[~changed])
+            n_reused = _copy_forward(conn, reuse_from, set_id, catalogue.product_ids[~changed])
             for reason, count in conn.execute(
-                sa.text("SELECT skip_reason, count(*) FROM product_features "
-                        "WHERE feature_set_id = :id AND skip_reason IS NOT NULL "
-                        "GROUP BY skip_reason"), {"id": set_id}
+                sa.text(
+                    "SELECT skip_reason, count(*) FROM product_features "
+                    "WHERE feature_set_id = :id AND skip_reason IS NOT NULL "
+                    "GROUP BY skip_reason"
+                ),
+                {"id": set_id},
             ).all():
                 skipped[reason] += count
         vectors_ok, words_ok = embedded.vectors[ok], embedded.n_words[ok]
-        noted = np.fromiter((catalogue.notes[i] is not None for i in rows_ok.tolist()),
-                            dtype=bool, count=len(rows_ok))
+        noted = np.fromiter(
+            (catalogue.notes[i] is not None for i in rows_ok.tolist()),
+            dtype=bool,
+            count=len(rows_ok),
+        )
         for part, part_notes in ((~noted, None), (noted, True)):
             idx = rows_ok[part]
             write_vectors(
-                conn, set_id, catalogue.product_ids[idx], vectors_ok[part],
-                [catalogue.hashes[i] for i in idx.tolist()], words_ok[part],
+                conn,
+                set_id,
+                catalogue.product_ids[idx],
+                vectors_ok[part],
+                [catalogue.hashes[i] for i in idx.tolist()],
+                words_ok[part],
                 [catalogue.notes[i] for i in idx.tolist()] if part_notes else None,
             )
         progress.advance(len(rows_ok))
@@ -779,19 +918,32 @@ def _build(
     token_cov = (float(embedded.n_words.sum()) / embedded.n_tokens) if embedded.n_tokens else 1.0
     word_cov = (embedded.n_distinct_known / embedded.n_distinct) if embedded.n_distinct else 1.0
     return BuildSummary(
-        feature_set_id=set_id, name=set_name, source=vectors.source, dim=vectors.dim,
-        weighting=weighting, n_products=len(catalogue.product_ids), n_embedded=n_embedded,
-        n_computed=len(todo), n_reused=n_reused, skipped=dict(skipped),
-        n_capped=catalogue.n_capped, vocabulary_size=vectors.vocabulary_size,
-        token_coverage=token_cov, word_coverage=word_cov, previous_id=previous.id if previous
-        else None, seconds=time.perf_counter() - started, phases=phases, indexed=indexed,
+        feature_set_id=set_id,
+        name=set_name,
+        source=vectors.source,
+        dim=vectors.dim,
+        weighting=weighting,
+        n_products=len(catalogue.product_ids),
+        n_embedded=n_embedded,
+        n_computed=len(todo),
+        n_reused=n_reused,
+        skipped=dict(skipped),
+        n_capped=catalogue.n_capped,
+        vocabulary_size=vectors.vocabulary_size,
+        token_coverage=token_cov,
+        word_coverage=word_cov,
+        previous_id=previous.id if previous else None,
+        seconds=time.perf_counter() - started,
+        phases=phases,
+        indexed=indexed,
     )
 
 
 def _copy_forward(conn: sa.Connection, old_id: int, new_id: int, product_ids: np.ndarray) -> int:
     """Copy the unchanged products' rows from the old set to the new one, in SQL."""
-    conn.execute(sa.text("CREATE TEMP TABLE _fs_reuse (product_id bigint PRIMARY KEY) "
-                         "ON COMMIT DROP"))
+    conn.execute(
+        sa.text("CREATE TEMP TABLE _fs_reuse (product_id bigint PRIMARY KEY) ON COMMIT DROP")
+    )
     with _psycopg(conn).cursor() as cur, cur.copy("COPY _fs_reuse (product_id) FROM STDIN") as cp:
         cp.write("".join(f"{int(p)}\n" for p in product_ids.tolist()))
     result = conn.execute(
@@ -856,8 +1008,10 @@ def similar_products(
     if product is None:
         raise DataError(f"unknown product {external_id!r}")
     row = conn.execute(
-        sa.text("SELECT vector IS NOT NULL, skip_reason FROM product_features "
-                "WHERE feature_set_id = :s AND product_id = :p"),
+        sa.text(
+            "SELECT vector IS NOT NULL, skip_reason FROM product_features "
+            "WHERE feature_set_id = :s AND product_id = :p"
+        ),
         {"s": info.id, "p": product.id},
     ).first()
     if row is None:
@@ -868,8 +1022,10 @@ def similar_products(
     if not row[0]:
         raise DataError(f"product {external_id!r} has no text vector ({row[1]})")
     vector_text = conn.execute(
-        sa.text("SELECT vector::text FROM product_features "
-                "WHERE feature_set_id = :s AND product_id = :p"),
+        sa.text(
+            "SELECT vector::text FROM product_features "
+            "WHERE feature_set_id = :s AND product_id = :p"
+        ),
         {"s": info.id, "p": product.id},
     ).scalar_one()
     with _psycopg(conn).cursor() as cur:
@@ -882,13 +1038,30 @@ def similar_products(
 def iter_feature_sets_table(conn: sa.Connection) -> Iterator[tuple]:
     """Rows for ``recsys features list``: id, name, source, dim, weighting, current, counts."""
     for info in list_feature_sets(conn):
-        yield (info.id, info.name, info.source, info.dim, info.weighting,
-               "*" if info.is_current else "", info.n_embedded, info.n_skipped,
-               info.created_at.strftime("%Y-%m-%d %H:%M"))
+        yield (
+            info.id,
+            info.name,
+            info.source,
+            info.dim,
+            info.weighting,
+            "*" if info.is_current else "",
+            info.n_embedded,
+            info.n_skipped,
+            info.created_at.strftime("%Y-%m-%d %H:%M"),
+        )
 
 
 __all__ = [
-    "BuildSummary", "FeatureSetInfo", "RecsysError", "SimilarProduct", "build_features",
-    "current_feature_set", "get_feature_set", "list_feature_sets", "make_current",
-    "read_vectors", "similar_products", "write_vectors",
+    "BuildSummary",
+    "FeatureSetInfo",
+    "RecsysError",
+    "SimilarProduct",
+    "build_features",
+    "current_feature_set",
+    "get_feature_set",
+    "list_feature_sets",
+    "make_current",
+    "read_vectors",
+    "similar_products",
+    "write_vectors",
 ]

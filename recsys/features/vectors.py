@@ -102,11 +102,20 @@ def train_word2vec(
         raise DataError("no product has any text to train word vectors on")
     n_words = sum(len(s) for s in corpus)
     min_count = max(1, min_count)
-    _log.info("training Word2Vec dim=%d on %d products (%d words), %d worker(s)",
-              dim, len(corpus), n_words, workers)
+    _log.info(
+        "training Word2Vec dim=%d on %d products (%d words), %d worker(s)",
+        dim,
+        len(corpus),
+        n_words,
+        workers,
+    )
     model = Word2Vec(
-        vector_size=dim, window=window, min_count=min_count, seed=seed,
-        workers=max(1, workers), epochs=epochs,
+        vector_size=dim,
+        window=window,
+        min_count=min_count,
+        seed=seed,
+        workers=max(1, workers),
+        epochs=epochs,
     )
     model.build_vocab(corpus)
     if not model.wv.index_to_key:
@@ -247,7 +256,11 @@ def resolve_word_vectors(
     """``train`` | ``glove-6b-50d`` | PATH -> :class:`WordVectors`."""
     if spec == TRAIN:
         return train_word2vec(
-            sentences or [], dim=dim, seed=seed, workers=workers, epochs=epochs,
+            sentences or [],
+            dim=dim,
+            seed=seed,
+            workers=workers,
+            epochs=epochs,
             min_count=min_count,
         )
     if spec == GLOVE:
@@ -350,8 +363,9 @@ def embed(
     if weighting == "tfidf":
         if idf is None:
             idf = idf_weights(docs, keyed_vectors)
-        col_idf = np.fromiter((idf.get(w, 1.0) for w in counts.words), dtype=np.float32,
-                              count=len(counts.words))
+        col_idf = np.fromiter(
+            (idf.get(w, 1.0) for w in counts.words), dtype=np.float32, count=len(counts.words)
+        )
         matrix = matrix.multiply(col_idf[np.newaxis, :]).tocsr()
     row_sum = np.asarray(matrix.sum(axis=1), dtype=np.float64).ravel()
     scale = np.divide(1.0, row_sum, out=np.zeros_like(row_sum), where=row_sum > 0)

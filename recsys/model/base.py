@@ -90,7 +90,10 @@ class Recommender(Protocol):
     def fit(
         self, train: RatingData, *, validation: RatingData | None = None, seed: int = 0
     ) -> FitHistory:
-        """Train on ``train`` (optionally early-stopping on ``validation``); deterministic per seed."""
+        """Train on ``train``, optionally early-stopping on ``validation``.
+
+        Deterministic per seed.
+        """
         ...
 
     def predict(self, users: np.ndarray, products: np.ndarray) -> np.ndarray:
@@ -117,5 +120,8 @@ class ColdStartScorer(Protocol):
     """Optional: models that can score products unseen in training through their text vector."""
 
     def score_new_products(self, users: np.ndarray, text: np.ndarray) -> np.ndarray:
-        """float32 [len(users), len(text)] ranking scores for new products given their text vectors."""
+        """Ranking scores for new products given their text vectors.
+
+        float32 [len(users), len(text)].
+        """
         ...

@@ -162,8 +162,12 @@ def _peer(kind: str) -> tuple[Callable[..., Recommender], Callable[[Path], Recom
     def classes():
         from recsys.evaluation import peers
 
-        return {"ease": peers.EASEPeer, "als": peers.ALSPeer, "lightfm": peers.LightFMPeer,
-                "lightfm_text": peers.LightFMPeer}[kind]
+        return {
+            "ease": peers.EASEPeer,
+            "als": peers.ALSPeer,
+            "lightfm": peers.LightFMPeer,
+            "lightfm_text": peers.LightFMPeer,
+        }[kind]
 
     def factory(**params: Any) -> Recommender:
         if kind == "lightfm_text":
@@ -177,7 +181,10 @@ def _peer(kind: str) -> tuple[Callable[..., Recommender], Callable[[Path], Recom
 
 
 register(
-    "ranker", _ranker, _ranker_load, needs_text=True,
+    "ranker",
+    _ranker,
+    _ranker_load,
+    needs_text=True,
     accepts=("epochs", "embedding_dim", "learning_rate"),
 )
 for _name in ("ease", "als", "lightfm", "lightfm_text"):
