@@ -1,0 +1,57 @@
+"""Progress without a terminal: log lines with a rate and an ETA, at most every interval."""
+
+from __future__ import annotations
+
+import io
+import logging
+
+from recsys.progress import LogProgress, RichProgress, format_duration, progress_for_terminal
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_log_progress_writes_rate_and_eta_every_interval(caplog) -> None:
+    clock = _Clock()
+    progress = LogProgress(interval=30, clock=clock)
+    with caplog.at_level(logging.INFO, logger="recsys.progress"):
+        progress.start("scoring", 1000, "users")
+        clock.now += 10
+        progress.advance(100)  # 10 s after the start: no line yet
+        clock.now += 20
+        progress.advance(200, loss=0.25)  # 30 s: one line
+        clock.now += 5
+        progress.advance(100)  # 5 s after it: no line
+        progress.finish()
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines[0] == "scoring: started (1,000 users)"
+    assert lines[1] == (
+        "scoring: 300/1,000 users (30.0%), 10 users/s, ETA 0:01:10, elapsed 0:00:30, loss=0.25"
+    )
+    assert lines[2].startswith("scoring: 400/1,000 users (40.0%)") and lines[2].endswith("(done)")
+    assert len(lines) == 3
+
+
+def test_log_progress_without_total_has_no_eta(caplog) -> None:
+    clock = _Clock()
+    progress = LogProgress(interval=0, clock=clock)
+    with caplog.at_level(logging.INFO, logger="recsys.progress"):
+        progress.start("load", None, "rows")
+        clock.now += 2
+        progress.update(50)
+    assert caplog.records[-1].getMessage() == "load: 50 rows, 25 rows/s, ETA -, elapsed 0:00:02"
+
+
+def test_terminal_choice() -> None:
+    class _Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    assert isinstance(progress_for_terminal(io.StringIO()), LogProgress)
+    assert isinstance(progress_for_terminal(_Tty()), RichProgress)
+    assert format_duration(3725) == "1:02:05"
