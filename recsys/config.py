@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pydantic import field_validator
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -34,6 +34,12 @@ class Settings(BaseSettings):
 
     max_reject_rate: float = 0.01
     """Default share of malformed lines above which a file load is rolled back."""
+
+    max_line_bytes: int = Field(default=1 << 20, ge=1)
+    """Longest input line loaded, in bytes (default 1 MiB); a longer line is rejected unread."""
+
+    future_slack_seconds: float = Field(default=86_400.0, ge=0)
+    """How far ahead of the clock a rating's timestamp may be (default 1 day); later: rejected."""
 
     keep_runs: int = 3
     """How many published recommendation runs are kept for rollback."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -93,20 +94,88 @@ def _print_summaries(summaries) -> None:
             )
 
 
-@click.command("load-db")
+_FILE_LIST_OPTIONS = ("--ratings", "--metadata")
+
+
+class _FileListCommand(click.Command):
+    """A command whose ``--ratings`` and ``--metadata`` each take one or more files.
+
+    ``--metadata movies.csv tags.csv`` (what a shell glob expands to) is rewritten to
+    ``--metadata movies.csv --metadata tags.csv`` before click parses it: every argument after
+    one of these flags that does not start with ``-`` belongs to it, up to the next option or
+    ``--``. Files given before any such flag, or after ``--``, are positional.
+    """
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, _expand_file_lists(args))
+
+
+def _expand_file_lists(args: list[str]) -> list[str]:
+    expanded: list[str] = []
+    owner: str | None = None  # the file-list flag that bare arguments belong to now
+    needs_value = False  # owner was just given without "=": its first value follows
+    for index, arg in enumerate(args):
+        if arg == "--":
+            expanded.extend(args[index:])
+            break
+        if arg.startswith("-") and arg != "-":
+            flag, equals, _ = arg.partition("=")
+            owner = flag if flag in _FILE_LIST_OPTIONS else None
+            needs_value = owner is not None and not equals
+            expanded.append(arg)
+        elif owner is not None and not needs_value:
+            expanded.extend((owner, arg))
+        else:
+            expanded.append(arg)
+            needs_value = False
+    return expanded
+
+
+def _split_by_kind(
+    files: tuple[Path, ...], fmt: str | None, max_line_bytes: int
+) -> tuple[list[Path], list[Path]]:
+    """Positional files sorted into ratings and metadata by their content (or ``--format``)."""
+    from recsys.ingest.detect import detect_format, get_format
+
+    ratings: list[Path] = []
+    metadata: list[Path] = []
+    for path in files:
+        kind = (
+            get_format(fmt).kind
+            if fmt is not None
+            else detect_format(path, max_line_bytes=max_line_bytes)[0]
+        )
+        (ratings if kind == "ratings" else metadata).append(path)
+    return ratings, metadata
+
+
+def _unique(paths: list[Path]) -> list[Path]:
+    """``paths`` without repeats of one file (a glob and an explicit name, say), in order."""
+    seen: set[Path] = set()
+    kept: list[Path] = []
+    for path in paths:
+        key = Path(os.path.abspath(path))
+        if key not in seen:
+            seen.add(key)
+            kept.append(path)
+    return kept
+
+
+@click.command("load-db", cls=_FileListCommand)
+@click.argument("files", nargs=-1, type=click.Path(path_type=Path))
 @click.option(
     "--ratings",
     "ratings",
     multiple=True,
     type=click.Path(path_type=Path),
-    help="Rating file (repeatable).",
+    help="Rating file(s): --ratings a.csv b.csv, or repeat the flag.",
 )
 @click.option(
     "--metadata",
     "metadata",
     multiple=True,
     type=click.Path(path_type=Path),
-    help="Product metadata file (repeatable).",
+    help="Product metadata file(s): --metadata movies.csv tags.csv, or repeat the flag.",
 )
 @click.option("--format", "fmt", default=None, help="Force this format instead of detecting it.")
 @click.option(
@@ -123,18 +192,27 @@ def _print_summaries(summaries) -> None:
 )
 @click.option("--name", default=None, help="Feature-set name for --embeddings.")
 @click.pass_context
-def load_db(ctx, ratings, metadata, fmt, max_reject_rate, embeddings, name) -> None:
-    """Load ratings and product metadata files (format detected from the content)."""
+def load_db(ctx, files, ratings, metadata, fmt, max_reject_rate, embeddings, name) -> None:
+    """Load rating and product metadata FILES (kind and format detected from the content).
+
+    Files given as plain arguments are sorted into ratings and metadata by their content;
+    --ratings and --metadata say the kind (and check it). Metadata loads first.
+    """
     from recsys.commands.database import open_engine
     from recsys.ingest.load import load_files, plan_files
 
     settings: Settings = ctx.find_root().obj
-    if not ratings and not metadata and embeddings is None:
-        raise click.UsageError("give at least one --ratings, --metadata or --embeddings file")
+    if not files and not ratings and not metadata and embeddings is None:
+        raise click.UsageError(
+            "give at least one --ratings, --metadata or --embeddings file, or FILE arguments"
+        )
     if embeddings is not None and not name:
         raise click.UsageError("--embeddings needs --name (the feature set's name)")
+    found_ratings, found_metadata = _split_by_kind(files, fmt, settings.max_line_bytes)
+    ratings = _unique([*ratings, *found_ratings])
+    metadata = _unique([*metadata, *found_metadata])
     # check every file before touching the database: a typo fails fast, with one line
-    plan_files(ratings=ratings, metadata=metadata, fmt=fmt)
+    plan_files(ratings=ratings, metadata=metadata, fmt=fmt, max_line_bytes=settings.max_line_bytes)
     engine = open_engine(settings)
     summaries = load_files(
         engine,

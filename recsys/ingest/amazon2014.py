@@ -26,7 +26,7 @@ from recsys.ingest.rows import (
 def parse_metadata(line: str) -> ProductRow:
     try:
         record = ast.literal_eval(line)
-    except (ValueError, SyntaxError, MemoryError, RecursionError) as err:
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError) as err:
         raise BadLine(f"broken dict literal: {type(err).__name__}") from None
     if not isinstance(record, dict):
         raise BadLine("broken dict literal: not a dict")

@@ -43,8 +43,15 @@ from recsys.config import Settings
 from recsys.db.copy import copy_rows, copy_text, escape_text
 from recsys.errors import InputError
 from recsys.ingest.detect import detect_format, get_format
-from recsys.ingest.reader import LineSource, check_readable, file_sha256
-from recsys.ingest.rows import BadLine, Format, ProductRow, RatingRow
+from recsys.ingest.reader import (
+    DEFAULT_MAX_LINE_BYTES,
+    LineSource,
+    LongLine,
+    check_readable,
+    file_problem,
+    file_sha256,
+)
+from recsys.ingest.rows import BadLine, Format, LoadLimits, ProductRow, RatingRow
 
 _log = logging.getLogger(__name__)
 
@@ -155,11 +162,13 @@ def _parsed_lines(
     counts: _Counts,
     rejects: _Rejects,
     progress: ProgressHook | None,
+    limits: LoadLimits,
 ) -> Iterator[tuple[int, RatingRow | ProductRow]]:
     """Valid rows of the file with their line numbers; bad lines go to ``rejects``."""
     parse = fmt.parser_for(source.path)
     encoding = fmt.encoding
     header = fmt.header
+    latest = limits.latest_timestamp if fmt.kind == "ratings" else None
     for line_no, raw in source:
         if (
             line_no == 1
@@ -170,6 +179,9 @@ def _parsed_lines(
         counts.read += 1
         if progress is not None and counts.read % _CHUNK_ROWS == 0:
             progress.update(source.bytes_read, counts.read)
+        if isinstance(raw, LongLine):
+            rejects.add(line_no, raw, limits.long_line_reason(raw.length))
+            continue
         if b"\x00" in raw:
             rejects.add(line_no, raw, "NUL byte in line")
             continue
@@ -188,6 +200,12 @@ def _parsed_lines(
             continue
         except (RecursionError, MemoryError) as err:  # absurdly nested JSON
             rejects.add(line_no, raw, f"unparseable line: {type(err).__name__}")
+            continue
+        except (ValueError, TypeError, OverflowError) as err:  # a value no parser check foresaw
+            rejects.add(line_no, raw, f"unparseable line: {type(err).__name__}: {str(err)[:80]}")
+            continue
+        if latest is not None and row.timestamp > latest:  # type: ignore[union-attr]
+            rejects.add(line_no, raw, limits.future_reason(row.timestamp))  # type: ignore[union-attr]
             continue
         yield line_no, row
 
@@ -375,6 +393,7 @@ def load_file(
     *,
     max_reject_rate: float,
     progress: ProgressHook | None = None,
+    limits: LoadLimits | None = None,
 ) -> LoadSummary:
     """Load one file in one transaction (see the module docstring).
 
@@ -384,25 +403,27 @@ def load_file(
         fmt: its format (from :func:`recsys.ingest.detect.detect_format` or ``--format``).
         max_reject_rate: share of rejected lines above which the file is rolled back.
         progress: optional progress reporting.
+        limits: line cap and future-timestamp slack (default: the documented defaults, now).
 
     Returns:
         The summary; ``status`` is ``failed`` when the reject rate was exceeded (nothing but the
         failed load's log and rejected rows was written).
     """
     path = Path(path)
+    limits = LoadLimits() if limits is None else limits
     started = time.perf_counter()
     started_at = datetime.now(UTC)
     counts = _Counts()
     rejects = _Rejects(counts, fmt.encoding)
     sha256 = ""
     try:
-        with LineSource(path) as source:
+        with LineSource(path, max_line_bytes=limits.max_line_bytes) as source:
             if progress is not None:
                 progress.start(path, source.size)
             try:
                 with engine.begin() as conn:
                     conn.execute(sa.text("SET LOCAL work_mem = '64MB'"))
-                    rows = _parsed_lines(source, fmt, counts, rejects, progress)
+                    rows = _parsed_lines(source, fmt, counts, rejects, progress, limits)
                     if fmt.kind == "ratings":
                         conn.execute(_STAGE_RATINGS)
                         copy_text(
@@ -519,7 +540,11 @@ def _replace_seconds(summary: LoadSummary, started: float, load_id: int) -> Load
 
 
 def plan_files(
-    *, ratings: Sequence[Path] = (), metadata: Sequence[Path] = (), fmt: str | None = None
+    *,
+    ratings: Sequence[Path] = (),
+    metadata: Sequence[Path] = (),
+    fmt: str | None = None,
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
 ) -> list[tuple[Path, Format]]:
     """Each file with its format, metadata first; fails before any loading on a bad file.
 
@@ -534,7 +559,7 @@ def plan_files(
             if fmt is not None:
                 chosen = get_format(fmt)
             else:
-                _, name = detect_format(path)
+                _, name = detect_format(path, max_line_bytes=max_line_bytes)
                 chosen = get_format(name)
             if chosen.kind != role:
                 raise InputError(
@@ -588,8 +613,12 @@ def load_files(
     rate = settings.max_reject_rate if max_reject_rate is None else max_reject_rate
     if not 0 <= rate <= 1:
         raise InputError(f"--max-reject-rate must be between 0 and 1, got {rate}")
+    limits = LoadLimits.from_settings(settings)
     summaries: list[LoadSummary] = []
-    for path, chosen in plan_files(ratings=ratings, metadata=metadata, fmt=fmt):
+    plan = plan_files(
+        ratings=ratings, metadata=metadata, fmt=fmt, max_line_bytes=limits.max_line_bytes
+    )
+    for path, chosen in plan:
         if skip_loaded:
             sha256 = file_sha256(path)
             if _already_loaded(engine, sha256):
@@ -610,7 +639,9 @@ def load_files(
                     )
                 )
                 continue
-        summaries.append(load_file(engine, path, chosen, max_reject_rate=rate, progress=progress))
+        summaries.append(
+            load_file(engine, path, chosen, max_reject_rate=rate, progress=progress, limits=limits)
+        )
     return summaries
 
 
@@ -620,6 +651,7 @@ _COMPANIONS = {
     "u.info",
     "u.occupation",
     "u.user",
+    "users.dat",
     "links.csv",
     "genome-scores.csv",
     "genome-tags.csv",
@@ -638,6 +670,25 @@ def _is_companion(path: Path) -> bool:
     return name[:1] == "u" and name.endswith((".base", ".test"))
 
 
+def _inbox_files(directory: Path) -> list[Path]:
+    """The inbox's files to load, sorted; InputError for an entry that is not a readable file.
+
+    Sub-directories are skipped (an inbox may keep processed files in one) and dataset
+    companions are ignored (:func:`_is_companion`). Anything else that is not a regular file
+    (a FIFO, a socket, a device, a symlink loop or a broken symlink) is refused with one line
+    naming it, as an unknown format is: nothing in the inbox is silently left behind.
+    """
+    files: list[Path] = []
+    for path in sorted(directory.iterdir()):
+        if _is_companion(path) or path.is_dir():
+            continue
+        problem = file_problem(path)
+        if problem is not None:
+            raise InputError(f"{path}: {problem}; remove it from the inbox or fix it")
+        files.append(path)
+    return files
+
+
 def load_inbox(engine: Engine, settings: Settings, directory: Path) -> list[LoadSummary]:
     """Load every new file of ``directory``: metadata first, then ratings.
 
@@ -654,7 +705,7 @@ def load_inbox(engine: Engine, settings: Settings, directory: Path) -> list[Load
         raise InputError(f"{directory}: no such directory")
     ratings: list[Path] = []
     metadata: list[Path] = []
-    for path in sorted(p for p in directory.iterdir() if p.is_file() and not _is_companion(p)):
-        kind, _ = detect_format(path)
+    for path in _inbox_files(directory):
+        kind, _ = detect_format(path, max_line_bytes=settings.max_line_bytes)
         (ratings if kind == "ratings" else metadata).append(path)
     return load_files(engine, settings, ratings=ratings, metadata=metadata, skip_loaded=True)

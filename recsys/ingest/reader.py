@@ -3,13 +3,25 @@
 The sha256 is of the file as stored (compressed bytes for .gz), so it identifies the file in
 the load log whatever its name. Lines are bytes: decoding and NUL checks are per line so one
 bad line is rejected instead of breaking the file.
+
+Memory per line is bounded: the file is read in fixed-size chunks and split on ``\n``; a line
+longer than ``max_line_bytes`` (the ``RECSYS_MAX_LINE_BYTES`` setting) is never assembled. Its
+first :data:`LONG_LINE_PREFIX` bytes are kept, the rest is counted and skipped, and it comes out
+as a :class:`LongLine` so the loader rejects it with its line number.
+
+A file that cannot be read to the end (truncated or corrupt gzip, I/O error) raises
+:class:`~recsys.errors.InputError` with one line, whichever line it breaks at.
 """
 
 from __future__ import annotations
 
+import errno
 import gzip
 import hashlib
 import io
+import os
+import stat
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +29,26 @@ from recsys.errors import InputError
 
 GZIP_MAGIC = b"\x1f\x8b"
 _BUFFER = 1 << 20
+
+DEFAULT_MAX_LINE_BYTES = 1 << 20
+"""Default cap on one line's length in bytes (newline excluded); longer lines are rejected."""
+
+LONG_LINE_PREFIX = 100_000
+"""How many leading bytes of an over-long line are kept (for the rejected row)."""
+
+_READ_ERRORS = (OSError, EOFError, gzip.BadGzipFile, zlib.error)
+"""What reading a damaged file raises: I/O errors, truncated or corrupt gzip streams."""
+
+
+class LongLine(bytes):
+    """The first bytes of a line longer than the cap; ``length`` is the whole line's length."""
+
+    length: int
+
+    def __new__(cls, prefix: bytes, length: int) -> LongLine:
+        line = super().__new__(cls, prefix)
+        line.length = length
+        return line
 
 
 class HashingReader(io.RawIOBase):
@@ -42,12 +74,38 @@ class HashingReader(io.RawIOBase):
         super().close()
 
 
+def file_problem(path: Path) -> str | None:
+    """Why ``path`` is not a regular file to read, in a few words; None when it is one.
+
+    Follows symlinks, telling a symlink loop and a dangling symlink apart from a missing file,
+    and names FIFOs, sockets and devices (opening a FIFO would block until a writer comes).
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            return "symlink loop (too many levels of symbolic links)"
+        if err.errno == errno.ENOENT and os.path.islink(path):
+            return f"broken symlink (to {os.readlink(path)})"
+        if err.errno in (errno.ENOENT, errno.ENOTDIR):
+            return "no such file"
+        return f"cannot read: {err.strerror or err}"
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISDIR(mode):
+        return "not a regular file (a directory)"
+    if stat.S_ISFIFO(mode):
+        return "not a regular file (a FIFO)"
+    if stat.S_ISSOCK(mode):
+        return "not a regular file (a socket)"
+    return "not a regular file (a device)"
+
+
 def check_readable(path: Path) -> None:
-    """One clear line for a missing, unreadable or empty file."""
-    if not path.exists():
-        raise InputError(f"{path}: no such file")
-    if not path.is_file():
-        raise InputError(f"{path}: not a regular file")
+    """One clear line for a missing, unreadable or empty file (or a FIFO, a symlink loop...)."""
+    problem = file_problem(path)
+    if problem is not None:
+        raise InputError(f"{path}: {problem}")
     try:
         with open(path, "rb") as handle:
             head = handle.read(2)
@@ -60,17 +118,23 @@ def check_readable(path: Path) -> None:
 class LineSource:
     """Numbered raw lines of a file (1-based), with the stored bytes hashed and counted.
 
-    Use as a context manager; iterate for ``(line_no, bytes_without_newline)``.
+    Use as a context manager; iterate for ``(line_no, bytes_without_newline)``. A line longer
+    than ``max_line_bytes`` comes as a :class:`LongLine` holding only its first bytes.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> None:
         check_readable(path)
+        if max_line_bytes < 1:
+            raise InputError(f"the line cap must be at least 1 byte, got {max_line_bytes}")
         self.path = path
+        self.max_line_bytes = max_line_bytes
         self.size = path.stat().st_size
         self._hashing = HashingReader(open(path, "rb", buffering=0))  # noqa: SIM115
         buffered = io.BufferedReader(self._hashing, buffer_size=_BUFFER)
+        self._buffered = buffered
+        self._stream: io.BufferedIOBase
         if buffered.peek(2)[:2] == GZIP_MAGIC:
-            self._stream = io.BufferedReader(gzip.GzipFile(fileobj=buffered), buffer_size=_BUFFER)
+            self._stream = gzip.GzipFile(fileobj=buffered)
         else:
             self._stream = buffered
 
@@ -82,6 +146,7 @@ class LineSource:
 
     def close(self) -> None:
         self._stream.close()
+        self._buffered.close()  # GzipFile does not close the file it reads from
 
     @property
     def bytes_read(self) -> int:
@@ -94,14 +159,60 @@ class LineSource:
             pass
         return self._hashing.sha256.hexdigest()
 
+    def _chunks(self) -> Iterator[bytes]:
+        read = self._stream.read
+        while True:
+            try:
+                chunk = read(_BUFFER)
+            except _READ_ERRORS as err:
+                raise InputError(f"{self.path}: cannot read: {_reason(err)}") from err
+            if not chunk:
+                return
+            yield chunk
+
     def __iter__(self) -> Iterator[tuple[int, bytes]]:
-        try:
-            for line_no, line in enumerate(self._stream, 1):
-                if line.endswith(b"\n"):
-                    line = line[:-2] if line.endswith(b"\r\n") else line[:-1]
-                yield line_no, line
-        except (OSError, EOFError, gzip.BadGzipFile) as err:
-            raise InputError(f"{self.path}: cannot read: {err}") from err
+        cap = self.max_line_bytes
+        line_no = 0
+        pending = bytearray()  # the start of the current line (at most ``cap`` bytes)
+        long_prefix: bytes | None = None  # set while inside an over-long line
+        long_length = 0
+        for chunk in self._chunks():
+            parts = chunk.split(b"\n")
+            tail = parts.pop()  # the unfinished line after the chunk's last newline
+            if parts:
+                start = 0
+                if long_prefix is not None:  # this chunk ends the over-long line
+                    line_no += 1
+                    prefix = _extend(long_prefix, parts[0])
+                    yield line_no, LongLine(prefix, long_length + len(parts[0]))
+                    long_prefix = None
+                    long_length = 0
+                    start = 1
+                elif pending:
+                    pending += parts[0]
+                    parts[0] = bytes(pending)
+                    pending.clear()
+                for part in parts[start:]:
+                    line_no += 1
+                    if len(part) > cap:
+                        yield line_no, LongLine(part[:LONG_LINE_PREFIX], len(part))
+                    elif part.endswith(b"\r"):
+                        yield line_no, part[:-1]
+                    else:
+                        yield line_no, part
+            if long_prefix is not None:
+                long_prefix = _extend(long_prefix, tail)
+                long_length += len(tail)
+            else:
+                pending += tail
+                if len(pending) > cap:
+                    long_prefix = bytes(pending[:LONG_LINE_PREFIX])
+                    long_length = len(pending)
+                    pending.clear()
+        if long_prefix is not None:
+            yield line_no + 1, LongLine(long_prefix, long_length)
+        elif pending:
+            yield line_no + 1, bytes(pending)
 
 
 def file_sha256(path: Path) -> str:
@@ -114,10 +225,28 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def head_lines(path: Path, limit: int = 20) -> list[bytes]:
-    """The first non-blank lines (for format detection)."""
+def _extend(prefix: bytes, more: bytes) -> bytes:
+    """``prefix + more`` up to :data:`LONG_LINE_PREFIX` bytes."""
+    room = LONG_LINE_PREFIX - len(prefix)
+    return prefix + more[:room] if room > 0 else prefix
+
+
+def _reason(err: BaseException) -> str:
+    if isinstance(err, zlib.error):
+        return f"corrupt gzip data ({err})"
+    if isinstance(err, EOFError):
+        return f"truncated gzip file ({err})"
+    if isinstance(err, OSError) and err.strerror:
+        return err.strerror
+    return str(err) or type(err).__name__
+
+
+def head_lines(
+    path: Path, limit: int = 20, *, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
+) -> list[bytes]:
+    """The first non-blank lines (for format detection); over-long ones as :class:`LongLine`."""
     lines: list[bytes] = []
-    with LineSource(path) as source:
+    with LineSource(path, max_line_bytes=max_line_bytes) as source:
         for _, line in source:
             if line.strip():
                 lines.append(line)

@@ -4,19 +4,35 @@ A format module turns one decoded line into a :class:`RatingRow` or a :class:`Pr
 or raises :class:`BadLine` with a one-line reason; ``recsys.ingest.load`` does everything else
 (decoding, NUL checks, staging, merging). Formats that need context from beside the file
 (MovieLens ``u.item`` reads ``u.genre``) bind it in ``Format.parser_for(path)``.
+
+:class:`LoadLimits` holds the per-line limits every load applies on top of the formats' own
+checks: the longest line (``RECSYS_MAX_LINE_BYTES``) and how far in the future a rating's
+timestamp may lie (``RECSYS_FUTURE_SLACK_SECONDS``). A rating dated after the load's start plus
+that slack is rejected as a bad line: the merge keeps the most recent rating of a user and
+product, so a wrong future date would otherwise win over every later correct one.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
+
+from recsys.ingest.reader import DEFAULT_MAX_LINE_BYTES
+
+if TYPE_CHECKING:
+    from recsys.config import Settings
 
 # Timestamps outside [1970, 2100) are treated as unparseable: they are typos or ms/s mix-ups.
 MAX_EPOCH_SECONDS = 4102444800
+
+DEFAULT_FUTURE_SLACK_SECONDS = 86_400.0
+"""Default tolerance for rating timestamps ahead of the clock (clock skew, time zones): 1 day."""
 
 
 class BadLine(ValueError):
@@ -75,6 +91,46 @@ class Format:
 FORMATS: dict[str, Format] = {}
 
 
+@dataclass(frozen=True)
+class LoadLimits:
+    """Per-line limits of one load, on top of what each format checks."""
+
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
+    """Longest accepted line in bytes (newline excluded); longer lines are rejected unread."""
+    future_slack_seconds: float = DEFAULT_FUTURE_SLACK_SECONDS
+    """How far past ``now`` a rating's timestamp may be."""
+    now: float = field(default_factory=time.time)
+    """The load's reference time (unix seconds), fixed when the limits are made."""
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> LoadLimits:
+        """The limits the settings ask for, with ``now`` the current time."""
+        return cls(
+            max_line_bytes=settings.max_line_bytes,
+            future_slack_seconds=settings.future_slack_seconds,
+        )
+
+    @property
+    def latest_timestamp(self) -> float:
+        """The latest rating timestamp accepted (unix seconds)."""
+        return self.now + self.future_slack_seconds
+
+    def long_line_reason(self, length: int) -> str:
+        """The rejected-row reason for a line of ``length`` bytes over the cap."""
+        return (
+            f"line of {length:,} bytes is longer than the {self.max_line_bytes:,}-byte cap "
+            "(RECSYS_MAX_LINE_BYTES)"
+        )
+
+    def future_reason(self, timestamp: float) -> str:
+        """The rejected-row reason for a rating dated after :attr:`latest_timestamp`."""
+        when = datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+        return (
+            f"timestamp {when} is in the future (more than {self.future_slack_seconds:g} s "
+            "after the load started; RECSYS_FUTURE_SLACK_SECONDS)"
+        )
+
+
 def register(fmt: Format) -> Format:
     FORMATS[fmt.name] = fmt
     return fmt
@@ -83,11 +139,23 @@ def register(fmt: Format) -> Format:
 # --- helpers shared by format modules -------------------------------------------------------
 
 
+def shown(value: object, limit: int = 40) -> str:
+    """``value`` for a one-line reason: its first ``limit`` characters, quoted."""
+    try:
+        text = str(value)
+    except ValueError:  # an int beyond Python's digit limit for str()
+        return "<an integer too long to show>"
+    return repr(text[:limit])
+
+
 def require_id(value: object, what: str) -> str:
     """A non-empty external id as text."""
     if value is None or isinstance(value, (dict, list, bool)):
         raise BadLine(f"missing {what}")
-    text = str(value).strip()
+    try:
+        text = str(value).strip()
+    except ValueError:  # an int beyond Python's digit limit for str()
+        raise BadLine(f"{what} is an integer too long to use") from None
     if not text:
         raise BadLine(f"missing {what}")
     return text
@@ -98,11 +166,11 @@ def parse_rating(value: object, low: float, high: float, step: float) -> float:
     if isinstance(value, bool) or value is None:
         raise BadLine(f"rating is not a number: {value!r}")
     try:
-        rating = float(value)
-    except (TypeError, ValueError):
-        raise BadLine(f"rating is not a number: {str(value)[:40]!r}") from None
+        rating = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError, OverflowError):
+        raise BadLine(f"rating is not a number: {shown(value)}") from None
     if not math.isfinite(rating):
-        raise BadLine(f"rating is not a number: {str(value)[:40]!r}")
+        raise BadLine(f"rating is not a number: {shown(value)}")
     if not low <= rating <= high or abs(rating / step - round(rating / step)) > 1e-9:
         raise BadLine(f"rating {rating:g} outside the scale {low:g}-{high:g} (step {step:g})")
     return rating
@@ -119,12 +187,12 @@ def parse_epoch(value: object, *, divisor: int = 1) -> float:
         else:
             number = value
         seconds = number / divisor if divisor != 1 else number
-    except (TypeError, ValueError):
-        raise BadLine(f"unparseable timestamp: {str(value)[:40]!r}") from None
+    except (TypeError, ValueError, OverflowError):
+        raise BadLine(f"unparseable timestamp: {shown(value)}") from None
     if not isinstance(seconds, (int, float)) or not math.isfinite(seconds):
-        raise BadLine(f"unparseable timestamp: {str(value)[:40]!r}")
+        raise BadLine(f"unparseable timestamp: {shown(value)}")
     if not 0 <= seconds < MAX_EPOCH_SECONDS:
-        raise BadLine(f"timestamp out of range: {value!r}")
+        raise BadLine(f"timestamp out of range: {shown(value)}")
     return seconds
 
 
@@ -140,8 +208,21 @@ def text_or_none(value: object, sep: str = "\n") -> str | None:
 
 
 def check_json_safe(raw: dict) -> None:
-    """PostgreSQL's jsonb refuses \\u0000 and lone surrogates: reject such lines up front."""
-    dumped = json.dumps(raw, ensure_ascii=False, default=str)
+    """Reject up front what PostgreSQL's jsonb refuses or JSON cannot hold.
+
+    That is \\u0000, lone surrogates, NaN and Infinity (Python's json reads them), keys that
+    are not text or numbers (Python dict literals allow tuples) and integers too long to print.
+    """
+    try:
+        dumped = json.dumps(raw, ensure_ascii=False, default=str, allow_nan=False)
+    except ValueError as err:
+        if "JSON compliant" in str(err):
+            raise BadLine("NaN or Infinity in a field (not valid JSON)") from None
+        raise BadLine(f"a field cannot be stored as JSON: {str(err)[:60]}") from None
+    except TypeError as err:
+        raise BadLine(f"a field cannot be stored as JSON: {str(err)[:60]}") from None
+    except RecursionError:
+        raise BadLine("a field is nested too deeply to store as JSON") from None
     if "\\u0000" in dumped:
         raise BadLine("NUL character in a field")
     try:
