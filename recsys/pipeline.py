@@ -399,6 +399,7 @@ def run(
                     "message = :m WHERE id = :r",
                     {"r": run_id, "m": f"stopped on request before step {step.name}"},
                 )
+                _write_report(engine, settings, run_id)
                 raise PipelineInterrupted(
                     f"pipeline run {run_id} stopped on request before step {step.name}; "
                     "published recommendations unchanged"
