@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 SHARED ?= $(abspath ../shared)
 DEMO_DIR ?= $(abspath .demo)
 
-.PHONY: install demo test test-fast lint bench-load clean
+.PHONY: install demo test test-fast lint browser bench-load clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,9 +26,19 @@ demo: $(STAMP)
 TEST_ENV = NLTK_DATA=$${NLTK_DATA:-$(SHARED)/nltk_data} RECSYS_SHARED_DATA=$${RECSYS_SHARED_DATA:-$(SHARED)/data}
 LINT_PATHS = recsys tests benchmarks alembic
 
-# make test: style first (ruff check and ruff format --check), then every test
-test: lint
-	$(TEST_ENV) $(BIN)/python -m pytest -q
+# make test: style first (ruff check and ruff format --check), then every test (-rs: the reason
+# of each skipped test is printed, e.g. the browser check of the report without chromium)
+test: lint browser
+	$(TEST_ENV) $(BIN)/python -m pytest -q -rs
+
+# headless Chromium for the report's browser test: installed with apt when missing and run as
+# root; anything else only prints a note (the test then skips and says why)
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	    apt-get update -qq >/dev/null 2>&1 && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null 2>&1; } || \
+	  echo "note: chromium not installed (needs root and apt-get); the report's browser test will skip"
 
 # make test-fast: the same without the slow and subprocess markers
 test-fast: lint

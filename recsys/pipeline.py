@@ -124,6 +124,8 @@ class PipelineResult:
     seconds: float
     recommendation_run_id: int | None = None
     model_run_id: int | None = None
+    report_path: Path | None = None
+    """The run's HTML report (``RECSYS_HOME/reports/<run>.html``); None if it failed."""
 
 
 # --- the steps -----------------------------------------------------------------------------
@@ -397,6 +399,7 @@ def run(
                     "message = :m WHERE id = :r",
                     {"r": run_id, "m": f"stopped on request before step {step.name}"},
                 )
+                _write_report(engine, settings, run_id)
                 raise PipelineInterrupted(
                     f"pipeline run {run_id} stopped on request before step {step.name}; "
                     "published recommendations unchanged"
@@ -435,6 +438,7 @@ def run(
                     "WHERE id = :r",
                     {"st": status, "r": run_id, "m": f"step {step.name} {status}: {message}"},
                 )
+                _write_report(engine, settings, run_id)
                 if on_step:
                     on_step(step.name, status, seconds)
                 _log.error(
@@ -469,6 +473,7 @@ def run(
             "UPDATE pipeline_runs SET status = 'succeeded', finished_at = now() WHERE id = :r",
             {"r": run_id},
         )
+        report_path = _write_report(engine, settings, run_id)
     return PipelineResult(
         run_id=run_id,
         status="succeeded",
@@ -476,7 +481,15 @@ def run(
         seconds=time.perf_counter() - started,
         recommendation_run_id=ctx.state.get("recommendation_run_id"),
         model_run_id=ctx.state.get("model_run_id"),
+        report_path=report_path,
     )
+
+
+def _write_report(engine: Engine, settings: Settings, run_id: int) -> Path | None:
+    """The run's HTML report; a failure only logs a warning (never fails the run)."""
+    from recsys.report import write_run_report
+
+    return write_run_report(engine, settings.home, run_id)
 
 
 def _finish_remaining(

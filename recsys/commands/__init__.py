@@ -6,7 +6,7 @@ print results.
 
 from __future__ import annotations
 
-from recsys.commands import database, features, ingest, models, nightly
+from recsys.commands import database, features, ingest, models, nightly, report
 
 COMMANDS = [
     *database.COMMANDS,
@@ -14,4 +14,5 @@ COMMANDS = [
     *features.COMMANDS,
     *models.COMMANDS,
     *nightly.COMMANDS,
+    *report.COMMANDS,
 ]

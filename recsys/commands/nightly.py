@@ -346,6 +346,8 @@ def run_command(ctx, history, **kw) -> None:
         return
     result = pipeline.run(engine, settings, _options_from(kw), trigger="cli", on_step=_on_step)
     _print_pipeline(result)
+    if result.report_path is not None:
+        click.echo(f"report: {result.report_path}")
 
 
 @click.command("schedule")

