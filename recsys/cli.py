@@ -42,6 +42,26 @@ def cli(ctx: click.Context, verbose: int) -> None:
     except Exception as err:  # pydantic validation of RECSYS_* variables
         raise RecsysError(f"bad configuration: {str(err).splitlines()[0]}") from err
     setup_logging(verbose)
+    protect_files(ctx.obj)
+
+
+def protect_files(settings: Settings) -> None:
+    """Apply ``RECSYS_UMASK`` to this process and tighten ``RECSYS_HOME`` if it exists.
+
+    Everything the command writes (model artifacts, saved word vectors, reports) then gets
+    the configured mode: 0700 folders and 0600 files by default.
+    """
+    import os
+
+    from recsys.db.engine import ensure_private_dir
+
+    os.umask(settings.umask)
+    home = settings.home
+    if home.is_dir():
+        ensure_private_dir(home, settings, traverse=os.geteuid() == 0)
+        for child in home.iterdir():  # the folders under it, for when home stays traversable
+            if child.is_dir() and not child.is_symlink() and child.name != "pgdata":
+                ensure_private_dir(child, settings)
 
 
 def settings_of(ctx: click.Context) -> Settings:
@@ -59,6 +79,15 @@ def _attach_commands() -> None:
 _attach_commands()
 
 
+def _scrub(line: str) -> str:
+    """``line`` without the secrets of ``RECSYS_DATABASE_URL`` (a last line of defence)."""
+    import os
+
+    from recsys.db.engine import scrub
+
+    return scrub(line, os.environ.get("RECSYS_DATABASE_URL"))
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``recsys`` console script."""
     try:
@@ -70,7 +99,7 @@ def main(argv: list[str] | None = None) -> None:
         err.show()
         sys.exit(err.exit_code)
     except RecsysError as err:
-        click.echo(f"recsys: error: {err}", err=True)
+        click.echo(f"recsys: error: {_scrub(str(err))}", err=True)
         sys.exit(err.exit_code)
     except KeyboardInterrupt:
         click.echo("recsys: interrupted; nothing was committed by the step in progress", err=True)
@@ -80,7 +109,8 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as err:
         _log.exception("unexpected error")
         click.echo(
-            f"recsys: unexpected error: {type(err).__name__}: {err}".splitlines()[0], err=True
+            _scrub(f"recsys: unexpected error: {type(err).__name__}: {err}".splitlines()[0]),
+            err=True,
         )
         sys.exit(3)
     sys.exit(0)
