@@ -40,7 +40,12 @@ def cli(ctx: click.Context, verbose: int) -> None:
     try:
         ctx.obj = load_settings()
     except Exception as err:  # pydantic validation of RECSYS_* variables
-        raise RecsysError(f"bad configuration: {str(err).splitlines()[0]}") from err
+        detail = str(err).splitlines()[0]
+        if callable(getattr(err, "errors", None)) and err.errors():
+            first = err.errors()[0]
+            name = "RECSYS_" + "_".join(str(part) for part in first.get("loc", ())).upper()
+            detail = f"{name}: {first.get('msg', detail)}"
+        raise RecsysError(f"bad configuration: {detail}") from err
     setup_logging(verbose)
     protect_files(ctx.obj)
 
@@ -58,7 +63,8 @@ def protect_files(settings: Settings) -> None:
     os.umask(settings.umask)
     home = settings.home
     if home.is_dir():
-        ensure_private_dir(home, settings, traverse=os.geteuid() == 0)
+        embedded = not settings.database_url
+        ensure_private_dir(home, settings, traverse=embedded and os.geteuid() == 0)
         for child in home.iterdir():  # the folders under it, for when home stays traversable
             if child.is_dir() and not child.is_symlink() and child.name != "pgdata":
                 ensure_private_dir(child, settings)

@@ -282,11 +282,18 @@ def _score_step(ctx: Context) -> dict:
 
 
 def _publish_step(ctx: Context) -> dict:
+    from recsys.model.registry import prune_artifacts
     from recsys.scoring.publish import publish_and_prune
 
     run_id = ctx.state["recommendation_run_id"]
     previous = publish_and_prune(ctx.engine, run_id, ctx.settings.keep_runs)
-    return {"published": run_id, "previous": previous, "keep_runs": ctx.settings.keep_runs}
+    pruned = prune_artifacts(ctx.engine, ctx.settings.models_dir, ctx.settings.keep_runs)
+    return {
+        "published": run_id,
+        "previous": previous,
+        "keep_runs": ctx.settings.keep_runs,
+        "models_pruned": len(pruned),
+    }
 
 
 DEFAULT_STEPS: tuple[Step, ...] = (

@@ -9,6 +9,9 @@ Create Date: 2026-12-01
 ``LOCK TABLE ... IN EXCLUSIVE MODE NOWAIT`` (``recsys.db.locks``). That needs UPDATE, DELETE
 or TRUNCATE rights on the table, which no role but the owner has; the advisory locks used
 before could be taken by any role that can connect, the read-only one included.
+
+``model_runs.artifacts_pruned_at``: when ``recsys.model.registry.prune_artifacts`` deleted the
+run's artifact folder (the row, its metrics and history stay).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ LOCK_TABLES = {
 
 
 def upgrade() -> None:
+    op.add_column("model_runs", sa.Column("artifacts_pruned_at", sa.DateTime(timezone=True)))
     for table, purpose in LOCK_TABLES.items():
         op.create_table(
             table,
@@ -45,3 +49,4 @@ def upgrade() -> None:
 def downgrade() -> None:
     for table in reversed(list(LOCK_TABLES)):
         op.drop_table(table)
+    op.drop_column("model_runs", "artifacts_pruned_at")

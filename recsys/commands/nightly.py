@@ -160,6 +160,10 @@ def score_command(ctx, model_run, k, fallback, cold_start, memory_mb, batch_user
                 keep=settings.keep_runs,
                 progress=progress,
             )
+        if publish:
+            from recsys.model.registry import prune_artifacts
+
+            prune_artifacts(engine, settings.models_dir, settings.keep_runs)
     _print_summary(summary)
 
 
@@ -217,6 +221,9 @@ def publish_command(ctx, run_id, rollback, list_runs) -> None:
             previous = publish.publish_run(conn, run_id)
         with engine.begin() as conn:
             publish.prune_runs(conn, settings.keep_runs)
+        from recsys.model.registry import prune_artifacts
+
+        prune_artifacts(engine, settings.models_dir, settings.keep_runs)
     click.echo(f"serving recommendation run {run_id} (was {previous})")
 
 

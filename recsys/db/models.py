@@ -198,6 +198,8 @@ class ModelRun(Base):
     finished_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
     artifact_path: Mapped[str | None] = mapped_column(sa.Text)
     checksum: Mapped[str | None] = mapped_column(sa.Text)
+    artifacts_pruned_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    """When the artifact folder was deleted (``recsys.model.registry.prune_artifacts``)."""
     host: Mapped[str | None] = mapped_column(sa.Text)
     pid: Mapped[int | None] = mapped_column(sa.Integer)
 
