@@ -143,3 +143,13 @@ def test_convert_vectors_cli_turns_a_trusted_kv_into_npy(tmp_path):
     assert result.exit_code == 0, result.output
     loaded = wv.load_vectors_file(target)
     assert loaded.keyed_vectors.index_to_key == ["a", "b"]
+
+
+def test_recsys_run_refuses_a_pickle_before_any_step(tmp_path, cli_env):
+    marker = tmp_path / "PWNED"
+    path = _evil_pickle(tmp_path / "evil.bin", marker)
+    result = CliRunner().invoke(cli, ["run", "--word-vectors", str(path)], env=cli_env)
+    assert isinstance(result.exception, InputError) and "refusing" in str(result.exception)
+    assert not marker.exists()
+    history = CliRunner().invoke(cli, ["run", "--history"], env=cli_env)
+    assert history.exit_code == 0 and history.output.strip() == ""  # no run was started

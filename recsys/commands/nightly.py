@@ -301,6 +301,10 @@ def _pipeline_decorators(f):
 def _options_from(kw: dict):
     if kw.get("inbox") is not None:
         kw["inbox"] = str(Path(kw["inbox"]).resolve())
+    if kw.get("word_vectors") not in (None, "train", "glove-6b-50d"):
+        from recsys.features.vectors import check_vectors_file
+
+        check_vectors_file(Path(kw["word_vectors"]))  # a pickle is refused before any step
     return _pipeline_options(**kw)
 
 
