@@ -2,8 +2,8 @@
 
 ``load -> features -> train -> evaluate -> score -> publish``
 
-* **One run at a time.** The whole run holds the PostgreSQL advisory lock ``recsys:nightly``
-  (``recsys.db.locks``); a second run (another terminal, the scheduler, another machine on the
+* **One run at a time.** The whole run holds the nightly lock, a table lock the read-only
+  role cannot take (``recsys.db.locks``); a second run (another terminal, the scheduler, another machine on the
   same database) gets :class:`~recsys.errors.LockBusy` at once and exits 2 with that message.
   The server releases the lock when its holder's connection ends, even after ``kill -9``.
 * **Every step is recorded.** ``pipeline_runs`` holds the run (trigger, options, status) and

@@ -44,16 +44,25 @@ NIGHTLY_JOB = "nightly job (recsys run, score or publish)"
 LOCK_TABLES: dict[str, str] = {NIGHTLY_LOCK: "nightly_lock", FEATURES_LOCK: "features_lock"}
 """The table behind each lock name (see alembic revision 0005)."""
 
+LOCK_NAMESPACE = 0x5EC5
+"""First key of the two-key advisory lock a name without a lock table falls back to."""
 
-def _table(name: str) -> str:
-    try:
-        return LOCK_TABLES[name]
-    except KeyError:
-        raise ValueError(f"unknown lock {name!r} (known: {', '.join(LOCK_TABLES)})") from None
+
+def _table(name: str) -> str | None:
+    return LOCK_TABLES.get(name)
 
 
 def lock_holder(conn: sa.Connection, name: str) -> int | None:
     """The backend pid holding lock ``name``, or None."""
+    if _table(name) is None:
+        return conn.execute(
+            sa.text(
+                "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted "
+                "AND classid = :ns AND objid = (hashtext(:n)::bigint & 4294967295)::oid "
+                "AND objsubid = 2 LIMIT 1"
+            ),
+            {"ns": LOCK_NAMESPACE, "n": name},
+        ).scalar()
     return conn.execute(
         sa.text(
             "SELECT pid FROM pg_locks WHERE locktype = 'relation' AND granted "
@@ -75,7 +84,9 @@ def advisory_lock(
 
     Args:
         engine: the database (migrated to revision 0005 or later).
-        name: :data:`NIGHTLY_LOCK` or :data:`FEATURES_LOCK`.
+        name: :data:`NIGHTLY_LOCK` or :data:`FEATURES_LOCK`. Any other name gets a
+            session-level advisory lock, which every role that can connect could also take:
+            give a lock that matters a table in :data:`LOCK_TABLES`.
         what: how the message names the holder's activity.
 
     Yields:
@@ -89,6 +100,10 @@ def advisory_lock(
     from psycopg import errors as pg_errors
 
     table = _table(name)
+    if table is None:
+        with _advisory(engine, name, what) as conn:
+            yield conn
+        return
     conn = engine.connect()
     try:
         conn.execute(sa.text("SET idle_in_transaction_session_timeout = 0"))
@@ -117,5 +132,36 @@ def advisory_lock(
                 conn.rollback()
             except Exception:  # the connection is gone: the server released the lock with it
                 _log.debug("lock %s released with its connection", name)
+    finally:
+        conn.close()
+
+
+@contextmanager
+def _advisory(engine: Engine, name: str, what: str) -> Iterator[sa.Connection]:
+    """A session-level ``pg_try_advisory_lock`` on a connection of its own."""
+    conn = engine.connect()
+    try:
+        key = int(conn.execute(sa.text("SELECT hashtext(:n)"), {"n": name}).scalar_one())
+        got = conn.execute(
+            sa.text("SELECT pg_try_advisory_lock(:ns, :k)"), {"ns": LOCK_NAMESPACE, "k": key}
+        ).scalar_one()
+        conn.commit()
+        if not got:
+            holder = lock_holder(conn, name)
+            by = f" (database backend pid {holder})" if holder else ""
+            raise LockBusy(
+                f"another {what} is in progress{by}; this one exits without doing anything"
+            )
+        try:
+            yield conn
+        finally:
+            try:
+                conn.rollback()
+                conn.execute(
+                    sa.text("SELECT pg_advisory_unlock(:ns, :k)"), {"ns": LOCK_NAMESPACE, "k": key}
+                )
+                conn.commit()
+            except Exception:  # the connection is gone: the server released the lock with it
+                _log.debug("advisory lock %s released with its connection", name)
     finally:
         conn.close()
