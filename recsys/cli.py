@@ -64,7 +64,9 @@ def protect_files(settings: Settings) -> None:
     home = settings.home
     if home.is_dir():
         embedded = not settings.database_url
-        ensure_private_dir(home, settings, traverse=embedded and os.geteuid() == 0)
+        ensure_private_dir(
+            home, settings, traverse=embedded and hasattr(os, "geteuid") and os.geteuid() == 0
+        )
         for child in home.iterdir():  # the folders under it, for when home stays traversable
             if child.is_dir() and not child.is_symlink() and child.name != "pgdata":
                 ensure_private_dir(child, settings)

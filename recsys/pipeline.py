@@ -3,9 +3,10 @@
 ``load -> features -> train -> evaluate -> score -> publish``
 
 * **One run at a time.** The whole run holds the nightly lock, a table lock the read-only
-  role cannot take (``recsys.db.locks``); a second run (another terminal, the scheduler, another machine on the
-  same database) gets :class:`~recsys.errors.LockBusy` at once and exits 2 with that message.
-  The server releases the lock when its holder's connection ends, even after ``kill -9``.
+  role cannot take (``recsys.db.locks``); a second run (another terminal, the scheduler,
+  another machine on the same database) gets :class:`~recsys.errors.LockBusy` at once and
+  exits 2 with that message. The server releases the lock when its holder's connection ends,
+  even after ``kill -9``.
 * **Every step is recorded.** ``pipeline_runs`` holds the run (trigger, options, status) and
   ``pipeline_steps`` each step's start, end, seconds, outcome and a JSON detail; each row is
   committed as it changes, so a crash leaves a trace (the next run marks leftovers

@@ -152,7 +152,7 @@ def start_embedded(settings: Settings) -> str:
     pgserver = _pgserver()
     pgdata = pgdata_dir(settings)
     try:
-        ensure_private_dir(settings.home, settings, traverse=os.geteuid() == 0)
+        ensure_private_dir(settings.home, settings, traverse=_is_root())
         server = pgserver.get_server(pgdata, cleanup_mode=None, start=False)
         if getattr(server, "_postmaster_info", None) is None:  # not started by this process
             with server._lock:
@@ -166,7 +166,7 @@ def start_embedded(settings: Settings) -> str:
         else:
             changed, was_running = secure_auth_config(pgdata), True
         admin_url = server.get_uri(database="postgres", driver="psycopg")
-        if os.geteuid() == 0:  # pgserver opened the folders above pgdata to its own account
+        if _is_root():  # pgserver opened the folders above pgdata to its own account
             ensure_private_dir(settings.home, settings, traverse=True)
     except DatabaseUnavailable:
         raise
@@ -186,6 +186,10 @@ OWNER_ROLE = "postgres"
 
 IDENT_MAP = "recsys_owner"
 _MANAGED = "# written by recsys at every start of the embedded server; edits are overwritten\n"
+
+
+def _is_root() -> bool:
+    return hasattr(os, "geteuid") and os.geteuid() == 0
 
 
 def _os_users(pgdata: Path) -> list[str]:
@@ -239,7 +243,7 @@ def secure_auth_config(pgdata: Path) -> bool:
         tmp = pgdata / f".{name}.recsys-tmp"
         tmp.write_text(text)
         os.chmod(tmp, 0o600)
-        if os.geteuid() == 0:
+        if _is_root():
             os.chown(tmp, owner.st_uid, owner.st_gid)
         os.replace(tmp, path)
         changed = True
@@ -336,9 +340,8 @@ def _create_database(admin_url: str, name: str) -> None:
             for (other,) in conn.execute(
                 sa.text("SELECT datname FROM pg_database WHERE datallowconn ORDER BY datname")
             ):
-                conn.execute(
-                    sa.text(f'REVOKE CONNECT, TEMPORARY ON DATABASE "{other}" FROM PUBLIC')
-                )
+                quoted = '"' + other.replace('"', '""') + '"'
+                conn.execute(sa.text(f"REVOKE CONNECT, TEMPORARY ON DATABASE {quoted} FROM PUBLIC"))
     finally:
         engine.dispose()
 
@@ -369,7 +372,9 @@ def engine_for_url(url: str, *, check: bool = True) -> Engine:
     try:
         engine = sa.create_engine(url, pool_pre_ping=True)
     except Exception as err:
-        raise DatabaseUnavailable(f"bad database URL {redact(url)}: {_first_line(err)}") from err
+        raise DatabaseUnavailable(
+            f"bad database URL {redact(url)}: {_first_line(err, url)}"
+        ) from err
     if check:
         try:
             with engine.connect():
@@ -384,7 +389,9 @@ def engine_for_url(url: str, *, check: bool = True) -> Engine:
 def _first_line(err: BaseException, url: str | None = None) -> str:
     text = str(getattr(err, "orig", None) or err).strip().splitlines()
     line = text[0] if text else type(err).__name__
-    return scrub(line, url) if url else line
+    if not url:
+        return line
+    return scrub(line.replace(url, redact(url)), url)
 
 
 def alembic_config(connection: sa.Connection | None = None):
