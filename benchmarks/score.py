@@ -24,6 +24,7 @@ synthetic ratings: the weights do not change the speed. Defaults are the issue's
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
 import subprocess
 import sys
@@ -137,6 +138,8 @@ def database_engine(home: Path):
 
     settings = load_settings(home=home)
     engine = db.create_engine(settings)
+    if not settings.database_url:  # the embedded server started here stops when we exit
+        atexit.register(db.stop_embedded, settings)
     db.ensure_schema(engine)
     return engine, settings
 
@@ -287,6 +290,10 @@ def e2e(ratings: int, users: int, products: int, epochs: int, home: Path) -> dic
         text=True,
     )
     seconds = time.perf_counter() - t0
+    from recsys.config import Settings
+    from recsys.db import engine as db
+
+    db.stop_embedded(Settings(database_url=None, home=home / "e2e-home"))  # the run's server
     if result.returncode != 0:
         print(result.stderr[-3000:])
     steps = [

@@ -40,8 +40,36 @@ def cli(ctx: click.Context, verbose: int) -> None:
     try:
         ctx.obj = load_settings()
     except Exception as err:  # pydantic validation of RECSYS_* variables
-        raise RecsysError(f"bad configuration: {str(err).splitlines()[0]}") from err
+        detail = str(err).splitlines()[0]
+        if callable(getattr(err, "errors", None)) and err.errors():
+            first = err.errors()[0]
+            name = "RECSYS_" + "_".join(str(part) for part in first.get("loc", ())).upper()
+            detail = f"{name}: {first.get('msg', detail)}"
+        raise RecsysError(f"bad configuration: {detail}") from err
     setup_logging(verbose)
+    protect_files(ctx.obj)
+
+
+def protect_files(settings: Settings) -> None:
+    """Apply ``RECSYS_UMASK`` to this process and tighten ``RECSYS_HOME`` if it exists.
+
+    Everything the command writes (model artifacts, saved word vectors, reports) then gets
+    the configured mode: 0700 folders and 0600 files by default.
+    """
+    import os
+
+    from recsys.db.engine import ensure_private_dir
+
+    os.umask(settings.umask)
+    home = settings.home
+    if home.is_dir():
+        embedded = not settings.database_url
+        ensure_private_dir(
+            home, settings, traverse=embedded and hasattr(os, "geteuid") and os.geteuid() == 0
+        )
+        for child in home.iterdir():  # the folders under it, for when home stays traversable
+            if child.is_dir() and not child.is_symlink() and child.name != "pgdata":
+                ensure_private_dir(child, settings)
 
 
 def settings_of(ctx: click.Context) -> Settings:
@@ -59,6 +87,15 @@ def _attach_commands() -> None:
 _attach_commands()
 
 
+def _scrub(line: str) -> str:
+    """``line`` without the secrets of ``RECSYS_DATABASE_URL`` (a last line of defence)."""
+    import os
+
+    from recsys.db.engine import scrub
+
+    return scrub(line, os.environ.get("RECSYS_DATABASE_URL"))
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``recsys`` console script."""
     try:
@@ -70,7 +107,7 @@ def main(argv: list[str] | None = None) -> None:
         err.show()
         sys.exit(err.exit_code)
     except RecsysError as err:
-        click.echo(f"recsys: error: {err}", err=True)
+        click.echo(f"recsys: error: {_scrub(str(err))}", err=True)
         sys.exit(err.exit_code)
     except KeyboardInterrupt:
         click.echo("recsys: interrupted; nothing was committed by the step in progress", err=True)
@@ -80,7 +117,8 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as err:
         _log.exception("unexpected error")
         click.echo(
-            f"recsys: unexpected error: {type(err).__name__}: {err}".splitlines()[0], err=True
+            _scrub(f"recsys: unexpected error: {type(err).__name__}: {err}".splitlines()[0]),
+            err=True,
         )
         sys.exit(3)
     sys.exit(0)

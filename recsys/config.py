@@ -44,6 +44,13 @@ class Settings(BaseSettings):
     keep_runs: int = 3
     """How many published recommendation runs are kept for rollback."""
 
+    umask: int = 0o077
+    """File-creation mask for everything recsys writes (``RECSYS_UMASK``, octal, e.g. ``022``).
+
+    The default makes ``RECSYS_HOME``, model artifacts and other outputs private to the user
+    running recsys: folders 0700, files 0600.
+    """
+
     @field_validator("database_url")
     @classmethod
     def _psycopg_driver(cls, value: str | None) -> str | None:
@@ -53,6 +60,20 @@ class Settings(BaseSettings):
         for prefix in ("postgres://", "postgresql://"):
             if value.startswith(prefix):
                 return "postgresql+psycopg://" + value[len(prefix) :]
+        return value
+
+    @field_validator("umask", mode="before")
+    @classmethod
+    def _octal_umask(cls, value: object) -> object:
+        """``RECSYS_UMASK`` is octal text (``077``, ``0o022``); an int is taken as is."""
+        if isinstance(value, str):
+            text = value.strip().lower().removeprefix("0o")
+            try:
+                value = int(text, 8)
+            except ValueError:
+                raise ValueError(f"RECSYS_UMASK must be octal like 077, got {value!r}") from None
+        if isinstance(value, int) and not 0 <= value <= 0o777:
+            raise ValueError(f"RECSYS_UMASK must be between 000 and 777, got {value:o}")
         return value
 
     @field_validator("home")

@@ -2,10 +2,11 @@
 
 ``load -> features -> train -> evaluate -> score -> publish``
 
-* **One run at a time.** The whole run holds the PostgreSQL advisory lock ``recsys:nightly``
-  (``recsys.db.locks``); a second run (another terminal, the scheduler, another machine on the
-  same database) gets :class:`~recsys.errors.LockBusy` at once and exits 2 with that message.
-  The server releases the lock when its holder's connection ends, even after ``kill -9``.
+* **One run at a time.** The whole run holds the nightly lock, a table lock the read-only
+  role cannot take (``recsys.db.locks``); a second run (another terminal, the scheduler,
+  another machine on the same database) gets :class:`~recsys.errors.LockBusy` at once and
+  exits 2 with that message. The server releases the lock when its holder's connection ends,
+  even after ``kill -9``.
 * **Every step is recorded.** ``pipeline_runs`` holds the run (trigger, options, status) and
   ``pipeline_steps`` each step's start, end, seconds, outcome and a JSON detail; each row is
   committed as it changes, so a crash leaves a trace (the next run marks leftovers
@@ -284,11 +285,18 @@ def _score_step(ctx: Context) -> dict:
 
 
 def _publish_step(ctx: Context) -> dict:
+    from recsys.model.registry import prune_artifacts
     from recsys.scoring.publish import publish_and_prune
 
     run_id = ctx.state["recommendation_run_id"]
     previous = publish_and_prune(ctx.engine, run_id, ctx.settings.keep_runs)
-    return {"published": run_id, "previous": previous, "keep_runs": ctx.settings.keep_runs}
+    pruned = prune_artifacts(ctx.engine, ctx.settings.models_dir, ctx.settings.keep_runs)
+    return {
+        "published": run_id,
+        "previous": previous,
+        "keep_runs": ctx.settings.keep_runs,
+        "models_pruned": len(pruned),
+    }
 
 
 DEFAULT_STEPS: tuple[Step, ...] = (

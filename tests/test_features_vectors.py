@@ -118,7 +118,7 @@ def test_kv_format_is_memory_mapped(tmp_path):
     kv = _keyed({"a": [1, 0], "b": [0, 1]})
     path = tmp_path / "words.kv"
     kv.save(str(path), separately=["vectors"])  # big arrays are stored apart by default
-    loaded = wv.load_vectors_file(path)
+    loaded = wv.load_vectors_file(path, trust_pickle=True)
     assert isinstance(loaded.keyed_vectors.vectors, np.memmap)
     assert loaded.source == f"file:{path}" and loaded.vocabulary_size == 2
 

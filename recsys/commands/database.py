@@ -87,22 +87,50 @@ def db_url(ctx: click.Context, show_password: bool) -> None:
 @db_group.command("create-reader")
 @click.argument("name")
 @click.option(
-    "--password",
-    prompt=True,
-    hide_input=True,
-    confirmation_prompt=True,
-    envvar="RECSYS_READER_PASSWORD",
-    help="Or RECSYS_READER_PASSWORD; prompted if unset.",
+    "--password-file",
+    type=click.File("r", encoding="utf-8"),
+    default=None,
+    help="Read the password from the first line of this file ('-': standard input).",
 )
+@click.option("--password", "password_arg", default=None, hidden=True)
 @click.pass_context
-def db_create_reader(ctx: click.Context, name: str, password: str) -> None:
-    """Create login role NAME that can SELECT current_recommendations and nothing else."""
-    from recsys.db.roles import create_reader
+def db_create_reader(
+    ctx: click.Context, name: str, password_file, password_arg: str | None
+) -> None:
+    """Create login role NAME that can SELECT current_recommendations and nothing else.
 
-    with open_engine(ctx.find_root().obj).begin() as conn:
-        created = create_reader(conn, name, password)
-    verb = "created" if created else "updated"
+    The password comes from --password-file, else RECSYS_READER_PASSWORD, else a hidden prompt
+    (asked twice). A password on the command line would show in `ps` and shell history, so
+    --password is refused.
+    """
+    import os
+
+    from recsys.db.roles import check_role_name, create_reader
+    from recsys.errors import InputError
+
+    if password_arg is not None:
+        raise InputError(
+            "--password is refused: a password on the command line shows in ps and shell "
+            "history; use --password-file, RECSYS_READER_PASSWORD or the prompt"
+        )
+    check_role_name(name)  # before the prompt and before anything reaches the server
+    if password_file is not None:
+        password = password_file.readline().rstrip("\r\n")
+        if not password:
+            raise InputError(f"{password_file.name}: the first line (the password) is empty")
+    elif os.environ.get("RECSYS_READER_PASSWORD"):
+        password = os.environ["RECSYS_READER_PASSWORD"]
+    else:
+        password = click.prompt(
+            f"Password for {name}", hide_input=True, confirmation_prompt=True, err=True
+        )
+    settings: Settings = ctx.find_root().obj
+    with open_engine(settings).begin() as conn:
+        result = create_reader(conn, name, password, own_server=not settings.database_url)
+    verb = "created" if result.created else "updated"
     click.echo(f"{verb} role {name}: SELECT on current_recommendations only")
+    for note in result.notes:
+        click.echo(f"  {note}")
 
 
 @click.command("init-db")

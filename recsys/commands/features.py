@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from recsys.config import Settings
@@ -67,7 +69,12 @@ def features_group() -> None:
     default="train",
     show_default=True,
     help="train (Word2Vec on the catalogue), glove-6b-50d (optional extra), or PATH to "
-    "word2vec binary/text or gensim .kv vectors.",
+    "word2vec binary/text vectors or NAME.npy (+ NAME.vocab, one word per line).",
+)
+@click.option(
+    "--trust-pickle",
+    is_flag=True,
+    help="Allow a gensim .kv file (a Python pickle: loading it runs any code it holds).",
 )
 @click.option("--dim", default=100, show_default=True, help="Vector size when training.")
 @click.option(
@@ -117,32 +124,37 @@ def build(
     name: str | None,
     no_index: bool,
     keep: int,
+    trust_pickle: bool,
 ) -> None:
     """Clean product text, embed it and store a new current feature set."""
     from recsys.commands.database import open_engine
+    from recsys.features import vectors as wv
     from recsys.features.store import build_features
 
+    if word_vectors not in (wv.TRAIN, wv.GLOVE):  # a bad or untrusted file fails first
+        wv.check_vectors_file(Path(word_vectors), trust_pickle=trust_pickle)
     settings: Settings = ctx.find_root().obj
     engine = open_engine(settings)
     progress = _RichProgress()
     try:
-        summary = build_features(
-            engine,
-            settings,
-            word_vectors=word_vectors,
-            dim=dim,
-            weighting=weighting,
-            seed=seed,
-            workers=workers,
-            epochs=epochs,
-            min_count=min_count,
-            limit=limit,
-            with_title=with_title,
-            name=name,
-            create_hnsw=not no_index,
-            keep=keep,
-            progress=progress,
-        )
+        with wv.trusting_pickle(trust_pickle):
+            summary = build_features(
+                engine,
+                settings,
+                word_vectors=word_vectors,
+                dim=dim,
+                weighting=weighting,
+                seed=seed,
+                workers=workers,
+                epochs=epochs,
+                min_count=min_count,
+                limit=limit,
+                with_title=with_title,
+                name=name,
+                create_hnsw=not no_index,
+                keep=keep,
+                progress=progress,
+            )
     finally:
         progress.finish()
     from rich.table import Table
@@ -169,6 +181,31 @@ def build(
     table.add_row("HNSW index", "yes" if summary.indexed else "no")
     table.add_row("time", f"{summary.seconds:.1f} s ({rate:,.0f} products/s)")
     _console().print(table)
+
+
+@features_group.command("convert-vectors")
+@click.argument("source", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("target", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--trust-pickle",
+    is_flag=True,
+    help="Allow a gensim .kv SOURCE (a Python pickle: loading it runs any code it holds).",
+)
+@click.option("--limit", type=int, default=None, help="Keep only the first N words.")
+def convert_vectors(source: Path, target: Path, trust_pickle: bool, limit: int | None) -> None:
+    """Write word vectors SOURCE as TARGET (.npy, memory-mapped later) + its .vocab file.
+
+    Converting a trusted gensim .kv file once means later builds (and `recsys run`) never
+    unpickle anything.
+    """
+    from recsys.errors import InputError
+    from recsys.features.vectors import load_vectors_file, save_npy_vectors
+
+    if target.suffix != ".npy":
+        raise InputError(f"{target}: the target must end in .npy (its words go to .vocab)")
+    vectors = load_vectors_file(source, limit=limit, trust_pickle=trust_pickle)
+    vocab = save_npy_vectors(vectors.keyed_vectors, target)
+    click.echo(f"wrote {target} and {vocab}: {vectors.vocabulary_size:,} words, {vectors.dim}-d")
 
 
 @features_group.command("list")

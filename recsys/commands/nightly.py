@@ -160,6 +160,10 @@ def score_command(ctx, model_run, k, fallback, cold_start, memory_mb, batch_user
                 keep=settings.keep_runs,
                 progress=progress,
             )
+        if publish:
+            from recsys.model.registry import prune_artifacts
+
+            prune_artifacts(engine, settings.models_dir, settings.keep_runs)
     _print_summary(summary)
 
 
@@ -217,6 +221,9 @@ def publish_command(ctx, run_id, rollback, list_runs) -> None:
             previous = publish.publish_run(conn, run_id)
         with engine.begin() as conn:
             publish.prune_runs(conn, settings.keep_runs)
+        from recsys.model.registry import prune_artifacts
+
+        prune_artifacts(engine, settings.models_dir, settings.keep_runs)
     click.echo(f"serving recommendation run {run_id} (was {previous})")
 
 
@@ -294,6 +301,10 @@ def _pipeline_decorators(f):
 def _options_from(kw: dict):
     if kw.get("inbox") is not None:
         kw["inbox"] = str(Path(kw["inbox"]).resolve())
+    if kw.get("word_vectors") not in (None, "train", "glove-6b-50d"):
+        from recsys.features.vectors import check_vectors_file
+
+        check_vectors_file(Path(kw["word_vectors"]))  # a pickle is refused before any step
     return _pipeline_options(**kw)
 
 

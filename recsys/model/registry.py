@@ -288,6 +288,11 @@ def verify_artifacts(directory: Path, checksum: str) -> None:
 
 
 def _artifact_dir(settings: Any, run: dict[str, Any]) -> Path:
+    if run.get("artifacts_pruned_at") is not None:
+        raise ArtifactError(
+            f"the artifacts of model run {run['id']} were pruned (RECSYS_KEEP_RUNS keeps the "
+            "newest models and those of the recommendation runs kept for rollback)"
+        )
     recorded = Path(run["artifact_path"])
     if recorded.exists():
         return recorded
@@ -332,3 +337,74 @@ def load_run(conn: sa.Connection, settings: Any, run_id: int | None = None) -> L
         rating_scale=tuple(info.get("rating_scale", (1.0, 5.0))),
         artifact_path=directory,
     )
+
+
+# --- pruning ---------------------------------------------------------------------------------
+
+
+def needed_model_runs(conn: sa.Connection, keep: int) -> set[int]:
+    """Model runs whose artifacts must stay: the newest ``keep`` succeeded ones (the current
+    model among them) and every model a kept (ready, scoring or served) recommendation run
+    was scored with, so a rollback can still explain and rescore what it serves."""
+    keep = max(1, int(keep))
+    rows = conn.execute(
+        sa.text(
+            """
+            (SELECT id FROM model_runs WHERE status = 'succeeded' ORDER BY id DESC LIMIT :keep)
+            UNION
+            SELECT model_run_id FROM recommendation_runs
+            WHERE model_run_id IS NOT NULL AND status IN ('ready', 'scoring')
+            UNION
+            SELECT r.model_run_id FROM recommendation_runs r
+            JOIN published_recommendations p ON p.run_id = r.id
+            WHERE r.model_run_id IS NOT NULL
+            """
+        ),
+        {"keep": keep},
+    ).scalars()
+    return {int(r) for r in rows}
+
+
+def prune_artifacts(engine: sa.Engine, models_dir: Path, keep: int) -> list[int]:
+    """Delete the artifact folders no kept run needs; returns the model run ids pruned.
+
+    The registry row stays (its metrics and history remain visible) with
+    ``artifacts_pruned_at`` set, so :func:`load_run` says the run was pruned. Rows are marked
+    in one transaction first and folders deleted after it commits; a crash in between leaves
+    folders that the next prune deletes. Folders of failed runs (a trainer killed after the
+    rename) and staging folders of runs no longer running go too. Folders that no row of this
+    database names are left alone (another database may share ``RECSYS_HOME``). Call it while
+    holding the nightly lock, so no scoring run picks a model while it is being pruned.
+    """
+    models_dir = Path(models_dir)
+    with engine.begin() as conn:
+        needed = needed_model_runs(conn, keep)
+        pruned = [
+            int(r)
+            for r in conn.execute(
+                sa.text(
+                    "UPDATE model_runs SET artifacts_pruned_at = now() "
+                    "WHERE status = 'succeeded' AND artifacts_pruned_at IS NULL "
+                    "AND NOT (id = ANY(:needed)) RETURNING id"
+                ),
+                {"needed": sorted(needed)},
+            ).scalars()
+        ]
+        rows = conn.execute(sa.text("SELECT id, status, artifacts_pruned_at FROM model_runs")).all()
+    if not models_dir.is_dir():
+        return sorted(pruned)
+    status = {int(r.id): (r.status, r.artifacts_pruned_at) for r in rows}
+    for folder in models_dir.iterdir():
+        if not folder.is_dir() or folder.is_symlink():
+            continue
+        name = folder.name
+        run_id = name.split("-")[1] if name.startswith(".tmp-") and name.count("-") >= 2 else name
+        if not run_id.isdigit() or int(run_id) not in status:
+            continue
+        run_status, pruned_at = status[int(run_id)]
+        if int(run_id) in needed or run_status == "running":
+            continue
+        if name == run_id and run_status == "succeeded" and pruned_at is None:
+            continue  # a run's folder the registry still serves
+        shutil.rmtree(folder, ignore_errors=True)
+    return sorted(pruned)
