@@ -15,6 +15,12 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+META_FILE = "recommender.json"
+"""The file in a saved model's folder that names the model (``{"model": name, ...}``).
+
+Every :meth:`Recommender.save` writes it; the catalogue reads it to pick the class to load.
+"""
+
 
 @dataclass(frozen=True)
 class RatingData:

@@ -12,6 +12,7 @@ import re
 import sqlalchemy as sa
 from psycopg import sql
 
+from recsys.db.copy import driver_connection
 from recsys.errors import RecsysError
 
 _NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
@@ -38,7 +39,7 @@ def create_reader(conn: sa.Connection, name: str, password: str) -> bool:
         )
     if not password:
         raise RecsysError("the reader role needs a non-empty password")
-    raw = conn.connection.driver_connection
+    raw = driver_connection(conn)
     exists = (
         conn.execute(sa.text("SELECT 1 FROM pg_roles WHERE rolname = :n"), {"n": name}).scalar()
         is not None

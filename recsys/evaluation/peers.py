@@ -35,12 +35,11 @@ from typing import Any
 
 import numpy as np
 
-from recsys.data import FitHistory, RatingData
+from recsys.data import META_FILE, FitHistory, RatingData
 from recsys.errors import DataError, RecsysError
 from recsys.evaluation.tuning import internal_rank_split, validation_ndcg
 
 _log = logging.getLogger(__name__)
-META_FILE = "recommender.json"
 
 
 def interaction_matrix(data: RatingData, dtype: Any = np.float32):

@@ -6,6 +6,6 @@ re-exports them so ``from recsys.model.base import RatingData`` keeps working.
 
 from __future__ import annotations
 
-from recsys.data.types import ColdStartScorer, FitHistory, RatingData, Recommender
+from recsys.data.types import META_FILE, ColdStartScorer, FitHistory, RatingData, Recommender
 
-__all__ = ["ColdStartScorer", "FitHistory", "RatingData", "Recommender"]
+__all__ = ["META_FILE", "ColdStartScorer", "FitHistory", "RatingData", "Recommender"]
