@@ -14,6 +14,14 @@ class RecsysError(Exception):
     exit_code = 2
 
 
+class Interrupted(RecsysError):
+    """A step was asked to stop (SIGTERM/SIGINT) and stopped cleanly, leaving nothing half-done.
+
+    Every stop of that kind (scoring, training, the pipeline between steps) subclasses this, so
+    callers recognise an interruption with ``isinstance`` rather than by name.
+    """
+
+
 class DatabaseUnavailable(RecsysError):
     """The database cannot be reached or started."""
 

@@ -44,7 +44,7 @@ from sqlalchemy.engine import Engine
 
 from recsys.config import Settings
 from recsys.db.locks import NIGHTLY_JOB, NIGHTLY_LOCK, advisory_lock
-from recsys.errors import DataError, RecsysError
+from recsys.errors import DataError, Interrupted, RecsysError
 
 _log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ RATING_MODELS = frozenset({"mf", "deep", "hybrid", "bias", "numpy-mf"})
 """Model types whose ranking score is the predicted rating (checked against ``predict``)."""
 
 
-class PipelineInterrupted(RecsysError):
+class PipelineInterrupted(Interrupted):
     """The run was asked to stop (SIGTERM/SIGINT) and ended between steps."""
 
 
@@ -425,10 +425,7 @@ def run(
                 detail = step.fn(ctx) or {}
             except BaseException as err:
                 seconds = time.perf_counter() - t0
-                interrupted = isinstance(err, KeyboardInterrupt) or type(err).__name__ in (
-                    "ScoringInterrupted",
-                    "PipelineInterrupted",
-                )
+                interrupted = isinstance(err, KeyboardInterrupt | Interrupted)
                 status = "interrupted" if interrupted else "failed"
                 message = _one_line(err)
                 if not isinstance(err, RecsysError | KeyboardInterrupt):

@@ -88,16 +88,19 @@ def test_fast_scorer_small_blocks_pad_and_tile(trained, data: RatingData) -> Non
 
 
 def test_hybrid_predictions_depend_on_text(trained, data: RatingData) -> None:
-    model = KerasRecommender("hybrid", **SMALL)
-    model.fit(data, seed=3)
+    model = trained["hybrid"]  # shared: its text is put back before the test ends
     users = np.array([0, 1, 2])
     before_fast = model.score_users(users)
     before = _direct(model, users, data.n_products)
     text = data.text.copy()
     text[7] = text[7] + 3.0  # change one product's vector
-    model.set_text(text, data.has_text)
-    after_fast = model.score_users(users)
-    after = _direct(model, users, data.n_products)
+    try:
+        model.set_text(text, data.has_text)
+        after_fast = model.score_users(users)
+        after = _direct(model, users, data.n_products)
+    finally:
+        model.set_text(data.text, data.has_text)
+    np.testing.assert_array_equal(model.score_users(users), before_fast)
     assert np.abs(after[:, 7] - before[:, 7]).min() > 1e-4
     others = np.arange(data.n_products) != 7
     np.testing.assert_allclose(after[:, others], before[:, others], rtol=1e-6, atol=1e-6)

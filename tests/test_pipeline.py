@@ -8,8 +8,9 @@ from test_nightly_support import add_catalogue, trained_model
 
 from recsys.config import Settings
 from recsys.db.locks import NIGHTLY_LOCK, advisory_lock
-from recsys.errors import DataError, LockBusy, RecsysError
+from recsys.errors import DataError, Interrupted, LockBusy, RecsysError
 from recsys.pipeline import DEFAULT_STEPS, PipelineInterrupted, PipelineOptions, Step, run
+from recsys.scoring.score import ScoringInterrupted
 
 
 def _train_numpy_mf(ctx) -> dict:
@@ -139,6 +140,32 @@ def test_stop_request_interrupts_between_steps(catalogue: sa.Engine, settings: S
             conn.execute(sa.text("SELECT status FROM pipeline_runs")).scalar_one() == "interrupted"
         )
         assert _served(catalogue) is None
+
+
+def test_any_interrupted_error_from_a_step_marks_the_run_interrupted(
+    catalogue: sa.Engine, settings: Settings
+) -> None:
+    assert issubclass(PipelineInterrupted, Interrupted)
+    assert issubclass(ScoringInterrupted, Interrupted)
+
+    class TrainingStopped(Interrupted):
+        """A stop error the pipeline has never heard of by name."""
+
+    def stop_in_train(ctx) -> dict:
+        raise TrainingStopped("asked to stop after epoch 1")
+
+    with pytest.raises(TrainingStopped):
+        run(catalogue, settings, steps=_steps(train=stop_in_train))
+    with catalogue.connect() as conn:
+        assert conn.execute(sa.text("SELECT status FROM pipeline_runs")).scalar_one() == (
+            "interrupted"
+        )
+        steps = conn.execute(
+            sa.text("SELECT step, status FROM pipeline_steps ORDER BY position")
+        ).all()
+    assert steps[0] == ("train", "interrupted")
+    assert {status for _, status in steps[1:]} == {"skipped"}
+    assert _served(catalogue) is None
 
 
 def test_leftovers_of_a_killed_run_are_marked(catalogue: sa.Engine, settings: Settings) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import sqlalchemy as sa
@@ -249,4 +251,17 @@ def test_options_are_checked() -> None:
         ScoreOptions(k=0)
     with pytest.raises(RecsysError):
         ScoreOptions(fallback="random")
-    assert STRATEGIES[0] == "model"
+
+
+def test_strategy_codes_are_the_values_the_schema_accepts(conn: sa.Connection) -> None:
+    # a batch stores an index into STRATEGIES; the table's CHECK constraint must accept exactly
+    # those names, in any order
+    definition = conn.execute(
+        sa.text(
+            "SELECT pg_get_constraintdef(oid) FROM pg_constraint "
+            "WHERE conrelid = 'recommendations'::regclass AND contype = 'c' "
+            "AND pg_get_constraintdef(oid) LIKE '%strategy%'"
+        )
+    ).scalar_one()
+    assert sorted(re.findall(r"'([a-z_]+)'::text", definition)) == sorted(STRATEGIES)
+    assert len(set(STRATEGIES)) == len(STRATEGIES)

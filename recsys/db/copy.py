@@ -1,17 +1,29 @@
-"""COPY helpers: bulk rows into PostgreSQL through psycopg 3's ``cursor.copy``.
+"""COPY helpers: bulk rows into and out of PostgreSQL through psycopg 3's ``cursor.copy``.
 
-Two ways in: :func:`copy_text` writes pre-formatted COPY text in large chunks (fastest for
-simple rows: one ``write`` per ~1 MB instead of one call per row), :func:`copy_rows` uses
-``write_row`` (psycopg escapes every value; used for metadata with arbitrary text and JSON).
+Two ways in for Python values: :func:`copy_text` writes pre-formatted COPY text in large chunks
+(fastest for simple rows: one ``write`` per ~1 MB instead of one call per row), :func:`copy_rows`
+uses ``write_row`` (psycopg escapes every value; used for metadata with arbitrary text and JSON).
 Table and column names go through ``psycopg.sql.Identifier``, never f-strings.
+
+For numeric arrays, the binary format: callers lay out fixed-size tuples as a numpy structured
+array (field count, then per column an int32 length and the big-endian value);
+:func:`encode_binary` frames them as a complete stream (header and trailer) and
+:func:`binary_body` returns the tuples of a stream read with ``COPY ... TO STDOUT``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
+import numpy as np
 import sqlalchemy as sa
 from psycopg import sql
+
+COPY_SIGNATURE = b"PGCOPY\n\xff\r\n\x00"
+COPY_HEADER = COPY_SIGNATURE + b"\x00\x00\x00\x00" + b"\x00\x00\x00\x00"
+"""The binary format's header: the signature, int32 flags (0) and header-extension length (0)."""
+COPY_TRAILER = b"\xff\xff"
+"""The int16 field count -1 that ends a binary stream."""
 
 _ESCAPE = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 
@@ -24,6 +36,42 @@ def escape_text(value: str) -> str:
 def driver_connection(conn: sa.Connection):
     """The psycopg connection under a SQLAlchemy Connection (same transaction)."""
     return conn.connection.driver_connection
+
+
+def encode_binary(tuples: Iterable[bytes | np.ndarray]) -> bytes:
+    """A complete COPY BINARY stream: the header, the encoded tuples in order, the trailer.
+
+    Args:
+        tuples: encoded tuples, as bytes or as numpy structured arrays of tuples.
+    """
+    parts = [COPY_HEADER]
+    parts += [t.tobytes() if isinstance(t, np.ndarray) else bytes(t) for t in tuples]
+    parts.append(COPY_TRAILER)
+    return b"".join(parts)
+
+
+def header_length(stream: bytes | bytearray | memoryview) -> int:
+    """Bytes before the first tuple of a COPY BINARY stream (header plus its extension).
+
+    Raises:
+        ValueError: ``stream`` does not start with the binary format's header.
+    """
+    head = bytes(stream[: len(COPY_HEADER)])
+    if len(head) < len(COPY_HEADER) or not head.startswith(COPY_SIGNATURE):
+        raise ValueError("not a COPY BINARY stream")
+    return len(COPY_HEADER) + int.from_bytes(head[-4:], "big")
+
+
+def binary_body(stream: bytes | bytearray | memoryview) -> memoryview:
+    """The tuples of a complete COPY BINARY stream, without its header and trailer.
+
+    Raises:
+        ValueError: not a complete binary stream.
+    """
+    view = memoryview(stream)
+    if bytes(view[-len(COPY_TRAILER) :]) != COPY_TRAILER:
+        raise ValueError("COPY BINARY stream without its trailer")
+    return view[header_length(view) : len(view) - len(COPY_TRAILER)]
 
 
 def _copy_statement(table: str, columns: Sequence[str]) -> sql.Composed:

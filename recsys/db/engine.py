@@ -394,17 +394,35 @@ def _first_line(err: BaseException, url: str | None = None) -> str:
     return scrub(line.replace(url, redact(url)), url)
 
 
+def migrations_dir() -> Path:
+    """The folder that holds ``env.py`` and ``versions/``.
+
+    An installed wheel carries the migrations as ``recsys/_migrations``; a repository checkout
+    (or an editable install of one) has them in the top-level ``alembic/`` folder.
+
+    Raises:
+        RecsysError: neither place holds the migrations.
+    """
+    packaged = Path(__file__).resolve().parents[1] / "_migrations"
+    checkout = REPO_ROOT / "alembic"
+    for candidate in (packaged, checkout):
+        if (candidate / "env.py").is_file() and (candidate / "versions").is_dir():
+            return candidate
+    raise RecsysError(f"migrations not found in {packaged} or {checkout}; reinstall recsys")
+
+
 def alembic_config(connection: sa.Connection | None = None):
-    """An Alembic config for the repository's migrations, optionally bound to ``connection``."""
+    """An Alembic config for recsys's migrations, optionally bound to ``connection``.
+
+    In a repository checkout this reads ``alembic.ini`` (the file ``alembic upgrade head`` uses);
+    an installed package has no ini file and gets the same script location set here.
+    """
     from alembic.config import Config
 
+    location = migrations_dir()
     ini = REPO_ROOT / "alembic.ini"
-    if not ini.exists():
-        raise RecsysError(
-            f"migrations not found at {REPO_ROOT / 'alembic'} (install recsys with pip install -e)"
-        )
-    config = Config(str(ini))
-    config.set_main_option("script_location", str(REPO_ROOT / "alembic"))
+    config = Config(str(ini)) if location == REPO_ROOT / "alembic" and ini.is_file() else Config()
+    config.set_main_option("script_location", str(location))
     if connection is not None:
         config.attributes["connection"] = connection
     return config

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 import sqlalchemy as sa
 from psycopg import sql
 
+from recsys.db.copy import driver_connection
 from recsys.errors import RecsysError
 
 _NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
@@ -137,7 +138,7 @@ def create_reader(
     check_role_name(name)
     if not password:
         raise RecsysError("the reader role needs a non-empty password")
-    raw = conn.connection.driver_connection
+    raw = driver_connection(conn)
     existing = conn.execute(
         sa.text(
             "SELECT rolsuper OR rolcreaterole OR rolcreatedb OR rolreplication OR rolbypassrls "
@@ -224,7 +225,7 @@ def create_reader(
 
 
 def _can_silence_logging(conn: sa.Connection) -> bool:
-    if conn.connection.driver_connection.info.server_version >= 150000:
+    if driver_connection(conn).info.server_version >= 150000:
         query = (
             "SELECT has_parameter_privilege('log_min_error_statement', 'SET') "
             "AND has_parameter_privilege('log_statement', 'SET') "

@@ -20,10 +20,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from recsys.data import RatingData, Recommender
 from recsys.errors import DataError
 from recsys.evaluation.metrics import RELEVANT_RATING
 from recsys.evaluation.splits import cold_product_split
-from recsys.model.base import RatingData, Recommender
 
 _log = logging.getLogger(__name__)
 

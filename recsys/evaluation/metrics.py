@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from recsys.model.base import RatingData
+from recsys.data import RatingData
 
 RELEVANT_RATING = 4.0
 

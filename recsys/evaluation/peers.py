@@ -35,28 +35,11 @@ from typing import Any
 
 import numpy as np
 
+from recsys.data import META_FILE, FitHistory, RatingData
 from recsys.errors import DataError, RecsysError
-from recsys.model.base import FitHistory, RatingData
+from recsys.evaluation.tuning import internal_rank_split, validation_ndcg
 
 _log = logging.getLogger(__name__)
-META_FILE = "recommender.json"
-
-
-def internal_rank_split(train: RatingData, seed: int = 4242) -> tuple[RatingData, RatingData]:
-    """A train-internal validation split for tuning: 20% of each user's ratings, another seed."""
-    from recsys.evaluation.splits import rank_split
-
-    split = rank_split(train, seed=seed)
-    return split.train, split.test
-
-
-def validation_ndcg(model: Any, fit_part: RatingData, validation: RatingData) -> float:
-    """NDCG@10 of an already fitted model on the internal validation part."""
-    from recsys.evaluation.metrics import ranking_metrics
-
-    if not np.any(validation.ratings >= 4):
-        return 0.0
-    return float(ranking_metrics(model.score_users, fit_part, validation)["ndcg@10"])
 
 
 def interaction_matrix(data: RatingData, dtype: Any = np.float32):

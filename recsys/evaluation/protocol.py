@@ -22,9 +22,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from recsys.data import RatingData, Recommender
 from recsys.evaluation.metrics import ranking_metrics, rating_metrics
 from recsys.evaluation.splits import Split, rank_split, seed_split
-from recsys.model.base import RatingData, Recommender
 
 _log = logging.getLogger(__name__)
 

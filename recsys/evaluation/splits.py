@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from recsys.model.base import RatingData
+from recsys.data import RatingData
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from recsys.config import Settings
+from recsys.db.copy import copy_rows
 from recsys.errors import InputError
 
 _log = logging.getLogger(__name__)
@@ -215,8 +216,7 @@ def import_embeddings(
         InputError: the file cannot be read at all, or the name is taken.
     """
     from recsys.features import store
-    from recsys.ingest.load import LoadSummary, Rejected
-    from recsys.ingest.reader import file_sha256
+    from recsys.ingest.api import LoadSummary, Rejected, file_sha256, record_load
 
     started = time.perf_counter()
     started_at = datetime.now(UTC)
@@ -306,7 +306,7 @@ def import_embeddings(
             store.create_index(conn, set_id, dim)
             if make_current:
                 store.make_current(conn, set_id)
-        load_id = _record(conn, summary(None), started_at, rejects)
+        load_id = record_load(conn, summary(None), started_at, rejects)
     result = summary(load_id)
     _log.info(
         "%s: %s, %d rows, %d loaded, %d merged, %d rejected",
@@ -322,52 +322,13 @@ def import_embeddings(
 
 def _known_products(conn: sa.Connection, external_ids: set[str]) -> dict[str, int]:
     """external id -> products.id for the ids that exist (one query through a temp table)."""
-    from recsys.features.store import _psycopg
-
     conn.execute(sa.text("CREATE TEMP TABLE _import_ids (external_id text) ON COMMIT DROP"))
-    with _psycopg(conn).cursor() as cur, cur.copy("COPY _import_ids FROM STDIN") as copy:
-        for ext in external_ids:
-            copy.write_row((ext,))
+    copy_rows(conn, "_import_ids", ("external_id",), ((ext,) for ext in external_ids))
     found = conn.execute(
         sa.text("SELECT p.external_id, p.id FROM products p JOIN _import_ids i USING (external_id)")
     ).all()
     conn.rollback()
     return {ext: pid for ext, pid in found}
-
-
-def _record(
-    conn: sa.Connection, summary, started_at: datetime, rejects: list[tuple[int, str, str]]
-) -> int:
-    load_id = conn.execute(
-        sa.text(
-            "INSERT INTO loads (path, sha256, format, kind, status, rows_read, rows_loaded, "
-            "rows_merged, rows_rejected, message, started_at, finished_at) VALUES (:path, "
-            ":sha256, :format, 'embeddings', :status, :rows_read, :rows_loaded, :rows_merged, "
-            ":rows_rejected, :message, :started_at, clock_timestamp()) RETURNING id"
-        ),
-        {
-            "path": summary.path,
-            "sha256": summary.sha256,
-            "format": summary.format,
-            "status": summary.status,
-            "rows_read": summary.rows_read,
-            "rows_loaded": summary.rows_loaded,
-            "rows_merged": summary.rows_merged,
-            "rows_rejected": summary.rows_rejected,
-            "message": summary.message,
-            "started_at": started_at,
-        },
-    ).scalar_one()
-    if rejects:
-        from recsys.features.store import _psycopg
-
-        with (
-            _psycopg(conn).cursor() as cur,
-            cur.copy("COPY rejected_rows (load_id, line_no, raw_line, reason) FROM STDIN") as copy,
-        ):
-            for line_no, raw, reason in rejects:
-                copy.write_row((load_id, line_no, raw.replace("\x00", ""), reason))
-    return int(load_id)
 
 
 __all__ = ["import_embeddings", "ids_path_for", "read_embeddings"]

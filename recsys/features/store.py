@@ -38,6 +38,7 @@ import numpy as np
 import sqlalchemy as sa
 from psycopg import sql
 
+from recsys.db.copy import binary_body, driver_connection, encode_binary
 from recsys.errors import DataError, InputError, RecsysError
 
 if TYPE_CHECKING:
@@ -175,12 +176,7 @@ def list_feature_sets(conn: sa.Connection) -> list[FeatureSetInfo]:
     return [_info(r) for r in rows]
 
 
-def _psycopg(conn: sa.Connection):
-    """The psycopg connection under a SQLAlchemy connection (same transaction)."""
-    return conn.connection.driver_connection
-
-
-_COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + b"\x00\x00\x00\x00" + b"\x00\x00\x00\x00"
+_psycopg = driver_connection
 
 
 def _vector_row_dtype(dim: int, with_set: bool) -> np.dtype:
@@ -219,8 +215,7 @@ def read_vectors(conn: sa.Connection, feature_set_id: int) -> tuple[np.ndarray, 
     with _psycopg(conn).cursor() as cur, cur.copy(query) as copy:
         for chunk in copy:
             buffer += chunk
-    header = len(_COPY_HEADER)
-    body = memoryview(buffer)[header : len(buffer) - 2]  # trailer: int16 -1
+    body = binary_body(buffer)
     dtype = _vector_row_dtype(dim, with_set=False)
     if len(body) % dtype.itemsize:
         raise DataError(f"feature set {feature_set_id}: stored vectors do not all have dim {dim}")
@@ -337,7 +332,7 @@ def write_vectors(
         rows["l_vec"], rows["vdim"], rows["vunused"] = 4 + 4 * dim, dim, 0
         rows["vec"] = vectors
         rows["l_words"], rows["words"] = 4, words
-        payload = memoryview(_COPY_HEADER + rows.tobytes() + b"\xff\xff")
+        payload = memoryview(encode_binary([rows]))
         chunk = 8 << 20
         with (
             _psycopg(conn).cursor() as cur,

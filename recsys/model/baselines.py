@@ -19,9 +19,7 @@ from typing import Any
 import numpy as np
 
 from recsys.errors import DataError
-from recsys.model.base import FitHistory, RatingData
-
-META_FILE = "recommender.json"
+from recsys.model.base import META_FILE, FitHistory, RatingData
 
 
 class BiasRecommender:

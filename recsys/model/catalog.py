@@ -13,12 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from recsys.errors import RecsysError
-from recsys.model.base import Recommender
+from recsys.model.base import META_FILE, Recommender
 
 DEFAULT_NIGHTLY_MODEL = "ranker"
 """The ranking hybrid (issue 6): best measured top-10 lists (benchmarks/RESULTS.md, Ranking
 quality); the notebook models stay available by name."""
-META_FILE = "recommender.json"
 """Every saved model writes this JSON with at least ``{"model": name}``."""
 
 

@@ -21,6 +21,7 @@ from typing import Literal
 import numpy as np
 import sqlalchemy as sa
 
+from recsys.db.copy import COPY_HEADER, driver_connection, header_length
 from recsys.errors import DataError
 from recsys.model.base import RatingData
 
@@ -65,7 +66,6 @@ _ROW = np.dtype(
         ("time", ">i8"),
     ]
 )
-_HEADER = 19  # PGCOPY\n\377\r\n\0 + int32 flags + int32 extension length (0)
 
 
 def _copy_ratings(conn: sa.Connection, min_ratings: int) -> tuple[np.ndarray, ...]:
@@ -76,15 +76,19 @@ def _copy_ratings(conn: sa.Connection, min_ratings: int) -> tuple[np.ndarray, ..
     """
     from psycopg import sql
 
-    dbapi = conn.connection.driver_connection  # psycopg 3, inside the caller's transaction
+    dbapi = driver_connection(conn)  # psycopg 3, inside the caller's transaction
     copy_sql = sql.SQL("COPY ({}) TO STDOUT (FORMAT BINARY)").format(_ratings_query(min_ratings))
     batches: list[np.ndarray] = []
-    header_left = _HEADER
+    header_left: int | None = None  # known once the header has arrived
     buffer = bytearray()
 
     def drain() -> None:
         # decode every whole record in the buffer
         nonlocal header_left
+        if header_left is None:
+            if len(buffer) < len(COPY_HEADER):
+                return
+            header_left = header_length(buffer)
         if header_left:
             skip = min(header_left, len(buffer))
             del buffer[:skip]

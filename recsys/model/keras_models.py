@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from recsys.errors import DataError, RecsysError
-from recsys.model.base import FitHistory, RatingData
+from recsys.model.base import META_FILE, FitHistory, RatingData
 
 _log = logging.getLogger(__name__)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter: errors only
@@ -47,7 +47,6 @@ NOTEBOOK_DEFAULTS: dict[str, dict[str, Any]] = {
     "deep": {"embedding_dim": 32, "learning_rate": 0.1, "momentum": 0.9},
     "hybrid": {"embedding_dim": 32, "learning_rate": 0.1, "momentum": 0.9},
 }
-META_FILE = "recommender.json"
 MODEL_FILE = "model.keras"
 
 

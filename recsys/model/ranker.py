@@ -56,10 +56,9 @@ from typing import Any
 import numpy as np
 
 from recsys.errors import DataError, RecsysError
-from recsys.model.base import FitHistory, RatingData
+from recsys.model.base import META_FILE, FitHistory, RatingData
 
 _log = logging.getLogger(__name__)
-META_FILE = "recommender.json"
 
 
 def history_matrix(data: RatingData):

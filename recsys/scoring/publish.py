@@ -27,6 +27,7 @@ import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from recsys.db.copy import driver_connection, encode_binary
 from recsys.errors import DataError, RecsysError
 
 _log = logging.getLogger(__name__)
@@ -79,10 +80,6 @@ class RunInfo:
     counts: dict
 
 
-_COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + b"\x00\x00\x00\x00" + b"\x00\x00\x00\x00"
-_COPY_TRAILER = b"\xff\xff"
-
-
 def _row_dtype(strategy_len: int) -> np.dtype:
     # one COPY BINARY tuple: field count, then (length, big-endian value) per column
     return np.dtype(
@@ -117,7 +114,7 @@ def batch_to_copy_binary(run_id: int, batch: ScoreBatch) -> bytes:
     if n and not np.all(np.isfinite(batch.scores)):
         bad = int((~np.isfinite(batch.scores)).sum())
         raise DataError(f"recommendation run {run_id}: the model produced {bad} non-finite scores")
-    parts = [_COPY_HEADER]
+    parts = []
     for code, name in enumerate(STRATEGIES):
         rows = np.flatnonzero(batch.strategies == code)
         if not len(rows):
@@ -136,8 +133,7 @@ def batch_to_copy_binary(run_id: int, batch: ScoreBatch) -> bytes:
         tuples["score"] = batch.scores[rows]
         tuples["strategy"] = encoded
         parts.append(tuples.tobytes())
-    parts.append(_COPY_TRAILER)
-    return b"".join(parts)
+    return encode_binary(parts)
 
 
 def begin_run(
@@ -209,7 +205,7 @@ class RunWriter:
         if not len(batch):
             return 0
         data = batch_to_copy_binary(self.run_id, batch)
-        raw = self.conn.connection.driver_connection
+        raw = driver_connection(self.conn)
         with raw.cursor() as cur, cur.copy(COPY_SQL) as copy:
             copy.write(data)
         self.n_rows += len(batch)

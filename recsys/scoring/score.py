@@ -37,7 +37,7 @@ import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from recsys.errors import DataError, RecsysError
+from recsys.errors import DataError, Interrupted, RecsysError
 from recsys.scoring.publish import (
     STRATEGIES,
     RunWriter,
@@ -52,7 +52,7 @@ _log = logging.getLogger(__name__)
 MODEL, COLD_START, POPULARITY, CATEGORY_POPULARITY = (STRATEGIES.index(s) for s in STRATEGIES)
 
 
-class ScoringInterrupted(RecsysError):
+class ScoringInterrupted(Interrupted):
     """Scoring was asked to stop (SIGTERM/SIGINT); nothing of the run was committed."""
 
 
