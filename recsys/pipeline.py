@@ -83,6 +83,10 @@ class PipelineOptions:
     """Users per scoring batch (default: from memory_mb)."""
     check_users: int = 32
     """Users sampled by the evaluate step to compare fast scores with ``predict``."""
+    max_per_category: int | None = None
+    """At most this many products of one category per list (None: no cap)."""
+    max_per_brand: int | None = None
+    """At most this many products of one brand per list (None: no cap)."""
 
 
 @dataclass
@@ -266,6 +270,8 @@ def _score_step(ctx: Context) -> dict:
         cold_start=ctx.options.cold_start,
         memory_mb=ctx.options.memory_mb,
         batch_users=ctx.options.batch_users,
+        max_per_category=ctx.options.max_per_category,
+        max_per_brand=ctx.options.max_per_brand,
     )
     summary = score_and_write(
         ctx.engine, model, options, publish=False, should_stop=ctx.should_stop
@@ -277,16 +283,27 @@ def _score_step(ctx: Context) -> dict:
         "users": summary.n_users,
         "rows": summary.n_rows,
         "strategies": summary.counts,
+        "rule_counts": summary.rule_counts,
         "users_per_second": round(summary.n_users / max(summary.seconds, 1e-9), 1),
     }
 
 
 def _publish_step(ctx: Context) -> dict:
-    from recsys.scoring.publish import publish_and_prune
+    from recsys.scoring.gates import GateThresholds, publish_gated
 
     run_id = ctx.state["recommendation_run_id"]
-    previous = publish_and_prune(ctx.engine, run_id, ctx.settings.keep_runs)
-    return {"published": run_id, "previous": previous, "keep_runs": ctx.settings.keep_runs}
+    previous, gates = publish_gated(
+        ctx.engine,
+        run_id,
+        keep=ctx.settings.keep_runs,
+        thresholds=GateThresholds.from_settings(ctx.settings),
+    )
+    return {
+        "published": run_id,
+        "previous": previous,
+        "keep_runs": ctx.settings.keep_runs,
+        "gates": {c["gate"]: c["value"] for c in gates["checks"]},
+    }
 
 
 DEFAULT_STEPS: tuple[Step, ...] = (
