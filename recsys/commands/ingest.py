@@ -122,15 +122,33 @@ def _print_summaries(summaries) -> None:
     help="Import pre-computed product vectors.",
 )
 @click.option("--name", default=None, help="Feature-set name for --embeddings.")
+@click.option(
+    "--availability",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="CSV asin,available: set products.available (unknown asins reject the file).",
+)
 @click.pass_context
-def load_db(ctx, ratings, metadata, fmt, max_reject_rate, embeddings, name) -> None:
+def load_db(ctx, ratings, metadata, fmt, max_reject_rate, embeddings, name, availability) -> None:
     """Load ratings and product metadata files (format detected from the content)."""
     from recsys.commands.database import open_engine
     from recsys.ingest.load import load_files, plan_files
 
     settings: Settings = ctx.find_root().obj
-    if not ratings and not metadata and embeddings is None:
-        raise click.UsageError("give at least one --ratings, --metadata or --embeddings file")
+    if not ratings and not metadata and embeddings is None and availability is None:
+        raise click.UsageError(
+            "give at least one --ratings, --metadata, --embeddings or --availability file"
+        )
+    if availability is not None and not ratings and not metadata and embeddings is None:
+        from recsys.commands.database import open_engine
+        from recsys.scoring.rules import load_availability
+
+        result = load_availability(open_engine(settings), availability)
+        click.echo(
+            f"availability: {result.products:,} products ({result.unavailable:,} unavailable), "
+            f"{result.changed:,} changed"
+        )
+        return
     if embeddings is not None and not name:
         raise click.UsageError("--embeddings needs --name (the feature set's name)")
     # check every file before touching the database: a typo fails fast, with one line
@@ -152,6 +170,14 @@ def load_db(ctx, ratings, metadata, fmt, max_reject_rate, embeddings, name) -> N
             raise RecsysError(f"importing embeddings is not available: {err}") from err
         summaries.append(import_embeddings(engine, settings, embeddings, name))
     _print_summaries(summaries)
+    if availability is not None:
+        from recsys.scoring.rules import load_availability
+
+        result = load_availability(engine, availability)
+        click.echo(
+            f"availability: {result.products:,} products ({result.unavailable:,} unavailable), "
+            f"{result.changed:,} changed"
+        )
     failed = [s for s in summaries if s.status == "failed"]
     if failed:
         raise InputError("; ".join(f"{Path(s.path).name}: {s.message}" for s in failed))

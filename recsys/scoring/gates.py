@@ -197,7 +197,6 @@ def publish_gated(
             message = None
             previous = publish_run(conn, run_id)
     if message is not None:  # the gate figures were committed with the run above
-        _log.error(message)
         raise GateFailed(message)
     if gates["forced"]:
         _log.warning("run %d served although it failed gates: %s", run_id, describe_failures(gates))

@@ -86,6 +86,8 @@ class RunInfo:
     n_rows: int
     published: bool
     counts: dict
+    gates: dict | None = None
+    rule_counts: dict | None = None
 
 
 _COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + b"\x00\x00\x00\x00" + b"\x00\x00\x00\x00"
@@ -470,10 +472,24 @@ def list_runs(conn: sa.Connection, limit: int = 20) -> list[RunInfo]:
     rows = conn.execute(
         sa.text(
             "SELECT r.id, r.status, r.k, r.model_run_id, r.model_type, r.generated_at, r.n_users, "
-            "r.n_rows, (p.run_id IS NOT NULL) AS published, r.counts "
+            "r.n_rows, (p.run_id IS NOT NULL) AS published, r.counts, r.gates, r.rule_counts "
             "FROM recommendation_runs r LEFT JOIN published_recommendations p ON p.run_id = r.id "
             "ORDER BY r.id DESC LIMIT :n"
         ),
         {"n": limit},
     ).all()
     return [RunInfo(*row) for row in rows]
+
+
+def format_gates(gates: dict | None) -> str:
+    """One line of a run's gate figures: ``full_lists 1 ok, coverage 0.31 ok, ... FORCED``."""
+    if not gates:
+        return "not checked"
+    parts = []
+    for check in gates.get("checks", []):
+        value = check.get("value")
+        shown = "n/a" if value is None else f"{value:.3g}"
+        parts.append(f"{check['gate']} {shown} {'ok' if check.get('passed') else 'FAIL'}")
+    if gates.get("forced"):
+        parts.append("FORCED")
+    return ", ".join(parts)
