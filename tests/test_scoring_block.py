@@ -123,7 +123,7 @@ def test_dot_scores_fold_the_bias_and_reuse_the_buffer() -> None:
     got = dot_scores(users, products, out=buffer)
     np.testing.assert_allclose(got, users @ vectors.T + bias + offset, rtol=1e-5, atol=1e-5)
     assert np.shares_memory(got, buffer)
-    assert 16 <= users_per_block(50_000) <= 1024
+    assert 64 <= users_per_block(50_000) <= 1024
 
 
 def test_top_k_indices_is_the_evaluation_cut() -> None:
