@@ -47,7 +47,7 @@ from recsys.errors import DataError, RecsysError
 
 _log = logging.getLogger(__name__)
 
-STEP_NAMES = ("load", "features", "train", "evaluate", "score", "publish")
+STEP_NAMES = ("load", "features", "train", "evaluate", "score", "publish", "similar")
 RATING_MODELS = frozenset({"mf", "deep", "hybrid", "bias", "numpy-mf"})
 """Model types whose ranking score is the predicted rating (checked against ``predict``)."""
 
@@ -87,6 +87,8 @@ class PipelineOptions:
     """At most this many products of one category per list (None: no cap)."""
     max_per_brand: int | None = None
     """At most this many products of one brand per list (None: no cap)."""
+    similar: bool = True
+    """Build and publish the item-to-item lists (``similar_products``) after publishing."""
 
 
 @dataclass
@@ -306,6 +308,15 @@ def _publish_step(ctx: Context) -> dict:
     }
 
 
+def _similar_step(ctx: Context) -> dict:
+    if not ctx.options.similar:
+        return {"skipped": "--no-similar"}
+    from recsys.scoring.similar import build_similar
+
+    summary = build_similar(ctx.engine, keep=ctx.settings.keep_runs)
+    return {"similar_run_id": summary.run_id, "rows": summary.n_rows, **summary.counts}
+
+
 DEFAULT_STEPS: tuple[Step, ...] = (
     Step("load", _load_step),
     Step("features", _features_step),
@@ -313,6 +324,7 @@ DEFAULT_STEPS: tuple[Step, ...] = (
     Step("evaluate", _evaluate_step),
     Step("score", _score_step),
     Step("publish", _publish_step),
+    Step("similar", _similar_step),
 )
 
 

@@ -374,3 +374,59 @@ def test_fallback_and_cold_rows_say_why(shop: sa.Engine, cli_env: dict[str, str]
     assert reasons == [("popularity", "popular", True)]
     out = _invoke(["recommend", "newcomer"], cli_env).output
     assert "popular" in out and "reason" in out
+
+
+def test_similar_products_are_published_with_the_run(
+    shop: sa.Engine, cli_env: dict[str, str]
+) -> None:
+    from recsys.scoring import reads
+
+    with shop.begin() as conn:
+        hidden = conn.execute(sa.text("SELECT min(external_id) FROM products")).scalar()
+        conn.execute(
+            sa.text("UPDATE products SET available = false WHERE external_id = :a"), {"a": hidden}
+        )
+    _invoke(RUN, cli_env)
+    with shop.connect() as conn:
+        per_kind = dict(
+            conn.execute(
+                sa.text(
+                    "SELECT kind, count(DISTINCT asin) FROM current_similar_products GROUP BY 1"
+                )
+            ).all()
+        )
+        bad = conn.execute(
+            sa.text(
+                "SELECT count(*) FROM current_similar_products WHERE asin = similar_asin "
+                "OR similar_asin = :h OR rank > 20"
+            ),
+            {"h": hidden},
+        ).scalar()
+        n_products = conn.execute(sa.text("SELECT count(*) FROM products")).scalar()
+        product = conn.execute(sa.text("SELECT max(id) FROM products")).scalar()
+        listed = (
+            conn.execute(
+                sa.text(
+                    "SELECT s.similar_product_id FROM similar_products s "
+                    "JOIN published_similar_products p ON p.run_id = s.run_id "
+                    "WHERE s.product_id = :p AND s.kind = 'text' ORDER BY s.rank"
+                ),
+                {"p": product},
+            )
+            .scalars()
+            .all()
+        )
+        ids, vectors = reads.text_vectors(conn, reads.latest_feature_set(conn))
+        hidden_id = conn.execute(
+            sa.text("SELECT id FROM products WHERE external_id = :a"), {"a": hidden}
+        ).scalar()
+    assert per_kind["text"] == n_products and per_kind["co_rating"] > 0 and bad == 0
+    # the text list equals a direct cosine ranking of every other available product
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    cosine = unit @ unit[list(ids).index(product)]
+    expected = [
+        int(i)
+        for _, i in sorted(zip((-cosine).tolist(), ids.tolist(), strict=True))
+        if i not in (product, hidden_id)
+    ][:20]
+    assert listed == expected

@@ -337,6 +337,12 @@ def _pipeline_decorators(f):
         _category_cap_option,
         _brand_cap_option,
         click.option(
+            "--similar/--no-similar",
+            default=True,
+            show_default=True,
+            help="Build and publish the similar-products lists after publishing.",
+        ),
+        click.option(
             "--memory-mb",
             type=click.IntRange(16),
             default=None,
