@@ -8,6 +8,7 @@ database (see :mod:`recsys.scoring.score`).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import chain
 
 import numpy as np
 import sqlalchemy as sa
@@ -19,12 +20,17 @@ CATEGORY_SQL = "coalesce(categories[cardinality(categories)], main_category)"
 
 
 def fetch_pairs(conn: sa.Connection, sql: str, params: dict) -> tuple[np.ndarray, np.ndarray]:
-    """Two int64 columns of a query as arrays."""
-    rows = conn.execute(sa.text(sql), params).all()
+    """Two int64 columns of a query as arrays.
+
+    The rows are flattened with ``np.fromiter`` over plain tuples: handing SQLAlchemy ``Row``
+    objects to ``np.asarray`` makes numpy probe each row for array attributes, which costs
+    more than the query.
+    """
+    rows = conn.execute(sa.text(sql), params).tuples().all()
     if not rows:
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-    pairs = np.asarray(rows, dtype=np.int64)
-    return pairs[:, 0], pairs[:, 1]
+    flat = np.fromiter(chain.from_iterable(rows), dtype=np.int64, count=2 * len(rows))
+    return flat[0::2].copy(), flat[1::2].copy()
 
 
 def user_ids(conn: sa.Connection) -> np.ndarray:
