@@ -19,9 +19,12 @@ def _settings(ctx: click.Context) -> Settings:
 
 
 def _console():
+    import sys
+
     from rich.console import Console
 
-    return Console()
+    # not a terminal (a log, a pipe): wide enough that titles and reasons are not cut
+    return Console() if sys.stdout.isatty() else Console(width=200)
 
 
 class _ScoreProgress:
