@@ -162,6 +162,9 @@ def publish_speed(engine, n_rows: int) -> dict:
         rng.integers(1, 50_000, users * 10).astype(np.int64),
         rng.random(users * 10).astype(np.float32),
         np.zeros(users * 10, dtype=np.int8),
+        np.zeros(users * 10, dtype=np.int32),  # "because you rated"
+        rng.integers(1, 50_000, users * 10).astype(np.int64),
+        ("because you rated",),
     )
     with engine.begin() as conn:
         run_id = begin_run(conn, k=10, model_run_id=None, model_type="bench")
@@ -178,7 +181,8 @@ def publish_speed(engine, n_rows: int) -> dict:
         conn.execute(
             sa.text(
                 "CREATE TEMP TABLE raw_copy (run_id bigint, user_id bigint, rank smallint, "
-                "product_id bigint, score real, strategy text) ON COMMIT DROP"
+                "product_id bigint, score real, strategy text, reason text, "
+                "because_product_id bigint) ON COMMIT DROP"
             )
         )
         raw = conn.connection.driver_connection
@@ -187,8 +191,8 @@ def publish_speed(engine, n_rows: int) -> dict:
         with (
             raw.cursor() as cur,
             cur.copy(
-                "COPY raw_copy (run_id, user_id, rank, product_id, score, strategy) "
-                "FROM STDIN (FORMAT BINARY)"
+                "COPY raw_copy (run_id, user_id, rank, product_id, score, strategy, reason, "
+                "because_product_id) FROM STDIN (FORMAT BINARY)"
             ) as copy,
         ):
             copy.write(data)
@@ -305,6 +309,181 @@ def e2e(ratings: int, users: int, products: int, epochs: int, home: Path) -> dic
     return {"rc": result.returncode, "seconds": seconds, "sample_seconds": sample_s, "steps": steps}
 
 
+class DotModel:
+    """A dot-product model (``score = u . v + b``) with ``score_factors``, like the ranker."""
+
+    name = "dot"
+    scores_are_ratings = False
+
+    def __init__(self, n_users: int, n_products: int, dim: int, seed: int = 0) -> None:
+        rng = np.random.default_rng(seed)
+        self.U = rng.normal(0, 0.3, (n_users, dim)).astype(np.float32)
+        self.V = rng.normal(0, 0.3, (n_products, dim)).astype(np.float32)
+        self.b = rng.normal(0, 0.3, n_products).astype(np.float32)
+
+    def score_factors(self):
+        return self.U, self.V, self.b
+
+    def score_users(self, users: np.ndarray) -> np.ndarray:
+        return self.U[users] @ self.V.T + self.b
+
+
+def kernel_columns(n_products: int, rules: bool, seed: int = 3):
+    """The column side of a run: product ids; with ``rules``, 5% unavailable, 1% boosted,
+    caps of 3 per category (200 categories) and 3 per brand (2,000 brands)."""
+    from recsys.scoring.block import Columns, GroupCap
+
+    rng = np.random.default_rng(seed)
+    keys = np.arange(1, n_products + 1, dtype=np.int64)
+    none = np.zeros(n_products, dtype=bool)
+    if not rules:
+        return Columns(keys, none, none.copy())
+    offset = np.where(rng.random(n_products) < 0.01, np.log(2.0), 0.0).astype(np.float32)
+    caps = (
+        GroupCap("category_cap", rng.integers(0, 200, n_products), 3),
+        GroupCap("brand_cap", rng.integers(0, 2000, n_products), 3),
+    )
+    return Columns(
+        keys, none, rng.random(n_products) < 0.05, offset=offset, caps=caps, offset_folded=True
+    )
+
+
+def kernel_speed(n_users: int, n_products: int, dim: int, rules: bool, k: int = 10) -> dict:
+    """The local loop's kernel on one core's worth of blocks: dot_scores + score_block.
+
+    Every block masks 20 rated products per user; with ``rules`` also 2 exclusions per user.
+    FLOP/s counts the matmul's 2 x (dim + 1) FLOP per user x product pair.
+    """
+    from recsys.scoring.block import augment_products, dot_scores, score_block, users_per_block
+
+    model = DotModel(n_users, n_products, dim)
+    columns = kernel_columns(n_products, rules)
+    products = augment_products(model.V, model.b, columns.offset)
+    block = users_per_block(n_products)
+    buffer = np.empty(block * n_products, dtype=np.float32)
+    rng = np.random.default_rng(4)
+
+    def run() -> int:
+        rows_out = 0
+        for start in range(0, n_users, block):
+            users = np.arange(start, min(n_users, start + block))
+            scores = dot_scores(model.U[users], products, out=buffer)
+            n = len(users)
+            rated = (np.repeat(np.arange(n), 20), rng.integers(0, n_products, n * 20))
+            excluded = (np.repeat(np.arange(n), 2), rng.integers(0, n_products, n * 2))
+            result = score_block(
+                scores, columns, k, rated=rated, excluded=excluded if rules else None
+            )
+            rows_out += len(result.rows)
+        return rows_out
+
+    run()  # warm up
+    t0 = time.perf_counter()
+    rows = run()
+    seconds = time.perf_counter() - t0
+    pairs = n_users * n_products
+    return {
+        "seconds": seconds,
+        "users_per_s": n_users / seconds,
+        "flops": pairs * 2 * (dim + 1) / seconds,
+        "rows": rows,
+        "block": block,
+    }
+
+
+def whole_row_speed(n_users: int, n_products: int, dim: int, k: int = 10) -> dict:
+    """The same matmul with a top-k that partitions whole rows (np.argpartition), for scale."""
+    model = DotModel(n_users, n_products, dim)
+    block = 512
+
+    def run() -> None:
+        for start in range(0, n_users, block):
+            scores = model.U[start : start + block] @ model.V.T + model.b
+            np.argpartition(-scores, k - 1, axis=1)[:, :k]
+
+    run()
+    t0 = time.perf_counter()
+    run()
+    seconds = time.perf_counter() - t0
+    return {"flops": n_users * n_products * 2 * (dim + 1) / seconds}
+
+
+def rules_full_run(engine, n_users: int, n_products: int, dim: int, n_ratings: int) -> dict:
+    """score_and_write of a dot-product model on PostgreSQL, all rules off, then all on."""
+    import sqlalchemy as sa
+
+    from recsys.scoring.score import ScoreOptions, ScoringModel, score_and_write
+
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "TRUNCATE users, products, ratings, user_exclusions, product_boosts "
+                "RESTART IDENTITY CASCADE"
+            )
+        )
+        conn.execute(
+            sa.text(
+                "INSERT INTO users (external_id) SELECT 'u' || g FROM generate_series(1, :n) g"
+            ),
+            {"n": n_users},
+        )
+        conn.execute(
+            sa.text(
+                "INSERT INTO products (external_id, title, brand, categories, available) "
+                "SELECT 'p' || g, 'product ' || g, 'brand ' || (g % 2000), "
+                "ARRAY['Shop', 'cat ' || (g % 200)], random() > 0.05 "
+                "FROM generate_series(1, :n) g"
+            ),
+            {"n": n_products},
+        )
+        conn.execute(
+            sa.text(
+                "INSERT INTO ratings (user_id, product_id, rating, rated_at) "
+                "SELECT DISTINCT ON (u, p) u, p, 4, now() FROM ("
+                "SELECT 1 + (random() * (:nu - 1))::bigint AS u, "
+                "1 + (random() * (:np - 1))::bigint AS p "
+                "FROM generate_series(1, :nr)) t"
+            ),
+            {"nu": n_users, "np": n_products, "nr": n_ratings},
+        )
+        conn.execute(
+            sa.text(
+                "INSERT INTO user_exclusions (user_external_id, asin) "
+                "SELECT 'u' || (1 + (random() * (:nu - 1))::bigint), "
+                "'p' || (1 + (random() * (:np - 1))::bigint) FROM generate_series(1, :n)"
+            ),
+            {"nu": n_users, "np": n_products, "n": 2 * n_users},
+        )
+        conn.execute(
+            sa.text(
+                "INSERT INTO product_boosts (asin, factor) SELECT 'p' || g, 2.0 "
+                "FROM generate_series(1, :n, 100) g"
+            ),
+            {"n": n_products},
+        )
+        conn.execute(sa.text("ANALYZE"))
+    model = DotModel(n_users, n_products, dim)
+    scoring = ScoringModel(
+        model,
+        np.arange(1, n_users + 1, dtype=np.int64),
+        np.arange(1, n_products + 1, dtype=np.int64),
+        model_type="dot",
+    )
+    out = {}
+    for name, options in (
+        ("off", ScoreOptions(k=10, rules=False)),
+        ("on", ScoreOptions(k=10, max_per_category=3, max_per_brand=3)),
+    ):
+        t0 = time.perf_counter()
+        summary = score_and_write(engine, scoring, options, publish=False)
+        out[name] = {
+            "seconds": time.perf_counter() - t0,
+            "users": summary.n_users,
+            "rule_counts": summary.rule_counts,
+        }
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--users", type=int, default=100_000)
@@ -332,11 +511,50 @@ def main() -> None:
     parser.add_argument("--e2e-epochs", type=int, default=1)
     parser.add_argument("--home", type=Path, default=None)
     parser.add_argument("--skip-scorer", action="store_true")
+    parser.add_argument(
+        "--kernel-users", type=int, default=20_000, help="users through the scoring kernel"
+    )
+    parser.add_argument("--kernel-products", type=int, default=50_000)
+    parser.add_argument("--kernel-dim", type=int, default=200, help="the ranker's vector width")
+    parser.add_argument("--skip-kernel", action="store_true")
+    parser.add_argument(
+        "--rules-users",
+        type=int,
+        default=0,
+        help="score_and_write with all rules off, then on, for this many users (0: skip)",
+    )
+    parser.add_argument("--rules-products", type=int, default=20_000)
+    parser.add_argument("--skip-hybrid", action="store_true", help="skip the hybrid scorer")
     args = parser.parse_args()
     home = args.home or Path(tempfile.mkdtemp(prefix="recsys-bench-"))
     print(f"machine: {os.cpu_count()} CPUs; home {home}")
 
-    if not args.skip_scorer:
+    if not args.skip_kernel:
+        flops = matmul_flops()
+        reference = flops["numpy"]
+        print(
+            f"dense float32 matmul (2048^2): numpy {flops['numpy'] / 1e9:.1f} GFLOP/s, "
+            f"tensorflow {flops['tensorflow'] / 1e9:.1f} GFLOP/s; reference: numpy"
+        )
+        shape = (args.kernel_users, args.kernel_products, args.kernel_dim)
+        off = kernel_speed(*shape, rules=False)
+        on = kernel_speed(*shape, rules=True)
+        whole = whole_row_speed(*shape)
+        after = matmul_flops()["numpy"]
+        print(
+            f"scoring kernel (dot_scores + score_block, {shape[0]:,} users x {shape[1]:,} "
+            f"products, d={shape[2]}, blocks of {off['block']} users): rules off "
+            f"{off['flops'] / 1e9:.1f} GFLOP/s = {off['flops'] / reference:.2f} of matmul "
+            f"({off['users_per_s']:,.0f} users/s); all rules on {on['flops'] / 1e9:.1f} GFLOP/s "
+            f"= {on['flops'] / reference:.2f} of matmul ({on['users_per_s']:,.0f} users/s); "
+            f"rules on / off {on['users_per_s'] / off['users_per_s']:.2f}"
+        )
+        print(
+            f"  for scale: whole-row argpartition top-k {whole['flops'] / 1e9:.1f} GFLOP/s = "
+            f"{whole['flops'] / reference:.2f} of matmul; matmul measured again after the "
+            f"kernel: {after / 1e9:.1f} GFLOP/s"
+        )
+    if not args.skip_scorer and not args.skip_hybrid:
         flops = matmul_flops()
         reference = max(flops.values())
         print(
@@ -370,6 +588,18 @@ def main() -> None:
         f"{pub['rows']:,} rows)"
     )
 
+    if args.rules_users:
+        res = rules_full_run(
+            engine, args.rules_users, args.rules_products, args.kernel_dim, 20 * args.rules_users
+        )
+        print(
+            f"score_and_write, {args.rules_users:,} users x {args.rules_products:,} products "
+            f"(d={args.kernel_dim}): rules off {res['off']['seconds']:.1f}s, all rules on "
+            f"(5% unavailable, 2 exclusions/user, 1% boosted, caps 3/category 3/brand) "
+            f"{res['on']['seconds']:.1f}s; rate on / off "
+            f"{res['off']['seconds'] / res['on']['seconds']:.2f}; rule counts "
+            f"{res['on']['rule_counts']}"
+        )
     if args.full and args.full_model == "mf":
         from recsys.model.base import RatingData
 

@@ -50,6 +50,16 @@ class Settings(BaseSettings):
     The default makes ``RECSYS_HOME``, model artifacts and other outputs private to the user
     running recsys: folders 0700, files 0600.
     """
+    gate_full_lists_min: float = 1.0
+    """Gate: least share of users with a full list (among users the catalogue allows one)."""
+    gate_coverage_min: float = 0.005
+    """Gate: least share of the available rated catalogue that appears in some list."""
+    gate_overlap_min: float = 0.01
+    """Gate: least share of the new lists' rows also in the served run (same users)."""
+    gate_overlap_max: float = 1.0
+    """Gate: most share of rows shared with the served run (1.0: identical lists allowed)."""
+    gate_ndcg_ratio_min: float = 1.0
+    """Gate: least ratio of the model's internal NDCG@10 to popularity's on the same split."""
 
     @field_validator("database_url")
     @classmethod

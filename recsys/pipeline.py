@@ -48,7 +48,7 @@ from recsys.errors import DataError, Interrupted, RecsysError
 
 _log = logging.getLogger(__name__)
 
-STEP_NAMES = ("load", "features", "train", "evaluate", "score", "publish")
+STEP_NAMES = ("load", "features", "train", "evaluate", "score", "publish", "similar")
 RATING_MODELS = frozenset({"mf", "deep", "hybrid", "bias", "numpy-mf"})
 """Model types whose ranking score is the predicted rating (checked against ``predict``)."""
 
@@ -84,6 +84,12 @@ class PipelineOptions:
     """Users per scoring batch (default: from memory_mb)."""
     check_users: int = 32
     """Users sampled by the evaluate step to compare fast scores with ``predict``."""
+    max_per_category: int | None = None
+    """At most this many products of one category per list (None: no cap)."""
+    max_per_brand: int | None = None
+    """At most this many products of one brand per list (None: no cap)."""
+    similar: bool = True
+    """Build and publish the item-to-item lists (``similar_products``) after publishing."""
 
 
 @dataclass
@@ -269,6 +275,8 @@ def _score_step(ctx: Context) -> dict:
         cold_start=ctx.options.cold_start,
         memory_mb=ctx.options.memory_mb,
         batch_users=ctx.options.batch_users,
+        max_per_category=ctx.options.max_per_category,
+        max_per_brand=ctx.options.max_per_brand,
     )
     summary = score_and_write(
         ctx.engine, model, options, publish=False, should_stop=ctx.should_stop
@@ -280,23 +288,39 @@ def _score_step(ctx: Context) -> dict:
         "users": summary.n_users,
         "rows": summary.n_rows,
         "strategies": summary.counts,
+        "rule_counts": summary.rule_counts,
         "users_per_second": round(summary.n_users / max(summary.seconds, 1e-9), 1),
     }
 
 
 def _publish_step(ctx: Context) -> dict:
     from recsys.model.registry import prune_artifacts
-    from recsys.scoring.publish import publish_and_prune
+    from recsys.scoring.gates import GateThresholds, publish_gated
 
     run_id = ctx.state["recommendation_run_id"]
-    previous = publish_and_prune(ctx.engine, run_id, ctx.settings.keep_runs)
+    previous, gates = publish_gated(
+        ctx.engine,
+        run_id,
+        keep=ctx.settings.keep_runs,
+        thresholds=GateThresholds.from_settings(ctx.settings),
+    )
     pruned = prune_artifacts(ctx.engine, ctx.settings.models_dir, ctx.settings.keep_runs)
     return {
         "published": run_id,
         "previous": previous,
         "keep_runs": ctx.settings.keep_runs,
         "models_pruned": len(pruned),
+        "gates": {c["gate"]: c["value"] for c in gates["checks"]},
     }
+
+
+def _similar_step(ctx: Context) -> dict:
+    if not ctx.options.similar:
+        return {"skipped": "--no-similar"}
+    from recsys.scoring.similar import build_similar
+
+    summary = build_similar(ctx.engine, keep=ctx.settings.keep_runs)
+    return {"similar_run_id": summary.run_id, "rows": summary.n_rows, **summary.counts}
 
 
 DEFAULT_STEPS: tuple[Step, ...] = (
@@ -306,6 +330,7 @@ DEFAULT_STEPS: tuple[Step, ...] = (
     Step("evaluate", _evaluate_step),
     Step("score", _score_step),
     Step("publish", _publish_step),
+    Step("similar", _similar_step),
 )
 
 

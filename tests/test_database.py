@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
@@ -78,6 +79,36 @@ def test_every_revision_downgrades_one_step(engine: sa.Engine) -> None:
     db.migrate(engine)
     with engine.connect() as conn:
         assert db.current_revision(conn) == db.head_revision()
+
+
+def test_app_readers_keep_the_view_across_the_rules_revision(engine: sa.Engine) -> None:
+    """0006 recreates current_recommendations: a reader granted the old view may read both views."""
+    role = f"app_{uuid.uuid4().hex[:8]}"
+    db.downgrade(engine, "0005")
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.text(f'CREATE ROLE "{role}"'))
+            conn.execute(sa.text(f'GRANT SELECT ON current_recommendations TO "{role}"'))
+        db.migrate(engine)
+
+        def can_select(view: str) -> bool:
+            with engine.connect() as conn:
+                return bool(
+                    conn.execute(
+                        sa.text("SELECT has_table_privilege(:r, :v, 'SELECT')"),
+                        {"r": role, "v": view},
+                    ).scalar()
+                )
+
+        assert can_select("current_recommendations")
+        assert can_select("current_similar_products")
+        db.downgrade(engine, "0005")
+        assert can_select("current_recommendations")
+        db.migrate(engine)
+    finally:
+        with engine.begin() as conn:
+            conn.execute(sa.text(f'DROP OWNED BY "{role}"'))
+            conn.execute(sa.text(f'DROP ROLE "{role}"'))
 
 
 def test_alembic_command_line_upgrades(db_url: str, tmp_path: Path) -> None:

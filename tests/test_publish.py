@@ -87,6 +87,9 @@ def test_view_has_the_documented_columns(catalogue: sa.Engine) -> None:
         "score",
         "strategy",
         "generated_at",
+        "reason",
+        "because_asin",
+        "because_title",
     ]
     assert [r["rank"] for r in rows] == [1, 2, 3]
     assert all(r["title"].startswith("Product ") and r["brand"].startswith("Brand ") for r in rows)

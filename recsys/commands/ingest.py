@@ -191,21 +191,41 @@ def _unique(paths: list[Path]) -> list[Path]:
     help="Import pre-computed product vectors.",
 )
 @click.option("--name", default=None, help="Feature-set name for --embeddings.")
+@click.option(
+    "--availability",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="CSV asin,available: set products.available (unknown asins reject the file).",
+)
 @click.pass_context
-def load_db(ctx, files, ratings, metadata, fmt, max_reject_rate, embeddings, name) -> None:
+def load_db(
+    ctx, files, ratings, metadata, fmt, max_reject_rate, embeddings, name, availability
+) -> None:
     """Load rating and product metadata FILES (kind and format detected from the content).
 
     Files given as plain arguments are sorted into ratings and metadata by their content;
-    --ratings and --metadata say the kind (and check it). Metadata loads first.
+    --ratings and --metadata say the kind (and check it). Metadata loads first; an
+    --availability file is applied after the loads.
     """
     from recsys.commands.database import open_engine
     from recsys.ingest.load import load_files, plan_files
 
     settings: Settings = ctx.find_root().obj
-    if not files and not ratings and not metadata and embeddings is None:
+    nothing_to_load = not files and not ratings and not metadata and embeddings is None
+    if nothing_to_load and availability is None:
         raise click.UsageError(
-            "give at least one --ratings, --metadata or --embeddings file, or FILE arguments"
+            "give at least one --ratings, --metadata, --embeddings or --availability file, "
+            "or FILE arguments"
         )
+    if nothing_to_load:
+        from recsys.scoring.rules import load_availability
+
+        result = load_availability(open_engine(settings), availability)
+        click.echo(
+            f"availability: {result.products:,} products ({result.unavailable:,} unavailable), "
+            f"{result.changed:,} changed"
+        )
+        return
     if embeddings is not None and not name:
         raise click.UsageError("--embeddings needs --name (the feature set's name)")
     found_ratings, found_metadata = _split_by_kind(files, fmt, settings.max_line_bytes)
@@ -230,6 +250,14 @@ def load_db(ctx, files, ratings, metadata, fmt, max_reject_rate, embeddings, nam
             raise RecsysError(f"importing embeddings is not available: {err}") from err
         summaries.append(import_embeddings(engine, settings, embeddings, name))
     _print_summaries(summaries)
+    if availability is not None:
+        from recsys.scoring.rules import load_availability
+
+        result = load_availability(engine, availability)
+        click.echo(
+            f"availability: {result.products:,} products ({result.unavailable:,} unavailable), "
+            f"{result.changed:,} changed"
+        )
     failed = [s for s in summaries if s.status == "failed"]
     if failed:
         raise InputError("; ".join(f"{Path(s.path).name}: {s.message}" for s in failed))

@@ -19,9 +19,12 @@ def _settings(ctx: click.Context) -> Settings:
 
 
 def _console():
+    import sys
+
     from rich.console import Console
 
-    return Console()
+    # not a terminal (a log, a pipe): wide enough that titles and reasons are not cut
+    return Console() if sys.stdout.isatty() else Console(width=200)
 
 
 class _ScoreProgress:
@@ -99,6 +102,18 @@ _cold_option = click.option(
     is_flag=True,
     help="Also score new products (text vector, no ratings) through their text vector.",
 )
+_category_cap_option = click.option(
+    "--max-per-category",
+    type=click.IntRange(1),
+    default=None,
+    help="At most N products of one category per list (the fallback's category).",
+)
+_brand_cap_option = click.option(
+    "--max-per-brand",
+    type=click.IntRange(1),
+    default=None,
+    help="At most N products of one brand per list.",
+)
 
 
 @click.command("score")
@@ -112,6 +127,8 @@ _cold_option = click.option(
 @_k_option
 @_fallback_option
 @_cold_option
+@_category_cap_option
+@_brand_cap_option
 @click.option(
     "--memory-mb",
     type=click.IntRange(16),
@@ -132,7 +149,18 @@ _cold_option = click.option(
     help="Serve the new run as soon as it is complete.",
 )
 @click.pass_context
-def score_command(ctx, model_run, k, fallback, cold_start, memory_mb, batch_users, publish) -> None:
+def score_command(
+    ctx,
+    model_run,
+    k,
+    fallback,
+    cold_start,
+    max_per_category,
+    max_per_brand,
+    memory_mb,
+    batch_users,
+    publish,
+) -> None:
     """Score every user against every product they have not rated; exact top-k.
 
     Writes a new recommendation run (one transaction) and, unless --no-publish, serves it.
@@ -144,8 +172,16 @@ def score_command(ctx, model_run, k, fallback, cold_start, memory_mb, batch_user
 
     settings = _settings(ctx)
     engine = open_engine(settings)
+    from recsys.scoring.gates import GateThresholds
+
     options = ScoreOptions(
-        k=k, fallback=fallback, cold_start=cold_start, memory_mb=memory_mb, batch_users=batch_users
+        k=k,
+        fallback=fallback,
+        cold_start=cold_start,
+        memory_mb=memory_mb,
+        batch_users=batch_users,
+        max_per_category=max_per_category,
+        max_per_brand=max_per_brand,
     )
     with advisory_lock(engine, NIGHTLY_LOCK, what=NIGHTLY_JOB):
         with engine.begin() as conn:
@@ -159,6 +195,7 @@ def score_command(ctx, model_run, k, fallback, cold_start, memory_mb, batch_user
                 publish=publish,
                 keep=settings.keep_runs,
                 progress=progress,
+                thresholds=GateThresholds.from_settings(settings),
             )
         if publish:
             from recsys.model.registry import prune_artifacts
@@ -176,10 +213,17 @@ def score_command(ctx, model_run, k, fallback, cold_start, memory_mb, batch_user
     help="Recommendation run to serve (default: the newest ready run).",
 )
 @click.option("--rollback", is_flag=True, help="Serve the previous ready run again.")
-@click.option("--list", "list_runs", is_flag=True, help="List the kept runs and exit.")
+@click.option(
+    "--list", "list_runs", is_flag=True, help="List the kept runs with their gates and exit."
+)
+@click.option("--force", is_flag=True, help="Serve the run even if it fails a gate (recorded).")
 @click.pass_context
-def publish_command(ctx, run_id, rollback, list_runs) -> None:
-    """Switch the recommendations apps read to a complete run, in one transaction."""
+def publish_command(ctx, run_id, rollback, list_runs, force) -> None:
+    """Switch the recommendations apps read to a complete run, in one transaction.
+
+    The run must pass its gates first (full lists, coverage, overlap with the served run, the
+    model's NDCG against popularity); a failing gate keeps the served run and exits 2.
+    """
     from recsys.db.locks import NIGHTLY_JOB, NIGHTLY_LOCK, advisory_lock
     from recsys.scoring import publish
 
@@ -191,7 +235,17 @@ def publish_command(ctx, run_id, rollback, list_runs) -> None:
         with engine.connect() as conn:
             runs = publish.list_runs(conn)
         table = Table(title="recommendation runs")
-        for column in ("run", "status", "served", "generated", "model run", "k", "users", "rows"):
+        for column in (
+            "run",
+            "status",
+            "served",
+            "generated",
+            "model run",
+            "k",
+            "users",
+            "rows",
+            "gates",
+        ):
             table.add_column(column)
         for r in runs:
             table.add_row(
@@ -203,11 +257,16 @@ def publish_command(ctx, run_id, rollback, list_runs) -> None:
                 str(r.k),
                 f"{r.n_users:,}",
                 f"{r.n_rows:,}",
+                publish.format_gates(r.gates),
             )
         _console().print(table)
         return
     if rollback and run_id is not None:
         raise click.UsageError("--rollback and --run are exclusive")
+    if rollback and force:
+        raise click.UsageError("--force applies to --run, not --rollback")
+    from recsys.scoring.gates import GateThresholds, publish_gated
+
     with advisory_lock(engine, NIGHTLY_LOCK, what=NIGHTLY_JOB):
         with engine.begin() as conn:
             if rollback:
@@ -218,13 +277,18 @@ def publish_command(ctx, run_id, rollback, list_runs) -> None:
                 run_id = publish.latest_ready_run(conn)
                 if run_id is None:
                     raise RecsysError("no ready recommendation run; run `recsys score` first")
-            previous = publish.publish_run(conn, run_id)
-        with engine.begin() as conn:
-            publish.prune_runs(conn, settings.keep_runs)
+        previous, gates = publish_gated(
+            engine,
+            run_id,
+            keep=settings.keep_runs,
+            thresholds=GateThresholds.from_settings(settings),
+            force=force,
+        )
         from recsys.model.registry import prune_artifacts
 
         prune_artifacts(engine, settings.models_dir, settings.keep_runs)
-    click.echo(f"serving recommendation run {run_id} (was {previous})")
+    forced = " (forced past its failed gates)" if gates["forced"] else ""
+    click.echo(f"serving recommendation run {run_id} (was {previous}){forced}")
 
 
 def _pipeline_options(**kw) -> object:
@@ -280,6 +344,14 @@ def _pipeline_decorators(f):
         _k_option,
         _fallback_option,
         _cold_option,
+        _category_cap_option,
+        _brand_cap_option,
+        click.option(
+            "--similar/--no-similar",
+            default=True,
+            show_default=True,
+            help="Build and publish the similar-products lists after publishing.",
+        ),
         click.option(
             "--memory-mb",
             type=click.IntRange(16),
@@ -425,7 +497,7 @@ def show_recommendations(conn: sa.Connection, user: str, n_rated: int = 10) -> t
         raise RecsysError("no recommendations are published yet; run `recsys run` (or score)")
     recommended = conn.execute(
         sa.text(
-            "SELECT rank, asin, title, brand, score, strategy, generated_at "
+            "SELECT rank, asin, title, brand, score, strategy, generated_at, reason "
             "FROM current_recommendations WHERE user_external_id = :u ORDER BY rank"
         ),
         {"u": user},
@@ -449,10 +521,18 @@ def print_recommendations(user: str, rated: list, recommended: list) -> None:
     table = Table(
         title=f"user {user}: recommendations (generated {recommended[0][6]:%Y-%m-%d %H:%M})"
     )
-    for column in ("rank", "product", "title", "brand", "score", "strategy"):
+    for column in ("rank", "product", "title", "brand", "score", "strategy", "reason"):
         table.add_column(column)
-    for rank, asin, title, brand, score, strategy, _ in recommended:
-        table.add_row(str(rank), asin, (title or "")[:60], brand or "", f"{score:.4g}", strategy)
+    for rank, asin, title, brand, score, strategy, _, reason in recommended:
+        table.add_row(
+            str(rank),
+            asin,
+            (title or "")[:60],
+            brand or "",
+            f"{score:.4g}",
+            strategy,
+            (reason or "")[:70],
+        )
     console.print(table)
 
 

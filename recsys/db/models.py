@@ -53,6 +53,8 @@ class Product(Base):
     categories: Mapped[list[str] | None] = mapped_column(ARRAY(sa.Text))
     """The category path (MovieLens: genres)."""
     main_category: Mapped[str | None] = mapped_column(sa.Text)
+    available: Mapped[bool] = mapped_column(sa.Boolean, server_default=sa.true())
+    """False: in no list (rules, migration 0006)."""
     raw: Mapped[dict | None] = mapped_column(JSONB)
     """The metadata record as read, merged over repeated lines."""
     created_at: Mapped[datetime] = mapped_column(
@@ -228,6 +230,10 @@ class RecommendationRun(Base):
     """Users per strategy."""
     params: Mapped[dict] = mapped_column(JSONB, server_default=sa.text("'{}'::jsonb"))
     message: Mapped[str | None] = mapped_column(sa.Text)
+    gates: Mapped[dict | None] = mapped_column(JSONB)
+    """The gate figures checked before serving (recsys.scoring.gates)."""
+    rule_counts: Mapped[dict] = mapped_column(JSONB, server_default=sa.text("'{}'::jsonb"))
+    """Candidates each rule removed (recsys.scoring.block.RULE_COUNT_KEYS)."""
 
 
 class Recommendation(Base):
@@ -241,6 +247,8 @@ class Recommendation(Base):
     score: Mapped[float] = mapped_column(sa.Float(24))
     strategy: Mapped[str] = mapped_column(sa.Text)
     """model | cold_start | popularity | category_popularity"""
+    reason: Mapped[str | None] = mapped_column(sa.Text)
+    because_product_id: Mapped[int | None] = mapped_column(sa.BigInteger)
 
 
 class PublishedRecommendations(Base):
@@ -316,3 +324,93 @@ class FeaturesLock(Base):
 
     id: Mapped[int] = mapped_column(sa.SmallInteger, primary_key=True, server_default="1")
     purpose: Mapped[str] = mapped_column(sa.Text)
+
+
+# --- rules, similar products (migration 0006) ------------------------------------------------
+
+
+class UserExclusion(Base):
+    """A (user, product) pair never recommended while ``until`` is NULL or in the future."""
+
+    __tablename__ = "user_exclusions"
+    __table_args__ = (sa.Index("ix_user_exclusions_user", "user_external_id"),)
+
+    id: Mapped[int] = mapped_column(sa.BigInteger, sa.Identity(), primary_key=True)
+    user_external_id: Mapped[str] = mapped_column(sa.Text)
+    asin: Mapped[str] = mapped_column(
+        sa.Text,
+        sa.ForeignKey("products.external_id", ondelete="CASCADE", onupdate="CASCADE"),
+    )
+    reason: Mapped[str | None] = mapped_column(sa.Text)
+    until: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(
+        sa.DateTime(timezone=True), server_default=sa.func.now()
+    )
+
+
+class ProductBoost(Base):
+    """A factor on a product's score while valid (see README "Rules, reasons and gates")."""
+
+    __tablename__ = "product_boosts"
+    __table_args__ = (
+        sa.CheckConstraint("factor > 0 AND factor < 'Infinity'", name="factor_positive"),
+        sa.CheckConstraint(
+            "valid_from IS NULL OR valid_until IS NULL OR valid_until > valid_from",
+            name="valid_range",
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(sa.BigInteger, sa.Identity(), primary_key=True)
+    asin: Mapped[str] = mapped_column(
+        sa.Text,
+        sa.ForeignKey("products.external_id", ondelete="CASCADE", onupdate="CASCADE"),
+    )
+    factor: Mapped[float] = mapped_column(sa.Float)
+    valid_from: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    valid_until: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+
+
+class SimilarProductRun(Base):
+    __tablename__ = "similar_product_runs"
+    __table_args__ = (
+        sa.CheckConstraint("status IN ('building', 'ready', 'failed')", name="status"),
+    )
+
+    id: Mapped[int] = mapped_column(sa.BigInteger, sa.Identity(), primary_key=True)
+    status: Mapped[str] = mapped_column(sa.Text)
+    k: Mapped[int] = mapped_column(sa.Integer)
+    feature_set_id: Mapped[int | None] = mapped_column(sa.BigInteger)
+    generated_at: Mapped[datetime] = mapped_column(
+        sa.DateTime(timezone=True), server_default=sa.func.now()
+    )
+    finished_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    n_rows: Mapped[int] = mapped_column(sa.BigInteger, server_default="0")
+    counts: Mapped[dict] = mapped_column(JSONB, server_default=sa.text("'{}'::jsonb"))
+    message: Mapped[str | None] = mapped_column(sa.Text)
+
+
+class SimilarProduct(Base):
+    __tablename__ = "similar_products"
+    __table_args__ = (sa.CheckConstraint("kind IN ('text', 'co_rating')", name="kind"),)
+
+    run_id: Mapped[int] = mapped_column(sa.BigInteger, primary_key=True)
+    product_id: Mapped[int] = mapped_column(sa.BigInteger, primary_key=True)
+    kind: Mapped[str] = mapped_column(sa.Text, primary_key=True)
+    rank: Mapped[int] = mapped_column(sa.SmallInteger, primary_key=True)
+    similar_product_id: Mapped[int] = mapped_column(sa.BigInteger)
+    score: Mapped[float] = mapped_column(sa.Float(24))
+
+
+class PublishedSimilarProducts(Base):
+    """The single-row pointer to the build that ``current_similar_products`` serves."""
+
+    __tablename__ = "published_similar_products"
+    __table_args__ = (sa.CheckConstraint("id = 1", name="single_row"),)
+
+    id: Mapped[int] = mapped_column(sa.SmallInteger, primary_key=True, server_default="1")
+    run_id: Mapped[int] = mapped_column(
+        sa.BigInteger, sa.ForeignKey("similar_product_runs.id", ondelete="RESTRICT")
+    )
+    published_at: Mapped[datetime] = mapped_column(
+        sa.DateTime(timezone=True), server_default=sa.func.now()
+    )

@@ -36,6 +36,8 @@ from recsys.errors import RecsysError
 
 _NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 VIEW = "current_recommendations"
+VIEWS = (VIEW, "current_similar_products")
+"""What a reader may SELECT: the recommendations and the similar-products lists."""
 RESERVED = frozenset({"public", "none", "current_user", "session_user", "current_role", "all"})
 """Role names PostgreSQL reserves or treats specially (``pg_*`` is reserved too)."""
 
@@ -174,7 +176,9 @@ def create_reader(
         ).format(role),
         sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(sql.Identifier(database), role),
         sql.SQL("GRANT USAGE ON SCHEMA public TO {}").format(role),
-        sql.SQL("GRANT SELECT ON {} TO {}").format(sql.Identifier(VIEW), role),
+        sql.SQL("GRANT SELECT ON {} TO {}").format(
+            sql.SQL(", ").join(sql.Identifier(v) for v in VIEWS), role
+        ),
     ]
     notes: list[str] = []
     owns_database = bool(

@@ -15,6 +15,7 @@ from collections.abc import Callable
 import numpy as np
 
 from recsys.data import RatingData
+from recsys.data.topk import top_k_indices
 
 RELEVANT_RATING = 4.0
 
@@ -47,25 +48,11 @@ def top_k(scores: np.ndarray, k: int) -> np.ndarray:
     """Indices of the k best scores per row, best first; ties go to the lower index.
 
     -inf entries are never returned unless a row has fewer than k finite scores (then the
-    list is cut at the finite ones and padded with -1).
+    list is cut at the finite ones and padded with -1). This is the nightly scorer's own cut
+    (:func:`recsys.data.topk.top_k_indices`, numpy only), so evaluated lists are cut
+    exactly like published ones.
     """
-    n_rows, n_cols = scores.shape
-    k_eff = min(k, n_cols)
-    # stable ordering: sort by (-score, index) via argsort on negated scores with kind="stable"
-    part = (
-        np.argpartition(-scores, k_eff - 1, axis=1)[:, :k_eff]
-        if k_eff < n_cols
-        else np.tile(np.arange(n_cols), (n_rows, 1))
-    )
-    # argpartition may split ties arbitrarily at the boundary: widen to all entries >= kth value
-    kth = np.take_along_axis(scores, part, axis=1).min(axis=1, keepdims=True)
-    result = np.full((n_rows, k), -1, dtype=np.int64)
-    for row in range(n_rows):
-        candidates = np.flatnonzero(scores[row] >= kth[row, 0])
-        candidates = candidates[np.isfinite(scores[row, candidates])]
-        ranked = candidates[np.lexsort((candidates, -scores[row, candidates]))][:k]
-        result[row, : len(ranked)] = ranked
-    return result
+    return top_k_indices(scores, k)
 
 
 def ranking_metrics(

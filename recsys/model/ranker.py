@@ -483,6 +483,39 @@ class RankerRecommender:
             self.user_vectors[users] @ self.product_vectors.T + self.product_bias[None, :]
         ).astype(np.float32)
 
+    def score_factors(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(user vectors, product vectors, product bias): ``score_users(u) = U[u] @ V.T + b``."""
+        self._check()
+        return self.user_vectors, self.product_vectors, self.product_bias
+
+    def history_contributions(
+        self, user: int, products: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Each history product's exact share of the user's scores of ``products``.
+
+        The user vector is ``sum_j H[j] / sqrt(n)`` over the user's n history products (plus
+        the free user embedding when enabled, which no product is credited with), so history
+        product j adds ``H[j] . V[i] / sqrt(n)`` to the score of product i.
+
+        Returns:
+            (history product indices int64 [h], contributions float32 [h, len(products)]).
+        """
+        self._check()
+        cached = getattr(self, "_history_vectors", None)
+        if cached is None or cached[0] is not self.tower:
+            embeddings = self.tower.history_embedding.embeddings.numpy()
+            cached = (self.tower, np.asarray(embeddings, dtype=np.float32))
+            self._history_vectors = cached
+        row = self.history[int(user)]
+        history = np.asarray(row.indices, dtype=np.int64)
+        if not len(history):
+            return history, np.zeros((0, len(products)), dtype=np.float32)
+        data = np.asarray(row.data, dtype=np.float32)
+        weights = data[:, None] / np.sqrt(max(float(data.sum()), 1.0))
+        products = np.asarray(products, dtype=np.int64)
+        contributions = (cached[1][history] * weights) @ self.product_vectors[products].T
+        return history, contributions.astype(np.float32)
+
     def direct_scores(self, users: np.ndarray) -> np.ndarray:
         """The Keras ranking tower evaluated directly on (users, history rows, text): for tests."""
         self._check()

@@ -36,9 +36,12 @@ STRATEGIES = ("model", "cold_start", "popularity", "category_popularity")
 """Values of the strategy column; a batch stores the index into this tuple."""
 
 COPY_SQL = (
-    "COPY recommendations (run_id, user_id, rank, product_id, score, strategy) "
-    "FROM STDIN (FORMAT BINARY)"
+    "COPY recommendations (run_id, user_id, rank, product_id, score, strategy, reason, "
+    "because_product_id) FROM STDIN (FORMAT BINARY)"
 )
+
+FLUSH_ROWS = 1 << 17
+"""Rows buffered by :class:`RunWriter` before one COPY (few statements, bounded memory)."""
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,12 @@ class ScoreBatch:
     """float32."""
     strategies: np.ndarray
     """int8: index into :data:`STRATEGIES`."""
+    reasons: np.ndarray | None = None
+    """int32: index into ``reason_texts`` (-1 or None: no reason, NULL)."""
+    because_ids: np.ndarray | None = None
+    """int64: ``products.id`` the reason names (-1 or None: NULL)."""
+    reason_texts: tuple[str, ...] = ()
+    """The reason phrases the codes in ``reasons`` index."""
 
     def __len__(self) -> int:
         return int(len(self.user_ids))
@@ -78,34 +87,43 @@ class RunInfo:
     n_rows: int
     published: bool
     counts: dict
+    gates: dict | None = None
+    rule_counts: dict | None = None
 
 
-def _row_dtype(strategy_len: int) -> np.dtype:
-    # one COPY BINARY tuple: field count, then (length, big-endian value) per column
-    return np.dtype(
-        [
-            ("nfields", ">i2"),
-            ("len_run", ">i4"),
-            ("run_id", ">i8"),
-            ("len_user", ">i4"),
-            ("user_id", ">i8"),
-            ("len_rank", ">i4"),
-            ("rank", ">i2"),
-            ("len_product", ">i4"),
-            ("product_id", ">i8"),
-            ("len_score", ">i4"),
-            ("score", ">f4"),
-            ("len_strategy", ">i4"),
-            ("strategy", f"S{strategy_len}"),
-        ]
-    )
+def _row_dtype(strategy_len: int, reason_len: int | None, because: bool) -> np.dtype:
+    # one COPY BINARY tuple: field count, then (length, big-endian value) per column; a NULL
+    # is a length of -1 and no value
+    fields = [
+        ("nfields", ">i2"),
+        ("len_run", ">i4"),
+        ("run_id", ">i8"),
+        ("len_user", ">i4"),
+        ("user_id", ">i8"),
+        ("len_rank", ">i4"),
+        ("rank", ">i2"),
+        ("len_product", ">i4"),
+        ("product_id", ">i8"),
+        ("len_score", ">i4"),
+        ("score", ">f4"),
+        ("len_strategy", ">i4"),
+        ("strategy", f"S{strategy_len}"),
+        ("len_reason", ">i4"),
+    ]
+    if reason_len is not None:
+        fields.append(("reason", f"S{reason_len}"))
+    fields.append(("len_because", ">i4"))
+    if because:
+        fields.append(("because", ">i8"))
+    return np.dtype(fields)
 
 
 def batch_to_copy_binary(run_id: int, batch: ScoreBatch) -> bytes:
     """The batch as a complete COPY BINARY stream, built with numpy rather than row by row.
 
-    Rows are grouped by strategy so that every group has fixed-size tuples (the text column's
-    length is part of the tuple); row order does not matter to COPY.
+    Rows are grouped by (strategy, reason, whether a because-product is named) so that every
+    group has fixed-size tuples (text lengths and NULLs are part of the tuple); row order does
+    not matter to COPY.
 
     Raises:
         DataError: a score is NaN or infinite (a broken model must not be published).
@@ -115,23 +133,54 @@ def batch_to_copy_binary(run_id: int, batch: ScoreBatch) -> bytes:
         bad = int((~np.isfinite(batch.scores)).sum())
         raise DataError(f"recommendation run {run_id}: the model produced {bad} non-finite scores")
     parts = []
-    for code, name in enumerate(STRATEGIES):
-        rows = np.flatnonzero(batch.strategies == code)
-        if not len(rows):
-            continue
-        encoded = name.encode()
-        tuples = np.empty(len(rows), dtype=_row_dtype(len(encoded)))
-        tuples["nfields"] = 6
+    reasons = (
+        np.full(n, -1, dtype=np.int64)
+        if batch.reasons is None
+        else np.asarray(batch.reasons, dtype=np.int64)
+    )
+    because = (
+        np.full(n, -1, dtype=np.int64)
+        if batch.because_ids is None
+        else np.asarray(batch.because_ids, dtype=np.int64)
+    )
+    n_reasons = len(batch.reason_texts) + 1
+    key = (np.asarray(batch.strategies, dtype=np.int64) * n_reasons + reasons + 1) * 2 + (
+        because >= 0
+    )
+    order = np.argsort(key, kind="stable")
+    sorted_key = key[order]
+    bounds = np.flatnonzero(np.diff(sorted_key)) + 1
+    for rows in np.split(order, bounds) if n else []:
+        group = int(key[rows[0]])
+        has_because = bool(group % 2)
+        code = (group // 2) % n_reasons - 1
+        strategy = STRATEGIES[(group // 2) // n_reasons].encode()
+        reason = batch.reason_texts[code].encode() if code >= 0 else None
+        tuples = np.empty(
+            len(rows),
+            dtype=_row_dtype(len(strategy), None if reason is None else len(reason), has_because),
+        )
+        tuples["nfields"] = 8
         tuples["len_run"] = tuples["len_user"] = tuples["len_product"] = 8
         tuples["len_rank"] = 2
         tuples["len_score"] = 4
-        tuples["len_strategy"] = len(encoded)
+        tuples["len_strategy"] = len(strategy)
         tuples["run_id"] = run_id
         tuples["user_id"] = batch.user_ids[rows]
         tuples["rank"] = batch.ranks[rows]
         tuples["product_id"] = batch.product_ids[rows]
         tuples["score"] = batch.scores[rows]
-        tuples["strategy"] = encoded
+        tuples["strategy"] = strategy
+        if reason is None:
+            tuples["len_reason"] = -1
+        else:
+            tuples["len_reason"] = len(reason)
+            tuples["reason"] = reason
+        if has_because:
+            tuples["len_because"] = 8
+            tuples["because"] = because[rows]
+        else:
+            tuples["len_because"] = -1
         parts.append(tuples.tobytes())
     return encode_binary(parts)
 
@@ -185,6 +234,8 @@ def fail_abandoned_runs(conn: sa.Connection) -> int:
 class RunWriter:
     """COPY batches of rows for one run inside the caller's transaction.
 
+    Batches are buffered up to :data:`FLUSH_ROWS` rows and written by one COPY each.
+
     Usage::
 
         with engine.begin() as conn:
@@ -199,29 +250,93 @@ class RunWriter:
         self.run_id = run_id
         self.n_rows = 0
         self._n_users = 0
+        self._pending: list[ScoreBatch] = []
+        self._pending_rows = 0
 
     def write(self, batch: ScoreBatch) -> int:
-        """COPY one batch; returns its row count."""
+        """Queue one batch (COPYed once enough rows are queued); returns its row count."""
         if not len(batch):
             return 0
+        if len(batch) and not np.all(np.isfinite(batch.scores)):
+            batch_to_copy_binary(self.run_id, batch)  # raises the DataError
+        self._pending.append(batch)
+        self._pending_rows += len(batch)
+        self.n_rows += len(batch)
+        self._n_users += batch.n_users
+        if self._pending_rows >= FLUSH_ROWS:
+            self.flush()
+        return len(batch)
+
+    def flush(self) -> None:
+        """COPY the queued batches now."""
+        if not self._pending:
+            return
+        batch = _concat(self._pending)
+        self._pending, self._pending_rows = [], 0
         data = batch_to_copy_binary(self.run_id, batch)
         raw = driver_connection(self.conn)
         with raw.cursor() as cur, cur.copy(COPY_SQL) as copy:
             copy.write(data)
-        self.n_rows += len(batch)
-        self._n_users += batch.n_users
-        return len(batch)
 
-    def finish(self, counts: dict | None = None) -> None:
+    def finish(
+        self,
+        counts: dict | None = None,
+        *,
+        rule_counts: dict | None = None,
+        params: dict | None = None,
+    ) -> None:
         """Mark the run ``ready`` with its row and user counts (same transaction as the rows)."""
+        self.flush()
         n_users = self._n_users
         self.conn.execute(
             sa.text(
                 "UPDATE recommendation_runs SET status = 'ready', finished_at = now(), "
-                "n_rows = :n, n_users = :u, counts = CAST(:c AS jsonb) WHERE id = :r"
+                "n_rows = :n, n_users = :u, counts = CAST(:c AS jsonb), "
+                "rule_counts = CAST(:rc AS jsonb), params = coalesce(CAST(:p AS jsonb), params) "
+                "WHERE id = :r"
             ),
-            {"r": self.run_id, "n": self.n_rows, "u": n_users, "c": json.dumps(counts or {})},
+            {
+                "r": self.run_id,
+                "n": self.n_rows,
+                "u": n_users,
+                "c": json.dumps(counts or {}),
+                "rc": json.dumps(rule_counts or {}),
+                "p": None if params is None else json.dumps(params),
+            },
         )
+
+
+def _concat(batches: list[ScoreBatch]) -> ScoreBatch:
+    """One batch of the rows of several (their reason vocabularies must be the same)."""
+    if len(batches) == 1:
+        return batches[0]
+    texts = batches[0].reason_texts
+    for b in batches:
+        if b.reason_texts and b.reason_texts != texts:
+            if texts:
+                raise ValueError("batches of one run must share their reason texts")
+            texts = b.reason_texts
+
+    def column(name: str, fill: int, dtype) -> np.ndarray:
+        return np.concatenate(
+            [
+                np.full(len(b), fill, dtype=dtype)
+                if getattr(b, name) is None
+                else np.asarray(getattr(b, name), dtype=dtype)
+                for b in batches
+            ]
+        )
+
+    return ScoreBatch(
+        np.concatenate([b.user_ids for b in batches]),
+        np.concatenate([b.ranks for b in batches]),
+        np.concatenate([b.product_ids for b in batches]),
+        np.concatenate([b.scores for b in batches]),
+        np.concatenate([b.strategies for b in batches]),
+        column("reasons", -1, np.int64),
+        column("because_ids", -1, np.int64),
+        texts,
+    )
 
 
 def published_run_id(conn: sa.Connection) -> int | None:
@@ -353,10 +468,24 @@ def list_runs(conn: sa.Connection, limit: int = 20) -> list[RunInfo]:
     rows = conn.execute(
         sa.text(
             "SELECT r.id, r.status, r.k, r.model_run_id, r.model_type, r.generated_at, r.n_users, "
-            "r.n_rows, (p.run_id IS NOT NULL) AS published, r.counts "
+            "r.n_rows, (p.run_id IS NOT NULL) AS published, r.counts, r.gates, r.rule_counts "
             "FROM recommendation_runs r LEFT JOIN published_recommendations p ON p.run_id = r.id "
             "ORDER BY r.id DESC LIMIT :n"
         ),
         {"n": limit},
     ).all()
     return [RunInfo(*row) for row in rows]
+
+
+def format_gates(gates: dict | None) -> str:
+    """One line of a run's gate figures: ``full_lists 1 ok, coverage 0.31 ok, ... FORCED``."""
+    if not gates:
+        return "not checked"
+    parts = []
+    for check in gates.get("checks", []):
+        value = check.get("value")
+        shown = "n/a" if value is None else f"{value:.3g}"
+        parts.append(f"{check['gate']} {shown} {'ok' if check.get('passed') else 'FAIL'}")
+    if gates.get("forced"):
+        parts.append("FORCED")
+    return ", ".join(parts)

@@ -1,28 +1,36 @@
-"""Exact top-k for every user: model scores in user batches, rated products masked, fallbacks.
+"""The scoring loop: every user's exact top-k under the rules, batch by batch, then the run.
 
-For each batch of users known to the model, ``recommender.score_users`` gives exact scores
-against every product of the model (the fast path, e.g. the hybrid's per-user/per-product
-precomputation, belongs to the model). Every product the user has rated *in the database* is
-masked, not only those seen in training, so a rating that arrived after training is never
-recommended back. The top k are cut exactly: the k-th largest score of each row is found with
-``np.partition``; every product at or above it is a candidate; candidates are ordered by score
-descending, then product id ascending (a deterministic tie-break independent of the model's
-column order), and the first k kept.
+For each block of users known to the model the loop gets the model's scores (a dot-product
+model's factors through :func:`recsys.scoring.block.dot_scores`, any other model through
+``recommender.score_users``) and hands them to :func:`recsys.scoring.block.score_block`, the
+pure kernel that applies every rule before the exact top-k cut. Every product the user has
+rated *in the database* is masked, not only those seen in training. Rows the rules left short
+are backfilled from the fallback (:mod:`recsys.scoring.fallback`), and every row gets its
+reason (:mod:`recsys.scoring.reasons`).
 
 Users the model does not know (filtered out by ``--min-ratings``, or new since training) get a
-fallback list instead: the most rated products (``popularity``), or, with
-``fallback="category"``, the most rated products in the categories of the products they rated
-(``category_popularity``) topped up from the global list. A product's category is the last
-(most specific) element of its category path, or ``main_category`` when it has no path. The
-fallback score is the product's number of ratings.
+fallback list instead: ``popularity``, or with ``fallback="category"`` the most rated products
+in the categories of the products they rated (``category_popularity``) topped up globally.
 
 With ``cold_start=True`` and a model that implements
 :class:`recsys.model.base.ColdStartScorer`, products that have a text vector in the model's
-feature set but are not in the model's index (new products, no ratings yet) are scored through
-their text vector and compete in the same list (strategy ``cold_start`` on those rows).
+feature set but are not in the model's index are scored through their text vector and compete
+in the same list (strategy ``cold_start``).
 
-Memory is bounded: only one batch of users x products is held at a time, and the batch size
-follows from ``memory_mb``.
+**Rules** (all read from PostgreSQL at the start of the run; see README "Rules"):
+unavailable products (``products.available = false``), per-user exclusions in force
+(``user_exclusions``), boosts valid now (``product_boosts``) and the caps
+``max_per_category`` / ``max_per_brand``. A boost factor f changes ranking scores (logits,
+e.g. the ranker's) to ``score + ln f`` (the model's softmax share of the product times f) and
+rating scores (predicted ratings) to ``score * f``; fallback scores (numbers of ratings) to
+``count * f``. The published score is the boosted one.
+
+**One snapshot.** Every read of a run happens in one REPEATABLE READ transaction (the one that
+also writes the rows), so the whole run sees the database as of its first read. A load that
+commits while the run is scoring is not seen by it: its ratings are not masked and its new
+users get no list until the next run, which sees them.
+
+Memory is bounded: one block of users x products is held at a time.
 """
 
 from __future__ import annotations
@@ -37,19 +45,50 @@ import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from recsys.data.topk import top_k
 from recsys.errors import DataError, Interrupted, RecsysError
+from recsys.scoring import reads, reasons
+from recsys.scoring.block import (
+    RULE_COUNT_KEYS,
+    Columns,
+    GroupCap,
+    augment_products,
+    dot_scores,
+    score_block,
+    users_per_block,
+)
+from recsys.scoring.fallback import Fallback
 from recsys.scoring.publish import (
     STRATEGIES,
     RunWriter,
     ScoreBatch,
     begin_run,
     fail_run,
-    publish_and_prune,
 )
+
+__all__ = [
+    "ScoreOptions",
+    "ScoreSummary",
+    "ScoringInterrupted",
+    "ScoringModel",
+    "batch_size_for",
+    "load_model",
+    "rated_pairs",
+    "score_and_write",
+    "score_batches",
+    "top_k",
+]
 
 _log = logging.getLogger(__name__)
 
 MODEL, COLD_START, POPULARITY, CATEGORY_POPULARITY = (STRATEGIES.index(s) for s in STRATEGIES)
+RATING_MODELS = frozenset({"mf", "deep", "hybrid", "bias", "numpy-mf"})
+"""Model types whose ranking score is a predicted rating (boosts multiply them)."""
+
+rated_pairs = reads.rated_pairs
+
+_BECAUSE, _SIMILAR, _FOR_YOU, _POPULAR, _POPULAR_IN = range(5)
+_FIXED_REASONS = (reasons.BECAUSE_RATED, reasons.SIMILAR_TO, reasons.FOR_YOU, reasons.POPULAR)
 
 
 class ScoringInterrupted(Interrupted):
@@ -85,13 +124,25 @@ class ScoreOptions:
     memory_mb: int = 512
     """Working memory for one batch of users x products; sets the batch size."""
     batch_users: int | None = None
-    """Explicit batch size (overrides ``memory_mb``)."""
+    """Explicit batch size (overrides ``memory_mb`` and the cache-sized blocks)."""
+    max_per_category: int | None = None
+    """At most this many products of one category per list (None: no cap)."""
+    max_per_brand: int | None = None
+    """At most this many products of one brand per list (None: no cap)."""
+    rules: bool = True
+    """Apply availability, exclusions and boosts (False only to measure their cost)."""
+    reasons: bool = True
+    """Compute the reason of every row."""
 
     def __post_init__(self) -> None:
         if self.k < 1:
             raise RecsysError(f"k must be at least 1, got {self.k}")
         if self.fallback not in ("category", "popularity"):
             raise RecsysError(f"unknown fallback {self.fallback!r} (category or popularity)")
+        for name in ("max_per_category", "max_per_brand"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise RecsysError(f"{name.replace('_', '-')} must be at least 1, got {value}")
 
 
 @dataclass(frozen=True)
@@ -108,41 +159,8 @@ class ScoreSummary:
     seconds: float = 0.0
     published: bool = False
     previous_run_id: int | None = None
-
-
-# --- pure parts ----------------------------------------------------------------------------
-
-
-def top_k(
-    scores: np.ndarray, k: int, product_ids: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Exact top-k of each row, ties broken by product id ascending.
-
-    Args:
-        scores: float32 [n, P]; ``-inf`` marks products that must not be recommended.
-        k: list length.
-        product_ids: int64 [P], the id of each column (the tie-break key).
-
-    Returns:
-        (rows, ranks, columns, values), flat and ordered by row then rank; ranks are 1-based.
-        A row has fewer than k entries only when fewer than k of its scores are finite.
-    """
-    n, n_cols = scores.shape
-    empty = np.zeros(0, dtype=np.int64)
-    if n == 0 or n_cols == 0:
-        return empty, empty, empty, np.zeros(0, dtype=np.float32)
-    kk = min(k, n_cols)
-    threshold = np.partition(scores, n_cols - kk, axis=1)[:, n_cols - kk]
-    candidates = scores >= threshold[:, None]
-    candidates &= scores > -np.inf
-    rows, cols = np.nonzero(candidates)
-    values = scores[rows, cols]
-    order = np.lexsort((product_ids[cols], -values, rows))
-    rows, cols, values = rows[order], cols[order], values[order]
-    starts = np.searchsorted(rows, rows, side="left")
-    ranks = np.arange(len(rows)) - starts + 1
-    keep = ranks <= k
-    return rows[keep], ranks[keep], cols[keep], values[keep]
+    rule_counts: dict[str, int] = field(default_factory=dict)
+    gates: dict | None = None
 
 
 class _IdIndex:
@@ -169,144 +187,296 @@ def batch_size_for(n_products: int, memory_mb: int) -> int:
     return int(max(1, min(8192, (memory_mb * 1024 * 1024) // per_user)))
 
 
-# --- database reads ------------------------------------------------------------------------
-
-
-def _fetch_pairs(conn: sa.Connection, sql: str, params: dict) -> tuple[np.ndarray, np.ndarray]:
-    rows = conn.execute(sa.text(sql), params).all()
-    if not rows:
-        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-    pairs = np.asarray(rows, dtype=np.int64)
-    return pairs[:, 0], pairs[:, 1]
-
-
-def rated_pairs(conn: sa.Connection, user_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(user_id, product_id) of every rating in the database by these users."""
-    return _fetch_pairs(
-        conn,
-        "SELECT user_id, product_id FROM ratings WHERE user_id = ANY(:u)",
-        {"u": [int(u) for u in user_ids]},
-    )
-
-
-def _new_products(conn: sa.Connection, model: ScoringModel) -> tuple[np.ndarray, np.ndarray]:
-    """(product_ids, text vectors) in the model's feature set that the model has no index for."""
-    if model.feature_set_id is None:
-        raise RecsysError("the model has no feature set, so new products cannot be scored by text")
-    from recsys.features.store import read_vectors
-
-    product_ids, vectors = read_vectors(conn, model.feature_set_id)
-    product_ids = np.asarray(product_ids, dtype=np.int64)
-    new = ~np.isin(product_ids, model.product_ids)
-    return product_ids[new], np.asarray(vectors, dtype=np.float32)[new]
-
-
-@dataclass
-class _Popularity:
-    """Products by number of ratings, most first (ties: lower id first), and their categories."""
-
-    product_ids: np.ndarray
-    counts: np.ndarray
-    by_category: dict[str, np.ndarray]
-    category_of: dict[int, str]
-
-    @classmethod
-    def read(cls, conn: sa.Connection, with_categories: bool) -> _Popularity:
-        ids, counts = _fetch_pairs(
-            conn,
-            "SELECT product_id, count(*) FROM ratings GROUP BY product_id "
-            "ORDER BY count(*) DESC, product_id",
-            {},
-        )
-        by_category: dict[str, np.ndarray] = {}
-        category_of: dict[int, str] = {}
-        if with_categories and len(ids):
-            rows = conn.execute(
-                sa.text(
-                    "SELECT id, coalesce(categories[cardinality(categories)], main_category) "
-                    "FROM products WHERE coalesce(categories[cardinality(categories)], "
-                    "main_category) IS NOT NULL"
-                )
-            ).all()
-            category_of = {int(pid): cat for pid, cat in rows}
-            rank_of = {int(pid): i for i, pid in enumerate(ids)}
-            grouped: dict[str, list[int]] = {}
-            for pid, cat in category_of.items():
-                if pid in rank_of:
-                    grouped.setdefault(cat, []).append(rank_of[pid])
-            by_category = {cat: np.sort(np.asarray(r)) for cat, r in grouped.items()}
-        return cls(ids, counts, by_category, category_of)
-
-
-def _fallback_lists(
-    user_ids: np.ndarray,
-    rated_users: np.ndarray,
-    rated_products: np.ndarray,
-    popularity: _Popularity,
-    k: int,
-    use_categories: bool,
-) -> ScoreBatch:
-    """Fallback rows for users the model does not know (see the module docstring)."""
-    order = np.argsort(rated_users, kind="stable")
-    rated_users, rated_products = rated_users[order], rated_products[order]
-    bounds = (
-        np.searchsorted(rated_users, user_ids, side="left"),
-        np.searchsorted(rated_users, user_ids, side="right"),
-    )
-    out_users: list[int] = []
-    out_ranks: list[int] = []
-    out_products: list[int] = []
-    out_scores: list[float] = []
-    out_strategies: list[int] = []
-    pop_ids, pop_counts = popularity.product_ids, popularity.counts
-    for i, user in enumerate(user_ids):
-        rated = set(rated_products[bounds[0][i] : bounds[1][i]].tolist())
-        chosen: list[int] = []  # indices into the popularity order
-        strategies: list[int] = []
-        if use_categories and rated:
-            cats = {popularity.category_of.get(p) for p in rated} - {None}
-            if cats:
-                merged = np.unique(
-                    np.concatenate(
-                        [
-                            popularity.by_category[c][: k + len(rated)]
-                            for c in cats
-                            if c in popularity.by_category
-                        ]
-                        or [np.zeros(0, np.int64)]
-                    )
-                )
-                for idx in merged.tolist():  # ascending index = most rated first, then id
-                    if int(pop_ids[idx]) not in rated:
-                        chosen.append(idx)
-                        strategies.append(CATEGORY_POPULARITY)
-                        if len(chosen) == k:
-                            break
-        if len(chosen) < k:
-            taken = set(chosen)
-            for idx in range(len(pop_ids)):
-                if idx in taken or int(pop_ids[idx]) in rated:
-                    continue
-                chosen.append(idx)
-                strategies.append(POPULARITY)
-                if len(chosen) == k:
-                    break
-        n = len(chosen)
-        out_users.extend([int(user)] * n)
-        out_ranks.extend(range(1, n + 1))
-        out_products.extend(pop_ids[chosen].tolist())
-        out_scores.extend(pop_counts[chosen].astype(np.float32).tolist())
-        out_strategies.extend(strategies)
-    return ScoreBatch(
-        np.asarray(out_users, dtype=np.int64),
-        np.asarray(out_ranks, dtype=np.int16),
-        np.asarray(out_products, dtype=np.int64),
-        np.asarray(out_scores, dtype=np.float32),
-        np.asarray(out_strategies, dtype=np.int8),
-    )
+def scores_are_ratings(model: ScoringModel) -> bool:
+    """Whether the model's ranking scores are predicted ratings (else ranking logits)."""
+    return bool(getattr(model.recommender, "scores_are_ratings", model.model_type in RATING_MODELS))
 
 
 # --- the scoring loop ----------------------------------------------------------------------
+
+
+@dataclass
+class _Run:
+    """What one scoring run reads once, before its first block."""
+
+    columns: Columns
+    candidate_ids: np.ndarray
+    n_model_products: int
+    new_text: np.ndarray | None
+    fallback: Fallback
+    groups: reads.ProductGroups
+    text: reasons.TextReasons | None
+    products: np.ndarray | None
+    """Augmented product factors for the dot-product path (None: ``score_users``)."""
+    user_vectors: np.ndarray | None
+    reason_texts: tuple[str, ...] = ()
+    """Reason phrases of the run: :data:`_BECAUSE` .. :data:`_POPULAR`, then "popular in" each
+    category (code ``_POPULAR_IN + category code``)."""
+    fallback_boosted: set[int] = field(default_factory=set)
+    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(RULE_COUNT_KEYS, 0))
+    short_users: int = 0
+    """Users whose list stayed shorter than k because the catalogue under the rules ran out."""
+    notes: dict[str, Any] = field(default_factory=dict)
+
+
+def model_users(model: ScoringModel, db_users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The users the model scores: (``users.id``, model user index), in model index order.
+
+    This is the one place that decides who gets a model list; every other user gets the
+    fallback. (Fold-in of users outside the training filter extends this set.)
+    """
+    model_user_ids = np.asarray(model.user_ids, dtype=np.int64)
+    known = np.flatnonzero(np.isin(model_user_ids, db_users))
+    return model_user_ids[known], known
+
+
+def user_vectors_of(model: ScoringModel) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """(user vectors by model user index, product vectors, bias) of a dot-product model.
+
+    None when the model only offers ``score_users``. (Fold-in adds the vectors of users
+    outside the training filter here.)
+    """
+    factors = getattr(model.recommender, "score_factors", None)
+    if factors is None:
+        return None
+    users, products, bias = factors()
+    users = np.asarray(users, dtype=np.float32)
+    products = np.asarray(products, dtype=np.float32)
+    bias = np.asarray(bias, dtype=np.float32)
+    if not (np.isfinite(users).all() and np.isfinite(products).all() and np.isfinite(bias).all()):
+        raise DataError("the model's user or product vectors are not finite")
+    return users, products, bias
+
+
+def _setup(conn: sa.Connection, model: ScoringModel, options: ScoreOptions) -> _Run:
+    recommender = model.recommender
+    model_products = np.asarray(model.product_ids, dtype=np.int64)
+    db_products = reads.product_ids(conn)
+    candidate_ids = model_products
+    new_text: np.ndarray | None = None
+    if options.cold_start:
+        if not hasattr(recommender, "score_new_products"):
+            raise RecsysError(
+                f"model {model.model_type or type(recommender).__name__} cannot score new products "
+                "by their text vector; drop --cold-start"
+            )
+        new_ids, new_text = reads.new_product_vectors(conn, model.feature_set_id, model_products)
+        exists = np.isin(new_ids, db_products)
+        new_ids, new_text = new_ids[exists], new_text[exists]
+        _log.info("cold start: %d new products scored by text vector", len(new_ids))
+        candidate_ids = np.concatenate([model_products, new_ids])
+    groups = reads.product_groups(conn)
+    unavailable_ids = reads.unavailable_products(conn) if options.rules else np.zeros(0, np.int64)
+    boost_ids, boost_factor = (
+        reads.boost_factors(conn) if options.rules else (np.zeros(0, np.int64), np.zeros(0))
+    )
+    factor = np.ones(len(candidate_ids), dtype=np.float64)
+    position = _IdIndex(candidate_ids).positions(boost_ids)
+    factor[position[position >= 0]] = boost_factor[position >= 0]
+    rating_scores = scores_are_ratings(model)
+    caps = []
+    if options.max_per_category is not None:
+        caps.append(
+            GroupCap(
+                "category_cap",
+                groups.codes_for(candidate_ids, "category"),
+                options.max_per_category,
+            )
+        )
+    if options.max_per_brand is not None:
+        caps.append(
+            GroupCap("brand_cap", groups.codes_for(candidate_ids, "brand"), options.max_per_brand)
+        )
+    factors = None if options.cold_start else user_vectors_of(model)
+    offset = None if rating_scores else np.log(factor).astype(np.float32)
+    columns = Columns(
+        keys=candidate_ids,
+        blocked=~np.isin(candidate_ids, db_products),
+        unavailable=np.isin(candidate_ids, unavailable_ids),
+        offset=offset,
+        factor=factor.astype(np.float32) if rating_scores else None,
+        caps=tuple(caps),
+        offset_folded=factors is not None,
+    )
+    pop_ids, pop_counts = reads.popularity(conn)
+    pop_factor = np.ones(len(pop_ids))
+    position = _IdIndex(pop_ids).positions(boost_ids)
+    pop_factor[position[position >= 0]] = boost_factor[position >= 0]
+    fallback = Fallback.build(
+        pop_ids,
+        pop_counts,
+        eligible=np.isin(pop_ids, db_products) & ~np.isin(pop_ids, unavailable_ids),
+        factor=pop_factor,
+        category=groups.codes_for(pop_ids, "category"),
+        brand=groups.codes_for(pop_ids, "brand"),
+        max_per_category=options.max_per_category,
+        max_per_brand=options.max_per_brand,
+    )
+    text = None
+    if options.reasons and (
+        options.cold_start or not hasattr(recommender, "history_contributions")
+    ):
+        feature_set = model.feature_set_id or reads.latest_feature_set(conn)
+        if feature_set is not None:
+            text = reasons.TextReasons(*reads.text_vectors(conn, feature_set))
+    products = user_vectors = None
+    if factors is not None:
+        user_vectors, vectors, bias = factors
+        products = augment_products(vectors, bias, offset)
+    run = _Run(
+        columns,
+        candidate_ids,
+        len(model_products),
+        new_text,
+        fallback,
+        groups,
+        text,
+        products,
+        user_vectors,
+        reason_texts=_FIXED_REASONS
+        + tuple(f"{reasons.POPULAR_IN} {name}" for name in groups.category_names),
+        fallback_boosted=set(fallback.product_ids[fallback.boosted].tolist()),
+    )
+    if options.rules:
+        unknown = reads.exclusions_for_unknown_users(conn)
+        if unknown:
+            _log.warning("%d exclusions in force name users that do not exist", unknown)
+        run.notes["exclusions_for_unknown_users"] = unknown
+    return run
+
+
+def _model_scores(
+    model: ScoringModel, run: _Run, user_index: np.ndarray, buffer: np.ndarray | None
+) -> np.ndarray:
+    """The block's scores against every candidate column (fresh or in ``buffer``)."""
+    if run.products is not None:
+        return dot_scores(run.user_vectors[user_index], run.products, out=buffer)
+    recommender = model.recommender
+    scores = np.array(recommender.score_users(user_index.astype(np.int32)), dtype=np.float32)
+    if scores.shape != (len(user_index), run.n_model_products):
+        raise DataError(
+            f"model returned scores of shape {scores.shape}, expected "
+            f"({len(user_index)}, {run.n_model_products})"
+        )
+    if run.new_text is not None and len(run.new_text):
+        cold = np.asarray(
+            recommender.score_new_products(user_index.astype(np.int32), run.new_text),
+            dtype=np.float32,
+        )
+        scores = np.concatenate([scores, cold], axis=1)
+    if np.isnan(scores).any():
+        ids = np.asarray(model.user_ids)[user_index[:3]].tolist()
+        raise DataError(f"the model produced NaN scores for users {ids}...")
+    return scores
+
+
+def _grouped(owners: np.ndarray, values: np.ndarray, ids: np.ndarray) -> list[np.ndarray]:
+    """For each id, the values whose owner is that id."""
+    order = np.argsort(owners, kind="stable")
+    owners, values = owners[order], values[order]
+    lo = np.searchsorted(owners, ids, side="left")
+    hi = np.searchsorted(owners, ids, side="right")
+    return [values[a:b] for a, b in zip(lo, hi, strict=True)]
+
+
+class _Rows:
+    """Rows of one batch, collected piece by piece, then one :class:`ScoreBatch`."""
+
+    def __init__(self, reason_texts: tuple[str, ...]) -> None:
+        self.parts: list[tuple] = []
+        self.reason_texts = reason_texts
+
+    def add(self, users, ranks, products, scores, strategies, reason, because) -> None:
+        self.parts.append((users, ranks, products, scores, strategies, reason, because))
+
+    def batch(self) -> ScoreBatch:
+        if not self.parts:
+            return ScoreBatch(
+                np.zeros(0, np.int64),
+                np.zeros(0, np.int16),
+                np.zeros(0, np.int64),
+                np.zeros(0, np.float32),
+                np.zeros(0, np.int8),
+            )
+        cols = list(zip(*self.parts, strict=True))
+        return ScoreBatch(
+            np.concatenate(cols[0]).astype(np.int64),
+            np.concatenate(cols[1]).astype(np.int16),
+            np.concatenate(cols[2]).astype(np.int64),
+            np.concatenate(cols[3]).astype(np.float32),
+            np.concatenate(cols[4]).astype(np.int8),
+            np.concatenate(cols[5]).astype(np.int32),
+            np.concatenate(cols[6]).astype(np.int64),
+            self.reason_texts,
+        )
+
+
+def _fallback_rows(
+    rows: _Rows,
+    run: _Run,
+    user_id: int,
+    need: int,
+    first_rank: int,
+    *,
+    skip: set[int],
+    excluded: set[int],
+    rated: np.ndarray,
+    taken: np.ndarray,
+    options: ScoreOptions,
+) -> int:
+    """Append up to ``need`` fallback rows for one user; returns how many."""
+    groups = run.groups
+    user_categories = set(groups.codes_for(rated, "category").tolist()) - {-1}
+    filled = run.fallback.fill(
+        need,
+        skip=skip,
+        user_categories=user_categories,
+        taken_categories=groups.codes_for(taken, "category").tolist() if len(taken) else None,
+        taken_brands=groups.codes_for(taken, "brand").tolist() if len(taken) else None,
+        use_categories=options.fallback == "category",
+        excluded=excluded,
+        counts=run.counts,
+    )
+    if not filled:
+        return 0
+    n = len(filled)
+    rows.add(
+        np.full(n, user_id),
+        np.arange(first_rank, first_rank + n),
+        np.asarray([f.product_id for f in filled]),
+        np.asarray([f.score for f in filled]),
+        np.asarray([CATEGORY_POPULARITY if f.category else POPULARITY for f in filled]),
+        np.asarray([_POPULAR_IN + f.category_code if f.category else _POPULAR for f in filled]),
+        np.full(n, -1),
+    )
+    run.counts["boosted"] += sum(1 for f in filled if f.product_id in run.fallback_boosted)
+    return n
+
+
+def _model_reasons(
+    model: ScoringModel,
+    run: _Run,
+    user_index: int,
+    cols: np.ndarray,
+    rated: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(reason code, because product id) of one user's model and cold-start rows."""
+    n = len(cols)
+    because = np.full(n, -1, dtype=np.int64)
+    cold = cols >= run.n_model_products
+    warm = ~cold
+    recommender = model.recommender
+    if warm.any():
+        if hasattr(recommender, "history_contributions"):
+            top = reasons.top_contributors(recommender, user_index, cols[warm])
+            because[warm] = np.where(top >= 0, model.product_ids[np.maximum(top, 0)], -1)
+        elif run.text is not None:
+            because[warm] = run.text.most_similar(rated, run.candidate_ids[cols[warm]])
+    if cold.any() and run.text is not None:
+        because[cold] = run.text.most_similar(rated, run.candidate_ids[cols[cold]])
+    reason = np.where(cold, _SIMILAR, _BECAUSE)
+    reason[because < 0] = _FOR_YOU
+    return reason, because
 
 
 def score_batches(
@@ -316,59 +486,49 @@ def score_batches(
     *,
     should_stop: Callable[[], bool] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    run: dict | None = None,
 ) -> Iterator[ScoreBatch]:
     """Yield recommendation rows for every user in the database, one batch of users at a time.
 
     Args:
-        conn: a connection (reads only).
+        conn: a connection (reads only); use one snapshot for a consistent run.
         model: the trained model and its index maps.
-        options: k, fallback, cold start, memory.
+        options: k, fallback, cold start, memory, rules.
         should_stop: polled between batches; True raises :class:`ScoringInterrupted`.
         progress: called with (users done, users total) after each batch.
+        run: if given, filled with ``rule_counts``, ``short_users`` and ``notes`` as scoring
+            goes.
 
     Raises:
         DataError: the model returned scores of the wrong shape, or NaN.
         ScoringInterrupted: ``should_stop`` said so.
     """
-    recommender = model.recommender
-    model_users = np.asarray(model.user_ids, dtype=np.int64)
-    model_products = np.asarray(model.product_ids, dtype=np.int64)
-    db_users = np.asarray(
-        conn.execute(sa.text("SELECT id FROM users ORDER BY id")).scalars().all(), dtype=np.int64
-    )
-    db_products = np.asarray(
-        conn.execute(sa.text("SELECT id FROM products")).scalars().all(), dtype=np.int64
-    )
-
-    candidate_ids = model_products
-    new_text: np.ndarray | None = None
-    if options.cold_start:
-        if not hasattr(recommender, "score_new_products"):
-            raise RecsysError(
-                f"model {model.model_type or type(recommender).__name__} cannot score new products "
-                "by their text vector; drop --cold-start"
-            )
-        new_ids, new_text = _new_products(conn, model)
-        new_ids_exist = np.isin(new_ids, db_products)
-        new_ids, new_text = new_ids[new_ids_exist], new_text[new_ids_exist]
-        _log.info("cold start: %d new products scored by text vector", len(new_ids))
-        candidate_ids = np.concatenate([model_products, new_ids])
-    n_model_products = len(model_products)
-    columns = _IdIndex(candidate_ids)
-    gone = ~np.isin(candidate_ids, db_products)  # deleted since training: never recommend
-
-    known = np.flatnonzero(np.isin(model_users, db_users))
-    unknown = db_users[~np.isin(db_users, model_users)]
+    db_users = reads.user_ids(conn)
+    state = _setup(conn, model, options)
+    if run is not None:
+        run["rule_counts"] = state.counts
+        run["notes"] = state.notes
+        run["state"] = state
+    scored_ids, known = model_users(model, db_users)
+    unknown = db_users[~np.isin(db_users, scored_ids)]
     total = len(known) + len(unknown)
-    batch = options.batch_users or batch_size_for(len(candidate_ids), options.memory_mb)
+    n_columns = len(state.candidate_ids)
+    if options.batch_users:
+        batch = options.batch_users
+    elif state.products is not None:
+        batch = users_per_block(n_columns)
+    else:
+        batch = batch_size_for(n_columns, options.memory_mb)
+    buffer = np.empty(batch * n_columns, dtype=np.float32) if state.products is not None else None
     _log.info(
         "scoring %d users known to the model (batches of %d) against %d products; "
         "%d fallback users",
         len(known),
         batch,
-        len(candidate_ids),
+        n_columns,
         len(unknown),
     )
+    k = options.k
     done = 0
     for start in range(0, len(known), batch):
         if should_stop is not None and should_stop():
@@ -376,60 +536,120 @@ def score_batches(
                 "scoring stopped on request; nothing of this run was committed"
             )
         user_index = known[start : start + batch]
-        user_ids = model_users[user_index]
-        scores = np.asarray(recommender.score_users(user_index.astype(np.int32)), dtype=np.float32)
-        if scores.shape != (len(user_index), n_model_products):
-            raise DataError(
-                f"model returned scores of shape {scores.shape}, expected "
-                f"({len(user_index)}, {n_model_products})"
-            )
-        if new_text is not None and len(new_text):
-            cold = np.asarray(
-                recommender.score_new_products(user_index.astype(np.int32), new_text),
-                dtype=np.float32,
-            )
-            scores = np.concatenate([scores, cold], axis=1)
-        if np.isnan(scores).any():
-            raise DataError(f"the model produced NaN scores for users {user_ids[:3].tolist()}...")
-        scores[:, gone] = -np.inf
-        rated_users, rated_products = rated_pairs(conn, user_ids)
-        rows = _IdIndex(user_ids).positions(rated_users)
-        cols = columns.positions(rated_products)
-        hit = (rows >= 0) & (cols >= 0)
-        scores[rows[hit], cols[hit]] = -np.inf
-        r, ranks, c, values = top_k(scores, options.k, candidate_ids)
-        yield ScoreBatch(
-            user_ids[r],
-            ranks.astype(np.int16),
-            candidate_ids[c],
-            values.astype(np.float32),
-            np.where(c >= n_model_products, COLD_START, MODEL).astype(np.int8),
+        user_ids = scored_ids[start : start + batch]
+        scores = _model_scores(model, state, user_index, buffer)
+        rated_u, rated_p = reads.rated_pairs(conn, user_ids)
+        if options.rules:
+            ex_u, ex_p = reads.excluded_pairs(conn, user_ids)
+        else:
+            ex_u = ex_p = np.zeros(0, dtype=np.int64)
+        row_of = _IdIndex(user_ids)
+        columns_of = _IdIndex(state.candidate_ids)
+        r_rows, r_cols = row_of.positions(rated_u), columns_of.positions(rated_p)
+        hit = (r_rows >= 0) & (r_cols >= 0)
+        e_rows, e_cols = row_of.positions(ex_u), columns_of.positions(ex_p)
+        e_hit = (e_rows >= 0) & (e_cols >= 0)
+        result = score_block(
+            scores,
+            state.columns,
+            k,
+            rated=(r_rows[hit], r_cols[hit]),
+            excluded=(e_rows[e_hit], e_cols[e_hit]),
         )
+        for key, value in result.counts.items():
+            state.counts[key] += value
+        rows = _Rows(state.reason_texts)
+        cols = result.cols
+        strategies = np.where(cols >= state.n_model_products, COLD_START, MODEL)
+        if options.reasons:
+            reason = np.full(len(cols), -1, dtype=np.int32)
+            because = np.full(len(cols), -1, dtype=np.int64)
+            rated_of = _grouped(rated_u, rated_p, user_ids)
+            bounds = np.searchsorted(result.rows, np.arange(len(user_ids) + 1))
+            for i in range(len(user_ids)):
+                a, b = bounds[i], bounds[i + 1]
+                if a < b:
+                    reason[a:b], because[a:b] = _model_reasons(
+                        model, state, int(user_index[i]), cols[a:b], rated_of[i]
+                    )
+        else:
+            reason = np.full(len(cols), -1, dtype=np.int32)
+            because = np.full(len(cols), -1, dtype=np.int64)
+        rows.add(
+            user_ids[result.rows],
+            result.ranks,
+            state.candidate_ids[cols],
+            result.values,
+            strategies,
+            reason,
+            because,
+        )
+        short = np.flatnonzero(result.filled < k)
+        if len(short):
+            state.counts["backfilled_users"] += len(short)
+            rated_of = _grouped(rated_u, rated_p, user_ids[short])
+            excluded_of = _grouped(ex_u, ex_p, user_ids[short])
+            listed_of = _grouped(result.rows, state.candidate_ids[cols], short)
+            for j, i in enumerate(short.tolist()):
+                filled = int(result.filled[i])
+                excluded = set(excluded_of[j].tolist())
+                got = _fallback_rows(
+                    rows,
+                    state,
+                    int(user_ids[i]),
+                    k - filled,
+                    filled + 1,
+                    skip=set(rated_of[j].tolist()) | excluded | set(listed_of[j].tolist()),
+                    excluded=excluded,
+                    rated=rated_of[j],
+                    taken=listed_of[j],
+                    options=options,
+                )
+                if filled + got < k:
+                    state.short_users += 1
+        yield rows.batch()
         done += len(user_index)
         if progress is not None:
             progress(done, total)
 
-    if len(unknown):
-        popularity = _Popularity.read(conn, options.fallback == "category")
-        fallback_batch = max(batch, 2048)
-        for start in range(0, len(unknown), fallback_batch):
-            if should_stop is not None and should_stop():
-                raise ScoringInterrupted(
-                    "scoring stopped on request; nothing of this run was committed"
-                )
-            user_ids = unknown[start : start + fallback_batch]
-            rated_users, rated_products = rated_pairs(conn, user_ids)
-            yield _fallback_lists(
-                user_ids,
-                rated_users,
-                rated_products,
-                popularity,
-                options.k,
-                options.fallback == "category",
+    fallback_batch = max(batch, 2048)
+    for start in range(0, len(unknown), fallback_batch):
+        if should_stop is not None and should_stop():
+            raise ScoringInterrupted(
+                "scoring stopped on request; nothing of this run was committed"
             )
-            done += len(user_ids)
-            if progress is not None:
-                progress(done, total)
+        user_ids = unknown[start : start + fallback_batch]
+        rated_u, rated_p = reads.rated_pairs(conn, user_ids)
+        if options.rules:
+            ex_u, ex_p = reads.excluded_pairs(conn, user_ids)
+        else:
+            ex_u = ex_p = np.zeros(0, dtype=np.int64)
+        rated_of = _grouped(rated_u, rated_p, user_ids)
+        excluded_of = _grouped(ex_u, ex_p, user_ids)
+        rows = _Rows(state.reason_texts)
+        for i, user in enumerate(user_ids.tolist()):
+            excluded = set(excluded_of[i].tolist())
+            got = _fallback_rows(
+                rows,
+                state,
+                int(user),
+                k,
+                1,
+                skip=set(rated_of[i].tolist()) | excluded,
+                excluded=excluded,
+                rated=rated_of[i],
+                taken=np.zeros(0, dtype=np.int64),
+                options=options,
+            )
+            if got < k:
+                state.short_users += 1
+        yield rows.batch()
+        done += len(user_ids)
+        if progress is not None:
+            progress(done, total)
+    if run is not None:
+        run["short_users"] = state.short_users
+        run["users_total"] = total
 
 
 def score_and_write(
@@ -441,8 +661,10 @@ def score_and_write(
     keep: int = 3,
     should_stop: Callable[[], bool] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    thresholds: Any = None,
+    force: bool = False,
 ) -> ScoreSummary:
-    """Score every user, write the run (one transaction), and optionally publish it.
+    """Score every user, write the run (one transaction, one snapshot), optionally publish it.
 
     The published recommendations change only in :func:`recsys.scoring.publish.publish_run`,
     after every row of the new run is committed; any failure before leaves them untouched.
@@ -451,19 +673,28 @@ def score_and_write(
         engine: the database.
         model: the model to score with.
         options: scoring options.
-        publish: switch readers to the new run when it is complete.
+        publish: switch readers to the new run when it is complete (after the gates).
         keep: how many ready runs to keep after publishing.
         should_stop: polled between batches.
         progress: (users done, users total) callback.
+        thresholds: :class:`recsys.scoring.gates.GateThresholds` to check before publishing
+            (None: the defaults).
+        force: publish even when a gate fails (recorded on the run).
 
     Returns:
         What was written.
+
+    Raises:
+        GateFailed: ``publish`` and a gate failed; the run is kept, unpublished.
     """
     started = time.perf_counter()
     params = {
         "k": options.k,
         "fallback": options.fallback,
         "cold_start": options.cold_start,
+        "max_per_category": options.max_per_category,
+        "max_per_brand": options.max_per_brand,
+        "rules": options.rules,
     }
     with engine.begin() as conn:
         run_id = begin_run(
@@ -474,21 +705,30 @@ def score_and_write(
             params=params,
         )
     counts: dict[str, int] = {}
+    info: dict = {}
     try:
-        with engine.begin() as conn:
-            writer = RunWriter(conn, run_id)
-            for batch in score_batches(
-                conn, model, options, should_stop=should_stop, progress=progress
-            ):
-                writer.write(batch)
-                first = batch.ranks == 1
-                for code in np.unique(batch.strategies[first]):
-                    name = STRATEGIES[int(code)]
-                    counts[name] = counts.get(name, 0) + int(
-                        (batch.strategies[first] == code).sum()
-                    )
-            writer.finish(counts)
-            n_rows = writer.n_rows
+        with engine.connect() as raw:
+            conn = raw.execution_options(isolation_level="REPEATABLE READ")
+            with conn.begin():
+                writer = RunWriter(conn, run_id)
+                for batch in score_batches(
+                    conn, model, options, should_stop=should_stop, progress=progress, run=info
+                ):
+                    writer.write(batch)
+                    first = batch.ranks == 1
+                    for code in np.unique(batch.strategies[first]):
+                        name = STRATEGIES[int(code)]
+                        counts[name] = counts.get(name, 0) + int(
+                            (batch.strategies[first] == code).sum()
+                        )
+                rule_counts = {key: int(info["rule_counts"].get(key, 0)) for key in RULE_COUNT_KEYS}
+                extra = {
+                    "users_total": int(info.get("users_total", 0)),
+                    "short_users": int(info.get("short_users", 0)),
+                    **info.get("notes", {}),
+                }
+                writer.finish(counts, rule_counts=rule_counts, params={**params, **extra})
+                n_rows = writer.n_rows
     except BaseException as err:
         try:
             with engine.begin() as conn:
@@ -497,10 +737,17 @@ def score_and_write(
             _log.debug("could not mark run %d failed", run_id)
         raise
     n_users = sum(counts.values())
-    _log.info("run %d: %d rows for %d users %s", run_id, n_rows, n_users, counts)
+    _log.info(
+        "run %d: %d rows for %d users %s; rules %s", run_id, n_rows, n_users, counts, rule_counts
+    )
     previous = None
+    gates = None
     if publish:
-        previous = publish_and_prune(engine, run_id, keep)
+        from recsys.scoring.gates import publish_gated
+
+        previous, gates = publish_gated(
+            engine, run_id, keep=keep, thresholds=thresholds, force=force
+        )
     return ScoreSummary(
         run_id=run_id,
         model_run_id=model.run_id,
@@ -511,6 +758,8 @@ def score_and_write(
         seconds=time.perf_counter() - started,
         published=publish,
         previous_run_id=previous,
+        rule_counts=rule_counts,
+        gates=gates,
     )
 
 

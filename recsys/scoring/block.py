@@ -1,0 +1,333 @@
+"""The scoring kernel: one block of users' scores in, their exact lists under the rules out.
+
+:func:`score_block` is pure (numpy only, no database, no model): the local batch loop in
+:mod:`recsys.scoring.score` calls it for every block of users, and any other engine (a cluster
+of workers) can call it the same way. Everything that decides what a list may hold happens
+here, before the top-k cut:
+
+1. **Boosts** change the score of boosted columns: ``offset`` is added (ranking scores), then
+   ``factor`` multiplies (rating scores); see :class:`Columns`.
+2. **Masks**: products the user rated, per-user exclusions, unavailable products and products
+   gone from the database get ``-inf`` and can never be chosen.
+3. **Exact top-k** (:mod:`recsys.data.topk`) cuts the best m candidates of each row
+   without sorting whole rows.
+4. **Caps** (at most N per category / per brand) are applied greedily in score order, which is
+   exact for per-group caps: a product is taken when none of its groups is full. A row whose
+   candidates run out under the caps is widened (4 x more candidates) until it has k products
+   or no finite score is left; the caller backfills what remains from the fallback.
+
+Counts of what each rule removed are returned with the lists (see :class:`BlockResult`).
+
+For dot-product models (``score = u . v + b``), :func:`dot_scores` computes a block of
+scores as one float32 matmul with the bias folded in as an extra dimension, written into a
+buffer that is reused from block to block; :func:`users_per_block` sizes blocks so that one
+block of scores stays in the last-level cache while the top-k reads it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from recsys.data.topk import CHUNK, chunk_maxima, kth_largest, order_candidates
+
+RULE_COUNT_KEYS = (
+    "unavailable",
+    "excluded",
+    "category_cap",
+    "brand_cap",
+    "boosted",
+    "backfilled_users",
+)
+"""Keys of ``recommendation_runs.rule_counts``."""
+
+CACHE_BYTES = 16 << 20
+"""Score bytes per block: half of a 32 MB last-level cache, so a block of scores written by
+the matmul is still in cache when the top-k reads it, with enough user rows (>= 64) for the
+matmul to run near its peak."""
+
+
+@dataclass(frozen=True)
+class GroupCap:
+    """At most ``cap`` products of one group (category or brand) per list."""
+
+    name: str
+    """The ``rule_counts`` key that counts the candidates this cap skipped."""
+    codes: np.ndarray
+    """int64 [P]: group code of each column; -1 = no group (never capped)."""
+    cap: int
+
+
+@dataclass(frozen=True)
+class Columns:
+    """The column (product) side of a scoring run: fixed for the whole run."""
+
+    keys: np.ndarray
+    """int64 [P]: the product id of each column (tie-break key)."""
+    blocked: np.ndarray
+    """bool [P]: never recommend, not counted (products deleted since training)."""
+    unavailable: np.ndarray
+    """bool [P]: ``products.available = false`` (counted under ``unavailable``)."""
+    offset: np.ndarray | None = None
+    """float32 [P] added to the score (ranking scores: ``ln(factor)`` of the boost)."""
+    factor: np.ndarray | None = None
+    """float32 [P] multiplying the score (rating scores: the boost factor itself)."""
+    caps: tuple[GroupCap, ...] = ()
+    offset_folded: bool = False
+    """True when ``offset`` is already inside the scores (:func:`dot_scores` folds it)."""
+    boosted: np.ndarray = field(init=False)
+    """bool [P]: columns with a boost (derived)."""
+
+    def __post_init__(self) -> None:
+        boosted = np.zeros(len(self.keys), dtype=bool)
+        if self.offset is not None:
+            boosted |= self.offset != 0
+        if self.factor is not None:
+            boosted |= self.factor != 1
+        object.__setattr__(self, "boosted", boosted)
+        object.__setattr__(self, "_boosted_cols", np.flatnonzero(boosted))
+        object.__setattr__(self, "_unavailable_cols", np.flatnonzero(self.unavailable))
+        object.__setattr__(self, "_blocked_cols", np.flatnonzero(self.blocked | self.unavailable))
+
+    @property
+    def n(self) -> int:
+        return int(len(self.keys))
+
+
+@dataclass(frozen=True)
+class BlockResult:
+    """The lists of one block of users (flat arrays, ordered by row then rank)."""
+
+    rows: np.ndarray
+    """int64: row of the block (0-based)."""
+    ranks: np.ndarray
+    """int64: 1-based rank within the row's list."""
+    cols: np.ndarray
+    """int64: column (index into :class:`Columns`)."""
+    values: np.ndarray
+    """float32: the score after boosts (what the list is ordered by)."""
+    filled: np.ndarray
+    """int64 [n]: list length of each row (< k: the caller backfills from the fallback)."""
+    counts: dict[str, int]
+    """Candidates each rule removed: ``unavailable`` and ``excluded`` count masked pairs that
+    scored at least as high as the last product of the row's list (they would have been in
+    it); ``category_cap`` / ``brand_cap`` count candidates skipped by the cap while the list
+    was open; ``boosted`` counts list rows of boosted products."""
+
+
+def users_per_block(n_columns: int, cache_bytes: int = CACHE_BYTES) -> int:
+    """Users per block so that a block of float32 scores fits ``cache_bytes`` (64..1024)."""
+    return int(max(64, min(1024, cache_bytes // (4 * max(1, n_columns)))))
+
+
+def augment_products(
+    vectors: np.ndarray, bias: np.ndarray, offset: np.ndarray | None = None
+) -> np.ndarray:
+    """``[V, b + offset]``: product factors with the bias as one more dimension, float32."""
+    total = np.asarray(bias, dtype=np.float32)
+    if offset is not None:
+        total = total + offset.astype(np.float32)
+    return np.ascontiguousarray(
+        np.concatenate([np.asarray(vectors, dtype=np.float32), total[:, None]], axis=1)
+    )
+
+
+def dot_scores(
+    user_vectors: np.ndarray, products: np.ndarray, out: np.ndarray | None = None
+) -> np.ndarray:
+    """``[U, 1] @ products.T``: a block of dot-product scores (bias folded), float32.
+
+    Args:
+        user_vectors: float32 [n, d].
+        products: :func:`augment_products` output, float32 [P, d + 1].
+        out: a reusable float32 buffer with at least n * P elements.
+    """
+    n = len(user_vectors)
+    users = np.empty((n, products.shape[1]), dtype=np.float32)
+    users[:, :-1] = user_vectors
+    users[:, -1] = 1.0
+    if out is not None and out.size >= n * len(products):
+        target = out.reshape(-1)[: n * len(products)].reshape(n, len(products))
+        return np.matmul(users, products.T, out=target)
+    return users @ products.T
+
+
+def _greedy(
+    rows: np.ndarray,
+    ranks: np.ndarray,
+    cols: np.ndarray,
+    n_rows: int,
+    k: int,
+    caps: tuple[GroupCap, ...],
+) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """Walk each row's candidates in order, taking a product unless one of its groups is full.
+
+    Returns:
+        (accepted bool per candidate, filled per row, per cap: candidates it skipped in each
+        row while the row's list was open).
+    """
+    skipped = {cap.name: np.zeros(n_rows, dtype=np.int64) for cap in caps}
+    if not caps:
+        accepted = ranks <= k
+        return accepted, np.bincount(rows[accepted], minlength=n_rows), skipped
+    n_cand = len(rows)
+    accepted = np.zeros(n_cand, dtype=bool)
+    filled = np.zeros(n_rows, dtype=np.int64)
+    if n_cand == 0:
+        return accepted, filled, skipped
+    width = int(ranks.max())
+    position = np.full((n_rows, width), -1, dtype=np.int64)
+    position[rows, ranks - 1] = np.arange(n_cand)
+    group_codes = []
+    counters = []
+    for cap in caps:
+        raw = cap.codes[cols]
+        code = np.full(n_cand, -1, dtype=np.int64)
+        grouped = raw >= 0
+        if grouped.any():
+            pair = rows[grouped] * (int(raw.max()) + 1) + raw[grouped]
+            _, inverse = np.unique(pair, return_inverse=True)
+            code[grouped] = inverse
+        group_codes.append(code)
+        counters.append(np.zeros(int(code.max()) + 1 if grouped.any() else 0, dtype=np.int64))
+    for j in range(width):
+        cand = position[:, j]
+        cand = cand[cand >= 0]
+        if not len(cand):
+            continue
+        ok = filled[rows[cand]] < k
+        for cap, code, counter in zip(caps, group_codes, counters, strict=True):
+            c = code[cand]
+            over = ok & (c >= 0)
+            over[over] = counter[c[over]] >= cap.cap
+            np.add.at(skipped[cap.name], rows[cand[over]], 1)
+            ok &= ~over
+        taken = cand[ok]
+        accepted[taken] = True
+        filled[rows[taken]] += 1
+        for code, counter in zip(group_codes, counters, strict=True):
+            c = code[taken]
+            counter[c[c >= 0]] += 1
+    return accepted, filled, skipped
+
+
+def _select(
+    scores: np.ndarray,
+    maxima: np.ndarray,
+    columns: Columns,
+    k: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, int]]:
+    """Exact lists under the caps: widen rows whose candidates ran out (see the module)."""
+    n, p = scores.shape
+    m = np.full(n, k if not columns.caps else 2 * k, dtype=np.int64)
+    n_chunks = maxima.shape[1]
+    active = np.arange(n)
+    out_rows, out_cols, out_values = [], [], []
+    filled = np.zeros(n, dtype=np.int64)
+    skipped = {cap.name: 0 for cap in columns.caps}
+    while len(active):
+        sub_max = maxima[active]
+        threshold = kth_largest(sub_max, m[active])
+        sel_rows, sel_chunks = np.nonzero(sub_max >= threshold[:, None])
+        cols = sel_chunks[:, None] * CHUNK + np.arange(CHUNK)[None, :]
+        inside = cols < p
+        values = scores[active[sel_rows][:, None], np.minimum(cols, p - 1)]
+        keep = inside & np.isfinite(values) & (values >= threshold[sel_rows][:, None])
+        local = np.broadcast_to(sel_rows[:, None], cols.shape)[keep]
+        rows_o, ranks_o, cols_o, values_o = order_candidates(
+            local, cols[keep], values[keep], columns.keys
+        )
+        accepted, got, skip = _greedy(rows_o, ranks_o, cols_o, len(active), k, columns.caps)
+        exhausted = m[active] >= n_chunks * CHUNK
+        done = (got >= k) | exhausted | ~np.isfinite(threshold)
+        take = accepted & done[rows_o]
+        out_rows.append(active[rows_o[take]])
+        out_cols.append(cols_o[take])
+        out_values.append(values_o[take])
+        filled[active[done]] = got[done]
+        for name, per_row in skip.items():  # the final pass of each finished row counts
+            skipped[name] += int(per_row[done].sum())
+        m[active[~done]] *= 4
+        active = active[~done]
+    rows = np.concatenate(out_rows) if out_rows else np.zeros(0, dtype=np.int64)
+    cols = np.concatenate(out_cols) if out_cols else np.zeros(0, dtype=np.int64)
+    values = np.concatenate(out_values) if out_values else np.zeros(0, dtype=np.float32)
+    order = np.argsort(rows, kind="stable")  # rows were appended pass by pass
+    rows, cols, values = rows[order], cols[order], values[order]
+    starts = np.searchsorted(rows, rows, side="left")
+    ranks = np.arange(len(rows)) - starts + 1
+    return rows, ranks, cols, values, filled, skipped
+
+
+def score_block(
+    scores: np.ndarray,
+    columns: Columns,
+    k: int,
+    *,
+    rated: tuple[np.ndarray, np.ndarray] | None = None,
+    excluded: tuple[np.ndarray, np.ndarray] | None = None,
+) -> BlockResult:
+    """Exact top-k lists of one block of users under every rule.
+
+    Args:
+        scores: float32 [n, P], the model's scores of these users against every column
+            (modified in place: boosts applied, masked entries set to ``-inf``).
+        columns: the run's column side (keys, availability, boosts, caps).
+        k: list length.
+        rated: (rows, columns) the users rated: never recommended, not counted.
+        excluded: (rows, columns) of per-user exclusions: never recommended, counted.
+
+    Returns:
+        The lists (see :class:`BlockResult`). A row is shorter than k only when no finite
+        candidate is left under the rules.
+    """
+    n, p = scores.shape
+    if p != columns.n:
+        raise ValueError(f"scores have {p} columns, the run has {columns.n}")
+    boosted_cols = columns._boosted_cols  # type: ignore[attr-defined]
+    if len(boosted_cols):
+        if columns.offset is not None and not columns.offset_folded:
+            scores[:, boosted_cols] += columns.offset[boosted_cols]
+        if columns.factor is not None:
+            scores[:, boosted_cols] *= columns.factor[boosted_cols]
+    if rated is not None and len(rated[0]):
+        scores[rated[0], rated[1]] = -np.inf
+    ex_rows = ex_cols = np.zeros(0, dtype=np.int64)
+    if excluded is not None and len(excluded[0]):
+        ex_rows, ex_cols = excluded
+    ex_values = scores[ex_rows, ex_cols].copy()
+    unavailable_cols = columns._unavailable_cols  # type: ignore[attr-defined]
+    unavailable_values = scores[:, unavailable_cols].copy() if len(unavailable_cols) else None
+    if len(ex_rows):
+        scores[ex_rows, ex_cols] = -np.inf
+    blocked_cols = columns._blocked_cols  # type: ignore[attr-defined]
+    if len(blocked_cols):
+        scores[:, blocked_cols] = -np.inf
+    if n == 0 or p == 0:
+        empty = np.zeros(0, dtype=np.int64)
+        counts = {key: 0 for key in RULE_COUNT_KEYS if key != "backfilled_users"}
+        return BlockResult(
+            empty, empty, empty, np.zeros(0, np.float32), np.zeros(n, np.int64), counts
+        )
+    maxima = chunk_maxima(scores, CHUNK)
+    rows, ranks, cols, values, filled, skipped = _select(scores, maxima, columns, k)
+
+    # the score of each row's last product: a masked pair at least this high was displaced
+    last = np.full(n, -np.inf, dtype=np.float32)
+    full = filled >= k
+    last_rows = rows[ranks == k]
+    last[last_rows] = values[ranks == k]
+    last[~full] = -np.inf
+    counts = {
+        "unavailable": 0,
+        "excluded": int((np.isfinite(ex_values) & (ex_values >= last[ex_rows])).sum()),
+        "category_cap": int(skipped.get("category_cap", 0)),
+        "brand_cap": int(skipped.get("brand_cap", 0)),
+        "boosted": int(columns.boosted[cols].sum()),
+    }
+    if unavailable_values is not None:
+        counts["unavailable"] = int(
+            (np.isfinite(unavailable_values) & (unavailable_values >= last[:, None])).sum()
+        )
+    return BlockResult(rows, ranks, cols, values.astype(np.float32), filled, counts)
