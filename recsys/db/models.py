@@ -75,7 +75,7 @@ class Rating(Base):
         primary_key=True,
         index=True,
     )
-    rating: Mapped[float] = mapped_column(sa.Float(24))
+    rating: Mapped[float] = mapped_column(sa.REAL)
     rated_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
 
 
@@ -121,6 +121,14 @@ class FeatureSet(Base):
     """One build of product text vectors; exactly one row at most has ``is_current``."""
 
     __tablename__ = "feature_sets"
+    __table_args__ = (
+        sa.Index(
+            "ix_feature_sets_one_current",
+            "is_current",
+            unique=True,
+            postgresql_where=sa.text("is_current"),
+        ),
+    )
 
     id: Mapped[int] = mapped_column(sa.BigInteger, sa.Identity(), primary_key=True)
     name: Mapped[str] = mapped_column(sa.Text, unique=True)
@@ -174,6 +182,7 @@ class ModelRun(Base):
     """One training run (see alembic revision 0003 and ``recsys.model.registry``)."""
 
     __tablename__ = "model_runs"
+    __table_args__ = (sa.Index("ix_model_runs_status", "status", "id"),)
 
     id: Mapped[int] = mapped_column(sa.BigInteger, sa.Identity(), primary_key=True)
     model_type: Mapped[str] = mapped_column(sa.Text)
@@ -236,7 +245,7 @@ class Recommendation(Base):
     user_id: Mapped[int] = mapped_column(sa.BigInteger, primary_key=True)
     rank: Mapped[int] = mapped_column(sa.SmallInteger, primary_key=True)
     product_id: Mapped[int] = mapped_column(sa.BigInteger)
-    score: Mapped[float] = mapped_column(sa.Float(24))
+    score: Mapped[float] = mapped_column(sa.REAL)
     strategy: Mapped[str] = mapped_column(sa.Text)
     """model | cold_start | popularity | category_popularity"""
 
