@@ -26,7 +26,7 @@ class Base(DeclarativeBase):
     metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
 
 
-# --- foundation (issue 2): users, products, ratings, loads, rejected rows -------------------
+# --- foundation: users, products, ratings, loads, rejected rows -----------------------------
 
 
 class User(Base):
@@ -112,7 +112,7 @@ class RejectedRow(Base):
     reason: Mapped[str] = mapped_column(sa.Text)
 
 
-# --- feature store (issue 3) ----------------------------------------------------------------
+# --- feature store --------------------------------------------------------------------------
 
 from pgvector.sqlalchemy import Vector as _PgVector  # noqa: E402  (kept inside this area)
 
@@ -175,7 +175,7 @@ class ProductFeature(Base):
     notes: Mapped[str | None] = mapped_column(sa.Text)
 
 
-# --- model registry (issue 4) ---------------------------------------------------------------
+# --- model registry -------------------------------------------------------------------------
 
 
 class ModelRun(Base):
@@ -211,7 +211,7 @@ class ModelRun(Base):
     pid: Mapped[int | None] = mapped_column(sa.Integer)
 
 
-# --- recommendations, pipeline runs (issue 5) -----------------------------------------------
+# --- recommendations, pipeline runs ---------------------------------------------------------
 
 
 class RecommendationRun(Base):
