@@ -1,4 +1,4 @@
-"""``recsys features build|list`` and ``recsys similar``: the feature store (issue 3)."""
+"""``recsys features build|list`` and ``recsys similar``: the feature store."""
 
 from __future__ import annotations
 

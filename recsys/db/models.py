@@ -26,7 +26,7 @@ class Base(DeclarativeBase):
     metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
 
 
-# --- foundation (issue 2): users, products, ratings, loads, rejected rows -------------------
+# --- foundation: users, products, ratings, loads, rejected rows -----------------------------
 
 
 class User(Base):
@@ -77,7 +77,7 @@ class Rating(Base):
         primary_key=True,
         index=True,
     )
-    rating: Mapped[float] = mapped_column(sa.Float(24))
+    rating: Mapped[float] = mapped_column(sa.REAL)
     rated_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
 
 
@@ -114,7 +114,7 @@ class RejectedRow(Base):
     reason: Mapped[str] = mapped_column(sa.Text)
 
 
-# --- feature store (issue 3) ----------------------------------------------------------------
+# --- feature store --------------------------------------------------------------------------
 
 from pgvector.sqlalchemy import Vector as _PgVector  # noqa: E402  (kept inside this area)
 
@@ -123,6 +123,14 @@ class FeatureSet(Base):
     """One build of product text vectors; exactly one row at most has ``is_current``."""
 
     __tablename__ = "feature_sets"
+    __table_args__ = (
+        sa.Index(
+            "ix_feature_sets_one_current",
+            "is_current",
+            unique=True,
+            postgresql_where=sa.text("is_current"),
+        ),
+    )
 
     id: Mapped[int] = mapped_column(sa.BigInteger, sa.Identity(), primary_key=True)
     name: Mapped[str] = mapped_column(sa.Text, unique=True)
@@ -169,13 +177,14 @@ class ProductFeature(Base):
     notes: Mapped[str | None] = mapped_column(sa.Text)
 
 
-# --- model registry (issue 4) ---------------------------------------------------------------
+# --- model registry -------------------------------------------------------------------------
 
 
 class ModelRun(Base):
     """One training run (see alembic revision 0003 and ``recsys.model.registry``)."""
 
     __tablename__ = "model_runs"
+    __table_args__ = (sa.Index("ix_model_runs_status", "status", "id"),)
 
     id: Mapped[int] = mapped_column(sa.BigInteger, sa.Identity(), primary_key=True)
     model_type: Mapped[str] = mapped_column(sa.Text)
@@ -206,7 +215,7 @@ class ModelRun(Base):
     pid: Mapped[int | None] = mapped_column(sa.Integer)
 
 
-# --- recommendations, pipeline runs (issue 5) -----------------------------------------------
+# --- recommendations, pipeline runs ---------------------------------------------------------
 
 
 class RecommendationRun(Base):
@@ -244,7 +253,7 @@ class Recommendation(Base):
     user_id: Mapped[int] = mapped_column(sa.BigInteger, primary_key=True)
     rank: Mapped[int] = mapped_column(sa.SmallInteger, primary_key=True)
     product_id: Mapped[int] = mapped_column(sa.BigInteger)
-    score: Mapped[float] = mapped_column(sa.Float(24))
+    score: Mapped[float] = mapped_column(sa.REAL)
     strategy: Mapped[str] = mapped_column(sa.Text)
     """model | cold_start | popularity | category_popularity"""
     reason: Mapped[str | None] = mapped_column(sa.Text)

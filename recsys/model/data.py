@@ -27,9 +27,9 @@ from recsys.model.base import RatingData
 
 _log = logging.getLogger(__name__)
 
-# No ORDER BY: sorting millions of rows in PostgreSQL (work_mem spills to disk) cost 3x the
-# whole transfer; the rows are sorted by (user, product) in numpy instead. The filter is two
-# hashed semi-joins against per-user and per-product counts of the unfiltered table.
+# No ORDER BY: sorting millions of rows in PostgreSQL spills work_mem to disk and costs more
+# than the whole transfer; the rows are sorted by (user, product) in numpy instead. The filter
+# is two hashed semi-joins against per-user and per-product counts of the unfiltered table.
 _RATINGS_SQL = """
 SELECT r.user_id, r.product_id, r.rating::float4, floor(extract(epoch FROM r.rated_at))::int8
 FROM ratings r
