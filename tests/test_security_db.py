@@ -319,3 +319,28 @@ def test_startup_keeps_recsys_home_private(embedded: Embedded) -> None:
     mode = embedded.settings.home.stat().st_mode & 0o777
     expected = 0o711 if os.geteuid() == 0 else 0o700  # root: the server's account traverses
     assert mode == expected
+
+
+def test_the_lock_survives_a_server_wide_idle_transaction_timeout(embedded: Embedded) -> None:
+    import time
+
+    engine = embedded.engine()
+    with engine.connect() as conn:
+        conn.execute(sa.text("ALTER DATABASE recsys SET idle_in_transaction_session_timeout = 500"))
+        conn.execute(sa.text("ALTER DATABASE recsys SET transaction_timeout = 500"))
+        conn.commit()
+    try:
+        with advisory_lock(engine, NIGHTLY_LOCK) as held:
+            pid = held.connection.driver_connection.info.backend_pid
+            time.sleep(1.5)
+            with engine.connect() as conn:
+                holder = conn.execute(
+                    sa.text("SELECT pid FROM pg_locks WHERE relation = 'nightly_lock'::regclass")
+                ).scalar()
+            assert holder == pid
+    finally:
+        with engine.connect() as conn:
+            conn.execute(sa.text("ALTER DATABASE recsys RESET idle_in_transaction_session_timeout"))
+            conn.execute(sa.text("ALTER DATABASE recsys RESET transaction_timeout"))
+            conn.commit()
+        engine.dispose()

@@ -14,9 +14,9 @@ What holding it costs: the lock transaction writes nothing, so it gets no transa
 in READ COMMITTED it keeps no snapshot between statements. It therefore holds back neither
 VACUUM's cleanup horizon nor anything else in the database. EXCLUSIVE mode still lets plain
 SELECTs of the lock table through (``pg_dump`` is not blocked); only autovacuum of the lock table
-itself waits, and that table never changes. The session disables
-``idle_in_transaction_session_timeout`` for itself, so a server that sets one does not end the
-lock in the middle of a long run.
+itself waits, and that table never changes. The lock transaction disables
+``idle_in_transaction_session_timeout`` (and, from PostgreSQL 17, ``transaction_timeout``) for
+itself, so a server that sets one does not end the lock in the middle of a long run.
 """
 
 from __future__ import annotations
@@ -106,7 +106,9 @@ def advisory_lock(
         return
     conn = engine.connect()
     try:
-        conn.execute(sa.text("SET idle_in_transaction_session_timeout = 0"))
+        conn.execute(sa.text("SET LOCAL idle_in_transaction_session_timeout = 0"))
+        if conn.connection.driver_connection.info.server_version >= 170000:
+            conn.execute(sa.text("SET LOCAL transaction_timeout = 0"))
         try:
             conn.execute(sa.text(f"LOCK TABLE {table} IN EXCLUSIVE MODE NOWAIT"))
         except sa.exc.DBAPIError as err:
