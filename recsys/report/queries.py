@@ -295,9 +295,8 @@ def _linked_ids(steps: list[StepRow]) -> tuple[int | None, int | None]:
     model_run = rec_run = None
     for s in steps:
         d = s.detail
-        for key in ("model_run_id",):
-            if model_run is None and isinstance(d.get(key), int):
-                model_run = int(d[key])
+        if model_run is None and isinstance(d.get("model_run_id"), int):
+            model_run = int(d["model_run_id"])
         if rec_run is None and isinstance(d.get("recommendation_run_id"), int):
             rec_run = int(d["recommendation_run_id"])
     return model_run, rec_run
