@@ -16,6 +16,8 @@ from typing import Any
 DPI = 110
 WIDTH = 7.6
 """Inches; at :data:`DPI` the charts are about as wide as the page's text column."""
+HALF = 4.3
+"""Inches of a chart shown in one of two columns."""
 
 INK = "#1f2933"
 GRID = "#d9dee4"
@@ -30,10 +32,10 @@ STEP_COLOURS = ("#3b6ea5", "#5aa469", "#e0a43a", "#9c5fb5", "#d1605e", "#4fa3a5"
 SERIES = ("#3b6ea5", "#e07b39", "#5aa469", "#9c5fb5", "#d1605e", "#4fa3a5", "#8a8f98")
 
 
-def _figure(height: float):
+def _figure(height: float, width: float = WIDTH):
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(WIDTH, height), dpi=DPI)
+    fig = Figure(figsize=(width, height), dpi=DPI)
     fig.patch.set_facecolor("white")
     return fig
 
@@ -125,6 +127,7 @@ def steps_trend(
                 va="bottom",
             )
     ax.set_ylim(0, top * 1.35)
+    ax.set_xlim(-0.6, max(len(runs), 8) - 0.4)  # a lone run is not one wall-wide bar
     labels = [f"#{r[0]}" for r in runs]
     ax.set_xticks(x, labels)
     for tick, r in zip(ax.get_xticklabels(), runs, strict=True):
@@ -144,7 +147,7 @@ def loss_curve(
     """Loss per epoch (train, and validation where recorded)."""
     if not train and not validation:
         return None
-    fig = _figure(2.8)
+    fig = _figure(2.9, HALF)
     ax = fig.add_subplot()
     if train:
         ax.plot(range(1, len(train) + 1), train, marker="o", ms=3, color=SERIES[0], label="train")
@@ -170,7 +173,7 @@ def ndcg_curve(points: Sequence[tuple[float, float]]) -> str | None:
     """Internal-validation NDCG@10 per evaluation: (epoch, value)."""
     if not points:
         return None
-    fig = _figure(2.6)
+    fig = _figure(2.9, HALF)
     ax = fig.add_subplot()
     xs, ys = zip(*points, strict=True)
     ax.plot(xs, ys, marker="o", ms=4, color=SERIES[2])
@@ -212,7 +215,7 @@ def strategy_bars(counts: Sequence[tuple[str, int]]) -> str | None:
     """Users per strategy."""
     if not counts:
         return None
-    fig = _figure(0.36 * len(counts) + 0.9)
+    fig = _figure(0.4 * len(counts) + 0.9, HALF)
     ax = fig.add_subplot()
     total = sum(n for _, n in counts) or 1
     top = max(n for _, n in counts) or 1

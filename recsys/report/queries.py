@@ -35,6 +35,9 @@ OVERLAP_USERS = 2000
 EXACT_SAMPLE_MAX_USERS = 50_000
 """Up to this many users in a run, samples are drawn from the run's user ids themselves."""
 HISTOGRAM_BUCKETS = 10
+WORK_MEM = "128MB"
+"""``work_mem`` of the report's transaction (PostgreSQL's default 4MB spills the per-product
+aggregates of a large catalogue to disk)."""
 TOP_PRODUCTS = 20
 RATED_SHOWN = 5
 
@@ -292,9 +295,8 @@ def _linked_ids(steps: list[StepRow]) -> tuple[int | None, int | None]:
     model_run = rec_run = None
     for s in steps:
         d = s.detail
-        for key in ("model_run_id",):
-            if model_run is None and isinstance(d.get(key), int):
-                model_run = int(d[key])
+        if model_run is None and isinstance(d.get("model_run_id"), int):
+            model_run = int(d["model_run_id"])
         if rec_run is None and isinstance(d.get("recommendation_run_id"), int):
             rec_run = int(d["recommendation_run_id"])
     return model_run, rec_run
@@ -611,6 +613,8 @@ def read_report(engine: Engine, run_id: int | None = None, *, seed: int = 0) -> 
     started = time.perf_counter()
     with engine.connect() as conn, conn.begin():
         conn.execute(sa.text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ"))
+        # the per-product aggregates hash up to one row per product: keep them in memory
+        conn.execute(sa.text(f"SET LOCAL work_mem = '{WORK_MEM}'"))
         rid = resolve_run(conn, run_id)
         header = _run_header(conn, rid)
         steps = _steps(conn, rid)

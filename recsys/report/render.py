@@ -65,6 +65,15 @@ def _duration(seconds: float | None) -> str:
     return f"{hours} h {minutes:02d} min"
 
 
+def _short(value: Any) -> str:
+    """A step detail value for the table: floats to 4 significant digits."""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {_short(v)}" for k, v in value.items()) + "}"
+    return str(value)
+
+
 def _img(name: str, uri: str | None, alt: str, empty: str) -> str:
     if uri is None:
         return f'<p class="empty" data-empty-chart="{e(name)}">{e(empty)}</p>'
@@ -160,7 +169,7 @@ def _steps(d: ReportData) -> str:
     rows = []
     for s in d.steps:
         detail = ", ".join(
-            f"{k}={v}" for k, v in s.detail.items() if k not in ("metrics",) and v is not None
+            f"{k}={_short(v)}" for k, v in s.detail.items() if k != "metrics" and v is not None
         )
         rows.append(
             f'<tr data-step="{e(s.step)}" data-status="{e(s.status)}" '
@@ -183,11 +192,13 @@ def _steps(d: ReportData) -> str:
         "seconds per step over the last runs",
         "no earlier runs",
     )
+    n = len(d.trend)
+    trend_title = "Earlier runs: none yet" if n <= 1 else f"The last {n} runs"
     body = (
         "<h3>This run</h3>"
         + timeline
         + table
-        + f"<h3>The last {len(d.trend)} runs</h3>"
+        + f"<h3>{e(trend_title)}</h3>"
         + trend
         + '<p class="caption">Seconds per step of each pipeline run up to this one; '
         "runs that did not succeed are labelled.</p>"
@@ -381,7 +392,7 @@ def _quality(d: ReportData) -> str:
         f"row in it. &ldquo;{NOT_MEASURED}&rdquo;: that figure was not computed for that model "
         "on that split.</p>"
     )
-    return _section("quality", "Quality", table + caption + (chart if bars else ""))
+    return _section("quality", "Quality", table + caption + (chart if len(bars) > 1 else ""))
 
 
 def _lists(d: ReportData) -> str:
