@@ -2,9 +2,10 @@
 and every successful load accounts for each line: read = loaded + merged + rejected.
 
 Random bytes, random JSON lines (built from the keys the formats look for, with values of any
-JSON type, huge integers and NaN included) and random delimited text (the separators and
-headers the formats use) go through the real command in-process (CliRunner), plain or gzip,
-with and without ``--format``, on one database shared by all examples.
+JSON type, huge integers and NaN included), random delimited text (the separators and headers
+the formats use) and mostly valid files with random lines mixed in go through the real command
+in-process (CliRunner), plain or gzip, with and without ``--format``, with the default line cap
+or a 64-byte one, on one database shared by all examples.
 """
 
 from __future__ import annotations
@@ -89,13 +90,39 @@ def delimited_files(draw) -> str:
     return "\n".join(lines)
 
 
+_ids = st.integers(0, 3)  # few ids, so lines repeat user-product pairs and merge
+_valid_csv = st.builds(
+    "P{},U{},{}.0,{}".format, _ids, _ids, st.integers(1, 5), st.integers(10**9, 1_700_000_000)
+)
+_valid_review = st.builds(
+    lambda u, p, r, t: json.dumps(
+        {"reviewerID": f"U{u}", "asin": f"P{p}", "overall": r, "unixReviewTime": t}
+    ),
+    _ids,
+    _ids,
+    st.integers(1, 5),
+    st.integers(10**9, 1_700_000_000),
+)
+
+
+@st.composite
+def near_valid_files(draw) -> str:
+    """Mostly valid lines of one format, some replaced by random ones (so loads succeed)."""
+    valid = draw(st.sampled_from([_valid_csv, _valid_review]))
+    noise = st.one_of(_json_line, st.text(max_size=30), st.just(""))
+    lines = draw(st.lists(st.one_of(valid, valid, valid, noise), min_size=1, max_size=12))
+    return "\n".join(lines)
+
+
 contents = st.one_of(
     st.binary(max_size=300),
     json_files.map(str.encode),
     delimited_files().map(str.encode),
+    near_valid_files().map(str.encode),
 )
-how = st.sampled_from(["positional", "--ratings", "--metadata"])
-forced = st.one_of(st.none(), st.sampled_from(sorted(FORMATS)))
+# weighted so that a good share of the examples load (and check the counts)
+how = st.sampled_from(["positional", "positional", "--ratings", "--metadata"])
+forced = st.one_of(st.none(), st.none(), st.sampled_from(sorted(FORMATS)))
 
 
 def _new_loads(url: str, after: int) -> list[tuple]:
@@ -129,10 +156,18 @@ def _last_load_id(url: str) -> int:
     gz=st.booleans(),
     how=how,
     fmt=forced,
-    lenient=st.booleans(),
+    lenient=st.sampled_from([True, True, False]),
+    small_cap=st.booleans(),
 )
 def test_load_db_exits_0_or_2_and_accounts_for_every_line(
-    tmp_path: Path, cli_env, content: bytes, gz: bool, how: str, fmt: str | None, lenient: bool
+    tmp_path: Path,
+    cli_env,
+    content: bytes,
+    gz: bool,
+    how: str,
+    fmt: str | None,
+    lenient: bool,
+    small_cap: bool,
 ) -> None:
     path = tmp_path / f"{uuid.uuid4().hex}.in"
     path.write_bytes(gzip.compress(content) if gz else content)
@@ -144,7 +179,8 @@ def test_load_db_exits_0_or_2_and_accounts_for_every_line(
     url = cli_env["RECSYS_DATABASE_URL"]
     before = _last_load_id(url)
 
-    result = CliRunner().invoke(cli, args, env=cli_env)
+    env = {**cli_env, "RECSYS_MAX_LINE_BYTES": "64"} if small_cap else cli_env
+    result = CliRunner().invoke(cli, args, env=env)
 
     assert "Traceback" not in result.output
     error = result.exception

@@ -23,6 +23,9 @@ from recsys.ingest.movielens import is_users_dat_line
 from recsys.ingest.reader import DEFAULT_MAX_LINE_BYTES, LongLine, head_lines
 from recsys.ingest.rows import FORMATS, BadLine, Format
 
+_NOT_THIS_FORMAT = (BadLine, ValueError, TypeError, OverflowError)
+"""A parser failing in any of these ways on a line means the line is not in its format."""
+
 _DAT_FORMATS = ("movielens-dat-ratings", "movielens-dat-tags", "movielens-dat-movies")
 """Tried in this order: a ratings line also reads as a tag, a tag line never as a rating."""
 
@@ -66,14 +69,14 @@ def _guess(line: str) -> str | None:
             try:
                 FORMATS[name].parse(stripped)  # type: ignore[misc]
                 return name
-            except BadLine:
+            except _NOT_THIS_FORMAT:
                 pass
         return None
     for name in ("ratings-csv", "movielens100k-ratings"):
         try:
             FORMATS[name].parse(stripped)  # type: ignore[misc]
             return name
-        except BadLine:
+        except _NOT_THIS_FORMAT:
             pass
     fields = stripped.split("|")
     if len(fields) == 24 and fields[0].isdigit():
