@@ -407,7 +407,7 @@ class SimilarProduct(Base):
     kind: Mapped[str] = mapped_column(sa.Text, primary_key=True)
     rank: Mapped[int] = mapped_column(sa.SmallInteger, primary_key=True)
     similar_product_id: Mapped[int] = mapped_column(sa.BigInteger)
-    score: Mapped[float] = mapped_column(sa.Float(24))
+    score: Mapped[float] = mapped_column(sa.REAL)
 
 
 class PublishedSimilarProducts(Base):
