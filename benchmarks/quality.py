@@ -206,9 +206,10 @@ def markdown(results: list[dict], seconds: float) -> str:
     lines = [
         SECTION,
         "",
-        f"Measured by `benchmarks/quality.py` on the shared 2-core CPU machine in "
-        f"{seconds / 60:.0f} min: per dataset the ANCHORS.md rank split is cut from the loaded "
-        "ratings, the test ratings are deleted from the database, the default `recsys run` "
+        "Measured by `benchmarks/quality.py` on the shared 2-core CPU machine"
+        + (f" ({seconds / 60:.0f} min)" if seconds else "")
+        + ": per dataset the ANCHORS.md rank split is cut from the loaded ratings,"
+        " the test ratings are deleted from the database, the default `recsys run` "
         "pipeline (features, `--model auto`, adaptive filter, score, publish; only the protocol "
         "evaluation inside training skipped) runs, and its published lists are read back with "
         "SQL from `current_recommendations`. EASE / implicit ALS / popularity are measured in "
@@ -284,13 +285,30 @@ def main() -> None:
     parser.add_argument("--no-peers", action="store_true", help="Skip the same-run references.")
     parser.add_argument("--json", type=Path, default=None, help="Also write the figures here.")
     parser.add_argument("--write", action="store_true", help="Write the section of RESULTS.md.")
+    parser.add_argument(
+        "--from-json",
+        type=Path,
+        nargs="*",
+        default=[],
+        help="Render the table from results saved with --json (several runs combined, in order).",
+    )
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
     started = time.perf_counter()
     results = []
+    if args.from_json:
+        for path in args.from_json:
+            results.extend(json.loads(path.read_text()))
+        text = markdown(results, sum(r.get("bench_seconds", 0.0) for r in results))
+        print(text)
+        if args.write:
+            write_section(text)
+        return
     for name in args.datasets.split(","):
+        tick = time.perf_counter()
         r = run_dataset(name, args.data_dir, peers=not args.no_peers)
+        r["bench_seconds"] = time.perf_counter() - tick
         n = r["nightly"]
         print(
             f"{name}: served {r['served']} NDCG@10 {n['ndcg@10']:.4f} Recall@10 "
