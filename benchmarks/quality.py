@@ -300,7 +300,8 @@ def main() -> None:
     if args.from_json:
         for path in args.from_json:
             results.extend(json.loads(path.read_text()))
-        text = markdown(results, sum(r.get("bench_seconds", 0.0) for r in results))
+        timed = all("bench_seconds" in r for r in results)
+        text = markdown(results, sum(r["bench_seconds"] for r in results) if timed else 0.0)
         print(text)
         if args.write:
             write_section(text)
