@@ -74,6 +74,12 @@ def test_bad_parameters_and_names_fail_with_one_line() -> None:
     assert catalog.DEFAULT_NIGHTLY_MODEL == catalog.AUTO
     assert catalog.model_params("ranker", {"epochs": 3, "hidden_units": 8}) == {"epochs": 3}
     assert catalog.model_params("ease", {"epochs": 3}) == {}
+    from recsys.model.train import TrainConfig
+
+    # auto passes the shared options on to the candidates that take them
+    assert TrainConfig(model="auto", epochs=3, batch_size=8).model_params() == {
+        "params": {"ranker": {"epochs": 3}}
+    }
 
 
 # --- EASE, ALS and blend as nightly models ------------------------------------------------

@@ -479,7 +479,9 @@ def recommend_command(ctx, user, n_rated) -> None:
 @click.option("--products", type=click.IntRange(20), default=500, show_default=True)
 @click.option("--ratings", type=click.IntRange(100), default=40000, show_default=True)
 @click.option("--model", default=None, help=_model_help())
-@click.option("--epochs", type=click.IntRange(1), default=None, help="For --model's that take it.")
+@click.option(
+    "--epochs", type=click.IntRange(1), default=None, help="Epochs (models that take them)."
+)
 @click.option("--batch-size", type=click.IntRange(1), default=None)
 @click.option("--hidden-units", type=click.IntRange(1), default=None)
 @click.option("--seed", type=int, default=0, show_default=True)

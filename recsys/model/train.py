@@ -75,6 +75,18 @@ class TrainConfig:
             "embedding_dim": self.embedding_dim,
             "hidden_units": self.hidden_units,
         }
+        if self.model == catalog.AUTO:
+            # the shared options reach the candidates that take them (e.g. --epochs: ranker)
+            per_model = {
+                name: catalog.model_params(name, options)
+                for name, spec in catalog.SPECS.items()
+                if spec.auto_candidate
+            }
+            per_model = {name: p for name, p in per_model.items() if p}
+            given = dict(self.params)
+            if per_model:
+                given["params"] = {**per_model, **given.get("params", {})}
+            return given
         return {**catalog.model_params(self.model, options), **self.params}
 
 
