@@ -148,6 +148,45 @@ def test_blend_is_the_standardised_mix_and_loads_exactly(tmp_path: Path) -> None
     np.testing.assert_allclose(loaded.score_users(users), blend.score_users(users), atol=1e-6)
 
 
+@pytest.mark.parametrize("name", ["ease", "als"])
+def test_ease_and_als_from_the_registry_publish_their_exact_top_k(
+    name: str, engine: sa.Engine, settings: Settings
+) -> None:
+    """Trained by the nightly run, loaded back from the registry, the published lists are the
+    brute-force top-k of the model's scores over each user's unrated products."""
+    if name == "als":
+        pytest.importorskip("implicit")
+    from recsys import pipeline
+    from recsys.scoring.score import load_model
+
+    with engine.begin() as conn:
+        add_catalogue(conn, n_users=40, n_products=25, n_ratings=300, seed=6)
+    options = pipeline.PipelineOptions(model=name, build_features=False, evaluate=False, k=5)
+    result = pipeline.run(engine, settings, options)
+    model = load_model(engine, settings, result.model_run_id)
+    assert model.recommender.name == name
+    with engine.connect() as conn:
+        rated = set(conn.execute(sa.text("SELECT user_id, product_id FROM ratings")).all())
+        published = conn.execute(
+            sa.text(
+                "SELECT u.id, p.id FROM current_recommendations c "
+                "JOIN users u ON u.external_id = c.user_external_id "
+                "JOIN products p ON p.external_id = c.asin ORDER BY u.id, c.rank"
+            )
+        ).all()
+    lists: dict[int, list[int]] = {}
+    for user_id, product_id in published:
+        lists.setdefault(int(user_id), []).append(int(product_id))
+    scores = model.recommender.score_users(np.arange(len(model.user_ids)))
+    for row, user_id in enumerate(model.user_ids.tolist()):
+        candidates = [
+            (-float(scores[row, col]), int(pid))
+            for col, pid in enumerate(model.product_ids.tolist())
+            if (user_id, pid) not in rated
+        ]
+        assert lists[user_id] == [pid for _, pid in sorted(candidates)[:5]]
+
+
 # --- auto ---------------------------------------------------------------------------------
 
 
