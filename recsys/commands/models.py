@@ -13,7 +13,11 @@ import click
 
 from recsys.config import Settings
 
-DEFAULT_EVALUATE = "hybrid,deep,mf,bias,popularity"
+
+def _default_evaluate() -> str:
+    from recsys.model import catalog
+
+    return ",".join(catalog.EVALUATE_DEFAULT)
 
 
 def _console(stderr: bool = False):
@@ -191,7 +195,7 @@ def _auto_lines(metrics: dict) -> list[str]:
 @click.command("evaluate")
 @click.option(
     "--models",
-    default=DEFAULT_EVALUATE,
+    default=_default_evaluate(),
     show_default=True,
     help="Comma-separated catalogue models to compare: " + _catalogue_names() + ".",
 )

@@ -36,6 +36,8 @@ DEFAULT_NIGHTLY_MODEL = AUTO
 """What ``recsys run`` / ``recsys train`` train when no ``--model`` is given."""
 META_FILE = "recommender.json"
 """Every saved model writes this JSON with at least ``{"model": name}``."""
+EVALUATE_DEFAULT = ("hybrid", "deep", "mf", "bias", "popularity")
+"""What ``recsys evaluate`` compares when no ``--models`` is given (the notebook's models)."""
 KERAS_PARAMS = ("epochs", "batch_size", "learning_rate", "embedding_dim", "hidden_units")
 """The shared options of ``recsys train``/``evaluate`` (each model takes those it declares)."""
 
