@@ -45,7 +45,7 @@ _log = logging.getLogger(__name__)
 class TrainConfig:
     """What to train; None means the model's own default (the notebook's)."""
 
-    model: str = "hybrid"
+    model: str = catalog.DEFAULT_NIGHTLY_MODEL
     epochs: int | None = None
     batch_size: int | None = None
     learning_rate: float | None = None
