@@ -259,7 +259,9 @@ def train_run(engine: Engine, settings: Any, config: TrainConfig) -> TrainResult
                 "seed": config.seed,
                 "evaluate": config.evaluate,
             }
-        elif config.internal:
+        else:  # what the fit chose (tuned epochs, text path, ...) joins the recorded params
+            recorded_params = {**dict(getattr(recommender, "params", {}) or {}), **recorded_params}
+        if config.model != catalog.AUTO and config.internal:
             from recsys.model.auto import internal_metrics
 
             metrics["internal"] = internal_metrics(
