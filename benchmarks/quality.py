@@ -1,37 +1,45 @@
-"""Benchmark: ranking and rating quality of every model on the ANCHORS.md protocols.
+"""Benchmark: the quality of what the default nightly run publishes, on every dev dataset.
 
-Usage (both dev datasets, every model; about 15-25 minutes on 2 shared cores)::
+Usage (every dataset in ../shared/data; about 10-20 minutes on 2 shared cores)::
 
     NLTK_DATA=../shared/nltk_data .venv/bin/python benchmarks/quality.py --write
 
-Data goes through the real recsys code path: the files are loaded with
-``recsys.ingest.load.load_files`` into a throwaway embedded PostgreSQL, product text vectors are
-built with ``recsys.features.store.build_features`` (Word2Vec trained on the catalogue text,
-100-d, averaged: the notebook's), and ``recsys.model.data.read_rating_data(min_ratings=0)``
-reads the RatingData (no min-ratings filter, as ANCHORS.md asks). ``--cache DIR`` keeps that
-RatingData as an .npz so a rerun skips the database.
+Per dataset, in a throwaway embedded PostgreSQL:
 
-Every model is then trained and measured by ``recsys.evaluation.protocol`` on the same two
-splits (rank: Recall/NDCG/coverage@10; seed: RMSE/MAE), and the cold-product table comes from
-``recsys.evaluation.cold``. The reference measured in the same run is EASE (the best peer on
-ml-100k in ANCHORS.md): the table prints each model's NDCG@10 as a ratio of EASE's.
-``--write`` replaces the "Ranking quality" section of benchmarks/RESULTS.md.
+1. the files are loaded with the real loader (``recsys.ingest.load.load_files``);
+2. the ANCHORS.md rank split (``recsys.evaluation.splits.rank_split``: 20% of each user's
+   ratings, ``default_rng(42)``) is cut from the loaded ratings and the TEST ratings are
+   deleted from the database, so the nightly run never sees them;
+3. ``recsys.pipeline.run`` runs with the default options (features, ``--model auto``,
+   adaptive training filter, score, publish), except that the protocol evaluation inside
+   training is skipped (it does not change what is published);
+4. the published lists are read back with SQL from the ``current_recommendations`` view and
+   scored against the test ratings: Recall@10, NDCG@10 (binary gains, relevant = rating >= 4)
+   and coverage@10 (distinct listed products / training products), as ANCHORS.md defines them.
+
+The references measured in the same run, on the same split and data: EASE (lambda tuned on a
+train-internal split), implicit ALS (grid tuned the same way) and popularity, through
+``recsys.evaluation.protocol``. The table also gives the best peer of ANCHORS.md and auto's
+choice with every candidate's internal NDCG@10. ``--write`` replaces the "Any shop: the
+default nightly run" section of benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data"
+SHARED = Path(os.environ.get("RECSYS_SHARED_DATA", ROOT.parent / "shared" / "data"))
 DATASETS = {
     "ml-100k": {
         "ratings": ["movielens_ml-100k/u.data"],
@@ -41,53 +49,59 @@ DATASETS = {
         "ratings": ["amazon2018_gift_cards/Gift_Cards_5.json.gz"],
         "metadata": ["amazon2018_gift_cards/meta_Gift_Cards.json.gz"],
     },
+    "all_beauty": {"ratings": ["amazon2018_all_beauty_5core/All_Beauty_5.json.gz"]},
+    "appliances": {"ratings": ["amazon2018_appliances_5core/Appliances_5.json.gz"]},
 }
+ANCHORS = {
+    # best peer NDCG@10 / Recall@10 (method) and EASE's coverage@10 where ANCHORS.md gives it
+    "ml-100k": (0.358, "EASE", 0.369, "EASE", 0.160),
+    "gift_cards": (0.271, "implicit ALS", 0.475, "implicit ALS", None),
+    "all_beauty": (0.947, "implicit ALS", 0.972, "implicit ALS", None),
+    "appliances": (0.200, "EASE", 0.378, "Popularity", None),
+}
+SECTION = "## Any shop: the default nightly run (benchmarks/quality.py)"
+PEERS = ("ease", "als", "popularity")
 
 
-def _save_cache(path: Path, data) -> None:
-    np.savez(
-        path,
-        users=data.users,
-        products=data.products,
-        ratings=data.ratings,
-        timestamps=data.timestamps,
-        user_ids=data.user_ids,
-        product_ids=data.product_ids,
-        text=data.text,
-        has_text=data.has_text,
-        rating_scale=np.array(data.rating_scale),
-        feature_set_id=np.array(data.feature_set_id or -1),
-    )
+def list_metrics(
+    lists: dict[int, list[int]], test_users, test_products, test_ratings, n_training: int, k=10
+) -> dict[str, float]:
+    """Recall@k, NDCG@k, coverage@k of published lists (user index -> product indices)."""
+    relevant: dict[int, set[int]] = {}
+    triples = zip(test_users.tolist(), test_products.tolist(), test_ratings.tolist(), strict=True)
+    for u, p, r in triples:
+        if r >= 4:
+            relevant.setdefault(u, set()).add(p)
+    discounts = 1.0 / np.log2(np.arange(2, k + 2))
+    recall = ndcg = 0.0
+    listed: set[int] = set()
+    for u, rel in relevant.items():
+        items = lists.get(u, [])[:k]
+        hits = np.array([p in rel for p in items], dtype=bool)
+        ideal = min(k, len(rel))
+        recall += hits.sum() / ideal
+        ndcg += float((hits * discounts[: len(hits)]).sum()) / float(discounts[:ideal].sum())
+        listed.update(items)
+    n = max(1, len(relevant))
+    return {
+        "recall@10": recall / n,
+        "ndcg@10": ndcg / n,
+        "coverage@10": len(listed) / max(1, n_training),
+        "n_eval_users": len(relevant),
+    }
 
 
-def _load_cache(path: Path):
-    from recsys.model.base import RatingData
+def run_dataset(name: str, data_dir: Path, *, peers: bool) -> dict:
+    """Load, split, run the nightly pipeline, read the lists back; the dataset's figures."""
+    import sqlalchemy as sa
 
-    with np.load(path) as z:
-        return RatingData(
-            users=z["users"],
-            products=z["products"],
-            ratings=z["ratings"],
-            timestamps=z["timestamps"],
-            user_ids=z["user_ids"],
-            product_ids=z["product_ids"],
-            text=z["text"],
-            has_text=z["has_text"],
-            rating_scale=tuple(float(x) for x in z["rating_scale"]),
-            feature_set_id=int(z["feature_set_id"]),
-        )
-
-
-def load_dataset(name: str, *, cache: Path | None = None, data_dir: Path = SHARED):
-    """The dataset's RatingData through the real load -> features -> read path (cached)."""
-    if cache is not None:
-        cached = cache / f"{name}.npz"
-        if cached.exists():
-            return _load_cache(cached)
+    from recsys import pipeline
     from recsys.config import Settings
     from recsys.db import engine as db
-    from recsys.features import store
+    from recsys.evaluation.protocol import Splits, evaluate_model
+    from recsys.evaluation.splits import rank_split
     from recsys.ingest.load import load_files
+    from recsys.model import catalog
     from recsys.model.data import read_rating_data
 
     spec = DATASETS[name]
@@ -101,182 +115,161 @@ def load_dataset(name: str, *, cache: Path | None = None, data_dir: Path = SHARE
         url = server.get_uri(database="postgres", driver="psycopg")
     settings = Settings(database_url=url, home=work / "home")
     engine = db.create_engine(settings)
+    out: dict = {"dataset": name}
     try:
         db.ensure_schema(engine)
-        tick = time.perf_counter()
         load_files(
             engine,
             settings,
             ratings=[data_dir / p for p in spec["ratings"]],
-            metadata=[data_dir / p for p in spec["metadata"]],
+            metadata=[data_dir / p for p in spec.get("metadata", [])],
         )
-        print(f"{name}: loaded in {time.perf_counter() - tick:.1f} s", flush=True)
-        tick = time.perf_counter()
-        store.build_features(engine, settings, dim=100, create_hnsw=False, save_vectors=False)
-        print(f"{name}: features built in {time.perf_counter() - tick:.1f} s", flush=True)
         with engine.connect() as conn:
-            data = read_rating_data(conn, min_ratings=0, feature_set_id="current")
+            data = read_rating_data(conn, min_ratings=0, feature_set_id=None)
+        split = rank_split(data)
+        test = split.test
+        with engine.begin() as conn:
+            conn.execute(
+                sa.text(
+                    "DELETE FROM ratings r USING (SELECT unnest(CAST(:u AS bigint[])) AS u, "
+                    "unnest(CAST(:p AS bigint[])) AS p) t WHERE r.user_id = t.u "
+                    "AND r.product_id = t.p"
+                ),
+                {
+                    "u": data.user_ids[test.users].tolist(),
+                    "p": data.product_ids[test.products].tolist(),
+                },
+            )
+        started = time.perf_counter()
+        result = pipeline.run(
+            engine,
+            settings,
+            replace(pipeline.PipelineOptions(), evaluate=False),
+            trigger="benchmark",
+        )
+        out["nightly_seconds"] = time.perf_counter() - started
+        with engine.connect() as conn:
+            rows = conn.execute(
+                sa.text(
+                    "SELECT u.id, p.id, c.rank FROM current_recommendations c "
+                    "JOIN users u ON u.external_id = c.user_external_id "
+                    "JOIN products p ON p.external_id = c.asin ORDER BY u.id, c.rank"
+                )
+            ).all()
+            run = conn.execute(
+                sa.text("SELECT model_type, metrics FROM model_runs WHERE id = :r"),
+                {"r": result.model_run_id},
+            ).one()
+            features = conn.execute(
+                sa.text(
+                    "SELECT detail FROM pipeline_steps WHERE pipeline_run_id = :r "
+                    "AND step = 'features'"
+                ),
+                {"r": result.run_id},
+            ).scalar()
+        user_index = {int(u): i for i, u in enumerate(data.user_ids)}
+        product_index = {int(p): i for i, p in enumerate(data.product_ids)}
+        lists: dict[int, list[int]] = {}
+        for uid, pid, _rank in rows:
+            lists.setdefault(user_index[int(uid)], []).append(product_index[int(pid)])
+        n_training = int(np.unique(split.train.products).size)
+        out["nightly"] = list_metrics(lists, test.users, test.products, test.ratings, n_training)
+        out["users_listed"] = len(lists)
+        out["users_full_list"] = sum(len(v) == 10 for v in lists.values())
+        out["users"] = int(np.unique(split.train.users).size)
+        out["served"] = run.model_type
+        out["auto"] = (run.metrics or {}).get("auto")
+        out["internal"] = (run.metrics or {}).get("internal")
+        out["features"] = features
+        out["ratings"] = len(data)
+        out["products"] = data.n_products
+        if peers:
+            splits = Splits(seed=split, rank=split)
+            out["peers"] = {}
+            for peer in PEERS:
+                if not catalog.spec(peer).available():
+                    continue
+                evaluation = evaluate_model(lambda n=peer: catalog.create(n), splits, seed=0)
+                out["peers"][peer] = evaluation.rank
     finally:
         engine.dispose()
         if server is not None:
             server.cleanup()
-    if cache is not None:
-        cache.mkdir(parents=True, exist_ok=True)
-        _save_cache(cache / f"{name}.npz", data)
-    return data
+    return out
 
 
-MAIN_MODELS = "popularity,bias,ease,als,lightfm,lightfm_text,hybrid,ranker"
-LABELS = {
-    "popularity": "Popularity",
-    "bias": "Bias (user+item, ALS)",
-    "ease": "EASE",
-    "als": "implicit ALS",
-    "lightfm": "LightFM WARP",
-    "lightfm_text": "LightFM WARP +text",
-    "hybrid": "Seed Hybrid (Keras, notebook training)",
-    "deep": "Seed Deep (Keras)",
-    "mf": "Seed MF (Keras)",
-    "ranker": "**ranker** (this issue)",
-}
-LIGHTFM_TEXT_EPOCHS = 10
-"""LightFM with 100-d dense text features costs ~20x plain LightFM per epoch on 2 cores, so the
-benchmark fixes its epochs at 10 (what plain LightFM's train-internal tuning picked on both
-datasets) instead of running its tuning grid."""
-
-
-def factories(names: list[str]) -> dict:
-    from recsys.model import catalog
-
-    made = {}
-    for name in names:
-        params = {"epochs": LIGHTFM_TEXT_EPOCHS} if name == "lightfm_text" else {}
-        made[name] = lambda n=name, p=params: catalog.create(n, **p)
-    return made
-
-
-def run_dataset(
-    name: str, data, models: list[str], *, seed: int, cold: bool, seeds: list[int] = ()
-) -> dict:
-    from recsys.evaluation.cold import measure_cold
-    from recsys.evaluation.protocol import evaluate_model, make_splits
-
-    splits = make_splits(data)
-    results = {}
-    for model, factory in factories(models).items():
-        started = time.perf_counter()
-        result = evaluate_model(factory, splits, seed=seed)
-        results[model] = result
-        r = result.rank
-        rmse = f"RMSE {result.seed['rmse']:.4f}" if result.seed else "RMSE -"
-        print(
-            f"{name:<10} {model:<13} NDCG@10 {r['ndcg@10']:.4f} Recall@10 {r['recall@10']:.4f} "
-            f"coverage@10 {r['coverage@10']:.4f} {rmse} ({time.perf_counter() - started:.0f} s)",
-            flush=True,
-        )
-    seeds_results = []
-    for extra_seed in seeds:
-        if extra_seed == seed and "ranker" in results:
-            seeds_results.append(results["ranker"])
-            continue
-        seeds_results.append(
-            evaluate_model(factories(["ranker"])["ranker"], splits, seed=extra_seed)
-        )
-    cold_results = []
-    if cold:
-        cold_results = measure_cold(
-            data, {k: v for k, v in factories(["ranker", "lightfm_text"]).items()}, seed=seed
-        )
-        for c in cold_results:
-            print(
-                f"{name:<10} cold {c.model:<13} Recall@10 {c.recall:.4f} ({c.n_cold_products} cold "
-                f"products, {c.n_users} users, {c.seconds:.0f} s)",
-                flush=True,
-            )
-    return {"data": data, "results": results, "cold": cold_results, "seeds": seeds_results}
-
-
-def _f(value: float | None) -> str:
+def _f(value) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
-def markdown(runs: dict, *, seed: int, seconds: float) -> str:
-    names = list(runs)
+def markdown(results: list[dict], seconds: float) -> str:
     lines = [
-        "## Ranking quality (benchmarks/quality.py, engineer E)",
+        SECTION,
         "",
-        f"Measured by `benchmarks/quality.py` on this 2-core CPU machine (shared), seed {seed}, in "
-        f"{seconds / 60:.0f} min. Protocol of ../shared/ANCHORS.md (no min-ratings filter); data "
-        "loaded by the real loader, text vectors built by the real feature store (Word2Vec on "
-        "the catalogue text, 100-d, averaged), read by `read_rating_data(min_ratings=0)`. Every "
-        "model on the same splits in the same run; hyper-parameters of EASE / ALS / LightFM / "
-        "ranker tuned on a train-internal split only (LightFM +text: 10 epochs fixed, see "
-        "quality.py). One seed, so differences of ~0.005 are within noise.",
+        "Measured by `benchmarks/quality.py` on the shared 2-core CPU machine"
+        + (f" ({seconds / 60:.0f} min)" if seconds else "")
+        + ": per dataset the ANCHORS.md rank split is cut from the loaded ratings,"
+        " the test ratings are deleted from the database, the default `recsys run` "
+        "pipeline (features, `--model auto`, adaptive filter, score, publish; only the protocol "
+        "evaluation inside training skipped) runs, and its published lists are read back with "
+        "SQL from `current_recommendations`. EASE / implicit ALS / popularity are measured in "
+        "the same run on the same split (hyper-parameters tuned on a train-internal split). "
+        "Seed 0; one run.",
         "",
+        "| dataset | ratings | products | text | served (auto) | NDCG@10 | Recall@10 | "
+        "coverage@10 | EASE NDCG / Recall / cov. (same run) | ALS NDCG / Recall (same run) | "
+        "popularity NDCG / Recall | anchors best peer NDCG / Recall | NDCG vs best (same run) |",
+        "|---|---:|---:|---|---|---:|---:|---:|---|---|---|---|---:|",
     ]
-    header = "| method |" + "".join(
-        f" {n} NDCG@10 | {n} Recall@10 | {n} coverage@10 |" for n in names
-    )
-    header += "".join(f" {n} RMSE |" for n in names)
-    lines += [header, "|---|" + "---:|" * (4 * len(names))]
-    models = list(next(iter(runs.values()))["results"])
-    for model in models:
-        row = f"| {LABELS.get(model, model)} |"
-        for n in names:
-            r = runs[n]["results"][model].rank
-            row += f" {_f(r['ndcg@10'])} | {_f(r['recall@10'])} | {_f(r['coverage@10'])} |"
-        for n in names:
-            s = runs[n]["results"][model].seed
-            row += f" {_f(s['rmse']) if s else '-'} |"
-        lines.append(row)
-    lines.append("")
-    for n in names:
-        res = runs[n]["results"]
-        if "ease" in res and "ranker" in res:
-            ratio = res["ranker"].rank["ndcg@10"] / max(res["ease"].rank["ndcg@10"], 1e-12)
-            lines.append(f"- {n}: ranker NDCG@10 / EASE NDCG@10 (same run) = **{ratio:.3f}**")
-    for n in names:
-        evals = runs[n].get("seeds") or []
-        if len(evals) > 1:
-            parts = []
-            for key in ("ndcg@10", "recall@10", "coverage@10"):
-                values = np.array([e.rank[key] for e in evals])
-                parts.append(f"{key} {values.mean():.3f} ± {values.std():.3f}")
-            rmse = np.array([e.seed["rmse"] for e in evals if e.seed])
-            if len(rmse):
-                parts.append(f"RMSE {rmse.mean():.3f} ± {rmse.std():.3f}")
-            lines.append(
-                f"- {n}: ranker over {len(evals)} training seeds (same splits): " + ", ".join(parts)
+    for r in results:
+        n = r["nightly"]
+        peers = r.get("peers") or {}
+        ease, als, pop = peers.get("ease"), peers.get("als"), peers.get("popularity")
+        a = ANCHORS.get(r["dataset"])
+        best_same = max([p["ndcg@10"] for p in (ease, als) if p] or [float("nan")])
+        text = "no" if (r.get("features") or {}).get("skipped") else "yes"
+        lines.append(
+            f"| {r['dataset']} | {r['ratings']:,} | {r['products']:,} | {text} | {r['served']} | "
+            f"{_f(n['ndcg@10'])} | {_f(n['recall@10'])} | {_f(n['coverage@10'])} | "
+            + (
+                f"{_f(ease['ndcg@10'])} / {_f(ease['recall@10'])} / {_f(ease['coverage@10'])}"
+                if ease
+                else "-"
             )
-    lines.append("")
-    if any(runs[n]["cold"] for n in names):
-        lines += [
-            "Cold products (every rating of 10% of the products held out; Recall@10 among "
-            "cold products for users who rated one >= 4; random = exact expectation):",
-            "",
-            "| dataset | cold products | users | ranker (text path) | LightFM +text | random |",
-            "|---|---:|---:|---:|---:|---:|",
+            + " | "
+            + (f"{_f(als['ndcg@10'])} / {_f(als['recall@10'])}" if als else "-")
+            + " | "
+            + (f"{_f(pop['ndcg@10'])} / {_f(pop['recall@10'])}" if pop else "-")
+            + " | "
+            + (f"{a[0]:.3f} ({a[1]}) / {a[2]:.3f} ({a[3]})" if a else "-")
+            + f" | {n['ndcg@10'] / best_same:.3f} |"
+        )
+    lines += ["", "auto's internal contest (NDCG@10 on the train-internal split, fit seconds):", ""]
+    for r in results:
+        auto = r.get("auto") or {}
+        parts = [
+            f"{c['model']} {c['ndcg@10']:.3f} ({c['fit_seconds']:.0f} s"
+            + (f", weight {c['weight']:g}" if c.get("weight") is not None else "")
+            + ")"
+            for c in auto.get("candidates", [])
         ]
-        for n in names:
-            cold = {c.model: c for c in runs[n]["cold"]}
-            if not cold:
-                continue
-            any_c = next(iter(cold.values()))
-            lines.append(
-                f"| {n} | {any_c.n_cold_products} | {any_c.n_users} | "
-                f"{_f(cold['ranker'].recall)} | {_f(cold['lightfm_text'].recall)} | "
-                f"{_f(cold['random'].recall)} |"
-            )
-        lines.append("")
+        skipped = [f"{s['model']}: {s['reason']}" for s in auto.get("skipped", [])]
+        lines.append(
+            f"- {r['dataset']}: chose **{auto.get('chosen')}**; "
+            + ", ".join(parts)
+            + (f"; skipped {'; '.join(skipped)}" if skipped else "")
+            + f"; every user got a list: {r['users_listed']} of {r['users']} "
+            f"({r['users_full_list']} full); nightly run {r['nightly_seconds']:.0f} s"
+        )
+    lines.append("")
     return "\n".join(lines) + "\n"
 
 
 def write_section(text: str, path: Path = ROOT / "benchmarks" / "RESULTS.md") -> None:
-    """Replace (or append) the "## Ranking quality" section of RESULTS.md."""
+    """Replace (or append) this benchmark's section of RESULTS.md."""
     current = path.read_text() if path.exists() else "# Benchmark results\n\n"
-    marker = "## Ranking quality"
-    if marker in current:
-        head, rest = current.split(marker, 1)
+    if SECTION in current:
+        head, rest = current.split(SECTION, 1)
         nxt = rest.find("\n## ")
         tail = rest[nxt + 1 :] if nxt >= 0 else ""
         current = head + text + ("\n" + tail if tail else "")
@@ -287,40 +280,53 @@ def write_section(text: str, path: Path = ROOT / "benchmarks" / "RESULTS.md") ->
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--datasets", default="ml-100k,gift_cards")
-    parser.add_argument("--models", default=MAIN_MODELS)
-    parser.add_argument("--cache", type=Path, default=None, help="Keep/reuse the RatingData here.")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--no-cold", action="store_true")
-    parser.add_argument(
-        "--ranker-seeds",
-        default="0,1,2",
-        help="Training seeds for the ranker's mean ± std line ('' to skip).",
-    )
-    parser.add_argument("--only-data", action="store_true")
+    parser.add_argument("--datasets", default=",".join(DATASETS))
+    parser.add_argument("--data-dir", type=Path, default=SHARED)
+    parser.add_argument("--no-peers", action="store_true", help="Skip the same-run references.")
+    parser.add_argument("--json", type=Path, default=None, help="Also write the figures here.")
     parser.add_argument("--write", action="store_true", help="Write the section of RESULTS.md.")
+    parser.add_argument(
+        "--from-json",
+        type=Path,
+        nargs="*",
+        default=[],
+        help="Render the table from results saved with --json (several runs combined, in order).",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.WARNING)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
     started = time.perf_counter()
-    runs = {}
-    for name in args.datasets.split(","):
-        data = load_dataset(name, cache=args.cache)
-        print(
-            f"{name}: {len(data)} ratings, {data.n_users} users, {data.n_products} products, "
-            f"{int(data.has_text.sum()) if data.has_text is not None else 0} with text",
-            flush=True,
-        )
-        if args.only_data:
-            continue
-        seeds = [int(x) for x in args.ranker_seeds.split(",") if x.strip()]
-        runs[name] = run_dataset(
-            name, data, args.models.split(","), seed=args.seed, cold=not args.no_cold, seeds=seeds
-        )
-    if runs:
-        text = markdown(runs, seed=args.seed, seconds=time.perf_counter() - started)
+    results = []
+    if args.from_json:
+        for path in args.from_json:
+            results.extend(json.loads(path.read_text()))
+        timed = all("bench_seconds" in r for r in results)
+        text = markdown(results, sum(r["bench_seconds"] for r in results) if timed else 0.0)
         print(text)
         if args.write:
             write_section(text)
+        return
+    for name in args.datasets.split(","):
+        tick = time.perf_counter()
+        r = run_dataset(name, args.data_dir, peers=not args.no_peers)
+        r["bench_seconds"] = time.perf_counter() - tick
+        n = r["nightly"]
+        print(
+            f"{name}: served {r['served']} NDCG@10 {n['ndcg@10']:.4f} Recall@10 "
+            f"{n['recall@10']:.4f} coverage@10 {n['coverage@10']:.4f} "
+            + " ".join(
+                f"{p} {m['ndcg@10']:.4f}/{m['recall@10']:.4f}/{m['coverage@10']:.4f}"
+                for p, m in (r.get("peers") or {}).items()
+            ),
+            flush=True,
+        )
+        results.append(r)
+    text = markdown(results, time.perf_counter() - started)
+    print(text)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2, default=str))
+    if args.write:
+        write_section(text)
 
 
 if __name__ == "__main__":

@@ -49,8 +49,6 @@ from recsys.errors import DataError, Interrupted, RecsysError
 _log = logging.getLogger(__name__)
 
 STEP_NAMES = ("load", "features", "train", "evaluate", "score", "publish", "similar")
-RATING_MODELS = frozenset({"mf", "deep", "hybrid", "bias", "numpy-mf"})
-"""Model types whose ranking score is the predicted rating (checked against ``predict``)."""
 
 
 class PipelineInterrupted(Interrupted):
@@ -157,14 +155,20 @@ def _features_step(ctx: Context) -> dict:
     if not ctx.options.build_features:
         return {"skipped": "--no-features"}
     from recsys.features.store import build_features
+    from recsys.features.vectors import NoProductText
 
-    summary = build_features(
-        ctx.engine,
-        ctx.settings,
-        word_vectors=ctx.options.word_vectors,
-        dim=ctx.options.dim,
-        seed=ctx.options.seed or 1,
-    )
+    try:
+        summary = build_features(
+            ctx.engine,
+            ctx.settings,
+            word_vectors=ctx.options.word_vectors,
+            dim=ctx.options.dim,
+            seed=ctx.options.seed or 1,
+        )
+    except NoProductText as err:
+        # a shop without catalogue text: models train on ids alone (those that need text fail)
+        _log.info("features: no product text (%s); continuing without text vectors", err)
+        return {"skipped": "no product text"}
     return {
         "feature_set_id": summary.feature_set_id,
         "n_embedded": summary.n_embedded,
@@ -186,13 +190,15 @@ def _train_step(ctx: Context) -> dict:
         hidden_units=o.hidden_units,
         seed=o.seed,
         evaluate=o.evaluate,
-        **({"min_ratings": o.min_ratings} if o.min_ratings is not None else {}),
+        min_ratings=o.min_ratings,
+        internal=True,
     )
     result = train_run(ctx.engine, ctx.settings, config)
     ctx.state["model_run_id"] = int(result.run_id)
     return {
         "model_run_id": int(result.run_id),
-        "model": config.model,
+        "model": result.model_type,
+        **({"requested": config.model} if config.model != result.model_type else {}),
         "users": result.n_users,
         "products": result.n_products,
         "ratings": result.n_ratings,
@@ -234,9 +240,12 @@ def check_model(model: Any, n_users: int = 32, seed: int = 0) -> dict:
     except NotImplementedError:
         return {"checked_users": len(users), "compared_with_predict": False}
     # the notebook's rating models rank by predicted rating, so their fast scores must equal
-    # predict; a ranking model (its own score head) may declare scores_are_ratings = False
-    rating_model = getattr(model, "model_type", None) in RATING_MODELS
-    if getattr(recommender, "scores_are_ratings", rating_model):
+    # predict; a ranking model (its own score head) declares scores_are_ratings = False (in its
+    # catalogue spec or on the object); a model outside the catalogue that predicts is checked
+    from recsys.model.catalog import scores_are_ratings
+
+    rating_model = scores_are_ratings(getattr(model, "model_type", None))
+    if getattr(recommender, "scores_are_ratings", True if rating_model is None else rating_model):
         expected = direct.reshape(len(users), len(products))
         got = fast[:, products]
         scale = max(1.0, float(np.abs(expected).max()))

@@ -60,7 +60,7 @@ def test_bad_input_is_one_line_exit_2(loaded, cli_env) -> None:
     code, out = _call(["train", "--model", "mf", "--min-ratings", "400", "--no-evaluate"], cli_env)
     assert code == 2
     assert out.strip().count("\n") == 0 and "no ratings left" in out and "--min-ratings" in out
-    code, out = _call(["train"], cli_env)  # hybrid by default, and there is no feature set
+    code, out = _call(["train", "--model", "hybrid"], cli_env)  # there is no feature set
     assert code == 2 and "recsys features build" in out and "Traceback" not in out
     code, out = _call(["train", "--model", "nope"], cli_env)
     assert code == 2 and "unknown model 'nope'" in out

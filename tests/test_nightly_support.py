@@ -22,6 +22,7 @@ class NumpyMF:
     """Biased matrix factorisation fitted by a few rounds of ALS; scores = predicted ratings."""
 
     name = "numpy-mf"
+    scores_are_ratings = True
 
     def __init__(self, dim: int = 4, reg: float = 0.1, iterations: int = 5, delay: float = 0.0):
         self.dim, self.reg, self.iterations = dim, reg, iterations

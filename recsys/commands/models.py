@@ -13,7 +13,11 @@ import click
 
 from recsys.config import Settings
 
-DEFAULT_EVALUATE = "hybrid,deep,mf,bias,popularity"
+
+def _default_evaluate() -> str:
+    from recsys.model import catalog
+
+    return ",".join(catalog.EVALUATE_DEFAULT)
 
 
 def _console(stderr: bool = False):
@@ -51,9 +55,9 @@ def _model_options(func):
         click.option(
             "--min-ratings",
             type=click.IntRange(min=0),
-            default=10,
-            show_default=True,
-            help="Keep users and products with MORE than this many ratings (0: all).",
+            default=None,
+            help="Keep users and products with MORE than this many ratings (0: all; default: "
+            "adaptive, every rating up to 2M ratings, see README).",
         ),
         click.option(
             "--seed", type=int, default=0, show_default=True, help="Random seed (deterministic)."
@@ -71,13 +75,22 @@ def _options(kwargs: dict) -> dict:
     }
 
 
+def _catalogue_names() -> str:
+    from recsys.model import catalog
+
+    return ", ".join(
+        n + (f" (recsys[{s.extra}])" if s.extra else "") for n, s in catalog.SPECS.items()
+    )
+
+
+def _model_help() -> str:
+    from recsys.model import catalog
+
+    return "Model: " + catalog.help_text()
+
+
 @click.command("train")
-@click.option(
-    "--model",
-    "model_name",
-    default=None,
-    help="hybrid (default), deep, mf, bias, popularity, or another catalogue model.",
-)
+@click.option("--model", "model_name", default=None, help=_model_help())
 @_model_options
 @click.option(
     "--evaluate/--no-evaluate",
@@ -152,16 +165,39 @@ def _metrics_line(metrics: dict) -> str:
             f"coverage@10 {_fmt(rank.get('coverage@10'))} "
             f"popularity pct {_fmt(rank.get('popularity_percentile'), '.3f')}"
         )
+    internal = metrics.get("internal") or {}
+    if internal:
+        parts.append(
+            f"internal split NDCG@10 {_fmt(internal.get('ndcg@10'))} "
+            f"(popularity {_fmt(internal.get('popularity_ndcg@10'))}, seed {internal.get('seed')})"
+        )
     return "; ".join(parts)
+
+
+def _auto_lines(metrics: dict) -> list[str]:
+    """``--model auto``'s candidates, one line each (empty when auto did not run)."""
+    auto = metrics.get("auto") or {}
+    if not auto:
+        return []
+    lines = [f"auto: chose {auto.get('chosen')} on the train-internal split"]
+    for c in auto.get("candidates") or []:
+        extra = f", weight {c['weight']:g}" if c.get("weight") is not None else ""
+        mark = " *" if c.get("model") == auto.get("chosen") else ""
+        lines.append(
+            f"  {c.get('model'):<12} NDCG@10 {_fmt(c.get('ndcg@10'))}  "
+            f"fit {_fmt(c.get('fit_seconds'), '.1f')} s{extra}{mark}"
+        )
+    for s in auto.get("skipped") or []:
+        lines.append(f"  {s.get('model'):<12} skipped: {s.get('reason')}")
+    return lines
 
 
 @click.command("evaluate")
 @click.option(
     "--models",
-    default=DEFAULT_EVALUATE,
+    default=_default_evaluate(),
     show_default=True,
-    help="Comma-separated catalogue models to compare; also ranker and the peers ease, als, "
-    "lightfm, lightfm_text (pip install 'recsys[peers]').",
+    help="Comma-separated catalogue models to compare: " + _catalogue_names() + ".",
 )
 @_model_options
 @click.option(
@@ -186,20 +222,21 @@ def evaluate(ctx: click.Context, models: str, json_path: str | None, **kwargs) -
     if not names or unknown:
         raise RecsysError(
             f"unknown model(s) {', '.join(unknown) or '(none given)'}; "
-            f"known: {', '.join(sorted(catalog.MODELS))}"
+            f"known: {', '.join(catalog.names())}"
         )
     engine = open_engine(settings)
-    needs_text = any(n in catalog.NEEDS_TEXT for n in names)
+    needs_text = [n for n in names if catalog.needs_text(n)]
+    uses_text = needs_text or any(catalog.uses_text(n) for n in names)
     with engine.connect() as conn:
         data = read_rating_data(
             conn,
-            min_ratings=kwargs["min_ratings"],
-            feature_set_id="current" if needs_text else None,
+            min_ratings=kwargs["min_ratings"] or 0,
+            feature_set_id="current" if uses_text else None,
         )
     if needs_text and data.feature_set_id is None:
         raise DataError(
-            "the hybrid model needs product text vectors and there is no current feature set; "
-            "build one with `recsys features build` (or leave hybrid out of --models)"
+            f"{', '.join(needs_text)} need(s) product text vectors and there is no current "
+            "feature set; build one with `recsys features build` (or leave them out of --models)"
         )
     if len(data) < 100:
         raise DataError(f"too few ratings to evaluate: {len(data)} (at least 100 are needed)")
@@ -209,7 +246,7 @@ def evaluate(ctx: click.Context, models: str, json_path: str | None, **kwargs) -
     )
     title = (
         f"{len(data)} ratings, {data.n_users} users, {data.n_products} products "
-        f"(min_ratings {kwargs['min_ratings']}, seed {kwargs['seed']})"
+        f"(min_ratings {kwargs['min_ratings'] or 0}, seed {kwargs['seed']})"
     )
     _console().print(metrics_table(results, title=title))
     if json_path:
@@ -294,6 +331,8 @@ def runs_show(ctx: click.Context, run_id: int) -> None:
     out.print(f"params: {json.dumps(row['params'], sort_keys=True)}")
     if row["metrics"]:
         out.print(f"metrics: {_metrics_line(row['metrics'])}")
+        for line in _auto_lines(row["metrics"]):
+            out.print(line)
     history = row["history"] or {}
     for epoch, loss in enumerate(history.get("train_loss") or [], start=1):
         val = (history.get("val_loss") or [])[epoch - 1 : epoch]

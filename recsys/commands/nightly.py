@@ -297,6 +297,12 @@ def _pipeline_options(**kw) -> object:
     return PipelineOptions(**{k: v for k, v in kw.items() if v is not None})
 
 
+def _model_help() -> str:
+    from recsys.model import catalog
+
+    return "Model: " + catalog.help_text()
+
+
 def _pipeline_decorators(f):
     options = [
         click.option(
@@ -305,7 +311,7 @@ def _pipeline_decorators(f):
             default=None,
             help="Load new files from this folder first (already loaded ones skipped).",
         ),
-        click.option("--model", default=None, help="Model type (default: the nightly model)."),
+        click.option("--model", default=None, help=_model_help()),
         click.option("--epochs", type=click.IntRange(1), default=None),
         click.option("--batch-size", type=click.IntRange(1), default=None),
         click.option(
@@ -325,7 +331,7 @@ def _pipeline_decorators(f):
             "--min-ratings",
             type=click.IntRange(0),
             default=None,
-            help="Keep users and products with more ratings than this (train default).",
+            help="Keep users and products with more ratings than this (default: adaptive).",
         ),
         click.option("--seed", type=int, default=0, show_default=True),
         click.option(
@@ -565,18 +571,22 @@ def recommend_command(ctx, user, n_rated) -> None:
 @click.option("--users", type=click.IntRange(10), default=2000, show_default=True)
 @click.option("--products", type=click.IntRange(20), default=500, show_default=True)
 @click.option("--ratings", type=click.IntRange(100), default=40000, show_default=True)
-@click.option("--epochs", type=click.IntRange(1), default=10, show_default=True)
-@click.option("--batch-size", type=click.IntRange(1), default=256, show_default=True)
-@click.option("--hidden-units", type=click.IntRange(1), default=64, show_default=True)
+@click.option("--model", default=None, help=_model_help())
+@click.option(
+    "--epochs", type=click.IntRange(1), default=None, help="Epochs (models that take them)."
+)
+@click.option("--batch-size", type=click.IntRange(1), default=None)
+@click.option("--hidden-units", type=click.IntRange(1), default=None)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.pass_context
 def demo_command(
-    ctx, workdir, users, products, ratings, epochs, batch_size, hidden_units, seed
+    ctx, workdir, users, products, ratings, model, epochs, batch_size, hidden_units, seed
 ) -> None:
     """The whole nightly job on a generated sample: generate, load, features, train, score, publish.
 
-    Small and quick (a few minutes on 2 cores): the hybrid model with a narrow hidden layer and
-    few epochs, evaluation skipped. Ends by printing one user's recommendations.
+    The default nightly model (``auto`` unless --model) with the default training filter;
+    the protocol evaluation is skipped to keep it short. Ends by printing one user's
+    recommendations.
     """
     from recsys import pipeline
     from recsys.ingest.load import load_files
@@ -604,10 +614,10 @@ def demo_command(
     ]
     options = replace(
         pipeline.PipelineOptions(),
-        model="hybrid",
+        model=model,
         epochs=epochs,
+        batch_size=batch_size,
         hidden_units=hidden_units,
-        min_ratings=0,
         evaluate=False,
         seed=seed,
     )

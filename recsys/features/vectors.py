@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from recsys.errors import InputError
+from recsys.errors import DataError, InputError
 
 if TYPE_CHECKING:
     from gensim.models import KeyedVectors
@@ -75,6 +75,10 @@ def trusting_pickle(trust: bool = True) -> Iterator[None]:
         yield
     finally:
         _trust_pickle.reset(token)
+
+
+class NoProductText(DataError):
+    """The catalogue has no product text to train word vectors on (e.g. ratings only)."""
 
 
 @dataclass(frozen=True)
@@ -126,15 +130,13 @@ def train_word2vec(
         window: context window.
 
     Raises:
-        DataError: no product has any word to train on.
+        NoProductText: no product has any word to train on.
     """
     from gensim.models import Word2Vec
 
-    from recsys.errors import DataError
-
     corpus = [s for s in sentences if s]
     if not corpus:
-        raise DataError("no product has any text to train word vectors on")
+        raise NoProductText("no product has any text to train word vectors on")
     n_words = sum(len(s) for s in corpus)
     min_count = max(1, min_count)
     _log.info(
@@ -154,7 +156,7 @@ def train_word2vec(
     )
     model.build_vocab(corpus)
     if not model.wv.index_to_key:
-        raise DataError(f"no word occurs at least {min_count} times in the catalogue text")
+        raise NoProductText(f"no word occurs at least {min_count} times in the catalogue text")
     model.train(corpus, total_examples=len(corpus), epochs=epochs)
     kv = model.wv
     return WordVectors(kv, TRAIN, "train:" + fingerprint_vectors(kv))

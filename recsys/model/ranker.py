@@ -2,7 +2,9 @@
 with a rating head beside it.
 
 Inputs are the hybrid's: user and product embeddings plus the product's text vector from the
-feature store (see :mod:`recsys.model.rank_network` for the networks).
+feature store (see :mod:`recsys.model.rank_network` for the networks). Without any product
+text (no feature set, or no product with a vector) it trains on ids alone: the text column is
+zero and product-id dropout is off (``params["text_path"]`` False).
 
 Ranking objective (why): the notebook's models regress observed ratings and so rank
 high-average niche products first for everyone. Here the ranking head learns which products a
@@ -29,7 +31,7 @@ text path carry signal for products that were never rated (:meth:`score_new_prod
 AdamW with decoupled weight decay.
 
 Tuning on a train-internal split only: when ``epochs`` is None, ``fit`` holds out 20% of each
-user's TRAINING ratings (``recsys.evaluation.peers.internal_rank_split``), trains on the rest,
+user's TRAINING ratings (``recsys.evaluation.tuning.internal_rank_split``), trains on the rest,
 measures NDCG@10 on the held-out part every ``eval_every`` epochs (patience ``patience``
 evaluations), then refits on the whole training part for the best number of epochs.
 
@@ -316,9 +318,7 @@ class RankerRecommender:
                 targets = rows - history_in
                 if liked is not None:
                     targets = targets * liked[users].toarray()
-                id_keep = (rng.random(train.n_products) >= self.params["id_dropout"]).astype(
-                    np.float32
-                )
+                id_keep = (rng.random(train.n_products) >= self._id_dropout()).astype(np.float32)
                 if full:
                     negatives = negative_mask(rows)
                     correction = log_q
@@ -336,7 +336,7 @@ class RankerRecommender:
                 raw = use_averages()
                 self._precompute(tower, history)
                 restore(raw)
-                from recsys.evaluation.peers import validation_ndcg
+                from recsys.evaluation.tuning import validation_ndcg
 
                 score = validation_ndcg(self, train, validation)
                 _log.info(
@@ -444,9 +444,13 @@ class RankerRecommender:
         self.n_users, self.n_products = train.n_users, train.n_products
         self.text = normalise_text(train.text, train.n_products)
         self.text_dim = self.text.shape[1]
+        # no product text at all: ids only (the zero text column contributes nothing)
+        self.params["text_path"] = bool(np.any(self.text))
+        if not self.params["text_path"]:
+            _log.info("ranker: no product text; training on ids only")
         epochs = self.params["epochs"]
         if epochs is None:
-            from recsys.evaluation.peers import internal_rank_split
+            from recsys.evaluation.tuning import internal_rank_split
 
             fit_part, val_part = internal_rank_split(train)
             if np.any(val_part.ratings >= 4):
@@ -470,6 +474,10 @@ class RankerRecommender:
             else f"{epochs} epochs",
             epoch_seconds=[seconds],
         )
+
+    def _id_dropout(self) -> float:
+        """Product-id dropout trains the text path; without text it only adds noise."""
+        return self.params["id_dropout"] if self.params.get("text_path", True) else 0.0
 
     def _check(self) -> None:
         if self.user_vectors is None:
@@ -528,6 +536,8 @@ class RankerRecommender:
         from recsys.model.rank_network import normalise_text
 
         self._check()
+        if not self.params.get("text_path", True):
+            raise RecsysError("this ranker was trained without product text (ids only)")
         rows = normalise_text(np.asarray(text, dtype=np.float32), len(text))
         vectors, bias = self.tower.text_only_vectors(rows)
         users = np.asarray(users, dtype=np.int64)

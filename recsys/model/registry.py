@@ -103,6 +103,14 @@ def record_data(
     )
 
 
+def set_model(conn: sa.Connection, run_id: int, model_type: str, params: dict[str, Any]) -> None:
+    """Record the model a selecting run (``--model auto``) chose, and its parameters."""
+    conn.execute(
+        sa.text("UPDATE model_runs SET model_type = :m, params = CAST(:p AS jsonb) WHERE id = :id"),
+        {"m": model_type, "p": _json(params), "id": run_id},
+    )
+
+
 def finish_run(
     conn: sa.Connection,
     run_id: int,

@@ -4,14 +4,18 @@ Steps, each visible in the registry:
 
 1. mark ``running`` rows of dead trainers ``failed``/``interrupted``; insert this run as
    ``running`` and commit (so a crash is never mistaken for success);
-2. read the ratings (and, for models that need it, the current feature set's text vectors)
-   into arrays (``recsys.model.data.read_rating_data``); too few ratings fail the run with
-   the counts;
-3. unless ``evaluate=False``: the evaluation protocol (``recsys.evaluation.protocol``), i.e.
-   two extra fits of the same model on the seed and rank splits (70% and 80% of the ratings)
-   plus the metrics: measured on ml-100k, 73 s against 39 s for the final hybrid fit, so about
-   2x the cost of training alone; ``evaluate=False`` (``--no-evaluate``) skips it;
-4. the final fit on all kept ratings (Keras models hold 10% out for early stopping);
+2. choose the training filter (:func:`choose_min_ratings`; one log line says what it kept),
+   read the ratings (and, for models that use it, the current feature set's text vectors)
+   into arrays (``recsys.model.data.read_rating_data``); too few ratings or users fail the
+   run with the counts;
+3. the fit on all kept ratings (Keras models hold 10% out for early stopping); ``auto``
+   selects its model on a train-internal split first (``recsys.model.auto``) and the run
+   records the chosen model's name; with ``internal=True`` (the nightly run) a second fit on
+   the train-internal split's fitting part gives ``metrics["internal"]``;
+4. unless ``evaluate=False``: the evaluation protocol (``recsys.evaluation.protocol``), i.e.
+   two extra fits of the (chosen) model type on the seed and rank splits (70% and 80% of the
+   ratings) plus the metrics, about 2x the cost of training alone; ``evaluate=False``
+   (``--no-evaluate``) skips it;
 5. artifacts (model, index maps, run.json, training curve PNG, manifest) into a temporary
    folder renamed to ``models_dir/<run>``, then the row is marked ``succeeded`` with the
    checksum. Any exception (NaN loss, too few ratings, Ctrl-C) marks the run ``failed`` with
@@ -23,7 +27,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -41,18 +45,25 @@ _log = logging.getLogger(__name__)
 class TrainConfig:
     """What to train; None means the model's own default (the notebook's)."""
 
-    model: str = "hybrid"
+    model: str = catalog.DEFAULT_NIGHTLY_MODEL
     epochs: int | None = None
     batch_size: int | None = None
     learning_rate: float | None = None
     embedding_dim: int | None = None
     hidden_units: int | None = None
-    min_ratings: int = 10
+    min_ratings: int | None = None
+    """Keep users and products with MORE than this many ratings; None: the adaptive default
+    (:func:`choose_min_ratings`)."""
     seed: int = 0
     evaluate: bool = True
     feature_set_id: int | Literal["current"] = "current"
     min_train_ratings: int = 100
     """Fewer ratings than this after filtering fail the run (DataError)."""
+    min_train_users: int = 10
+    """Fewer users than this after filtering fail the run (DataError)."""
+    internal: bool = False
+    """Also record ``metrics["internal"]`` (NDCG@10 on the train-internal split; the nightly run
+    sets it; ``auto`` always records it)."""
     params: dict[str, Any] = field(default_factory=dict)
     """Extra model parameters (e.g. for models added by other areas)."""
 
@@ -64,6 +75,18 @@ class TrainConfig:
             "embedding_dim": self.embedding_dim,
             "hidden_units": self.hidden_units,
         }
+        if self.model == catalog.AUTO:
+            # the shared options reach the candidates that take them (e.g. --epochs: ranker)
+            per_model = {
+                name: catalog.model_params(name, options)
+                for name, spec in catalog.SPECS.items()
+                if spec.auto_candidate
+            }
+            per_model = {name: p for name, p in per_model.items() if p}
+            given = dict(self.params)
+            if per_model:
+                given["params"] = {**per_model, **given.get("params", {})}
+            return given
         return {**catalog.model_params(self.model, options), **self.params}
 
 
@@ -84,15 +107,65 @@ class TrainResult:
     seconds: float
 
 
+AUTO_FILTER_ABOVE = 2_000_000
+"""The adaptive training filter applies only above this many ratings (a memory measure)."""
+FILTER_STEPS = (10, 5, 2, 1)
+"""Thresholds the adaptive filter tries, strictest (the notebook's) first."""
+FILTER_KEEP_SHARE = 0.5
+"""The adaptive filter never keeps less than this share of the ratings."""
+
+_FILTERED_COUNT_SQL = """
+SELECT count(*) FROM ratings r
+WHERE r.user_id IN (SELECT user_id FROM ratings GROUP BY user_id HAVING count(*) > :t)
+  AND r.product_id IN (SELECT product_id FROM ratings GROUP BY product_id HAVING count(*) > :t)
+"""
+
+
+def choose_min_ratings(conn, config: TrainConfig) -> tuple[int, str]:
+    """The training filter: (threshold, one line saying why).
+
+    Given ``config.min_ratings`` it is used as is. Otherwise (the default): data of up to
+    :data:`AUTO_FILTER_ABOVE` ratings trains on every rating (0); above, the strictest of
+    :data:`FILTER_STEPS` that keeps at least :data:`FILTER_KEEP_SHARE` of the ratings and at
+    least ``min_train_ratings`` (else 0).
+    """
+    import sqlalchemy as sa
+
+    if config.min_ratings is not None:
+        return int(config.min_ratings), f"--min-ratings {config.min_ratings}"
+    total = int(conn.execute(sa.text("SELECT count(*) FROM ratings")).scalar_one())
+    if total <= AUTO_FILTER_ABOVE:
+        return 0, f"adaptive: {total:,} ratings <= {AUTO_FILTER_ABOVE:,}, keep all"
+    for threshold in FILTER_STEPS:
+        kept = int(conn.execute(sa.text(_FILTERED_COUNT_SQL), {"t": threshold}).scalar_one())
+        if kept >= FILTER_KEEP_SHARE * total and kept >= config.min_train_ratings:
+            return threshold, (
+                f"adaptive: more than {threshold} ratings per user and product keeps "
+                f"{kept:,} of {total:,} (>= {FILTER_KEEP_SHARE:.0%})"
+            )
+    return 0, f"adaptive: no threshold keeps {FILTER_KEEP_SHARE:.0%} of {total:,}; keep all"
+
+
 def check_enough(data: RatingData, config: TrainConfig) -> None:
     """DataError with the counts when the filtered data cannot support training."""
-    if len(data) < config.min_train_ratings or data.n_users < 2 or data.n_products < 2:
+    min_ratings = data.meta.get("min_ratings", config.min_ratings) or 0
+    if (
+        len(data) < config.min_train_ratings
+        or data.n_users < config.min_train_users
+        or data.n_products < 2
+    ):
+        where = (
+            f"left after keeping users and products with more than {min_ratings} ratings "
+            if min_ratings
+            else ""
+        )
+        hint = "load more data or lower --min-ratings" if min_ratings else "load more data"
         raise DataError(
             f"too few ratings to train: {len(data)} ratings of {data.n_users} users and "
-            f"{data.n_products} products left after keeping users and products with more than "
-            f"{config.min_ratings} ratings "
-            f"({data.meta.get('ratings_total', '?')} in the database); "
-            f"at least {config.min_train_ratings} are needed: load more data or lower --min-ratings"
+            f"{data.n_products} products {where}"
+            f"({data.meta.get('ratings_total', '?')} in the database); at least "
+            f"{config.min_train_ratings} ratings of {config.min_train_users} users are needed: "
+            f"{hint}"
         )
 
 
@@ -137,7 +210,7 @@ def train_run(engine: Engine, settings: Any, config: TrainConfig) -> TrainResult
     )  # bad names/params fail before a row exists
     recorded_params = {
         **dict(getattr(recommender, "params", {}) or params),
-        "min_ratings": config.min_ratings,
+        "min_ratings": config.min_ratings,  # the filter used is recorded once it is chosen
         "seed": config.seed,
         "evaluate": config.evaluate,
     }
@@ -150,9 +223,18 @@ def train_run(engine: Engine, settings: Any, config: TrainConfig) -> TrainResult
     staging: Path | None = None
     final: Path | None = None
     try:
-        needs_text = config.model in catalog.NEEDS_TEXT
         with engine.connect() as conn:
-            data = _read(conn, config, needs_text)
+            min_ratings, why = choose_min_ratings(conn, config)
+            data = _read(conn, replace(config, min_ratings=min_ratings))
+        _log.info(
+            "training filter: kept %d of %s ratings, %d users, %d products (%s)",
+            len(data),
+            data.meta.get("ratings_total", "?"),
+            data.n_users,
+            data.n_products,
+            why,
+        )
+        recorded_params["min_ratings"] = min_ratings
         with engine.begin() as conn:
             registry.record_data(
                 conn,
@@ -164,20 +246,44 @@ def train_run(engine: Engine, settings: Any, config: TrainConfig) -> TrainResult
             )
         check_enough(data, config)
         metrics: dict[str, Any] = {}
+        history = recommender.fit(data, seed=config.seed)
+        served, served_params = config.model, params
+        if config.model == catalog.AUTO:
+            served, served_params = recommender.chosen_name, recommender.chosen_params
+            metrics["auto"] = recommender.selection
+            metrics["internal"] = recommender.internal
+            recorded_params = {
+                **dict(getattr(recommender.chosen, "params", {}) or {}),
+                "requested": catalog.AUTO,
+                "min_ratings": min_ratings,
+                "seed": config.seed,
+                "evaluate": config.evaluate,
+            }
+        else:  # what the fit chose (tuned epochs, text path, ...) joins the recorded params
+            recorded_params = {**dict(getattr(recommender, "params", {}) or {}), **recorded_params}
+        if config.model != catalog.AUTO and config.internal:
+            from recsys.model.auto import internal_metrics
+
+            metrics["internal"] = internal_metrics(
+                lambda: catalog.create(config.model, **params), data, seed=config.seed
+            )
+        with engine.begin() as conn:  # the filter chosen, and for auto the model chosen
+            registry.set_model(conn, run_id, served, recorded_params)
         if config.evaluate:
             from recsys.evaluation.protocol import evaluate_model, format_metrics, make_splits
 
             evaluation = evaluate_model(
-                lambda: catalog.create(config.model, **params), make_splits(data), seed=config.seed
+                lambda: catalog.create(served, **served_params),
+                make_splits(data),
+                seed=config.seed,
             )
-            metrics = evaluation.as_dict()
+            metrics.update(evaluation.as_dict())
             _log.info("model run %d evaluation: %s", run_id, format_metrics(evaluation))
-        history = recommender.fit(data, seed=config.seed)
         models_dir = Path(settings.models_dir)
         staging = registry.staging_dir(models_dir, run_id)
         run_info = {
             "run_id": run_id,
-            "model": config.model,
+            "model": served,
             "params": recorded_params,
             "rating_scale": list(data.rating_scale),
             "feature_set_id": data.feature_set_id,
@@ -188,7 +294,7 @@ def train_run(engine: Engine, settings: Any, config: TrainConfig) -> TrainResult
             "metrics": metrics,
         }
         registry.write_artifacts(staging, recommender, data.user_ids, data.product_ids, run_info)
-        plot_curve(history, staging / registry.CURVE, f"run {run_id}: {config.model}")
+        plot_curve(history, staging / registry.CURVE, f"run {run_id}: {served}")
         final, checksum = registry.publish_artifacts(staging, models_dir, run_id)
         staging = None  # renamed into place: only ``final`` is left to clean up on failure
         with engine.begin() as conn:
@@ -217,7 +323,7 @@ def train_run(engine: Engine, settings: Any, config: TrainConfig) -> TrainResult
     _log.info("model run %d succeeded in %.1f s: %s", run_id, seconds, final)
     return TrainResult(
         run_id=run_id,
-        model_type=config.model,
+        model_type=served,
         n_users=data.n_users,
         n_products=data.n_products,
         n_ratings=len(data),
@@ -230,17 +336,19 @@ def train_run(engine: Engine, settings: Any, config: TrainConfig) -> TrainResult
     )
 
 
-def _read(conn, config: TrainConfig, needs_text: bool) -> RatingData:
+def _read(conn, config: TrainConfig) -> RatingData:
+    """The training data; text vectors for models that use them (required by ``needs_text``)."""
     from recsys.model.data import read_rating_data
 
+    spec = catalog.spec(config.model)
     data = read_rating_data(
         conn,
-        min_ratings=config.min_ratings,
-        feature_set_id=config.feature_set_id if needs_text else None,
+        min_ratings=int(config.min_ratings or 0),
+        feature_set_id=config.feature_set_id if spec.uses_text or spec.needs_text else None,
     )
-    if needs_text and data.feature_set_id is None:
+    if spec.needs_text and data.feature_set_id is None:
         raise DataError(
             f"the {config.model} model needs product text vectors and there is no current feature "
-            "set; build one with `recsys features build` (or train --model deep)"
+            "set; build one with `recsys features build` (or train --model ranker)"
         )
     return data

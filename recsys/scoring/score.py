@@ -82,7 +82,6 @@ __all__ = [
 _log = logging.getLogger(__name__)
 
 MODEL, COLD_START, POPULARITY, CATEGORY_POPULARITY = (STRATEGIES.index(s) for s in STRATEGIES)
-RATING_MODELS = frozenset({"mf", "deep", "hybrid", "bias", "numpy-mf"})
 """Model types whose ranking score is a predicted rating (boosts multiply them)."""
 
 rated_pairs = reads.rated_pairs
@@ -189,7 +188,12 @@ def batch_size_for(n_products: int, memory_mb: int) -> int:
 
 def scores_are_ratings(model: ScoringModel) -> bool:
     """Whether the model's ranking scores are predicted ratings (else ranking logits)."""
-    return bool(getattr(model.recommender, "scores_are_ratings", model.model_type in RATING_MODELS))
+    declared = getattr(model.recommender, "scores_are_ratings", None)
+    if declared is not None:
+        return bool(declared)
+    from recsys.model.catalog import scores_are_ratings as spec_says
+
+    return bool(spec_says(model.model_type))
 
 
 # --- the scoring loop ----------------------------------------------------------------------
