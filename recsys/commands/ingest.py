@@ -10,54 +10,6 @@ import click
 from recsys.config import Settings
 from recsys.errors import InputError, RecsysError
 
-_PROGRESS_MIN_BYTES = 8 << 20
-"""Files smaller than this load in well under a few seconds: no progress bar."""
-
-
-class _RichProgress:
-    """A rich progress bar on stderr with rows/s; silent when stderr is not a terminal."""
-
-    def __init__(self) -> None:
-        self._progress = None
-        self._task = None
-
-    def start(self, path: Path, total_bytes: int) -> None:
-        if not sys.stderr.isatty() or total_bytes < _PROGRESS_MIN_BYTES:
-            return
-        from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            DownloadColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-        )
-
-        self._progress = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            DownloadColumn(),
-            TextColumn("{task.fields[rows]:,} rows, {task.fields[rate]:,.0f} rows/s"),
-            TimeElapsedColumn(),
-            console=Console(stderr=True),
-            transient=False,
-        )
-        self._progress.start()
-        self._task = self._progress.add_task(path.name, total=total_bytes, rows=0, rate=0.0)
-
-    def update(self, bytes_read: int, rows: int) -> None:
-        if self._progress is None:
-            return
-        elapsed = self._progress.tasks[0].elapsed or 0.0
-        self._progress.update(
-            self._task, completed=bytes_read, rows=rows, rate=rows / elapsed if elapsed else 0.0
-        )
-
-    def finish(self) -> None:
-        if self._progress is not None:
-            self._progress.stop()
-            self._progress = None
-
 
 def _print_summaries(summaries) -> None:
     from rich.console import Console
@@ -127,6 +79,7 @@ def load_db(ctx, ratings, metadata, fmt, max_reject_rate, embeddings, name) -> N
     """Load ratings and product metadata files (format detected from the content)."""
     from recsys.commands.database import open_engine
     from recsys.ingest.load import load_files, plan_files
+    from recsys.progress import progress_for_terminal
 
     settings: Settings = ctx.find_root().obj
     if not ratings and not metadata and embeddings is None:
@@ -143,7 +96,7 @@ def load_db(ctx, ratings, metadata, fmt, max_reject_rate, embeddings, name) -> N
         metadata=metadata,
         fmt=fmt,
         max_reject_rate=max_reject_rate,
-        progress=_RichProgress(),
+        progress=progress_for_terminal(),
     )
     if embeddings is not None:
         try:
