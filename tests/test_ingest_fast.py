@@ -172,8 +172,7 @@ def test_plain_lines_parse_as_the_formats_parser_does() -> None:
             line = sep.join(fields)
             lines.append(line.encode())
             expected.append(parse(line))
-        buf = np.frombuffer(b"\n".join(lines) + b"\n", dtype=np.uint8)
-        block = fast._scan(buf, layout, NOW)
+        block = fast._scan(b"\n".join(lines) + b"\n", name, NOW)
         assert block.plain.all(), name
         assert block.users.to_pylist() == [r.user for r in expected]
         assert block.products.to_pylist() == [r.product for r in expected]

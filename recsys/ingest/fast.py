@@ -160,22 +160,24 @@ class _Blocks:
 
 # --- vectorised parsing of one block ----------------------------------------------------------
 
-_PLAIN = np.zeros(256, dtype=bool)
-_PLAIN[0x21:0x7F] = True
-_PLAIN[ord('"')] = _PLAIN[ord("\\")] = False
-_DIGIT = np.zeros(256, dtype=bool)
-_DIGIT[ord("0") : ord("9") + 1] = True
-_POW10 = 10 ** np.arange(10, dtype=np.int64)
+_COLUMNS = ["f0", "f1", "f2", "f3"]
 
 
-def _strings(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> pa.Array:
-    """The byte ranges ``[starts, ends)`` of ``buf`` as a pyarrow string array."""
-    lengths = ends - starts
-    offsets = np.zeros(len(lengths) + 1, dtype=np.int32)
-    np.cumsum(lengths, out=offsets[1:])
-    index = np.repeat(starts - offsets[:-1], lengths) + np.arange(offsets[-1])
-    data = buf[index]
-    return pa.StringArray.from_buffers(len(lengths), pa.py_buffer(offsets), pa.py_buffer(data))
+def _spellings(layout: Layout) -> tuple[pa.Array, np.ndarray]:
+    """The plain spellings of every rating on the scale, and each one's value in half stars."""
+    words: list[str] = []
+    halves: list[int] = []
+    for half in range(layout.low2, layout.high2 + 1):
+        if half % 2 == 0:
+            words += [str(half // 2), f"{half // 2}.0"]
+            halves += [half, half]
+        elif layout.half:
+            words.append(f"{half // 2}.5")
+            halves.append(half)
+    return pa.array(words, type=pa.string()), np.array(halves, dtype=np.uint8)
+
+
+_SPELLINGS = {name: _spellings(layout) for name, layout in LAYOUTS.items()}
 
 
 @dataclass
@@ -190,69 +192,81 @@ class _Block:
     ts: np.ndarray
 
 
-def _scan(buf: np.ndarray, layout: Layout, now: int) -> _Block:
-    """Find the lines of ``buf`` and parse the plain ones."""
+def _scan(block: bytes, fmt_name: str, now: int) -> _Block:
+    """Find the lines of ``block`` and parse the plain ones (see the module docstring)."""
+    layout = LAYOUTS[fmt_name]
+    buf = np.frombuffer(block, dtype=np.uint8)
     size = len(buf)
-    ends = np.flatnonzero(buf == 10)
+    # newlines and every byte a plain line cannot hold, in one pass
+    odd = np.flatnonzero((buf < 0x21) | (buf > 0x7E) | (buf == 0x22) | (buf == 0x5C))
+    odd_bytes = buf[odd]
+    ends = odd[odd_bytes == 10]
     if not len(ends) or ends[-1] != size - 1:
         ends = np.append(ends, size)
     starts = np.empty_like(ends)
     starts[0] = 0
     starts[1:] = ends[:-1] + 1
-    cr = (ends > starts) & (buf[np.maximum(ends - 1, 0)] == 13)
+    odd = odd[odd_bytes != 10]
+    if len(odd):
+        if layout.delimiter == 9:
+            odd = odd[buf[odd] != 9]
+        after = buf[np.minimum(odd + 1, size - 1)]
+        odd = odd[~((buf[odd] == 13) & (odd + 1 < size) & (after == 10))]  # CR of a CRLF
+    plain = np.ones(len(starts), dtype=bool)
+    plain[np.searchsorted(ends, odd)] = False
+    cr = (ends < size) & (ends > starts) & (buf[np.maximum(ends - 1, 0)] == 13)
     ends = ends - cr  # "\r\n" ends a line like "\n"
     if int((ends - starts).max()) > MAX_LINE:
         raise FastPathUnsupported(f"a line longer than {MAX_LINE} bytes")
-    plain_byte = _PLAIN.copy()
-    plain_byte[layout.delimiter] = True
-    not_plain = np.zeros(size + 1, dtype=np.int32)
-    np.cumsum(~plain_byte[buf], out=not_plain[1:])
-    is_delim = buf == layout.delimiter
-    delims = np.zeros(size + 1, dtype=np.int32)
-    np.cumsum(is_delim, out=delims[1:])
-    plain = ((not_plain[ends] - not_plain[starts]) == 0) & ((delims[ends] - delims[starts]) == 3)
+    delims = np.flatnonzero(buf == layout.delimiter)
+    per_line = np.bincount(np.searchsorted(ends, delims), minlength=len(starts))
+    plain &= per_line == 3
+    first = np.zeros(len(starts), dtype=np.int64)
+    np.cumsum(per_line[:-1], out=first[1:])
     lines = np.flatnonzero(plain)
-    positions = np.flatnonzero(is_delim)
-    first = delims[starts[lines]]
-    d1, d2, d3 = positions[first], positions[first + 1], positions[first + 2]
-    s, e = starts[lines], ends[lines]
-    bounds = ((s, d1), (d1 + 1, d2), (d2 + 1, d3), (d3 + 1, e))
-    ok = np.ones(len(lines), dtype=bool)
-    for lo, hi in bounds:
-        ok &= hi > lo
-    # rating: d, d.0 or (half stars) d.5
-    r_lo, r_hi = bounds[layout.rating]
-    r_len = r_hi - r_lo
-    last = size - 1
-    c0 = buf[np.minimum(r_lo, last)]
-    c1 = buf[np.minimum(r_lo + 1, last)]
-    c2 = buf[np.minimum(r_lo + 2, last)]
-    tail_five = layout.half & (c2 == ord("5"))
-    spelled = (r_len == 1) | ((r_len == 3) & (c1 == ord(".")) & ((c2 == ord("0")) | tail_five))
-    ok &= spelled & _DIGIT[c0]
-    half = (c0.astype(np.int16) - ord("0")) * 2 + ((r_len == 3) & tail_five)
-    ok &= (half >= layout.low2) & (half <= layout.high2)
-    # timestamp: 1-10 digits, 1973 <= ts < now
-    t_lo, t_hi = bounds[layout.timestamp]
-    t_len = t_hi - t_lo
-    digits = np.zeros(size + 1, dtype=np.int32)
-    np.cumsum(_DIGIT[buf], out=digits[1:])
-    ok &= (t_len <= 10) & ((digits[t_hi] - digits[t_lo]) == t_len)
-    index = t_hi[:, None] - 1 - np.arange(10)[None, :]
-    valid = index >= t_lo[:, None]
-    values = np.where(valid, buf[np.maximum(index, 0)].astype(np.int64) - ord("0"), 0)
-    ts = values @ _POW10
+    if len(lines):
+        d1, d2, d3 = (delims[np.minimum(first[lines] + k, len(delims) - 1)] for k in range(3))
+        full = (d1 > starts[lines]) & (d2 > d1 + 1) & (d3 > d2 + 1) & (ends[lines] > d3 + 1)
+        plain[lines[~full]] = False
+        lines = lines[full]
+    empty = pa.array([], type=pa.string())
+    if not len(lines):
+        return _Block(
+            starts, ends, plain, empty, empty, np.zeros(0, np.uint8), np.zeros(0, np.int64)
+        )
+    if len(lines) == len(starts):
+        data = pa.py_buffer(block)
+    else:  # only the plain lines go to the CSV parser
+        next_starts = np.append(starts[1:], size)
+        data = pa.py_buffer(buf[np.repeat(plain, next_starts - starts)].tobytes())
+    table = pacsv.read_csv(
+        data,
+        read_options=pacsv.ReadOptions(column_names=_COLUMNS, block_size=2 * BLOCK_BYTES),
+        parse_options=pacsv.ParseOptions(
+            delimiter=chr(layout.delimiter), quote_char=False, escape_char=False
+        ),
+        convert_options=pacsv.ConvertOptions(column_types=dict.fromkeys(_COLUMNS, pa.string())),
+    )
+    if table.num_rows != len(lines):
+        raise FastPathUnsupported("the CSV parser saw other lines")
+    spellings, halves = _SPELLINGS[fmt_name]
+    column = table.column
+    rating = pc.fill_null(pc.index_in(column(_COLUMNS[layout.rating]), value_set=spellings), -1)
+    rating = rating.to_numpy()
+    stamp = column(_COLUMNS[layout.timestamp])
+    digits = pc.match_substring_regex(stamp, "^[0-9]{1,10}$")
+    ts = pc.cast(pc.if_else(digits, stamp, "0"), pa.int64()).to_numpy()
+    ok = (rating >= 0) & digits.to_numpy(zero_copy_only=False)
     ok &= (ts >= _MIN_PLAIN_EPOCH) & (ts < min(now, MAX_EPOCH_SECONDS))
     plain[lines[~ok]] = False
-    u_lo, u_hi = bounds[layout.user]
-    p_lo, p_hi = bounds[layout.product]
+    keep = pa.array(ok)
     return _Block(
         starts=starts,
         ends=ends,
         plain=plain,
-        users=_strings(buf, u_lo[ok], u_hi[ok]),
-        products=_strings(buf, p_lo[ok], p_hi[ok]),
-        half=half[ok].astype(np.uint8),
+        users=column(_COLUMNS[layout.user]).combine_chunks().filter(keep),
+        products=column(_COLUMNS[layout.product]).combine_chunks().filter(keep),
+        half=halves[rating[ok]],
         ts=ts[ok],
     )
 
@@ -341,7 +355,6 @@ def read_ratings(
     Raises:
         FastPathUnsupported: the file needs the general path.
     """
-    layout = LAYOUTS[fmt.name]
     parse = fmt.parser_for(path)
     now = int(time.time())
     users, products = _Codes(), _Codes()
@@ -350,8 +363,7 @@ def read_ratings(
     base = 0
     with _Blocks(path) as blocks:
         for block in blocks:
-            buf = np.frombuffer(block, dtype=np.uint8)
-            scan = _scan(buf, layout, now)
+            scan = _scan(block, fmt.name, now)
             n_lines = len(scan.starts)
             other = ~scan.plain
             if base == 0 and fmt.header is not None:
@@ -441,6 +453,7 @@ def _map_ids(conn: sa.Connection, table: str, external: pa.Array) -> np.ndarray:
     """
     n = len(external)
     ids = np.full(n, -1, dtype=np.int64)
+    started = time.perf_counter()
     conn.execute(sa.text(f"LOCK TABLE {table} IN SHARE ROW EXCLUSIVE MODE"))
     if n and conn.execute(sa.text(f"SELECT EXISTS (SELECT 1 FROM {table})")).scalar_one():
         stage = f"stage_{table}_ids"
@@ -469,6 +482,9 @@ def _map_ids(conn: sa.Connection, table: str, external: pa.Array) -> np.ndarray:
             ids[pairs["code"].to_numpy()] = pairs["id"].to_numpy()
     new = np.flatnonzero(ids < 0)
     if len(new):
+        # ids in external-id order: the primary key and the unique index both fill at their
+        # right edge (byte order is the index order under the C and C.UTF-8 collations)
+        new = new[pc.sort_indices(external.take(pa.array(new))).to_numpy()]
         sequence = conn.execute(
             sa.text("SELECT pg_get_serial_sequence(:t, 'id')"), {"t": table}
         ).scalar_one()
@@ -485,6 +501,13 @@ def _map_ids(conn: sa.Connection, table: str, external: pa.Array) -> np.ndarray:
             f"COPY {table} (id, external_id) FROM STDIN (FORMAT csv)",
             _csv_chunks(ids[new], external.take(pa.array(new))),
         )
+    _log.debug(
+        "%s: %d known, %d new in %.1fs",
+        table,
+        n - len(new),
+        len(new),
+        time.perf_counter() - started,
+    )
     return ids
 
 
