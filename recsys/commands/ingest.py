@@ -116,11 +116,27 @@ def load_db(ctx, ratings, metadata, fmt, max_reject_rate, embeddings, name) -> N
 @click.option("--products", type=click.IntRange(min=1), default=1000, show_default=True)
 @click.option("--ratings", type=click.IntRange(min=1), default=50000, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
-def sample(out: Path, users: int, products: int, ratings: int, seed: int) -> None:
+@click.option(
+    "--activity-sigma",
+    type=click.FloatRange(min=0.0),
+    default=1.0,
+    show_default=True,
+    help="Skew of user activity (log-normal sigma).",
+)
+def sample(
+    out: Path, users: int, products: int, ratings: int, seed: int, activity_sigma: float
+) -> None:
     """Write a synthetic dataset with planted structure (ratings CSV + metadata JSON lines)."""
     from recsys.ingest.sample import write_sample
 
-    files = write_sample(out, users=users, products=products, ratings=ratings, seed=seed)
+    files = write_sample(
+        out,
+        users=users,
+        products=products,
+        ratings=ratings,
+        seed=seed,
+        activity_sigma=activity_sigma,
+    )
     click.echo(f"ratings:  {files.ratings_path}")
     click.echo(f"metadata: {files.metadata_path}")
     click.echo(f"truth:    {files.truth_path}")
