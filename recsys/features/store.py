@@ -32,13 +32,14 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import sqlalchemy as sa
 from psycopg import sql
 
 from recsys.errors import DataError, InputError, RecsysError
+from recsys.progress import NO_PROGRESS, ProgressSink
 
 if TYPE_CHECKING:
     from recsys.config import Settings
@@ -111,25 +112,8 @@ class BuildSummary:
         return sum(self.skipped.values())
 
 
-class Progress(Protocol):
-    """What a build reports progress to (the CLI passes a rich progress bar)."""
-
-    def start(self, phase: str, total: int) -> None: ...
-
-    def advance(self, n: int) -> None: ...
-
-    def finish(self) -> None: ...
-
-
-class _NoProgress:
-    def start(self, phase: str, total: int) -> None:
-        pass
-
-    def advance(self, n: int) -> None:
-        pass
-
-    def finish(self) -> None:
-        pass
+Progress = ProgressSink
+"""What a build reports progress to (the CLI: :func:`recsys.progress.progress_for_terminal`)."""
 
 
 # --- reading ---------------------------------------------------------------------------------
@@ -561,7 +545,7 @@ def _read_catalogue(
     total = conn.execute(sa.text("SELECT count(*) FROM products")).scalar_one()
     if limit:
         total = min(total, limit)
-    progress.start("cleaning", total)
+    progress.start("cleaning", total, "products")
     ids: list[int] = []
     tokens: list[list[str]] = []
     hashes: list[bytes] = []
@@ -671,7 +655,7 @@ def build_features(
 
         if not Path(word_vectors).is_file():
             raise InputError(f"word vectors file not found: {word_vectors}")
-    progress = progress or _NoProgress()
+    progress = progress or NO_PROGRESS
     started = time.perf_counter()
     workers = workers if workers > 0 else (os.cpu_count() or 1)
 
@@ -792,7 +776,7 @@ def _build(
     tick = time.perf_counter()
     todo = np.flatnonzero(changed)
     has_words = [i for i in todo.tolist() if catalogue.tokens[i]]
-    progress.start("embedding", len(todo))
+    progress.start("embedding", len(todo), "products")
     embedded = wv.embed(
         [catalogue.tokens[i] for i in has_words],
         vectors.keyed_vectors,
@@ -846,7 +830,7 @@ def _build(
 
     tick = time.perf_counter()
     n_store = len(rows_ok) + len(skipped_rows)
-    progress.start("storing", max(1, n_store))
+    progress.start("storing", max(1, n_store), "products")
     indexed = False
     with engine.begin() as conn:
         set_id = create_feature_set(
