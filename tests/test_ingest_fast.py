@@ -320,3 +320,62 @@ def test_json_reviews_take_the_general_path(tmp_path: Path, engine, settings) ->
     path = _file(tmp_path / "r.json", [json.dumps(line).encode()])
     assert not fast.supports(get_format("amazon2018-reviews"))
     _same_both_ways(engine, settings, [([path], None, 0.0)])
+
+
+def test_unique_metadata_merge_same_database(tmp_path: Path, engine, settings, monkeypatch) -> None:
+    """Metadata files whose products each appear once take the ungrouped merge: same rows."""
+    from recsys.ingest import load, merge
+
+    first = {
+        "asin": "B1",
+        "title": "Cable",
+        "feature": ["USB", "1 m"],
+        "category": ["Electronics", "Cables"],
+        "brand": "",
+        "main_cat": "Electronics",
+    }
+    second = {"asin": "B2", "title": "Plug", "image": ["i2"], "category": []}
+    update = {"asin": "B1", "brand": "Acme", "description": ["Long"], "price": "$3"}
+    m2018 = _file(tmp_path / "m.json", [json.dumps(first).encode(), json.dumps(second).encode()])
+    again = _file(tmp_path / "again.json", [json.dumps(update).encode()])
+    m2014 = _file(
+        tmp_path / "meta14.json",
+        [
+            b"{'asin': 'A1', 'title': 'Guide', 'salesRank': {'Books': 12}, "
+            b"'categories': [['Books', 'Fiction']], 'imUrl': 'http://x'}",
+        ],
+    )
+    m2023 = _file(
+        tmp_path / "meta23.jsonl",
+        [
+            json.dumps(
+                {"parent_asin": "C1", "title": "Brush", "store": "Co", "features": ["soft"]}
+            ).encode()
+        ],
+    )
+    movies = _file(
+        tmp_path / "movies.csv",
+        [
+            b"movieId,title,genres",
+            b"1,Toy Story (1995),Animation|Children",
+            b"3,X,(no genres listed)",
+        ],
+    )
+    tags = _file(tmp_path / "tags.csv", [b"userId,movieId,tag,timestamp", b"2,1,pixar,1445714994"])
+    files = [m2018, again, m2014, m2023, movies, tags, m2018]
+
+    def dumped() -> dict:
+        for path in files:
+            load_files(engine, settings, metadata=[path])
+        return _dump(engine)
+
+    unique = dumped()
+    _reset(engine)
+    monkeypatch.setattr(
+        load,
+        "merge_staged_products",
+        lambda conn, agg: merge.merge_staged_products(conn, agg, allow_unique=False),
+    )
+    grouped = dumped()
+    assert unique == grouped
+    assert len(unique["products"]) == 6 and len(unique["loads"]) == len(files)

@@ -128,12 +128,51 @@ def merge_products_sql(aggregate_text: bool) -> sa.TextClause:
     )
 
 
-def merge_staged_products(conn: sa.Connection, aggregate_text: bool) -> int:
-    """Merge ``stage_products`` into ``products``; the number of distinct products."""
-    distinct = conn.execute(
-        sa.text("SELECT count(DISTINCT external_id) FROM stage_products")
-    ).scalar_one()
-    conn.execute(merge_products_sql(aggregate_text))
+_PRODUCT_CONFLICT = (
+    "ON CONFLICT (external_id) DO UPDATE SET"
+    " title = COALESCE(EXCLUDED.title, products.title),"
+    " brand = COALESCE(EXCLUDED.brand, products.brand),"
+    " description = COALESCE(EXCLUDED.description, products.description),"
+    " feature_text = COALESCE(EXCLUDED.feature_text, products.feature_text),"
+    " categories = COALESCE(EXCLUDED.categories, products.categories),"
+    " main_category = COALESCE(EXCLUDED.main_category, products.main_category),"
+    " raw = CASE WHEN EXCLUDED.raw IS NULL THEN products.raw"
+    "  ELSE COALESCE(products.raw, '{}'::jsonb) || EXCLUDED.raw END,"
+    " updated_at = now()"
+)
+
+MERGE_UNIQUE_PRODUCTS = sa.text(
+    "INSERT INTO products (external_id, title, brand, description, feature_text, categories,"
+    " main_category, raw) "
+    "SELECT external_id, title, brand, description, feature_text,"
+    " CASE WHEN categories IS NULL THEN NULL"
+    "  ELSE ARRAY(SELECT jsonb_array_elements_text(categories::jsonb)) END,"
+    " main_category, NULLIF(raw::jsonb, '{}'::jsonb) "
+    "FROM stage_products ORDER BY external_id " + _PRODUCT_CONFLICT
+)
+"""The merge when every product appears on one line only: each line is its own merged row
+(what the aggregates of :func:`merge_products_sql` give for a single line, an empty ``raw``
+included), without grouping."""
+
+
+def merge_staged_products(
+    conn: sa.Connection, aggregate_text: bool, *, allow_unique: bool = True
+) -> int:
+    """Merge ``stage_products`` into ``products``; the number of distinct products.
+
+    Args:
+        conn: the file's transaction.
+        aggregate_text: repeated lines concatenate their feature_text (MovieLens tags).
+        allow_unique: use :data:`MERGE_UNIQUE_PRODUCTS` when no product repeats (False: always
+            the grouping merge; both give the same rows).
+    """
+    lines, distinct = conn.execute(
+        sa.text("SELECT count(*), count(DISTINCT external_id) FROM stage_products")
+    ).one()
+    if allow_unique and lines == distinct:
+        conn.execute(MERGE_UNIQUE_PRODUCTS)
+    else:
+        conn.execute(merge_products_sql(aggregate_text))
     return distinct
 
 
