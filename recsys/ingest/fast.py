@@ -325,7 +325,7 @@ class ParsedRatings:
     half: np.ndarray
     """Ratings in half stars (uint8)."""
     ts: np.ndarray
-    """Unix seconds (int64)."""
+    """Unix seconds (uint32)."""
     sha256: str
 
 
@@ -394,7 +394,7 @@ def read_ratings(
             users.add(block_users)
             products.add(block_products)
             halves.append(half)
-            stamps.append(ts)
+            stamps.append(ts.astype(np.uint32))  # < MAX_EPOCH_SECONDS < 2**32
             base += n_lines
             if base > MAX_ROWS:
                 raise FastPathUnsupported(f"more than {MAX_ROWS:,} lines")
@@ -407,7 +407,7 @@ def read_ratings(
         user_codes=user_codes,
         product_codes=product_codes,
         half=np.concatenate(halves) if halves else np.zeros(0, np.uint8),
-        ts=np.concatenate(stamps) if stamps else np.zeros(0, np.int64),
+        ts=np.concatenate(stamps) if stamps else np.zeros(0, np.uint32),
         sha256=sha256,
     )
 
@@ -415,16 +415,20 @@ def read_ratings(
 # --- writing ----------------------------------------------------------------------------------
 
 
-def _csv_chunks(ids: np.ndarray, external: pa.Array) -> Iterator[bytes]:
-    """``id,external_id`` lines as COPY CSV (pyarrow quotes every string)."""
+def _csv_chunks(
+    ids: np.ndarray, external: pa.Array, index: np.ndarray | None = None
+) -> Iterator[bytes]:
+    """``id,external_id`` lines as COPY CSV (pyarrow quotes every string).
+
+    ``ids[i]`` goes with ``external[index[i]]`` (``external[i]`` without ``index``).
+    """
     options = pacsv.WriteOptions(include_header=False)
     for start in range(0, len(ids), _COPY_ROWS):
-        table = pa.table(
-            {
-                "id": pa.array(ids[start : start + _COPY_ROWS]),
-                "external_id": external.slice(start, _COPY_ROWS),
-            }
-        )
+        if index is None:
+            names = external.slice(start, _COPY_ROWS)
+        else:
+            names = external.take(pa.array(index[start : start + _COPY_ROWS]))
+        table = pa.table({"id": pa.array(ids[start : start + _COPY_ROWS]), "external_id": names})
         sink = io.BytesIO()
         pacsv.write_csv(table, sink, options)
         yield sink.getvalue()
@@ -484,7 +488,10 @@ def _map_ids(conn: sa.Connection, table: str, external: pa.Array) -> np.ndarray:
     if len(new):
         # ids in external-id order: the primary key and the unique index both fill at their
         # right edge (byte order is the index order under the C and C.UTF-8 collations)
-        new = new[pc.sort_indices(external.take(pa.array(new))).to_numpy()]
+        if len(new) == n:
+            new = pc.sort_indices(external).to_numpy()
+        else:
+            new = new[pc.sort_indices(external.take(pa.array(new))).to_numpy()]
         sequence = conn.execute(
             sa.text("SELECT pg_get_serial_sequence(:t, 'id')"), {"t": table}
         ).scalar_one()
@@ -499,7 +506,7 @@ def _map_ids(conn: sa.Connection, table: str, external: pa.Array) -> np.ndarray:
         _copy_in(
             conn,
             f"COPY {table} (id, external_id) FROM STDIN (FORMAT csv)",
-            _csv_chunks(ids[new], external.take(pa.array(new))),
+            _csv_chunks(ids[new], external, new),
         )
     _log.debug(
         "%s: %d known, %d new in %.1fs",
@@ -546,9 +553,13 @@ def _dedupe(parsed: ParsedRatings, user_ids: np.ndarray, product_ids: np.ndarray
     top = int(user_ids.max()) if len(user_ids) else 0
     if top * span + span >= 2**63:
         raise FastPathUnsupported("ids too large for one sort key")
-    keys = user_ids[parsed.user_codes] * span + product_ids[parsed.product_codes]
+    keys = user_ids[parsed.user_codes]
+    keys *= span
+    keys += product_ids[parsed.product_codes]
+    parsed.user_codes = parsed.product_codes = np.zeros(0, dtype=np.int32)  # memory
     order = np.argsort(keys)
     keys = keys[order]
+    order = order.astype(np.int32) if len(order) < 2**31 else order
     keep = np.ones(len(keys), dtype=bool)
     same = np.flatnonzero(keys[1:] == keys[:-1])
     if len(same):
@@ -575,7 +586,7 @@ def _rating_copy(parsed: ParsedRatings, deduped: _Deduped) -> Iterator[bytes]:
         tuples["user_id"] = keys // deduped.span
         tuples["product_id"] = keys % deduped.span
         tuples["rating"] = parsed.half[lines].astype(np.float32) / 2
-        tuples["rated_at"] = (parsed.ts[lines] - _PG_EPOCH) * 1_000_000
+        tuples["rated_at"] = (parsed.ts[lines].astype(np.int64) - _PG_EPOCH) * 1_000_000
         yield tuples.tobytes()
     yield _COPY_TRAILER
 
