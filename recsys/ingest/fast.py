@@ -553,13 +553,18 @@ def _dedupe(parsed: ParsedRatings, user_ids: np.ndarray, product_ids: np.ndarray
     top = int(user_ids.max()) if len(user_ids) else 0
     if top * span + span >= 2**63:
         raise FastPathUnsupported("ids too large for one sort key")
-    keys = user_ids[parsed.user_codes]
-    keys *= span
-    keys += product_ids[parsed.product_codes]
-    parsed.user_codes = parsed.product_codes = np.zeros(0, dtype=np.int32)  # memory
+    # built and sorted in place, in chunks: no temporary the size of the file beyond ``order``
+    keys = np.empty(len(parsed.user_codes), dtype=np.int64)
+    for start in range(0, len(keys), _COPY_ROWS):
+        stop = start + _COPY_ROWS
+        keys[start:stop] = user_ids[parsed.user_codes[start:stop]]
+        keys[start:stop] *= span
+        keys[start:stop] += product_ids[parsed.product_codes[start:stop]]
+    parsed.user_codes = parsed.product_codes = np.zeros(0, dtype=np.int32)
     order = np.argsort(keys)
-    keys = keys[order]
-    order = order.astype(np.int32) if len(order) < 2**31 else order
+    if len(order) < 2**31:
+        order = order.astype(np.int32)
+    keys.sort()
     keep = np.ones(len(keys), dtype=bool)
     same = np.flatnonzero(keys[1:] == keys[:-1])
     if len(same):
