@@ -116,7 +116,7 @@ def main() -> None:
     # reference, same run: the notebook loop on a subset, with the same kind of word vectors
     with engine.connect() as conn:
         catalogue = store._read_catalogue(
-            conn, with_title=False, progress=store._NoProgress(), limit=args.reference_subset
+            conn, with_title=False, progress=store.NO_PROGRESS, limit=args.reference_subset
         )
     docs = [t for t in catalogue.tokens if t]
     vectors = wv.train_word2vec(docs, dim=args.dim, epochs=1, workers=1)

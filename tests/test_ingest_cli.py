@@ -95,12 +95,12 @@ def test_killed_mid_file_leaves_database_unchanged(tmp_path: Path, cli_env, db_u
     writing = False
     with engine.connect() as c:
         while time.monotonic() < deadline and process.poll() is None:
-            # the load has started writing once its COPY into the staging table is running
+            # the load has started writing once a COPY (staging or bulk) is running
             writing = (
                 c.execute(
                     sa.text(
                         "SELECT count(*) FROM pg_stat_activity"
-                        " WHERE datname = :d AND query LIKE 'COPY%stage_ratings%'"
+                        " WHERE datname = :d AND query LIKE 'COPY%FROM STDIN%'"
                     ),
                     {"d": database},
                 ).scalar_one()

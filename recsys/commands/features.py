@@ -9,48 +9,6 @@ import click
 from recsys.config import Settings
 
 
-class _RichProgress:
-    """A rich progress bar per build phase, with products/s."""
-
-    def __init__(self) -> None:
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-        )
-
-        self._progress = Progress(
-            TextColumn("{task.description:<13}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[rate]}"),
-            TimeElapsedColumn(),
-            transient=False,
-            console=_console(stderr=True),
-        )
-        self._task = None
-        self._progress.start()
-
-    def start(self, phase: str, total: int) -> None:
-        if self._task is not None:
-            self._progress.update(self._task, completed=self._progress.tasks[-1].total)
-        unit = "products" if phase not in ("word vectors", "indexing") else ""
-        self._unit = unit
-        self._task = self._progress.add_task(phase, total=max(1, total), rate="")
-
-    def advance(self, n: int) -> None:
-        self._progress.advance(self._task, n)
-        task = self._progress.tasks[-1]
-        if self._unit and task.elapsed:
-            rate = f"{task.completed / task.elapsed:,.0f} {self._unit}/s"
-            self._progress.update(self._task, rate=rate)
-
-    def finish(self) -> None:
-        self._progress.stop()
-
-
 def _console(stderr: bool = False):
     from rich.console import Console
 
@@ -135,7 +93,9 @@ def build(
         wv.check_vectors_file(Path(word_vectors), trust_pickle=trust_pickle)
     settings: Settings = ctx.find_root().obj
     engine = open_engine(settings)
-    progress = _RichProgress()
+    from recsys.progress import progress_for_terminal
+
+    progress = progress_for_terminal()
     try:
         with wv.trusting_pickle(trust_pickle):
             summary = build_features(

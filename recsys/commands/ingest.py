@@ -11,54 +11,6 @@ import click
 from recsys.config import Settings
 from recsys.errors import InputError, RecsysError
 
-_PROGRESS_MIN_BYTES = 8 << 20
-"""Files smaller than this load in well under a few seconds: no progress bar."""
-
-
-class _RichProgress:
-    """A rich progress bar on stderr with rows/s; silent when stderr is not a terminal."""
-
-    def __init__(self) -> None:
-        self._progress = None
-        self._task = None
-
-    def start(self, path: Path, total_bytes: int) -> None:
-        if not sys.stderr.isatty() or total_bytes < _PROGRESS_MIN_BYTES:
-            return
-        from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            DownloadColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-        )
-
-        self._progress = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            DownloadColumn(),
-            TextColumn("{task.fields[rows]:,} rows, {task.fields[rate]:,.0f} rows/s"),
-            TimeElapsedColumn(),
-            console=Console(stderr=True),
-            transient=False,
-        )
-        self._progress.start()
-        self._task = self._progress.add_task(path.name, total=total_bytes, rows=0, rate=0.0)
-
-    def update(self, bytes_read: int, rows: int) -> None:
-        if self._progress is None:
-            return
-        elapsed = self._progress.tasks[0].elapsed or 0.0
-        self._progress.update(
-            self._task, completed=bytes_read, rows=rows, rate=rows / elapsed if elapsed else 0.0
-        )
-
-    def finish(self) -> None:
-        if self._progress is not None:
-            self._progress.stop()
-            self._progress = None
-
 
 def _print_summaries(summaries) -> None:
     from rich.console import Console
@@ -209,6 +161,7 @@ def load_db(
     """
     from recsys.commands.database import open_engine
     from recsys.ingest.load import load_files, plan_files
+    from recsys.progress import progress_for_terminal
 
     settings: Settings = ctx.find_root().obj
     nothing_to_load = not files and not ratings and not metadata and embeddings is None
@@ -241,7 +194,7 @@ def load_db(
         metadata=metadata,
         fmt=fmt,
         max_reject_rate=max_reject_rate,
-        progress=_RichProgress(),
+        progress=progress_for_terminal(),
     )
     if embeddings is not None:
         try:
@@ -269,11 +222,27 @@ def load_db(
 @click.option("--products", type=click.IntRange(min=1), default=1000, show_default=True)
 @click.option("--ratings", type=click.IntRange(min=1), default=50000, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
-def sample(out: Path, users: int, products: int, ratings: int, seed: int) -> None:
+@click.option(
+    "--activity-sigma",
+    type=click.FloatRange(min=0.0),
+    default=1.0,
+    show_default=True,
+    help="Skew of user activity (log-normal sigma).",
+)
+def sample(
+    out: Path, users: int, products: int, ratings: int, seed: int, activity_sigma: float
+) -> None:
     """Write a synthetic dataset with planted structure (ratings CSV + metadata JSON lines)."""
     from recsys.ingest.sample import write_sample
 
-    files = write_sample(out, users=users, products=products, ratings=ratings, seed=seed)
+    files = write_sample(
+        out,
+        users=users,
+        products=products,
+        ratings=ratings,
+        seed=seed,
+        activity_sigma=activity_sigma,
+    )
     click.echo(f"ratings:  {files.ratings_path}")
     click.echo(f"metadata: {files.metadata_path}")
     click.echo(f"truth:    {files.truth_path}")

@@ -106,7 +106,15 @@ def _user_ids(n: int) -> np.ndarray:
     return np.array([_user_id(index) for index in range(n)])
 
 
-def write_sample(out: Path, *, users: int, products: int, ratings: int, seed: int) -> SampleFiles:
+def write_sample(
+    out: Path,
+    *,
+    users: int,
+    products: int,
+    ratings: int,
+    seed: int,
+    activity_sigma: float = 1.0,
+) -> SampleFiles:
     """Write a synthetic dataset with planted structure into ``out``.
 
     Args:
@@ -115,6 +123,8 @@ def write_sample(out: Path, *, users: int, products: int, ratings: int, seed: in
         products: number of products.
         ratings: number of rating lines; at most ``users * products`` distinct pairs.
         seed: random seed; the same seed writes the same files.
+        activity_sigma: sigma of the users' log-normal activity; larger means more skew (a
+            few heavier raters, more users with one rating).
 
     Returns:
         The paths written and the number of rating lines.
@@ -150,7 +160,7 @@ def write_sample(out: Path, *, users: int, products: int, ratings: int, seed: in
         np.float32
     )
     user_bias = rng.normal(0.0, 0.25, users).astype(np.float32)
-    activity = rng.lognormal(0.0, 1.0, users)
+    activity = rng.lognormal(0.0, activity_sigma, users)
     per_user = _allocate(ratings, users, activity, cap=max(1, products // 2), rng=rng)
 
     # affinity standardisation from a sample of pairs (no users x products matrix)

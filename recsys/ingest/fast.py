@@ -1,0 +1,699 @@
+"""The fast path for delimited rating files: vectorised parsing, dedupe and id mapping in-process.
+
+Used by :func:`recsys.ingest.load.load_file` for the formats in :data:`LAYOUTS` (the seed's
+ratings CSV, MovieLens ``u.data`` and ``ratings.csv``). It gives the same database, the same
+counts and the same rejected rows as the general path (:mod:`recsys.ingest.stage`), faster:
+
+1. The file (plain or gzip, hashed on the way) is read in blocks of whole lines. In each block,
+   numpy finds the lines and classifies them: a *plain* line (printable ASCII without quotes or
+   backslashes, exactly three delimiters, non-empty ids, a rating written ``d``, ``d.0`` or
+   ``d.5`` inside the format's scale, a timestamp of digits between 1973 and now) is parsed
+   vectorised. Every other line goes through the general path's own per-line parser
+   (:func:`recsys.ingest.stage.parse_line`), so it is accepted or rejected, with its line number
+   and reason, exactly as there.
+2. External ids are dictionary-encoded with pyarrow per block, the dictionaries unified across
+   blocks, so the file is held as integer codes (about 20 bytes a line).
+3. In the file's transaction: users and products are locked, the ids of those already stored
+   are read with one join, new ones get ids reserved from the identity sequence and are COPYed
+   in; the latest rating per (user, product) is picked with numpy (equal timestamps: the later
+   line), and the ratings go in by COPY BINARY, in primary-key order. Into an empty ``ratings``
+   table they go straight in, with its primary key, product index and foreign keys built after
+   the COPY (in the same transaction); otherwise they are staged and merged with the general
+   path's ``ON CONFLICT`` rule (a stored rating is replaced by one as recent or more recent).
+
+Nothing is written before the whole file has been read. Whatever the fast path does not
+represent raises :class:`FastPathUnsupported` before that point, and the caller loads the file
+with the general path instead: a line longer than :data:`MAX_LINE` bytes, a non-integer
+timestamp or an unusual rating accepted by the format's parser, more than :data:`MAX_ROWS`
+lines. A file that cannot be read (a corrupt or truncated gzip) is an :class:`InputError` with
+one line, as on the general path.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import logging
+import time
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import sqlalchemy as sa
+
+from recsys.db.copy import driver_connection
+from recsys.errors import InputError
+from recsys.ingest.merge import MERGE_CONFLICT, merge_ratings
+from recsys.ingest.reader import GZIP_MAGIC, HashingReader, check_readable
+from recsys.ingest.rows import MAX_EPOCH_SECONDS, BadLine, Format, LoadLimits, RatingRow
+from recsys.ingest.stage import FileProgress, is_header, parse_line
+from recsys.ingest.summary import Counts, Rejects
+
+_log = logging.getLogger(__name__)
+
+BLOCK_BYTES = 8 << 20
+"""Decompressed bytes parsed at a time (whole lines)."""
+MAX_LINE = 4096
+"""A line longer than this sends the file to the general path (rating lines are ~40 bytes)."""
+MAX_ROWS = 50_000_000
+"""Files with more lines go to the general path, whose memory does not grow with the file."""
+_MIN_PLAIN_EPOCH = 100_000_000
+"""Timestamps before this (1973) are left to the format's parser to judge."""
+_UNIFY_EVERY = 4_000_000
+"""Per-block dictionary entries collected before they are unified into the file's dictionary."""
+_COPY_ROWS = 1_000_000
+_PG_EPOCH = 946_684_800  # 2000-01-01 in unix seconds: the zero of PostgreSQL's timestamps
+
+
+class FastPathUnsupported(Exception):
+    """The file needs the general path; nothing has been written."""
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where a delimited rating format keeps its four fields, and its rating scale."""
+
+    delimiter: int
+    product: int
+    user: int
+    rating: int
+    timestamp: int
+    low2: int
+    """Lowest rating, in half stars."""
+    high2: int
+    """Highest rating, in half stars."""
+    half: bool
+    """Whether ``d.5`` ratings are on the scale."""
+
+
+LAYOUTS: dict[str, Layout] = {
+    "ratings-csv": Layout(ord(","), 0, 1, 2, 3, 2, 10, False),
+    "movielens100k-ratings": Layout(ord("\t"), 1, 0, 2, 3, 2, 10, False),
+    "movielens-ratings": Layout(ord(","), 1, 0, 2, 3, 1, 10, True),
+}
+"""Formats the fast path reads: each must parse every plain line as its format's parser does."""
+
+
+def supports(fmt: Format) -> bool:
+    """Whether the fast path reads files of this format."""
+    return fmt.name in LAYOUTS
+
+
+# --- reading ----------------------------------------------------------------------------------
+
+
+class _Blocks:
+    """A file's decompressed bytes in blocks of whole lines, with the stored bytes hashed."""
+
+    def __init__(self, path: Path, max_line: int = MAX_LINE) -> None:
+        check_readable(path)
+        self.path = path
+        self.max_line = max_line
+        self.size = path.stat().st_size
+        self._hashing = HashingReader(open(path, "rb", buffering=0))  # noqa: SIM115
+        buffered = io.BufferedReader(self._hashing, buffer_size=1 << 20)
+        if buffered.peek(2)[:2] == GZIP_MAGIC:
+            self._stream: io.BufferedIOBase = gzip.GzipFile(fileobj=buffered)  # type: ignore[assignment]
+        else:
+            self._stream = buffered
+
+    def __enter__(self) -> _Blocks:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stream.close()
+
+    @property
+    def bytes_read(self) -> int:
+        return self._hashing.position
+
+    def sha256(self) -> str:
+        while self._hashing.readinto(bytearray(1 << 20)):
+            pass
+        return self._hashing.sha256.hexdigest()
+
+    def __iter__(self) -> Iterator[bytes]:
+        carry = b""
+        while True:
+            try:
+                chunk = self._stream.read(BLOCK_BYTES)
+            except (OSError, EOFError, zlib.error) as err:  # corrupt or truncated gzip
+                raise InputError(f"{self.path}: cannot read: {err}") from err
+            if not chunk:
+                if carry:
+                    yield carry  # a last line without a newline
+                return
+            data = carry + chunk if carry else chunk
+            cut = data.rfind(b"\n")
+            if cut < 0:
+                carry = data
+            else:
+                carry = data[cut + 1 :]
+                yield data[: cut + 1]
+            if len(carry) > self.max_line:
+                raise FastPathUnsupported(f"a line longer than {self.max_line} bytes")
+
+
+# --- vectorised parsing of one block ----------------------------------------------------------
+
+_COLUMNS = ["f0", "f1", "f2", "f3"]
+
+
+def _spellings(layout: Layout) -> tuple[pa.Array, np.ndarray]:
+    """The plain spellings of every rating on the scale, and each one's value in half stars."""
+    words: list[str] = []
+    halves: list[int] = []
+    for half in range(layout.low2, layout.high2 + 1):
+        if half % 2 == 0:
+            words += [str(half // 2), f"{half // 2}.0"]
+            halves += [half, half]
+        elif layout.half:
+            words.append(f"{half // 2}.5")
+            halves.append(half)
+    return pa.array(words, type=pa.string()), np.array(halves, dtype=np.uint8)
+
+
+_SPELLINGS = {name: _spellings(layout) for name, layout in LAYOUTS.items()}
+
+
+@dataclass
+class _Block:
+    starts: np.ndarray
+    ends: np.ndarray
+    plain: np.ndarray
+    """Per line: parsed here (True) or left to the format's parser."""
+    users: pa.Array
+    products: pa.Array
+    half: np.ndarray
+    ts: np.ndarray
+
+
+def _scan(block: bytes, fmt_name: str, now: int, max_line: int = MAX_LINE) -> _Block:
+    """Find the lines of ``block`` and parse the plain ones (see the module docstring)."""
+    layout = LAYOUTS[fmt_name]
+    buf = np.frombuffer(block, dtype=np.uint8)
+    size = len(buf)
+    # newlines and every byte a plain line cannot hold, in one pass
+    odd = np.flatnonzero((buf < 0x21) | (buf > 0x7E) | (buf == 0x22) | (buf == 0x5C))
+    odd_bytes = buf[odd]
+    ends = odd[odd_bytes == 10]
+    if not len(ends) or ends[-1] != size - 1:
+        ends = np.append(ends, size)
+    starts = np.empty_like(ends)
+    starts[0] = 0
+    starts[1:] = ends[:-1] + 1
+    odd = odd[odd_bytes != 10]
+    if len(odd):
+        if layout.delimiter == 9:
+            odd = odd[buf[odd] != 9]
+        after = buf[np.minimum(odd + 1, size - 1)]
+        odd = odd[~((buf[odd] == 13) & (odd + 1 < size) & (after == 10))]  # CR of a CRLF
+    plain = np.ones(len(starts), dtype=bool)
+    plain[np.searchsorted(ends, odd)] = False
+    cr = (ends < size) & (ends > starts) & (buf[np.maximum(ends - 1, 0)] == 13)
+    ends = ends - cr  # "\r\n" ends a line like "\n"
+    if int((ends - starts).max()) > max_line:
+        raise FastPathUnsupported(f"a line longer than {max_line} bytes")
+    delims = np.flatnonzero(buf == layout.delimiter)
+    per_line = np.bincount(np.searchsorted(ends, delims), minlength=len(starts))
+    plain &= per_line == 3
+    first = np.zeros(len(starts), dtype=np.int64)
+    np.cumsum(per_line[:-1], out=first[1:])
+    lines = np.flatnonzero(plain)
+    if len(lines):
+        d1, d2, d3 = (delims[np.minimum(first[lines] + k, len(delims) - 1)] for k in range(3))
+        full = (d1 > starts[lines]) & (d2 > d1 + 1) & (d3 > d2 + 1) & (ends[lines] > d3 + 1)
+        plain[lines[~full]] = False
+        lines = lines[full]
+    empty = pa.array([], type=pa.string())
+    if not len(lines):
+        return _Block(
+            starts, ends, plain, empty, empty, np.zeros(0, np.uint8), np.zeros(0, np.int64)
+        )
+    if len(lines) == len(starts):
+        data = pa.py_buffer(block)
+    else:  # only the plain lines go to the CSV parser
+        next_starts = np.append(starts[1:], size)
+        data = pa.py_buffer(buf[np.repeat(plain, next_starts - starts)].tobytes())
+    table = pacsv.read_csv(
+        data,
+        read_options=pacsv.ReadOptions(column_names=_COLUMNS, block_size=2 * BLOCK_BYTES),
+        parse_options=pacsv.ParseOptions(
+            delimiter=chr(layout.delimiter), quote_char=False, escape_char=False
+        ),
+        convert_options=pacsv.ConvertOptions(column_types=dict.fromkeys(_COLUMNS, pa.string())),
+    )
+    if table.num_rows != len(lines):
+        raise FastPathUnsupported("the CSV parser saw other lines")
+    spellings, halves = _SPELLINGS[fmt_name]
+    column = table.column
+    rating = pc.fill_null(pc.index_in(column(_COLUMNS[layout.rating]), value_set=spellings), -1)
+    rating = rating.to_numpy()
+    stamp = column(_COLUMNS[layout.timestamp])
+    digits = pc.match_substring_regex(stamp, "^[0-9]{1,10}$")
+    ts = pc.cast(pc.if_else(digits, stamp, "0"), pa.int64()).to_numpy()
+    ok = (rating >= 0) & digits.to_numpy(zero_copy_only=False)
+    ok &= (ts >= _MIN_PLAIN_EPOCH) & (ts < min(now, MAX_EPOCH_SECONDS))
+    plain[lines[~ok]] = False
+    keep = pa.array(ok)
+    return _Block(
+        starts=starts,
+        ends=ends,
+        plain=plain,
+        users=column(_COLUMNS[layout.user]).combine_chunks().filter(keep),
+        products=column(_COLUMNS[layout.product]).combine_chunks().filter(keep),
+        half=halves[rating[ok]],
+        ts=ts[ok],
+    )
+
+
+# --- the file as codes ------------------------------------------------------------------------
+
+
+class _Codes:
+    """External ids as integer codes into one dictionary, built block by block."""
+
+    def __init__(self) -> None:
+        self.dictionary: pa.Array = pa.array([], type=pa.string())
+        self._codes: list[np.ndarray] = []
+        self._pending: list[pa.DictionaryArray] = []
+        self._pending_entries = 0
+
+    def add(self, values: pa.Array) -> None:
+        encoded = pc.dictionary_encode(values)
+        self._pending.append(encoded)
+        self._pending_entries += len(encoded.dictionary)
+        if self._pending_entries >= _UNIFY_EVERY:
+            self._unify()
+
+    def _unify(self) -> None:
+        if not self._pending:
+            return
+        head = pa.DictionaryArray.from_arrays(pa.array([], type=pa.int32()), self.dictionary)
+        unified = pa.chunked_array([head, *self._pending]).unify_dictionaries()
+        chunks = unified.chunks
+        if len(chunks) != len(self._pending) + 1:  # pyarrow kept every chunk so far
+            raise FastPathUnsupported("unexpected dictionary unification")
+        # the existing dictionary is a prefix of the unified one, so earlier codes stay valid
+        self.dictionary = chunks[0].dictionary
+        self._codes.extend(chunk.indices.to_numpy(zero_copy_only=False) for chunk in chunks[1:])
+        self._pending = []
+        self._pending_entries = 0
+
+    def finish(self) -> np.ndarray:
+        self._unify()
+        if not self._codes:
+            return np.zeros(0, dtype=np.int32)
+        codes = np.concatenate(self._codes)
+        self._codes = []
+        return codes
+
+
+@dataclass
+class ParsedRatings:
+    """A rating file read by the fast path: ids as codes, one entry per valid line in order."""
+
+    users: pa.Array
+    """Distinct external user ids; ``user_codes`` index it."""
+    products: pa.Array
+    user_codes: np.ndarray
+    product_codes: np.ndarray
+    half: np.ndarray
+    """Ratings in half stars (uint8)."""
+    ts: np.ndarray
+    """Unix seconds (uint32)."""
+    sha256: str
+
+
+def _slow_rows(
+    block: bytes,
+    scan: _Block,
+    lines: np.ndarray,
+    base: int,
+    fmt: Format,
+    parse,
+    rejects: Rejects,
+    limits: LoadLimits,
+) -> list[tuple[int, RatingRow]]:
+    rows: list[tuple[int, RatingRow]] = []
+    for i in lines.tolist():
+        line_no = base + i + 1
+        raw = block[int(scan.starts[i]) : int(scan.ends[i])]
+        try:
+            row = parse_line(raw, parse, fmt.encoding, limits)
+        except BadLine as err:
+            rejects.add(line_no, raw, str(err))
+            continue
+        if row.timestamp != int(row.timestamp) or row.rating * 2 != int(row.rating * 2):
+            raise FastPathUnsupported(f"line {line_no}: a value the fast path does not store")
+        rows.append((line_no, row))  # type: ignore[arg-type]
+    return rows
+
+
+def read_ratings(
+    path: Path,
+    fmt: Format,
+    counts: Counts,
+    rejects: Rejects,
+    progress: FileProgress,
+    limits: LoadLimits | None = None,
+) -> ParsedRatings:
+    """Read a rating file of a :data:`LAYOUTS` format (see the module docstring).
+
+    Raises:
+        FastPathUnsupported: the file needs the general path.
+    """
+    parse = fmt.parser_for(path)
+    limits = LoadLimits() if limits is None else limits
+    now = int(min(time.time(), limits.latest_timestamp))
+    users, products = _Codes(), _Codes()
+    halves: list[np.ndarray] = []
+    stamps: list[np.ndarray] = []
+    base = 0
+    # a line the general path would reject as over the cap goes there, with its reason
+    max_line = min(MAX_LINE, limits.max_line_bytes)
+    with _Blocks(path, max_line) as blocks:
+        for block in blocks:
+            scan = _scan(block, fmt.name, now, max_line)
+            n_lines = len(scan.starts)
+            other = ~scan.plain
+            if base == 0 and fmt.header is not None:
+                if is_header(1, block[: int(scan.ends[0])], fmt):
+                    other[0] = False
+                    counts.read -= 1
+            counts.read += n_lines
+            slow = _slow_rows(block, scan, np.flatnonzero(other), base, fmt, parse, rejects, limits)
+            block_users, block_products = scan.users, scan.products
+            half, ts = scan.half, scan.ts
+            if slow:
+                fast_lines = np.flatnonzero(scan.plain)
+                order = np.argsort(
+                    np.concatenate([fast_lines, [n - base - 1 for n, _ in slow]]), kind="stable"
+                )
+                block_users = pa.concat_arrays(
+                    [block_users, pa.array([r.user for _, r in slow], type=pa.string())]
+                ).take(pa.array(order))
+                block_products = pa.concat_arrays(
+                    [block_products, pa.array([r.product for _, r in slow], type=pa.string())]
+                ).take(pa.array(order))
+                half = np.concatenate(
+                    [half, np.array([round(r.rating * 2) for _, r in slow], dtype=np.uint8)]
+                )[order]
+                ts = np.concatenate(
+                    [ts, np.array([int(r.timestamp) for _, r in slow], dtype=np.int64)]
+                )[order]
+            users.add(block_users)
+            products.add(block_products)
+            halves.append(half)
+            stamps.append(ts.astype(np.uint32))  # < MAX_EPOCH_SECONDS < 2**32
+            base += n_lines
+            if base > MAX_ROWS:
+                raise FastPathUnsupported(f"more than {MAX_ROWS:,} lines")
+            progress.update(counts.read, blocks.bytes_read)
+        sha256 = blocks.sha256()
+    user_codes, product_codes = users.finish(), products.finish()
+    return ParsedRatings(
+        users=users.dictionary,
+        products=products.dictionary,
+        user_codes=user_codes,
+        product_codes=product_codes,
+        half=np.concatenate(halves) if halves else np.zeros(0, np.uint8),
+        ts=np.concatenate(stamps) if stamps else np.zeros(0, np.uint32),
+        sha256=sha256,
+    )
+
+
+# --- writing ----------------------------------------------------------------------------------
+
+
+def _csv_chunks(
+    ids: np.ndarray, external: pa.Array, index: np.ndarray | None = None
+) -> Iterator[bytes]:
+    """``id,external_id`` lines as COPY CSV (pyarrow quotes every string).
+
+    ``ids[i]`` goes with ``external[index[i]]`` (``external[i]`` without ``index``).
+    """
+    options = pacsv.WriteOptions(include_header=False)
+    for start in range(0, len(ids), _COPY_ROWS):
+        if index is None:
+            names = external.slice(start, _COPY_ROWS)
+        else:
+            names = external.take(pa.array(index[start : start + _COPY_ROWS]))
+        table = pa.table({"id": pa.array(ids[start : start + _COPY_ROWS]), "external_id": names})
+        sink = io.BytesIO()
+        pacsv.write_csv(table, sink, options)
+        yield sink.getvalue()
+
+
+def _copy_in(conn: sa.Connection, statement: str, chunks: Iterator[bytes]) -> None:
+    with driver_connection(conn).cursor() as cur:
+        with cur.copy(statement) as copy:
+            for chunk in chunks:
+                copy.write(chunk)
+
+
+def _copy_out(conn: sa.Connection, statement: str) -> bytes:
+    out = io.BytesIO()
+    with driver_connection(conn).cursor() as cur:
+        with cur.copy(statement) as copy:
+            for data in copy:
+                out.write(data)
+    return out.getvalue()
+
+
+def _map_ids(conn: sa.Connection, table: str, external: pa.Array) -> np.ndarray:
+    """Database ids for the external ids of ``table`` (users | products), creating new ones.
+
+    ``table`` is one of our two constants, never user input.
+    """
+    n = len(external)
+    ids = np.full(n, -1, dtype=np.int64)
+    started = time.perf_counter()
+    conn.execute(sa.text(f"LOCK TABLE {table} IN SHARE ROW EXCLUSIVE MODE"))
+    if n and conn.execute(sa.text(f"SELECT EXISTS (SELECT 1 FROM {table})")).scalar_one():
+        stage = f"stage_{table}_ids"
+        conn.execute(
+            sa.text(f"CREATE TEMP TABLE {stage} (code bigint, external_id text) ON COMMIT DROP")
+        )
+        _copy_in(
+            conn,
+            f"COPY {stage} (code, external_id) FROM STDIN (FORMAT csv)",
+            _csv_chunks(np.arange(n, dtype=np.int64), external),
+        )
+        conn.execute(sa.text(f"ANALYZE {stage}"))
+        found = _copy_out(
+            conn,
+            f"COPY (SELECT s.code, t.id FROM {stage} s JOIN {table} t USING (external_id)) "
+            "TO STDOUT (FORMAT csv)",
+        )
+        if found:
+            pairs = pacsv.read_csv(
+                io.BytesIO(found),
+                read_options=pacsv.ReadOptions(column_names=["code", "id"]),
+                convert_options=pacsv.ConvertOptions(
+                    column_types={"code": pa.int64(), "id": pa.int64()}
+                ),
+            )
+            ids[pairs["code"].to_numpy()] = pairs["id"].to_numpy()
+    new = np.flatnonzero(ids < 0)
+    if len(new):
+        # ids in external-id order: the primary key and the unique index both fill at their
+        # right edge (byte order is the index order under the C and C.UTF-8 collations)
+        if len(new) == n:
+            new = pc.sort_indices(external).to_numpy()
+        else:
+            new = new[pc.sort_indices(external.take(pa.array(new))).to_numpy()]
+        sequence = conn.execute(
+            sa.text("SELECT pg_get_serial_sequence(:t, 'id')"), {"t": table}
+        ).scalar_one()
+        first = conn.execute(
+            sa.text(
+                f"SELECT greatest(nextval(:s), (SELECT coalesce(max(id), 0) + 1 FROM {table}))"
+            ),
+            {"s": sequence},
+        ).scalar_one()
+        conn.execute(sa.text("SELECT setval(:s, :v)"), {"s": sequence, "v": first + len(new) - 1})
+        ids[new] = first + np.arange(len(new), dtype=np.int64)
+        _copy_in(
+            conn,
+            f"COPY {table} (id, external_id) FROM STDIN (FORMAT csv)",
+            _csv_chunks(ids[new], external, new),
+        )
+    _log.debug(
+        "%s: %d known, %d new in %.1fs",
+        table,
+        n - len(new),
+        len(new),
+        time.perf_counter() - started,
+    )
+    return ids
+
+
+_RATING_TUPLE = np.dtype(
+    [
+        ("fields", ">i2"),
+        ("len_user", ">i4"),
+        ("user_id", ">i8"),
+        ("len_product", ">i4"),
+        ("product_id", ">i8"),
+        ("len_rating", ">i4"),
+        ("rating", ">f4"),
+        ("len_rated_at", ">i4"),
+        ("rated_at", ">i8"),
+    ]
+)
+_COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + b"\x00\x00\x00\x00" + b"\x00\x00\x00\x00"
+_COPY_TRAILER = b"\xff\xff"
+
+
+@dataclass
+class _Deduped:
+    keys: np.ndarray
+    """Sorted ``user_id * span + product_id`` of every valid line."""
+    order: np.ndarray
+    """Line index of each sorted key."""
+    keep: np.ndarray
+    """Per sorted position: the winning line of its key."""
+    span: int
+    distinct: int
+
+
+def _dedupe(parsed: ParsedRatings, user_ids: np.ndarray, product_ids: np.ndarray) -> _Deduped:
+    """The latest line per (user, product); equal timestamps: the later line."""
+    span = int(product_ids.max()) + 1 if len(product_ids) else 1
+    top = int(user_ids.max()) if len(user_ids) else 0
+    if top * span + span >= 2**63:
+        raise FastPathUnsupported("ids too large for one sort key")
+    # built and sorted in place, in chunks: no temporary the size of the file beyond ``order``
+    keys = np.empty(len(parsed.user_codes), dtype=np.int64)
+    for start in range(0, len(keys), _COPY_ROWS):
+        stop = start + _COPY_ROWS
+        keys[start:stop] = user_ids[parsed.user_codes[start:stop]]
+        keys[start:stop] *= span
+        keys[start:stop] += product_ids[parsed.product_codes[start:stop]]
+    parsed.user_codes = parsed.product_codes = np.zeros(0, dtype=np.int32)
+    order = np.argsort(keys)
+    if len(order) < 2**31:
+        order = order.astype(np.int32)
+    keys.sort()
+    keep = np.ones(len(keys), dtype=bool)
+    same = np.flatnonzero(keys[1:] == keys[:-1])
+    if len(same):
+        positions = np.union1d(same, same + 1)
+        lines = order[positions]
+        by = np.lexsort((lines, parsed.ts[lines], keys[positions]))
+        sorted_keys = keys[positions][by]
+        losers = positions[by][:-1][sorted_keys[:-1] == sorted_keys[1:]]
+        keep[losers] = False
+    return _Deduped(keys, order, keep, span, int(keep.sum()))
+
+
+def _rating_copy(parsed: ParsedRatings, deduped: _Deduped) -> Iterator[bytes]:
+    yield _COPY_HEADER
+    for start in range(0, len(deduped.keys), _COPY_ROWS):
+        stop = start + _COPY_ROWS
+        keep = deduped.keep[start:stop]
+        keys = deduped.keys[start:stop][keep]
+        lines = deduped.order[start:stop][keep]
+        tuples = np.empty(len(keys), dtype=_RATING_TUPLE)
+        tuples["fields"] = 4
+        tuples["len_user"] = tuples["len_product"] = tuples["len_rated_at"] = 8
+        tuples["len_rating"] = 4
+        tuples["user_id"] = keys // deduped.span
+        tuples["product_id"] = keys % deduped.span
+        tuples["rating"] = parsed.half[lines].astype(np.float32) / 2
+        tuples["rated_at"] = (parsed.ts[lines].astype(np.int64) - _PG_EPOCH) * 1_000_000
+        yield tuples.tobytes()
+    yield _COPY_TRAILER
+
+
+def _constraint_ddl(conn: sa.Connection) -> tuple[list[str], list[str]]:
+    """DDL that drops the ratings primary key, indexes and foreign keys, and that restores them."""
+    drop: list[str] = []
+    restore: list[str] = []
+    constraints = conn.execute(
+        sa.text(
+            "SELECT conname, pg_get_constraintdef(oid), contype FROM pg_constraint "
+            "WHERE conrelid = 'ratings'::regclass AND contype IN ('p', 'f') ORDER BY contype DESC"
+        )
+    ).all()
+    for name, definition, _ in constraints:
+        drop.append(f'ALTER TABLE ratings DROP CONSTRAINT "{name}"')
+        restore.append(f'ALTER TABLE ratings ADD CONSTRAINT "{name}" {definition}')
+    indexes = conn.execute(
+        sa.text(
+            "SELECT i.relname, pg_get_indexdef(i.oid) FROM pg_index x "
+            "JOIN pg_class i ON i.oid = x.indexrelid "
+            "WHERE x.indrelid = 'ratings'::regclass AND NOT EXISTS "
+            "(SELECT 1 FROM pg_constraint c WHERE c.conindid = i.oid)"
+        )
+    ).all()
+    for name, definition in indexes:
+        drop.append(f'DROP INDEX "{name}"')
+        restore.append(definition)
+    # restore the primary key first, then the indexes, then the foreign keys
+    primary = [r for r in restore if " PRIMARY KEY " in r]
+    creates = [r for r in restore if r.startswith("CREATE")]
+    foreign = [r for r in restore if " FOREIGN KEY " in r]
+    return drop, primary + creates + foreign
+
+
+def write_ratings(conn: sa.Connection, parsed: ParsedRatings) -> int:
+    """Merge a fast-read rating file into the database (in the caller's transaction).
+
+    Returns:
+        The number of distinct (user, product) ratings in the file.
+    """
+    started = time.perf_counter()
+    conn.execute(sa.text("SET LOCAL maintenance_work_mem = '1GB'"))
+    user_ids = _map_ids(conn, "users", parsed.users)
+    product_ids = _map_ids(conn, "products", parsed.products)
+    parsed.users = parsed.products = pa.array([], type=pa.string())  # free the dictionaries
+    _log.debug("users and products: %.1fs", time.perf_counter() - started)
+    deduped = _dedupe(parsed, user_ids, product_ids)
+    del user_ids, product_ids
+    parsed.user_codes = parsed.product_codes = np.zeros(0, dtype=np.int32)
+    _log.debug("deduplicated: %.1fs", time.perf_counter() - started)
+    conn.execute(sa.text("LOCK TABLE ratings IN SHARE ROW EXCLUSIVE MODE"))
+    empty = not conn.execute(sa.text("SELECT EXISTS (SELECT 1 FROM ratings)")).scalar_one()
+    if empty:
+        drop, restore = _constraint_ddl(conn)
+        for ddl in drop:
+            conn.execute(sa.text(ddl))
+        _copy_in(
+            conn,
+            "COPY ratings (user_id, product_id, rating, rated_at) FROM STDIN (FORMAT binary)",
+            _rating_copy(parsed, deduped),
+        )
+        _log.debug("ratings copied: %.1fs", time.perf_counter() - started)
+        for ddl in restore:
+            conn.execute(sa.text(ddl))
+    else:
+        conn.execute(
+            sa.text(
+                "CREATE TEMP TABLE stage_fast_ratings (user_id bigint, product_id bigint, "
+                "rating real, rated_at timestamptz) ON COMMIT DROP"
+            )
+        )
+        _copy_in(
+            conn,
+            "COPY stage_fast_ratings (user_id, product_id, rating, rated_at) FROM STDIN "
+            "(FORMAT binary)",
+            _rating_copy(parsed, deduped),
+        )
+        merge_ratings(
+            conn,
+            sa.text(
+                "INSERT INTO ratings (user_id, product_id, rating, rated_at) "
+                "SELECT user_id, product_id, rating, rated_at FROM stage_fast_ratings "
+                "ORDER BY 1, 2 " + MERGE_CONFLICT
+            ),
+            deduped.distinct,
+        )
+    _log.debug("ratings merged: %.1fs", time.perf_counter() - started)
+    return deduped.distinct
