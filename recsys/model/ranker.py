@@ -50,6 +50,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,7 @@ import numpy as np
 
 from recsys.errors import DataError, RecsysError
 from recsys.model.base import FitHistory, RatingData
+from recsys.progress import NO_PROGRESS, ProgressSink
 
 _log = logging.getLogger(__name__)
 META_FILE = "recommender.json"
@@ -72,57 +74,6 @@ def history_matrix(data: RatingData):
     )
     matrix.data[:] = 1.0
     return matrix
-
-
-def negative_mask(history_rows: np.ndarray) -> np.ndarray:
-    """The negatives of a batch in the full-softmax objective: 1 where the user did NOT rate."""
-    return (np.asarray(history_rows) <= 0).astype(np.float32)
-
-
-def sample_negatives(rng: np.random.Generator, history, users: np.ndarray, n: int) -> np.ndarray:
-    """``[len(users), n]`` products drawn uniformly among each user's UNRATED products.
-
-    Draws with replacement from the whole catalogue and redraws the draws that hit a rated
-    product, so a user's own products never appear (users who rated everything get -1).
-    """
-    n_products = history.shape[1]
-    out = rng.integers(0, n_products, size=(len(users), n))
-    for row, user in enumerate(np.asarray(users)):
-        rated = history.indices[history.indptr[user] : history.indptr[user + 1]]
-        if len(rated) >= n_products:
-            out[row] = -1
-            continue
-        bad = np.isin(out[row], rated)
-        while bad.any():
-            out[row, bad] = rng.integers(0, n_products, size=int(bad.sum()))
-            bad = np.isin(out[row], rated)
-    return out
-
-
-def _target_loss(negative_lse, logits, targets):
-    import tensorflow as tf
-
-    per_target = tf.nn.softplus(negative_lse[:, None] - logits) * targets
-    n_targets = tf.reduce_sum(targets, axis=1)
-    per_user = tf.reduce_sum(per_target, axis=1) / tf.maximum(n_targets, 1.0)
-    has = tf.cast(n_targets > 0, tf.float32)
-    return tf.reduce_sum(per_user * has) / tf.maximum(tf.reduce_sum(has), 1.0)
-
-
-def ranking_loss(logits, targets, negatives):
-    """The full-softmax ranking loss of a batch (mean over users with at least one target).
-
-    Args:
-        logits: ``[batch, n_products]`` scores.
-        targets: 1 where a product is a target (a held-out rated product of the user).
-        negatives: 1 where a product is a negative: :func:`negative_mask` (unrated only). A
-            product with 0 here never enters the normaliser, so a user's own rated products
-            get no push-down.
-    """
-    import tensorflow as tf
-
-    masked = tf.where(negatives > 0, logits, tf.fill(tf.shape(logits), -1e9))
-    return _target_loss(tf.reduce_logsumexp(masked, axis=1), logits, targets)
 
 
 class RankerRecommender:
@@ -144,6 +95,8 @@ class RankerRecommender:
             evaluation's relevance, rating >= 4); lower-rated ones still count as input and are
             never negatives. Ignored (all rated products are targets) when under 10% of the
             ratings reach it, e.g. implicit-feedback data. None: every rated product.
+        validation_users: the internal-validation NDCG@10 of the epoch search is measured on at
+            most this many users (a seeded sample; 0: all), so an evaluation stays cheap.
         embedding_dim: alias of ``dim`` (the name ``recsys train --embedding-dim`` passes).
     """
 
@@ -175,6 +128,7 @@ class RankerRecommender:
         rating_tower: bool = True,
         rating_l2: float = 1e-5,
         rating_learning_rate: float = 1e-3,
+        validation_users: int = 10_000,
         embedding_dim: int | None = None,
     ) -> None:
         dim = int(embedding_dim or dim)  # ``embedding_dim``: the shared CLI option's name
@@ -202,6 +156,7 @@ class RankerRecommender:
             "rating_tower": bool(rating_tower),
             "rating_l2": float(rating_l2),
             "rating_learning_rate": float(rating_learning_rate),
+            "validation_users": int(validation_users),
         }
         if self.params["dim"] < 1 or self.params["batch_users"] < 1:
             raise RecsysError("ranker dim and batch size must be at least 1")
@@ -236,128 +191,24 @@ class RankerRecommender:
         )
 
     def _train_tower(
-        self, train: RatingData, epochs: int, seed: int, validation: RatingData | None = None
+        self,
+        train: RatingData,
+        epochs: int,
+        seed: int,
+        validation: RatingData | None = None,
+        *,
+        progress: ProgressSink = NO_PROGRESS,
+        should_stop: Callable[[], bool] | None = None,
+        label: str = "train ranker",
     ) -> tuple[Any, list[float], int]:
         """Train a fresh tower on ``train``; with ``validation``, keep the best evaluated epoch."""
-        import keras
-        import tensorflow as tf
+        from recsys.model.rank_trainer import RankerTrainer
 
-        from recsys.model.keras_models import set_determinism
-
-        set_determinism(seed)
-        rng = np.random.default_rng(seed)
-        history = history_matrix(train)
-        liked = None
-        threshold = self.params["target_min_rating"]
-        if threshold is not None and np.mean(train.ratings >= threshold) >= 0.1:
-            liked = history_matrix(train.subset(train.ratings >= threshold))
-        elif threshold is not None:
-            _log.info(
-                "ranker: under 10%% of ratings are >= %g; every rated product is a target",
-                threshold,
-            )
-        tower = self._new_tower(train.n_users, train.n_products, self.text.shape[1])
-        optimizer = keras.optimizers.AdamW(
-            learning_rate=self.params["learning_rate"], weight_decay=self.params["weight_decay"]
+        trainer = RankerTrainer(
+            self, train, seed, progress=progress, should_stop=should_stop, label=label
         )
-        text = tf.constant(self.text)
-        full = train.n_products <= self.params["full_softmax_max"]
-        n_sampled = self.params["sampled_negatives"]
-        log_q = tf.constant(0.0)
-        # an exponential moving average of the weights is what scores (Polyak averaging): the
-        # ranking loss overfits within tens of epochs and the average is a cheap ensemble
-        ema = float(self.params["weight_average"])
-        averages = [tf.Variable(v, trainable=False) for v in tower.trainable_variables]
-
-        @tf.function(reduce_retracing=True)
-        def step(users, history_in, targets, negatives_or_ids, log_correction, id_keep):
-            with tf.GradientTape() as tape:
-                user = tower.user_vectors(users, history_in)
-                product, bias = tower.product_vectors(text, id_keep)
-                logits = tf.matmul(user, product, transpose_b=True) + bias[None, :]
-                if full:
-                    loss = ranking_loss(logits, targets, negatives_or_ids)
-                else:
-                    ids = tf.maximum(negatives_or_ids, 0)
-                    neg = tf.einsum("bd,bnd->bn", user, tf.gather(product, ids)) + tf.gather(
-                        bias, ids
-                    )
-                    negative_lse = tf.reduce_logsumexp(neg, axis=1) + log_correction
-                    loss = _target_loss(negative_lse, logits, targets)
-            grads = tape.gradient(loss, tower.trainable_variables)
-            optimizer.apply_gradients(zip(grads, tower.trainable_variables, strict=True))
-            for average, variable in zip(averages, tower.trainable_variables, strict=True):
-                average.assign(ema * average + (1.0 - ema) * variable)
-            return loss
-
-        def use_averages() -> list[np.ndarray]:
-            """Swap the weight averages in (returns the raw weights to swap back)."""
-            raw = [v.numpy() for v in tower.trainable_variables]
-            for average, variable in zip(averages, tower.trainable_variables, strict=True):
-                variable.assign(average)
-            return raw
-
-        def restore(raw: list[np.ndarray]) -> None:
-            for value, variable in zip(raw, tower.trainable_variables, strict=True):
-                variable.assign(value)
-
-        active = np.flatnonzero(np.diff(history.indptr) > 0)
-        batch = self.params["batch_users"]
-        losses: list[float] = []
-        best = (-1.0, 0, None)
-        evaluations_without_gain = 0
-        for epoch in range(1, epochs + 1):
-            order = rng.permutation(active)
-            total = 0.0
-            for start in range(0, len(order), batch):
-                users = np.sort(order[start : start + batch])
-                rows = history[users].toarray()
-                keep = (rng.random(rows.shape) >= self.params["input_dropout"]).astype(np.float32)
-                history_in = rows * keep
-                targets = rows - history_in
-                if liked is not None:
-                    targets = targets * liked[users].toarray()
-                id_keep = (rng.random(train.n_products) >= self.params["id_dropout"]).astype(
-                    np.float32
-                )
-                if full:
-                    negatives = negative_mask(rows)
-                    correction = log_q
-                else:
-                    negatives = sample_negatives(rng, history, users, n_sampled).astype(np.int32)
-                    n_unrated = train.n_products - rows.sum(axis=1).mean()
-                    correction = tf.constant(float(np.log(max(n_unrated, 1.0) / n_sampled)))
-                total += float(
-                    step(
-                        users.astype(np.int32), history_in, targets, negatives, correction, id_keep
-                    )
-                )
-            losses.append(total / max(1, -(-len(order) // batch)))
-            if validation is not None and epoch % self.params["eval_every"] == 0:
-                raw = use_averages()
-                self._precompute(tower, history)
-                restore(raw)
-                from recsys.evaluation.peers import validation_ndcg
-
-                score = validation_ndcg(self, train, validation)
-                _log.info(
-                    "ranker epoch %d: loss %.4f, internal validation NDCG@10 %.4f",
-                    epoch,
-                    losses[-1],
-                    score,
-                )
-                if score > best[0] + 1e-4:
-                    best = (score, epoch, [a.numpy() for a in averages])
-                    evaluations_without_gain = 0
-                else:
-                    evaluations_without_gain += 1
-                    if evaluations_without_gain >= self.params["patience"]:
-                        break
-        if validation is not None and best[2] is not None:
-            restore(best[2])
-            return tower, losses, best[1]
-        use_averages()
-        return tower, losses, epochs
+        result = trainer.run(epochs, validation)
+        return result.tower, result.losses, result.epochs
 
     def _precompute(self, tower, history) -> None:
         """Exact precomputation: user vectors, product vectors and biases as numpy arrays."""
@@ -380,7 +231,14 @@ class RankerRecommender:
 
     # --- rating head ----------------------------------------------------------------------
 
-    def _train_rating_head(self, train: RatingData, seed: int) -> None:
+    def _train_rating_head(
+        self,
+        train: RatingData,
+        seed: int,
+        *,
+        progress: ProgressSink = NO_PROGRESS,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> None:
         import keras
 
         from recsys.model.keras_models import internal_validation, set_determinism
@@ -419,13 +277,16 @@ class RankerRecommender:
         stop = keras.callbacks.EarlyStopping(
             monitor="val_loss", patience=2, restore_best_weights=True
         )
+        report = _RatingHeadProgress(
+            progress, should_stop, len(fit_part), self.params["rating_batch"]
+        )
         model.fit(
             inputs(fit_part),
             fit_part.ratings - self.mu,
             validation_data=(inputs(val_part), val_part.ratings - self.mu),
             epochs=self.params["rating_epochs"],
             batch_size=self.params["rating_batch"],
-            callbacks=[stop],
+            callbacks=[stop, report],
             verbose=0,
             shuffle=True,
         )
@@ -434,9 +295,23 @@ class RankerRecommender:
     # --- Recommender ----------------------------------------------------------------------
 
     def fit(
-        self, train: RatingData, *, validation: RatingData | None = None, seed: int = 0
+        self,
+        train: RatingData,
+        *,
+        validation: RatingData | None = None,
+        seed: int = 0,
+        progress: ProgressSink = NO_PROGRESS,
+        should_stop: Callable[[], bool] | None = None,
     ) -> FitHistory:
-        """Train the ranking head (epochs tuned on a train-internal split) and the rating head."""
+        """Train the ranking head (epochs tuned on a train-internal split) and the rating head.
+
+        Args:
+            train: the training ratings.
+            validation: unused (the epochs are tuned on a split of ``train``).
+            seed: seeds everything.
+            progress: a :mod:`recsys.progress` sink (epoch, loss, ratings/s, validation NDCG).
+            should_stop: polled after every batch; true raises ``TrainingInterrupted``.
+        """
         from recsys.model.rank_network import normalise_text
 
         if len(train) == 0:
@@ -445,6 +320,7 @@ class RankerRecommender:
         self.n_users, self.n_products = train.n_users, train.n_products
         self.text = normalise_text(train.text, train.n_products)
         self.text_dim = self.text.shape[1]
+        hooks = {"progress": progress, "should_stop": should_stop}
         epochs = self.params["epochs"]
         if epochs is None:
             from recsys.evaluation.peers import internal_rank_split
@@ -452,16 +328,21 @@ class RankerRecommender:
             fit_part, val_part = internal_rank_split(train)
             if np.any(val_part.ratings >= 4):
                 _, _, epochs = self._train_tower(
-                    fit_part, self.params["max_epochs"], seed, val_part
+                    fit_part,
+                    self.params["max_epochs"],
+                    seed,
+                    val_part,
+                    label="ranker epoch search",
+                    **hooks,
                 )
             else:
                 epochs = self.params["max_epochs"] // 2
             self.params["tuned_epochs"] = int(epochs)
             _log.info("ranker: %d epochs chosen on the train-internal split", epochs)
-        tower, losses, _ = self._train_tower(train, int(epochs), seed)
+        tower, losses, _ = self._train_tower(train, int(epochs), seed, label="ranker", **hooks)
         self._precompute(tower, history_matrix(train))
         if self.params["rating_head"]:
-            self._train_rating_head(train, seed)
+            self._train_rating_head(train, seed, **hooks)
         seconds = time.perf_counter() - started
         return FitHistory(
             train_loss=losses,
@@ -471,6 +352,42 @@ class RankerRecommender:
             else f"{epochs} epochs",
             epoch_seconds=[seconds],
         )
+
+    def user_vectors_for(self, items: np.ndarray, rows: np.ndarray, n_rows: int) -> np.ndarray:
+        """User vectors pooled from histories of MODEL product indices (fold-in).
+
+        The user vector depends only on the products the user rated (``x_u H / sqrt(|x_u|)``;
+        the free user embedding is off by default), so a user the model never saw is scored
+        exactly as a trained user with the same history: ``vectors @ V.T + b``.
+
+        Args:
+            items: model product index of each (row, product) history entry; duplicates within a
+                row count once.
+            rows: the row (0..n_rows-1) of each entry.
+            n_rows: the number of users.
+
+        Raises:
+            RecsysError: the model uses a free per-user embedding (no fold-in possible).
+        """
+        from scipy import sparse
+
+        self._check()
+        if self.tower.use_user_embedding:
+            raise RecsysError("this ranker uses per-user embeddings; it cannot fold in users")
+        x = sparse.csr_matrix(
+            (np.ones(len(items), dtype=np.float32), (np.asarray(rows), np.asarray(items))),
+            shape=(int(n_rows), self.n_products),
+        )
+        x.data[:] = 1.0  # a product rated twice counts once, as in training
+        counts = np.asarray(x.sum(axis=1)).ravel()
+        h = np.asarray(self.tower.history_embedding.embeddings.numpy(), dtype=np.float32)
+        pooled = np.asarray(x @ h, dtype=np.float32)
+        return pooled / np.sqrt(np.maximum(counts, 1.0)).astype(np.float32)[:, None]
+
+    def score_vectors(self, vectors: np.ndarray) -> np.ndarray:
+        """Exact scores of user vectors (from :meth:`user_vectors_for`) against every product."""
+        self._check()
+        return (vectors @ self.product_vectors.T + self.product_bias[None, :]).astype(np.float32)
 
     def _check(self) -> None:
         if self.user_vectors is None:
@@ -564,3 +481,34 @@ class RankerRecommender:
             model.rating_model = keras.saving.load_model(directory / "rating_head.keras")
         model._precompute(tower, sparse.load_npz(directory / "history.npz").tocsr())
         return model
+
+
+class _RatingHeadProgress:
+    """Keras callback: rating-head progress per batch and the stop check."""
+
+    def __new__(cls, progress, should_stop, n_ratings: int, batch: int):
+        import keras
+
+        from recsys.errors import TrainingInterrupted
+
+        class Callback(keras.callbacks.Callback):
+            def on_epoch_begin(self, epoch, logs=None):
+                self.epoch = epoch + 1
+                progress.start(f"ranker rating head epoch {self.epoch}", n_ratings, "ratings")
+
+            def on_train_batch_end(self, step, logs=None):
+                loss = (logs or {}).get("loss")
+                fields = {"epoch": self.epoch}
+                if loss is not None:
+                    fields["loss"] = float(loss)
+                progress.update(min((step + 1) * batch, n_ratings), **fields)
+                if should_stop is not None and should_stop():
+                    _log.info("ranker: stop requested; stopping the rating head")
+                    raise TrainingInterrupted(
+                        f"training stopped on request in rating-head epoch {self.epoch}"
+                    )
+
+            def on_epoch_end(self, epoch, logs=None):
+                progress.finish()
+
+        return Callback()
