@@ -195,3 +195,33 @@ def test_a_stop_request_ends_training_within_a_batch(caplog) -> None:
     assert len(calls) == 2  # no batch ran after the request
     stopping = [r for r in caplog.records if "stop requested" in r.getMessage()]
     assert stopping and all(r.levelno == logging.INFO for r in stopping)
+
+
+def test_fold_in_scores_equal_direct_evaluation_of_the_model() -> None:
+    import tensorflow as tf
+
+    data = _data()
+    model = RankerRecommender(**{**FAST, "epochs": 2})
+    model.fit(data, seed=0)
+    assert model.folds_in
+    # two histories of model products, one with a duplicate (counts once)
+    histories = [[3, 7, 11], [5, 5, 20, 41, 59]]
+    items = np.array([p for h in histories for p in h])
+    rows = np.repeat(np.arange(len(histories)), [len(h) for h in histories])
+    got = model.score_vectors(model.user_vectors_for(items, rows, len(histories)))
+    # by hand, from the Keras tower's own weights and layers
+    h = model.tower.history_embedding.embeddings.numpy()
+    product, bias = model.tower.product_vectors(tf.constant(model.text))
+    for row, history in enumerate(histories):
+        unique = sorted(set(history))
+        user = h[unique].sum(axis=0) / np.sqrt(len(unique))
+        expected = np.asarray(product) @ user + np.asarray(bias)
+        np.testing.assert_allclose(got[row], expected, rtol=1e-4, atol=1e-5)
+    # a trained user's folded-in vector is the vector the model scores them with
+    user = 4
+    mine = data.products[data.users == user]
+    again = model.user_vectors_for(mine, np.zeros(len(mine), dtype=np.int64), 1)
+    np.testing.assert_allclose(again[0], model.user_vectors[user], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        model.score_vectors(again)[0], model.score_users(np.array([user]))[0], rtol=1e-5, atol=1e-5
+    )

@@ -412,7 +412,11 @@ class RankerTrainer:
 
     def batches(self):
         """The epoch's batches of users (a fresh permutation of the active users)."""
-        size = self.params["batch_users"]
+        from recsys.model.ranker import _batch_size
+
+        size = _batch_size(
+            self.params["batch_users"], len(self.active), self.params["max_steps_per_epoch"]
+        )
         order = self.rng.permutation(self.active)
         for start in range(0, len(order), size):
             yield np.sort(order[start : start + size])
@@ -480,17 +484,35 @@ class RankerTrainer:
         history.data[:] = 1.0
         return history
 
+    def steps_per_epoch(self) -> int:
+        from recsys.model.ranker import _batch_size
+
+        size = _batch_size(
+            self.params["batch_users"], len(self.active), self.params["max_steps_per_epoch"]
+        )
+        return max(1, -(-len(self.active) // size))
+
+    def eval_every(self) -> int:
+        """Epochs between evaluations: ``eval_every``, or fewer so that at most
+        ``eval_every_steps`` steps pass between two (large data, whose epochs are long)."""
+        limit = int(self.params.get("eval_every_steps") or 0)
+        every = int(self.params["eval_every"])
+        if limit <= 0:
+            return every
+        return max(1, min(every, -(-limit // self.steps_per_epoch())))
+
     def run(self, epochs: int, validation: RatingData | None = None) -> TrainedTower:
-        """Train ``epochs`` epochs; with ``validation``, evaluate every ``eval_every`` epochs,
+        """Train ``epochs`` epochs; with ``validation``, evaluate every :meth:`eval_every` epochs,
         stop after ``patience`` evaluations without gain and keep the best evaluated epoch."""
         losses: list[float] = []
         evaluations: list[tuple[int, float]] = []
         best: tuple[float, int, list[np.ndarray] | None] = (-1.0, 0, None)
         without_gain = 0
         fields: dict[str, Any] = {}
+        every = self.eval_every()
         for epoch in range(1, epochs + 1):
             losses.append(self.run_epoch(epoch, epochs, fields))
-            if validation is None or epoch % self.params["eval_every"] != 0:
+            if validation is None or epoch % every != 0:
                 continue
             score = self.validate(validation)
             evaluations.append((epoch, score))

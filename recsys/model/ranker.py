@@ -82,7 +82,9 @@ class RankerRecommender:
     Args:
         dim: width of the user/product vectors (200).
         epochs: ranking epochs; None tunes them on a train-internal split (max ``max_epochs``).
-        batch_users: users per ranking step.
+        batch_users: users per ranking step (at least; see ``max_steps_per_epoch``).
+        max_steps_per_epoch: the batch grows beyond ``batch_users`` so that an epoch has at most
+            this many steps (0: never), which bounds an epoch's fixed per-step cost on large data.
         learning_rate, weight_decay: AdamW.
         input_dropout: share of a user's products moved from the input to the targets per step.
         id_dropout: share of products whose id embedding is dropped per step (text path).
@@ -90,11 +92,15 @@ class RankerRecommender:
         full_softmax_max: above this many products, sampled negatives replace the full softmax.
         sampled_negatives: negatives per user per step in sampled mode.
         rating_head: also train the rating head (``predict``); False makes a pure ranker.
-        rating_epochs, rating_batch: rating head training.
+        rating_epochs, rating_batch: rating head training (the batch grows so that an epoch
+            has at most ``rating_max_steps`` steps; 0: never).
         target_min_rating: only products the user rated at least this are TARGETS (the
             evaluation's relevance, rating >= 4); lower-rated ones still count as input and are
             never negatives. Ignored (all rated products are targets) when under 10% of the
             ratings reach it, e.g. implicit-feedback data. None: every rated product.
+        eval_every, eval_every_steps, patience: the epoch search evaluates every ``eval_every``
+            epochs, or every epoch that completes ``eval_every_steps`` steps when epochs are
+            longer (large data); it stops after ``patience`` evaluations without gain.
         validation_users: the internal-validation NDCG@10 of the epoch search is measured on at
             most this many users (a seeded sample; 0: all), so an evaluation stays cheap.
         embedding_dim: alias of ``dim`` (the name ``recsys train --embedding-dim`` passes).
@@ -109,18 +115,21 @@ class RankerRecommender:
         epochs: int | None = None,
         max_epochs: int = 120,
         eval_every: int = 5,
+        eval_every_steps: int = 200,
         patience: int = 3,
         batch_users: int = 64,
+        max_steps_per_epoch: int = 200,
         learning_rate: float = 0.002,
         weight_decay: float = 0.01,
         input_dropout: float = 0.5,
         id_dropout: float = 0.1,
         use_user_embedding: bool = False,
-        full_softmax_max: int = 50_000,
+        full_softmax_max: int = 5_000,
         sampled_negatives: int = 1000,
         rating_head: bool = True,
         rating_epochs: int = 30,
         rating_batch: int = 512,
+        rating_max_steps: int = 1000,
         rating_dim: int = 32,
         weight_average: float = 0.99,
         target_min_rating: float | None = 4.0,
@@ -137,8 +146,10 @@ class RankerRecommender:
             "epochs": None if epochs is None else int(epochs),
             "max_epochs": int(max_epochs),
             "eval_every": int(eval_every),
+            "eval_every_steps": int(eval_every_steps),
             "patience": int(patience),
             "batch_users": int(batch_users),
+            "max_steps_per_epoch": int(max_steps_per_epoch),
             "learning_rate": float(learning_rate),
             "weight_decay": float(weight_decay),
             "input_dropout": float(input_dropout),
@@ -149,6 +160,7 @@ class RankerRecommender:
             "rating_head": bool(rating_head),
             "rating_epochs": int(rating_epochs),
             "rating_batch": int(rating_batch),
+            "rating_max_steps": int(rating_max_steps),
             "rating_dim": int(rating_dim),
             "weight_average": float(weight_average),
             "target_min_rating": target_min_rating,
@@ -277,15 +289,16 @@ class RankerRecommender:
         stop = keras.callbacks.EarlyStopping(
             monitor="val_loss", patience=2, restore_best_weights=True
         )
-        report = _RatingHeadProgress(
-            progress, should_stop, len(fit_part), self.params["rating_batch"]
+        batch = _batch_size(
+            self.params["rating_batch"], len(fit_part), self.params["rating_max_steps"]
         )
+        report = _RatingHeadProgress(progress, should_stop, len(fit_part), batch)
         model.fit(
             inputs(fit_part),
             fit_part.ratings - self.mu,
             validation_data=(inputs(val_part), val_part.ratings - self.mu),
             epochs=self.params["rating_epochs"],
-            batch_size=self.params["rating_batch"],
+            batch_size=batch,
             callbacks=[stop, report],
             verbose=0,
             shuffle=True,
@@ -352,6 +365,11 @@ class RankerRecommender:
             else f"{epochs} epochs",
             epoch_seconds=[seconds],
         )
+
+    @property
+    def folds_in(self) -> bool:
+        """Whether users outside the training data can be scored from their history."""
+        return self.tower is not None and not self.tower.use_user_embedding
 
     def user_vectors_for(self, items: np.ndarray, rows: np.ndarray, n_rows: int) -> np.ndarray:
         """User vectors pooled from histories of MODEL product indices (fold-in).
@@ -481,6 +499,13 @@ class RankerRecommender:
             model.rating_model = keras.saving.load_model(directory / "rating_head.keras")
         model._precompute(tower, sparse.load_npz(directory / "history.npz").tocsr())
         return model
+
+
+def _batch_size(smallest: int, n: int, max_steps: int) -> int:
+    """``smallest``, or larger so that ``n`` items take at most ``max_steps`` batches."""
+    if max_steps <= 0:
+        return int(smallest)
+    return int(max(smallest, -(-n // max_steps)))
 
 
 class _RatingHeadProgress:

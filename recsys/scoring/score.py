@@ -9,7 +9,11 @@ recommended back. The top k are cut exactly: the k-th largest score of each row 
 descending, then product id ascending (a deterministic tie-break independent of the model's
 column order), and the first k kept.
 
-Users the model does not know (filtered out by ``--min-ratings``, or new since training) get a
+Users the model does not know (filtered out by ``--min-ratings``, or new since training) but
+who rated at least one product it knows are FOLDED IN when the model can pool a user vector
+from a history (``recommender.user_vectors_for``, the ranker): their exact model list comes from
+their database ratings of the model's products (strategy ``model``; the count is recorded as
+``params["folded_in"]`` of the run; no cold-start products for them). The others get a
 fallback list instead: the most rated products (``popularity``), or, with
 ``fallback="category"``, the most rated products in the categories of the products they rated
 (``category_popularity``) topped up from the global list. A product's category is the last
@@ -27,6 +31,7 @@ follows from ``memory_mb``.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -316,6 +321,7 @@ def score_batches(
     *,
     should_stop: Callable[[], bool] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    stats: dict[str, int] | None = None,
 ) -> Iterator[ScoreBatch]:
     """Yield recommendation rows for every user in the database, one batch of users at a time.
 
@@ -325,6 +331,7 @@ def score_batches(
         options: k, fallback, cold start, memory.
         should_stop: polled between batches; True raises :class:`ScoringInterrupted`.
         progress: called with (users done, users total) after each batch.
+        stats: when given, ``stats["folded_in"]`` counts the folded-in users.
 
     Raises:
         DataError: the model returned scores of the wrong shape, or NaN.
@@ -412,6 +419,7 @@ def score_batches(
     if len(unknown):
         popularity = _Popularity.read(conn, options.fallback == "category")
         fallback_batch = max(batch, 2048)
+        model_columns = _IdIndex(model_products)
         for start in range(0, len(unknown), fallback_batch):
             if should_stop is not None and should_stop():
                 raise ScoringInterrupted(
@@ -419,6 +427,15 @@ def score_batches(
                 )
             user_ids = unknown[start : start + fallback_batch]
             rated_users, rated_products = rated_pairs(conn, user_ids)
+            folded, user_ids = fold_in_lists(
+                recommender, user_ids, rated_users, rated_products, model_columns, options.k, gone
+            )
+            if folded is not None:
+                if stats is not None:
+                    stats["folded_in"] = stats.get("folded_in", 0) + len(np.unique(folded.user_ids))
+                yield folded
+            keep = np.isin(rated_users, user_ids)
+            rated_users, rated_products = rated_users[keep], rated_products[keep]
             yield _fallback_lists(
                 user_ids,
                 rated_users,
@@ -427,9 +444,59 @@ def score_batches(
                 options.k,
                 options.fallback == "category",
             )
-            done += len(user_ids)
+            done += len(user_ids) + (0 if folded is None else len(np.unique(folded.user_ids)))
             if progress is not None:
                 progress(done, total)
+
+
+def fold_in_lists(
+    recommender: Any,
+    user_ids: np.ndarray,
+    rated_users: np.ndarray,
+    rated_products: np.ndarray,
+    model_columns: _IdIndex,
+    k: int,
+    gone: np.ndarray,
+) -> tuple[ScoreBatch | None, np.ndarray]:
+    """Exact model lists for users outside the model who rated products it knows (fold-in).
+
+    Args:
+        recommender: the model; only one with ``user_vectors_for`` (and ``folds_in`` true)
+            folds users in.
+        user_ids: users the model does not know.
+        rated_users, rated_products: every database rating of those users.
+        model_columns: positions of the model's product ids.
+        k: list length.
+        gone: per candidate column, products deleted since training (never recommended).
+
+    Returns:
+        (the folded-in users' rows or None, the user ids left for the fallback).
+    """
+    if not getattr(recommender, "folds_in", False) or len(user_ids) == 0:
+        return None, user_ids
+    columns = model_columns.positions(rated_products)
+    known = columns >= 0
+    folded_ids = np.unique(rated_users[known])
+    if len(folded_ids) == 0:
+        return None, user_ids
+    rows = _IdIndex(folded_ids).positions(rated_users[known])
+    vectors = recommender.user_vectors_for(columns[known], rows, len(folded_ids))
+    scores = np.asarray(recommender.score_vectors(vectors), dtype=np.float32)
+    if np.isnan(scores).any():
+        raise DataError("the model produced NaN scores for folded-in users")
+    scores[:, gone[: scores.shape[1]]] = -np.inf
+    scores[rows, columns[known]] = -np.inf  # every product they rated (all are in the model)
+    product_ids = model_columns.ids
+    r, ranks, c, values = top_k(scores, k, product_ids)
+    batch = ScoreBatch(
+        folded_ids[r],
+        ranks.astype(np.int16),
+        product_ids[c],
+        values.astype(np.float32),
+        np.full(len(r), MODEL, dtype=np.int8),
+    )
+    # a user whose every model product is rated has no model list: the fallback serves them
+    return batch, user_ids[~np.isin(user_ids, folded_ids[np.unique(r)])]
 
 
 def score_and_write(
@@ -477,8 +544,9 @@ def score_and_write(
     try:
         with engine.begin() as conn:
             writer = RunWriter(conn, run_id)
+            stats: dict[str, int] = {"folded_in": 0}
             for batch in score_batches(
-                conn, model, options, should_stop=should_stop, progress=progress
+                conn, model, options, should_stop=should_stop, progress=progress, stats=stats
             ):
                 writer.write(batch)
                 first = batch.ranks == 1
@@ -487,6 +555,13 @@ def score_and_write(
                     counts[name] = counts.get(name, 0) + int(
                         (batch.strategies[first] == code).sum()
                     )
+            conn.execute(
+                sa.text(
+                    "UPDATE recommendation_runs SET params = params || CAST(:p AS jsonb) "
+                    "WHERE id = :r"
+                ),
+                {"p": json.dumps({"folded_in": stats["folded_in"]}), "r": run_id},
+            )
             writer.finish(counts)
             n_rows = writer.n_rows
     except BaseException as err:
