@@ -399,7 +399,12 @@ class RankerTrainer:
         tower, variables, optimizer = self.tower, self.variables, self.optimizer
         text = tf.constant(self.model.text)
 
-        @tf.function(reduce_retracing=True)
+        ints = tf.TensorSpec([None], tf.int32)
+        floats = tf.TensorSpec([None], tf.float32)
+        signature = [ints] * 6 + [tf.TensorSpec([None, None], tf.float32), floats, floats]
+
+        # one trace for every batch shape; plain Python control flow only (no autograph)
+        @tf.function(input_signature=signature, autograph=False)
         def step(*args):
             with tf.GradientTape() as tape:
                 loss = sparse_loss(tower, text, *args)

@@ -11,17 +11,17 @@ user's training products (``input_dropout``) is the INPUT (the history part of t
 vector) and the other half are the TARGETS (only those rated >= ``target_min_rating``, 4: a
 list should hold what users like, not merely what they rated); every target ``t`` is scored
 against the user's NEGATIVES, which are the products the user did NOT rate
-(:func:`negative_mask`; never their own rated products)::
+(``valid`` in :func:`recsys.model.rank_trainer.make_batch`; never their own rated products)::
 
     loss(u, t) = -log( exp(s_t) / (exp(s_t) + sum_{j unrated} exp(s_j)) )
                = softplus(logsumexp_{j unrated} s_j - s_t)
 
-i.e. a full softmax over the catalogue (exact and cheap up to ~50k products). Beyond
-``full_softmax_max`` products the negatives are ``sampled_negatives`` products drawn uniformly
-among the unrated ones (:func:`sample_negatives`) with the log-Q correction
-``log(n_unrated / n_sampled)``. (Known limit: a step still builds dense ``[batch_users,
-n_products]`` history/target rows and target logits, so with hundreds of thousands of products
-lower ``batch_users``; the sampled path is tested on a small sample, not benchmarked at scale.)
+i.e. a full softmax over the catalogue, for catalogues up to ``full_softmax_max`` products.
+Above it the normaliser is ``sampled_negatives`` products drawn uniformly for the whole batch,
+each user's rated ones excluded, with the per-user log-Q correction
+``log(n_unrated / n_valid)``, and only the embedding rows a batch touches are updated (lazy
+AdamW), so a step's cost follows the batch's ratings, not the catalogue. The training loop is
+:class:`recsys.model.rank_trainer.RankerTrainer` (sparse histories, progress, per-batch stop).
 Predicting held-out products from the others is what EASE's zero
 diagonal does in closed form; the text projection and product-id dropout (``id_dropout``: a
 product's id embedding and bias are zeroed for a random share of products per step) make the
