@@ -137,7 +137,7 @@ class RankerRecommender:
         rating_tower: bool = True,
         rating_l2: float = 1e-5,
         rating_learning_rate: float = 1e-3,
-        validation_users: int = 10_000,
+        validation_users: int = 3_000,
         embedding_dim: int | None = None,
     ) -> None:
         dim = int(embedding_dim or dim)  # ``embedding_dim``: the shared CLI option's name
