@@ -10,10 +10,10 @@ nightly's filter (users and products with more than ``--min-ratings`` ratings, a
 as ``read_rating_data`` does); the text vectors are the sample's planted product topics plus
 noise, 100-d (the database and the feature store are not what this measures). It then times
 ``RankerRecommender.fit`` with the nightly's defaults: ``--epochs N`` fixes the epochs,
-otherwise the fit includes its own epoch choice on the train-internal split. The reference
-measured in the same run is one epoch of EASE-free work: the time to build the fit's dense
-inputs is not separated; the printed ratio is ratings/s of the ranker's steps against the
-``--reference-epochs`` plain numpy pass over the same ratings (a pooled gather + matmul).
+otherwise the fit includes its own epoch choice on the train-internal split. Progress lines
+(every 30 s) give each epoch's ratings/s and the internal-validation NDCG. There is no reference
+in the same process: the before/after comparison is this script run at an older commit (see
+benchmarks/RESULTS.md, "Ranker training at scale").
 """
 
 from __future__ import annotations
