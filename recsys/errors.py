@@ -36,3 +36,7 @@ class DataError(RecsysError):
 
 class LockBusy(RecsysError):
     """Another process holds the lock for this step."""
+
+
+class TrainingInterrupted(RecsysError):
+    """Training was asked to stop (SIGTERM/SIGINT through ``should_stop``) and stopped."""

@@ -15,9 +15,9 @@
   are recorded as ``skipped``, and the error propagates (the CLI prints it, exit 2). Nothing is
   published before the ``publish`` step: ``score`` writes a complete, unpublished run, so the
   served recommendations change only when everything before has succeeded.
-* **Stopping.** ``should_stop`` (set by SIGTERM/SIGINT in the scheduler) is checked between
-  steps and between scoring batches; the run ends ``interrupted``. Training itself is not
-  interruptible mid-epoch.
+* **Stopping.** ``should_stop`` (set by SIGTERM/SIGINT in the scheduler and in ``recsys run``)
+  is checked between steps, between scoring batches and, for models that support it (the
+  ranker), after every training batch; the run ends ``interrupted``, logged at INFO.
 
 The ``evaluate`` step is a gate before anything is published: it reloads the trained model
 from the registry as scoring will, checks that its fast scores (``score_users``) are finite
@@ -99,6 +99,8 @@ class Context:
     options: PipelineOptions
     should_stop: Callable[[], bool]
     state: dict[str, Any] = field(default_factory=dict)
+    progress: Any = None
+    """A :mod:`recsys.progress` sink for long steps (None: no progress)."""
 
 
 StepFn = Callable[[Context], dict | None]
@@ -193,7 +195,15 @@ def _train_step(ctx: Context) -> dict:
         min_ratings=o.min_ratings,
         internal=True,
     )
-    result = train_run(ctx.engine, ctx.settings, config)
+    from recsys.progress import NO_PROGRESS
+
+    result = train_run(
+        ctx.engine,
+        ctx.settings,
+        config,
+        progress=ctx.progress or NO_PROGRESS,
+        should_stop=ctx.should_stop,
+    )
     ctx.state["model_run_id"] = int(result.run_id)
     return {
         "model_run_id": int(result.run_id),
@@ -202,6 +212,8 @@ def _train_step(ctx: Context) -> dict:
         "users": result.n_users,
         "products": result.n_products,
         "ratings": result.n_ratings,
+        "fit_seconds": round(result.fit_seconds, 1),
+        "evaluation_seconds": round(result.evaluation_seconds, 1),
     }
 
 
@@ -391,6 +403,7 @@ def run(
     steps: tuple[Step, ...] | list[Step] | None = None,
     should_stop: Callable[[], bool] | None = None,
     on_step: Callable[[str, str, float], None] | None = None,
+    progress: Any = None,
 ) -> PipelineResult:
     """Run the nightly pipeline once, under the nightly lock.
 
@@ -402,6 +415,7 @@ def run(
         steps: the steps to run (default :data:`DEFAULT_STEPS`); tests pass their own.
         should_stop: polled between steps and scoring batches.
         on_step: called with (step, status, seconds) as each step starts and ends.
+        progress: a :mod:`recsys.progress` sink for long steps (training); None: none.
 
     Returns:
         The successful run's result.
@@ -430,7 +444,7 @@ def run(
             )
         )
         _log.info("pipeline run %d started (%s)", run_id, ", ".join(s.name for s in steps))
-        ctx = Context(engine, settings, options, stop)
+        ctx = Context(engine, settings, options, stop, progress=progress)
         results: list[StepResult] = []
         for position, step in enumerate(steps):
             if stop():
@@ -480,7 +494,9 @@ def run(
                 _write_report(engine, settings, run_id)
                 if on_step:
                     on_step(step.name, status, seconds)
-                _log.error(
+                # a requested stop is no failure: INFO, not ERROR
+                _log.log(
+                    logging.INFO if interrupted else logging.ERROR,
                     "pipeline run %d: step %s %s after %.1fs: %s",
                     run_id,
                     step.name,

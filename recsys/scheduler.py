@@ -52,14 +52,21 @@ def nightly_job(options: dict[str, Any], trigger: str = "schedule") -> None:
     """
     from recsys.config import load_settings
     from recsys.db import engine as db
-    from recsys.pipeline import run
+    from recsys.errors import TrainingInterrupted
+    from recsys.pipeline import PipelineInterrupted, run
+    from recsys.progress import progress_for_terminal
 
     settings = load_settings()
     try:
         engine = db.create_engine(settings)
         db.ensure_schema(engine)
         result = run(
-            engine, settings, PipelineOptions(**options), trigger=trigger, should_stop=STOP.is_set
+            engine,
+            settings,
+            PipelineOptions(**options),
+            trigger=trigger,
+            should_stop=STOP.is_set,
+            progress=progress_for_terminal(),
         )
         _log.warning(
             "nightly run %d succeeded in %.0fs (recommendation run %s)",
@@ -69,6 +76,8 @@ def nightly_job(options: dict[str, Any], trigger: str = "schedule") -> None:
         )
     except LockBusy as err:
         _log.warning("nightly run skipped: %s", err)
+    except (PipelineInterrupted, TrainingInterrupted) as err:
+        _log.info("nightly run stopped on request: %s", err)
     except RecsysError as err:
         _log.error("nightly run failed: %s", err)
     except Exception:

@@ -1,7 +1,7 @@
 """The ranking hybrid (issue 6): planted favourites recovered better than popularity on a
-`recsys sample` set loaded through the real loader and feature store; negatives never include
-the user's own products; exact scoring equals the Keras model; cold products through text;
-save/load; determinism; the rating head."""
+`recsys sample` set loaded through the real loader and feature store; exact scoring equals the
+Keras model; cold products through text; save/load; determinism; the rating head. (Negatives
+and the training step: tests/test_rank_trainer.py.)"""
 
 from __future__ import annotations
 
@@ -21,13 +21,7 @@ from recsys.model import catalog
 from recsys.model.base import RatingData
 from recsys.model.baselines import PopularityRecommender
 from recsys.model.data import read_rating_data
-from recsys.model.ranker import (
-    RankerRecommender,
-    history_matrix,
-    negative_mask,
-    ranking_loss,
-    sample_negatives,
-)
+from recsys.model.ranker import RankerRecommender, history_matrix
 
 pytestmark = pytest.mark.slow
 
@@ -73,48 +67,6 @@ def _truth_index(data: RatingData, truth: dict, ids: dict) -> tuple[np.ndarray, 
     users = np.array([user_row[ids["users"][int(u)]] for u in data.user_ids])
     products = np.array([product_row[ids["products"][int(p)]] for p in data.product_ids])
     return users, products
-
-
-def test_negatives_are_only_unrated_products() -> None:
-    import tensorflow as tf
-
-    rng = np.random.default_rng(0)
-    rows = (rng.random((6, 30)) < 0.3).astype(np.float32)
-    negatives = negative_mask(rows)
-    assert np.all(negatives[rows > 0] == 0) and np.all(negatives[rows == 0] == 1)
-    # half of each user's products are targets, the other half are inputs (kept)
-    targets = rows * (rng.random(rows.shape) < 0.5)
-    logits = tf.Variable(rng.normal(size=rows.shape).astype(np.float32))
-    with tf.GradientTape() as tape:
-        loss = ranking_loss(logits, tf.constant(targets), tf.constant(negatives))
-    grad = tape.gradient(loss, logits).numpy()
-    kept = (rows > 0) & (targets == 0)
-    # a rated product that is not a target is neither pushed down nor up: it is no negative
-    assert np.all(grad[kept] == 0)
-    # every unrated product is pushed down, every target up
-    users_with_targets = targets.sum(1) > 0
-    assert np.all(grad[(rows == 0) & users_with_targets[:, None]] > 0)
-    assert np.all(grad[targets > 0] < 0)
-
-
-def test_sampled_negatives_never_hit_rated_products() -> None:
-    rng = np.random.default_rng(1)
-    n = 50
-    users = np.repeat(np.arange(40), 10)
-    products = rng.integers(0, n, size=len(users))
-    data = RatingData(
-        users=users.astype(np.int32),
-        products=products.astype(np.int32),
-        ratings=np.full(len(users), 5.0, np.float32),
-        timestamps=np.zeros(len(users), np.int64),
-        user_ids=np.arange(40, dtype=np.int64),
-        product_ids=np.arange(n, dtype=np.int64),
-    )
-    history = history_matrix(data)
-    drawn = sample_negatives(np.random.default_rng(2), history, np.arange(40), 200)
-    for user in range(40):
-        assert not set(drawn[user].tolist()) & set(products[users == user].tolist())
-    assert drawn.min() >= 0 and drawn.max() < n
 
 
 @pytest.mark.parametrize("objective", ["full", "sampled"])

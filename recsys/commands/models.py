@@ -129,7 +129,9 @@ def train(
         **_options(kwargs),
     )
     engine = open_engine(settings)
-    result = train_run(engine, settings, config)
+    from recsys.progress import progress_for_terminal
+
+    result = train_run(engine, settings, config, progress=progress_for_terminal())
     out = _console()
     out.print(
         f"model run {result.run_id}: {result.model_type} trained on {result.n_ratings} ratings of "

@@ -12,6 +12,7 @@ import sqlalchemy as sa
 from recsys.commands.database import open_engine
 from recsys.config import Settings
 from recsys.errors import RecsysError
+from recsys.progress import progress_for_terminal
 
 
 def _settings(ctx: click.Context) -> Settings:
@@ -433,10 +434,42 @@ def run_command(ctx, history, **kw) -> None:
                     f"{r['status']:<11} {steps}"
                 )
         return
-    result = pipeline.run(engine, settings, _options_from(kw), trigger="cli", on_step=_on_step)
+    result = _run_stoppable(
+        lambda stop: pipeline.run(
+            engine,
+            settings,
+            _options_from(kw),
+            trigger="cli",
+            on_step=_on_step,
+            should_stop=stop,
+            progress=progress_for_terminal(),
+        )
+    )
     _print_pipeline(result)
     if result.report_path is not None:
         click.echo(f"report: {result.report_path}")
+
+
+def _run_stoppable(run):
+    """``run(should_stop)`` with SIGTERM turned into a stop request (within a training batch
+    or between scoring batches) instead of killing the process mid-step."""
+    import logging
+    import signal
+    import threading
+
+    stop = threading.Event()
+
+    def request_stop(signum, _frame) -> None:
+        logging.getLogger("recsys.pipeline").info(
+            "received %s: stopping the run", signal.Signals(signum).name
+        )
+        stop.set()
+
+    previous = signal.signal(signal.SIGTERM, request_stop)
+    try:
+        return run(stop.is_set)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @click.command("schedule")

@@ -90,6 +90,39 @@ class RankingTower(keras.Model):
             pooled = pooled + self.user_embedding(users)
         return pooled
 
+    def pooled_user_vectors(self, users: Any, items: Any, rows: Any, n_rows: Any) -> Any:
+        """``[n_rows, dim]`` from sparse histories: the same vectors as :meth:`user_vectors`.
+
+        Args:
+            users: ``[n_rows]`` user indices (for the free user embedding).
+            items: flat product indices of every (row, product) history entry.
+            rows: the batch row of each entry (``0 <= rows < n_rows``).
+            n_rows: the number of rows.
+
+        The pooling is a ``segment_sum`` of the rated products' history embeddings, so the
+        cost grows with the number of ratings in the batch, not with the catalogue.
+        """
+        import tensorflow as tf
+
+        gathered = tf.gather(self.history_embedding.embeddings, items)
+        pooled = tf.math.unsorted_segment_sum(gathered, rows, n_rows)
+        count = tf.math.unsorted_segment_sum(tf.ones_like(rows, dtype=pooled.dtype), rows, n_rows)
+        pooled = pooled / tf.sqrt(tf.maximum(count, 1.0))[:, None]
+        if self.use_user_embedding:
+            pooled = pooled + self.user_embedding(users)
+        return pooled
+
+    def gathered_product_vectors(self, items: Any, text: Any, id_keep: Any | None = None) -> Any:
+        """Vectors and biases of the products ``items`` only (``text``: their text rows)."""
+        import tensorflow as tf
+
+        ids = tf.gather(self.product_embedding.embeddings, items)
+        bias = tf.gather(self.product_bias.embeddings, items)[:, 0]
+        if id_keep is not None:
+            ids = ids * id_keep[:, None]
+            bias = bias * id_keep
+        return ids + self.text_projection(text), bias + self.text_bias(text)[:, 0]
+
     def product_vectors(self, text: Any, id_keep: Any | None = None) -> Any:
         """``([n_products, dim], [n_products])`` for the catalogue; ``id_keep`` (0/1 per product)
         drops the id embedding and id bias (product-id dropout)."""

@@ -13,17 +13,17 @@ user's training products (``input_dropout``) is the INPUT (the history part of t
 vector) and the other half are the TARGETS (only those rated >= ``target_min_rating``, 4: a
 list should hold what users like, not merely what they rated); every target ``t`` is scored
 against the user's NEGATIVES, which are the products the user did NOT rate
-(:func:`negative_mask`; never their own rated products)::
+(``valid`` in :func:`recsys.model.rank_trainer.make_batch`; never their own rated products)::
 
     loss(u, t) = -log( exp(s_t) / (exp(s_t) + sum_{j unrated} exp(s_j)) )
                = softplus(logsumexp_{j unrated} s_j - s_t)
 
-i.e. a full softmax over the catalogue (exact and cheap up to ~50k products). Beyond
-``full_softmax_max`` products the negatives are ``sampled_negatives`` products drawn uniformly
-among the unrated ones (:func:`sample_negatives`) with the log-Q correction
-``log(n_unrated / n_sampled)``. (Known limit: a step still builds dense ``[batch_users,
-n_products]`` history/target rows and target logits, so with hundreds of thousands of products
-lower ``batch_users``; the sampled path is tested on a small sample, not benchmarked at scale.)
+i.e. a full softmax over the catalogue, for catalogues up to ``full_softmax_max`` products.
+Above it the normaliser is ``sampled_negatives`` products drawn uniformly for the whole batch,
+each user's rated ones excluded, with the per-user log-Q correction
+``log(n_unrated / n_valid)``, and only the embedding rows a batch touches are updated (lazy
+AdamW), so a step's cost follows the batch's ratings, not the catalogue. The training loop is
+:class:`recsys.model.rank_trainer.RankerTrainer` (sparse histories, progress, per-batch stop).
 Predicting held-out products from the others is what EASE's zero
 diagonal does in closed form; the text projection and product-id dropout (``id_dropout``: a
 product's id embedding and bias are zeroed for a random share of products per step) make the
@@ -52,6 +52,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,7 @@ import numpy as np
 
 from recsys.errors import DataError, RecsysError
 from recsys.model.base import META_FILE, FitHistory, RatingData
+from recsys.progress import NO_PROGRESS, ProgressSink
 
 _log = logging.getLogger(__name__)
 
@@ -75,64 +77,15 @@ def history_matrix(data: RatingData):
     return matrix
 
 
-def negative_mask(history_rows: np.ndarray) -> np.ndarray:
-    """The negatives of a batch in the full-softmax objective: 1 where the user did NOT rate."""
-    return (np.asarray(history_rows) <= 0).astype(np.float32)
-
-
-def sample_negatives(rng: np.random.Generator, history, users: np.ndarray, n: int) -> np.ndarray:
-    """``[len(users), n]`` products drawn uniformly among each user's UNRATED products.
-
-    Draws with replacement from the whole catalogue and redraws the draws that hit a rated
-    product, so a user's own products never appear (users who rated everything get -1).
-    """
-    n_products = history.shape[1]
-    out = rng.integers(0, n_products, size=(len(users), n))
-    for row, user in enumerate(np.asarray(users)):
-        rated = history.indices[history.indptr[user] : history.indptr[user + 1]]
-        if len(rated) >= n_products:
-            out[row] = -1
-            continue
-        bad = np.isin(out[row], rated)
-        while bad.any():
-            out[row, bad] = rng.integers(0, n_products, size=int(bad.sum()))
-            bad = np.isin(out[row], rated)
-    return out
-
-
-def _target_loss(negative_lse, logits, targets):
-    import tensorflow as tf
-
-    per_target = tf.nn.softplus(negative_lse[:, None] - logits) * targets
-    n_targets = tf.reduce_sum(targets, axis=1)
-    per_user = tf.reduce_sum(per_target, axis=1) / tf.maximum(n_targets, 1.0)
-    has = tf.cast(n_targets > 0, tf.float32)
-    return tf.reduce_sum(per_user * has) / tf.maximum(tf.reduce_sum(has), 1.0)
-
-
-def ranking_loss(logits, targets, negatives):
-    """The full-softmax ranking loss of a batch (mean over users with at least one target).
-
-    Args:
-        logits: ``[batch, n_products]`` scores.
-        targets: 1 where a product is a target (a held-out rated product of the user).
-        negatives: 1 where a product is a negative: :func:`negative_mask` (unrated only). A
-            product with 0 here never enters the normaliser, so a user's own rated products
-            get no push-down.
-    """
-    import tensorflow as tf
-
-    masked = tf.where(negatives > 0, logits, tf.fill(tf.shape(logits), -1e9))
-    return _target_loss(tf.reduce_logsumexp(masked, axis=1), logits, targets)
-
-
 class RankerRecommender:
     """The ranking hybrid as a Recommender (see the module docstring).
 
     Args:
         dim: width of the user/product vectors (200).
         epochs: ranking epochs; None tunes them on a train-internal split (max ``max_epochs``).
-        batch_users: users per ranking step.
+        batch_users: users per ranking step (at least; see ``max_steps_per_epoch``).
+        max_steps_per_epoch: the batch grows beyond ``batch_users`` so that an epoch has at most
+            this many steps (0: never), which bounds an epoch's fixed per-step cost on large data.
         learning_rate, weight_decay: AdamW.
         input_dropout: share of a user's products moved from the input to the targets per step.
         id_dropout: share of products whose id embedding is dropped per step (text path).
@@ -140,11 +93,17 @@ class RankerRecommender:
         full_softmax_max: above this many products, sampled negatives replace the full softmax.
         sampled_negatives: negatives per user per step in sampled mode.
         rating_head: also train the rating head (``predict``); False makes a pure ranker.
-        rating_epochs, rating_batch: rating head training.
+        rating_epochs, rating_batch: rating head training (the batch grows so that an epoch
+            has at most ``rating_max_steps`` steps; 0: never).
         target_min_rating: only products the user rated at least this are TARGETS (the
             evaluation's relevance, rating >= 4); lower-rated ones still count as input and are
             never negatives. Ignored (all rated products are targets) when under 10% of the
             ratings reach it, e.g. implicit-feedback data. None: every rated product.
+        eval_every, eval_every_steps, patience: the epoch search evaluates every ``eval_every``
+            epochs, or every epoch that completes ``eval_every_steps`` steps when epochs are
+            longer (large data); it stops after ``patience`` evaluations without gain.
+        validation_users: the internal-validation NDCG@10 of the epoch search is measured on at
+            most this many users (a seeded sample; 0: all), so an evaluation stays cheap.
         embedding_dim: alias of ``dim`` (the name ``recsys train --embedding-dim`` passes).
     """
 
@@ -157,18 +116,21 @@ class RankerRecommender:
         epochs: int | None = None,
         max_epochs: int = 120,
         eval_every: int = 5,
+        eval_every_steps: int = 200,
         patience: int = 3,
         batch_users: int = 64,
+        max_steps_per_epoch: int = 200,
         learning_rate: float = 0.002,
         weight_decay: float = 0.01,
         input_dropout: float = 0.5,
         id_dropout: float = 0.1,
         use_user_embedding: bool = False,
-        full_softmax_max: int = 50_000,
+        full_softmax_max: int = 5_000,
         sampled_negatives: int = 1000,
         rating_head: bool = True,
         rating_epochs: int = 30,
         rating_batch: int = 512,
+        rating_max_steps: int = 1000,
         rating_dim: int = 32,
         weight_average: float = 0.99,
         target_min_rating: float | None = 4.0,
@@ -176,6 +138,7 @@ class RankerRecommender:
         rating_tower: bool = True,
         rating_l2: float = 1e-5,
         rating_learning_rate: float = 1e-3,
+        validation_users: int = 3_000,
         embedding_dim: int | None = None,
     ) -> None:
         dim = int(embedding_dim or dim)  # ``embedding_dim``: the shared CLI option's name
@@ -184,8 +147,10 @@ class RankerRecommender:
             "epochs": None if epochs is None else int(epochs),
             "max_epochs": int(max_epochs),
             "eval_every": int(eval_every),
+            "eval_every_steps": int(eval_every_steps),
             "patience": int(patience),
             "batch_users": int(batch_users),
+            "max_steps_per_epoch": int(max_steps_per_epoch),
             "learning_rate": float(learning_rate),
             "weight_decay": float(weight_decay),
             "input_dropout": float(input_dropout),
@@ -196,6 +161,7 @@ class RankerRecommender:
             "rating_head": bool(rating_head),
             "rating_epochs": int(rating_epochs),
             "rating_batch": int(rating_batch),
+            "rating_max_steps": int(rating_max_steps),
             "rating_dim": int(rating_dim),
             "weight_average": float(weight_average),
             "target_min_rating": target_min_rating,
@@ -203,6 +169,7 @@ class RankerRecommender:
             "rating_tower": bool(rating_tower),
             "rating_l2": float(rating_l2),
             "rating_learning_rate": float(rating_learning_rate),
+            "validation_users": int(validation_users),
         }
         if self.params["dim"] < 1 or self.params["batch_users"] < 1:
             raise RecsysError("ranker dim and batch size must be at least 1")
@@ -237,126 +204,24 @@ class RankerRecommender:
         )
 
     def _train_tower(
-        self, train: RatingData, epochs: int, seed: int, validation: RatingData | None = None
+        self,
+        train: RatingData,
+        epochs: int,
+        seed: int,
+        validation: RatingData | None = None,
+        *,
+        progress: ProgressSink = NO_PROGRESS,
+        should_stop: Callable[[], bool] | None = None,
+        label: str = "train ranker",
     ) -> tuple[Any, list[float], int]:
         """Train a fresh tower on ``train``; with ``validation``, keep the best evaluated epoch."""
-        import keras
-        import tensorflow as tf
+        from recsys.model.rank_trainer import RankerTrainer
 
-        from recsys.model.keras_models import set_determinism
-
-        set_determinism(seed)
-        rng = np.random.default_rng(seed)
-        history = history_matrix(train)
-        liked = None
-        threshold = self.params["target_min_rating"]
-        if threshold is not None and np.mean(train.ratings >= threshold) >= 0.1:
-            liked = history_matrix(train.subset(train.ratings >= threshold))
-        elif threshold is not None:
-            _log.info(
-                "ranker: under 10%% of ratings are >= %g; every rated product is a target",
-                threshold,
-            )
-        tower = self._new_tower(train.n_users, train.n_products, self.text.shape[1])
-        optimizer = keras.optimizers.AdamW(
-            learning_rate=self.params["learning_rate"], weight_decay=self.params["weight_decay"]
+        trainer = RankerTrainer(
+            self, train, seed, progress=progress, should_stop=should_stop, label=label
         )
-        text = tf.constant(self.text)
-        full = train.n_products <= self.params["full_softmax_max"]
-        n_sampled = self.params["sampled_negatives"]
-        log_q = tf.constant(0.0)
-        # an exponential moving average of the weights is what scores (Polyak averaging): the
-        # ranking loss overfits within tens of epochs and the average is a cheap ensemble
-        ema = float(self.params["weight_average"])
-        averages = [tf.Variable(v, trainable=False) for v in tower.trainable_variables]
-
-        @tf.function(reduce_retracing=True)
-        def step(users, history_in, targets, negatives_or_ids, log_correction, id_keep):
-            with tf.GradientTape() as tape:
-                user = tower.user_vectors(users, history_in)
-                product, bias = tower.product_vectors(text, id_keep)
-                logits = tf.matmul(user, product, transpose_b=True) + bias[None, :]
-                if full:
-                    loss = ranking_loss(logits, targets, negatives_or_ids)
-                else:
-                    ids = tf.maximum(negatives_or_ids, 0)
-                    neg = tf.einsum("bd,bnd->bn", user, tf.gather(product, ids)) + tf.gather(
-                        bias, ids
-                    )
-                    negative_lse = tf.reduce_logsumexp(neg, axis=1) + log_correction
-                    loss = _target_loss(negative_lse, logits, targets)
-            grads = tape.gradient(loss, tower.trainable_variables)
-            optimizer.apply_gradients(zip(grads, tower.trainable_variables, strict=True))
-            for average, variable in zip(averages, tower.trainable_variables, strict=True):
-                average.assign(ema * average + (1.0 - ema) * variable)
-            return loss
-
-        def use_averages() -> list[np.ndarray]:
-            """Swap the weight averages in (returns the raw weights to swap back)."""
-            raw = [v.numpy() for v in tower.trainable_variables]
-            for average, variable in zip(averages, tower.trainable_variables, strict=True):
-                variable.assign(average)
-            return raw
-
-        def restore(raw: list[np.ndarray]) -> None:
-            for value, variable in zip(raw, tower.trainable_variables, strict=True):
-                variable.assign(value)
-
-        active = np.flatnonzero(np.diff(history.indptr) > 0)
-        batch = self.params["batch_users"]
-        losses: list[float] = []
-        best = (-1.0, 0, None)
-        evaluations_without_gain = 0
-        for epoch in range(1, epochs + 1):
-            order = rng.permutation(active)
-            total = 0.0
-            for start in range(0, len(order), batch):
-                users = np.sort(order[start : start + batch])
-                rows = history[users].toarray()
-                keep = (rng.random(rows.shape) >= self.params["input_dropout"]).astype(np.float32)
-                history_in = rows * keep
-                targets = rows - history_in
-                if liked is not None:
-                    targets = targets * liked[users].toarray()
-                id_keep = (rng.random(train.n_products) >= self._id_dropout()).astype(np.float32)
-                if full:
-                    negatives = negative_mask(rows)
-                    correction = log_q
-                else:
-                    negatives = sample_negatives(rng, history, users, n_sampled).astype(np.int32)
-                    n_unrated = train.n_products - rows.sum(axis=1).mean()
-                    correction = tf.constant(float(np.log(max(n_unrated, 1.0) / n_sampled)))
-                total += float(
-                    step(
-                        users.astype(np.int32), history_in, targets, negatives, correction, id_keep
-                    )
-                )
-            losses.append(total / max(1, -(-len(order) // batch)))
-            if validation is not None and epoch % self.params["eval_every"] == 0:
-                raw = use_averages()
-                self._precompute(tower, history)
-                restore(raw)
-                from recsys.evaluation.tuning import validation_ndcg
-
-                score = validation_ndcg(self, train, validation)
-                _log.info(
-                    "ranker epoch %d: loss %.4f, internal validation NDCG@10 %.4f",
-                    epoch,
-                    losses[-1],
-                    score,
-                )
-                if score > best[0] + 1e-4:
-                    best = (score, epoch, [a.numpy() for a in averages])
-                    evaluations_without_gain = 0
-                else:
-                    evaluations_without_gain += 1
-                    if evaluations_without_gain >= self.params["patience"]:
-                        break
-        if validation is not None and best[2] is not None:
-            restore(best[2])
-            return tower, losses, best[1]
-        use_averages()
-        return tower, losses, epochs
+        result = trainer.run(epochs, validation)
+        return result.tower, result.losses, result.epochs
 
     def _precompute(self, tower, history) -> None:
         """Exact precomputation: user vectors, product vectors and biases as numpy arrays."""
@@ -379,7 +244,14 @@ class RankerRecommender:
 
     # --- rating head ----------------------------------------------------------------------
 
-    def _train_rating_head(self, train: RatingData, seed: int) -> None:
+    def _train_rating_head(
+        self,
+        train: RatingData,
+        seed: int,
+        *,
+        progress: ProgressSink = NO_PROGRESS,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> None:
         import keras
 
         from recsys.model.keras_models import internal_validation, set_determinism
@@ -418,13 +290,17 @@ class RankerRecommender:
         stop = keras.callbacks.EarlyStopping(
             monitor="val_loss", patience=2, restore_best_weights=True
         )
+        batch = _batch_size(
+            self.params["rating_batch"], len(fit_part), self.params["rating_max_steps"]
+        )
+        report = _RatingHeadProgress(progress, should_stop, len(fit_part), batch)
         model.fit(
             inputs(fit_part),
             fit_part.ratings - self.mu,
             validation_data=(inputs(val_part), val_part.ratings - self.mu),
             epochs=self.params["rating_epochs"],
-            batch_size=self.params["rating_batch"],
-            callbacks=[stop],
+            batch_size=batch,
+            callbacks=[stop, report],
             verbose=0,
             shuffle=True,
         )
@@ -433,9 +309,23 @@ class RankerRecommender:
     # --- Recommender ----------------------------------------------------------------------
 
     def fit(
-        self, train: RatingData, *, validation: RatingData | None = None, seed: int = 0
+        self,
+        train: RatingData,
+        *,
+        validation: RatingData | None = None,
+        seed: int = 0,
+        progress: ProgressSink = NO_PROGRESS,
+        should_stop: Callable[[], bool] | None = None,
     ) -> FitHistory:
-        """Train the ranking head (epochs tuned on a train-internal split) and the rating head."""
+        """Train the ranking head (epochs tuned on a train-internal split) and the rating head.
+
+        Args:
+            train: the training ratings.
+            validation: unused (the epochs are tuned on a split of ``train``).
+            seed: seeds everything.
+            progress: a :mod:`recsys.progress` sink (epoch, loss, ratings/s, validation NDCG).
+            should_stop: polled after every batch; true raises ``TrainingInterrupted``.
+        """
         from recsys.model.rank_network import normalise_text
 
         if len(train) == 0:
@@ -448,6 +338,7 @@ class RankerRecommender:
         self.params["text_path"] = bool(np.any(self.text))
         if not self.params["text_path"]:
             _log.info("ranker: no product text; training on ids only")
+        hooks = {"progress": progress, "should_stop": should_stop}
         epochs = self.params["epochs"]
         if epochs is None:
             from recsys.evaluation.tuning import internal_rank_split
@@ -455,16 +346,21 @@ class RankerRecommender:
             fit_part, val_part = internal_rank_split(train)
             if np.any(val_part.ratings >= 4):
                 _, _, epochs = self._train_tower(
-                    fit_part, self.params["max_epochs"], seed, val_part
+                    fit_part,
+                    self.params["max_epochs"],
+                    seed,
+                    val_part,
+                    label="ranker epoch search",
+                    **hooks,
                 )
             else:
                 epochs = self.params["max_epochs"] // 2
             self.params["tuned_epochs"] = int(epochs)
             _log.info("ranker: %d epochs chosen on the train-internal split", epochs)
-        tower, losses, _ = self._train_tower(train, int(epochs), seed)
+        tower, losses, _ = self._train_tower(train, int(epochs), seed, label="ranker", **hooks)
         self._precompute(tower, history_matrix(train))
         if self.params["rating_head"]:
-            self._train_rating_head(train, seed)
+            self._train_rating_head(train, seed, **hooks)
         seconds = time.perf_counter() - started
         return FitHistory(
             train_loss=losses,
@@ -478,6 +374,47 @@ class RankerRecommender:
     def _id_dropout(self) -> float:
         """Product-id dropout trains the text path; without text it only adds noise."""
         return self.params["id_dropout"] if self.params.get("text_path", True) else 0.0
+
+    @property
+    def folds_in(self) -> bool:
+        """Whether users outside the training data can be scored from their history."""
+        return self.tower is not None and not self.tower.use_user_embedding
+
+    def user_vectors_for(self, items: np.ndarray, rows: np.ndarray, n_rows: int) -> np.ndarray:
+        """User vectors pooled from histories of MODEL product indices (fold-in).
+
+        The user vector depends only on the products the user rated (``x_u H / sqrt(|x_u|)``;
+        the free user embedding is off by default), so a user the model never saw is scored
+        exactly as a trained user with the same history: ``vectors @ V.T + b``.
+
+        Args:
+            items: model product index of each (row, product) history entry; duplicates within a
+                row count once.
+            rows: the row (0..n_rows-1) of each entry.
+            n_rows: the number of users.
+
+        Raises:
+            RecsysError: the model uses a free per-user embedding (no fold-in possible).
+        """
+        from scipy import sparse
+
+        self._check()
+        if self.tower.use_user_embedding:
+            raise RecsysError("this ranker uses per-user embeddings; it cannot fold in users")
+        x = sparse.csr_matrix(
+            (np.ones(len(items), dtype=np.float32), (np.asarray(rows), np.asarray(items))),
+            shape=(int(n_rows), self.n_products),
+        )
+        x.data[:] = 1.0  # a product rated twice counts once, as in training
+        counts = np.asarray(x.sum(axis=1)).ravel()
+        h = np.asarray(self.tower.history_embedding.embeddings.numpy(), dtype=np.float32)
+        pooled = np.asarray(x @ h, dtype=np.float32)
+        return pooled / np.sqrt(np.maximum(counts, 1.0)).astype(np.float32)[:, None]
+
+    def score_vectors(self, vectors: np.ndarray) -> np.ndarray:
+        """Exact scores of user vectors (from :meth:`user_vectors_for`) against every product."""
+        self._check()
+        return (vectors @ self.product_vectors.T + self.product_bias[None, :]).astype(np.float32)
 
     def _check(self) -> None:
         if self.user_vectors is None:
@@ -497,13 +434,15 @@ class RankerRecommender:
         return self.user_vectors, self.product_vectors, self.product_bias
 
     def history_contributions(
-        self, user: int, products: np.ndarray
+        self, user: int, products: np.ndarray, history: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """Each history product's exact share of the user's scores of ``products``.
 
         The user vector is ``sum_j H[j] / sqrt(n)`` over the user's n history products (plus
         the free user embedding when enabled, which no product is credited with), so history
-        product j adds ``H[j] . V[i] / sqrt(n)`` to the score of product i.
+        product j adds ``H[j] . V[i] / sqrt(n)`` to the score of product i. ``history`` (model
+        product indices) replaces the user's training history: a folded-in user, whose vector
+        :meth:`user_vectors_for` pools from it the same way.
 
         Returns:
             (history product indices int64 [h], contributions float32 [h, len(products)]).
@@ -514,11 +453,15 @@ class RankerRecommender:
             embeddings = self.tower.history_embedding.embeddings.numpy()
             cached = (self.tower, np.asarray(embeddings, dtype=np.float32))
             self._history_vectors = cached
-        row = self.history[int(user)]
-        history = np.asarray(row.indices, dtype=np.int64)
+        if history is None:
+            row = self.history[int(user)]
+            history = np.asarray(row.indices, dtype=np.int64)
+            data = np.asarray(row.data, dtype=np.float32)
+        else:
+            history = np.unique(np.asarray(history, dtype=np.int64))
+            data = np.ones(len(history), dtype=np.float32)
         if not len(history):
             return history, np.zeros((0, len(products)), dtype=np.float32)
-        data = np.asarray(row.data, dtype=np.float32)
         weights = data[:, None] / np.sqrt(max(float(data.sum()), 1.0))
         products = np.asarray(products, dtype=np.int64)
         contributions = (cached[1][history] * weights) @ self.product_vectors[products].T
@@ -606,3 +549,41 @@ class RankerRecommender:
             model.rating_model = keras.saving.load_model(directory / "rating_head.keras")
         model._precompute(tower, sparse.load_npz(directory / "history.npz").tocsr())
         return model
+
+
+def _batch_size(smallest: int, n: int, max_steps: int) -> int:
+    """``smallest``, or larger so that ``n`` items take at most ``max_steps`` batches."""
+    if max_steps <= 0:
+        return int(smallest)
+    return int(max(smallest, -(-n // max_steps)))
+
+
+class _RatingHeadProgress:
+    """Keras callback: rating-head progress per batch and the stop check."""
+
+    def __new__(cls, progress, should_stop, n_ratings: int, batch: int):
+        import keras
+
+        from recsys.errors import TrainingInterrupted
+
+        class Callback(keras.callbacks.Callback):
+            def on_epoch_begin(self, epoch, logs=None):
+                self.epoch = epoch + 1
+                progress.start(f"ranker rating head epoch {self.epoch}", n_ratings, "ratings")
+
+            def on_train_batch_end(self, step, logs=None):
+                loss = (logs or {}).get("loss")
+                fields = {"epoch": self.epoch}
+                if loss is not None:
+                    fields["loss"] = float(loss)
+                progress.update(min((step + 1) * batch, n_ratings), **fields)
+                if should_stop is not None and should_stop():
+                    _log.info("ranker: stop requested; stopping the rating head")
+                    raise TrainingInterrupted(
+                        f"training stopped on request in rating-head epoch {self.epoch}"
+                    )
+
+            def on_epoch_end(self, epoch, logs=None):
+                progress.finish()
+
+        return Callback()

@@ -24,9 +24,11 @@ Steps, each visible in the registry:
 
 from __future__ import annotations
 
+import inspect
 import logging
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -37,6 +39,7 @@ from sqlalchemy.engine import Engine
 from recsys.errors import DataError
 from recsys.model import catalog, registry
 from recsys.model.base import FitHistory, RatingData
+from recsys.progress import NO_PROGRESS, ProgressSink
 
 _log = logging.getLogger(__name__)
 
@@ -105,6 +108,10 @@ class TrainResult:
     artifact_path: Path
     checksum: str
     seconds: float
+    evaluation_seconds: float = 0.0
+    """Of ``seconds``, the evaluation protocol's two extra fits (0 with ``evaluate=False``)."""
+    fit_seconds: float = 0.0
+    """Of ``seconds``, the final fit."""
 
 
 AUTO_FILTER_ABOVE = 2_000_000
@@ -195,8 +202,60 @@ def plot_curve(history: FitHistory, path: Path, title: str) -> bool:
     return True
 
 
-def train_run(engine: Engine, settings: Any, config: TrainConfig) -> TrainResult:
+class _Prefixed:
+    """A progress sink that names its phases ``prefix + phase``."""
+
+    def __init__(self, sink: ProgressSink, prefix: str) -> None:
+        self.sink, self.prefix = sink, prefix
+
+    def start(self, phase: str, total: int | None, unit: str = "items") -> None:
+        self.sink.start(self.prefix + phase, total, unit)
+
+    def advance(self, n: int = 1, **fields: Any) -> None:
+        self.sink.advance(n, **fields)
+
+    def update(self, completed: int, **fields: Any) -> None:
+        self.sink.update(completed, **fields)
+
+    def finish(self) -> None:
+        self.sink.finish()
+
+
+def with_hooks(
+    recommender: Any, progress: ProgressSink, should_stop: Callable[[], bool] | None
+) -> Any:
+    """``recommender`` whose ``fit`` reports to ``progress`` and polls ``should_stop``, for
+    models whose ``fit`` takes those keywords (others are returned as they are)."""
+    fit = getattr(recommender, "fit", None)
+    if fit is None:
+        return recommender
+    accepted = inspect.signature(fit).parameters
+    hooks = {"progress": progress, "should_stop": should_stop}
+    hooks = {k: v for k, v in hooks.items() if k in accepted}
+    if hooks:
+
+        def hooked_fit(*args: Any, **kwargs: Any) -> Any:
+            return fit(*args, **{**hooks, **kwargs})
+
+        recommender.fit = hooked_fit
+    return recommender
+
+
+def train_run(
+    engine: Engine,
+    settings: Any,
+    config: TrainConfig,
+    *,
+    progress: ProgressSink = NO_PROGRESS,
+    should_stop: Callable[[], bool] | None = None,
+) -> TrainResult:
     """Train, evaluate and register one model run (see the module docstring).
+
+    Args:
+        engine, settings, config: the database, settings and what to train.
+        progress: a :mod:`recsys.progress` sink for the fits (models that report progress).
+        should_stop: polled by models that check it per batch; true stops the run
+            (``TrainingInterrupted``, the run is marked failed with that reason).
 
     Raises:
         DataError: too few ratings, or no feature set for a model that needs text.
@@ -246,7 +305,10 @@ def train_run(engine: Engine, settings: Any, config: TrainConfig) -> TrainResult
             )
         check_enough(data, config)
         metrics: dict[str, Any] = {}
-        history = recommender.fit(data, seed=config.seed)
+        evaluation_seconds = 0.0
+        fit_started = time.perf_counter()
+        history = with_hooks(recommender, progress, should_stop).fit(data, seed=config.seed)
+        fit_seconds = time.perf_counter() - fit_started
         served, served_params = config.model, params
         if config.model == catalog.AUTO:
             served, served_params = recommender.chosen_name, recommender.chosen_params
@@ -272,13 +334,23 @@ def train_run(engine: Engine, settings: Any, config: TrainConfig) -> TrainResult
         if config.evaluate:
             from recsys.evaluation.protocol import evaluate_model, format_metrics, make_splits
 
+            evaluation_started = time.perf_counter()
+            evaluating = _Prefixed(progress, "evaluation: ")
             evaluation = evaluate_model(
-                lambda: catalog.create(served, **served_params),
+                lambda: with_hooks(
+                    catalog.create(served, **served_params), evaluating, should_stop
+                ),
                 make_splits(data),
                 seed=config.seed,
             )
             metrics.update(evaluation.as_dict())
-            _log.info("model run %d evaluation: %s", run_id, format_metrics(evaluation))
+            evaluation_seconds = time.perf_counter() - evaluation_started
+            _log.info(
+                "model run %d evaluation (%.1f s, two extra fits; --no-evaluate skips it): %s",
+                run_id,
+                evaluation_seconds,
+                format_metrics(evaluation),
+            )
         models_dir = Path(settings.models_dir)
         staging = registry.staging_dir(models_dir, run_id)
         run_info = {
@@ -320,7 +392,14 @@ def train_run(engine: Engine, settings: Any, config: TrainConfig) -> TrainResult
                     shutil.rmtree(leftover, ignore_errors=True)
         raise
     seconds = time.perf_counter() - started
-    _log.info("model run %d succeeded in %.1f s: %s", run_id, seconds, final)
+    _log.info(
+        "model run %d succeeded in %.1f s (final fit %.1f s, evaluation %.1f s): %s",
+        run_id,
+        seconds,
+        fit_seconds,
+        evaluation_seconds,
+        final,
+    )
     return TrainResult(
         run_id=run_id,
         model_type=served,
@@ -333,6 +412,8 @@ def train_run(engine: Engine, settings: Any, config: TrainConfig) -> TrainResult
         artifact_path=final,
         checksum=checksum,
         seconds=seconds,
+        evaluation_seconds=evaluation_seconds,
+        fit_seconds=fit_seconds,
     )
 
 

@@ -60,13 +60,19 @@ class TextReasons:
         return out
 
 
-def top_contributors(recommender, user_index: int, product_index: np.ndarray) -> np.ndarray:
+def top_contributors(
+    recommender, user_index: int, product_index: np.ndarray, history: np.ndarray | None = None
+) -> np.ndarray:
     """Per product (model index), the model index of the user's top contributing history product.
 
     Uses ``recommender.history_contributions(user, products) -> (history, contributions)``;
-    ties go to the lower index; -1 where the user has no history.
+    ties go to the lower index; -1 where the user has no history. ``history`` (model product
+    indices) stands in for the model's own history of the user (a folded-in user).
     """
-    history, contributions = recommender.history_contributions(int(user_index), product_index)
+    extra = {} if history is None else {"history": history}
+    history, contributions = recommender.history_contributions(
+        int(user_index), product_index, **extra
+    )
     out = np.full(len(product_index), -1, dtype=np.int64)
     if len(history) == 0:
         return out

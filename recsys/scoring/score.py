@@ -8,9 +8,18 @@ rated *in the database* is masked, not only those seen in training. Rows the rul
 are backfilled from the fallback (:mod:`recsys.scoring.fallback`), and every row gets its
 reason (:mod:`recsys.scoring.reasons`).
 
-Users the model does not know (filtered out by ``--min-ratings``, or new since training) get a
-fallback list instead: ``popularity``, or with ``fallback="category"`` the most rated products
-in the categories of the products they rated (``category_popularity``) topped up globally.
+Users the model does not know (filtered out by ``--min-ratings``, or new since training) but
+who rated at least one product it knows are FOLDED IN when the model can pool a user vector
+from a history (``recommender.user_vectors_for``, the ranker): their exact model list comes from
+their database ratings of the model's products (strategy ``model``; the count is recorded as
+``params["folded_in"]`` of the run; no cold-start products for them). Models that score a
+history row directly (``recommender.score_histories``: EASE, ALS) fold in the same way. Folded-in
+users go through the same block, rules and reasons as the model's own users. The others get a
+fallback list instead: the most rated products (``popularity``), or, with
+``fallback="category"``, the most rated products in the categories of the products they rated
+(``category_popularity``) topped up from the global list. A product's category is the last
+(most specific) element of its category path, or ``main_category`` when it has no path. The
+fallback score is the product's number of ratings.
 
 With ``cold_start=True`` and a model that implements
 :class:`recsys.model.base.ColdStartScorer`, products that have a text vector in the model's
@@ -221,13 +230,19 @@ class _Run:
     short_users: int = 0
     """Users whose list stayed shorter than k because the catalogue under the rules ran out."""
     notes: dict[str, Any] = field(default_factory=dict)
+    n_model_users: int = 0
+    """Users the model was trained with; user indices from here on are folded-in users."""
+    folded_history: list[np.ndarray] = field(default_factory=list)
+    """Per folded-in user, the model product indices they rated."""
+    folded_vectors: np.ndarray | None = None
+    """Per folded-in user, the user vector pooled from that history (``user_vectors_for``)."""
 
 
 def model_users(model: ScoringModel, db_users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The users the model scores: (``users.id``, model user index), in model index order.
 
-    This is the one place that decides who gets a model list; every other user gets the
-    fallback. (Fold-in of users outside the training filter extends this set.)
+    With :func:`fold_in_users`, the users outside the model who rated a product it knows join
+    this set; every other user gets the fallback.
     """
     model_user_ids = np.asarray(model.user_ids, dtype=np.int64)
     known = np.flatnonzero(np.isin(model_user_ids, db_users))
@@ -250,6 +265,44 @@ def user_vectors_of(model: ScoringModel) -> tuple[np.ndarray, np.ndarray, np.nda
     if not (np.isfinite(users).all() and np.isfinite(products).all() and np.isfinite(bias).all()):
         raise DataError("the model's user or product vectors are not finite")
     return users, products, bias
+
+
+def fold_in_users(
+    conn: sa.Connection, model: ScoringModel, run: _Run, unknown: np.ndarray
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """Fold in the users the model does not know who rated at least one product it knows.
+
+    Their history (every database rating of a model product) becomes a user vector
+    (``recommender.user_vectors_for``, the ranker) or is scored as a history row
+    (``recommender.score_histories``: EASE, ALS). They get user indices after the model's own
+    users, so the scoring loop treats them like any other model user.
+
+    Returns:
+        (their ``users.id``, their user indices), or None when nobody folds in.
+    """
+    recommender = model.recommender
+    vectors_for = getattr(recommender, "user_vectors_for", None)
+    by_vector = vectors_for is not None and bool(getattr(recommender, "folds_in", False))
+    by_history = not by_vector and hasattr(recommender, "score_histories")
+    if not len(unknown) or not (by_vector or by_history):
+        return None
+    rated_u, rated_p = reads.rated_pairs(conn, unknown)
+    items = _IdIndex(np.asarray(model.product_ids, dtype=np.int64)).positions(rated_p)
+    known = items >= 0
+    folded_ids = np.unique(rated_u[known])
+    if not len(folded_ids):
+        return None
+    rows = _IdIndex(folded_ids).positions(rated_u[known])
+    run.n_model_users = len(model.user_ids)
+    run.folded_history = _grouped(rows, items[known], np.arange(len(folded_ids)))
+    if by_vector:
+        vectors = np.asarray(vectors_for(items[known], rows, len(folded_ids)), dtype=np.float32)
+        if not np.isfinite(vectors).all():
+            raise DataError("the model's folded-in user vectors are not finite")
+        run.folded_vectors = vectors
+        if run.user_vectors is not None:
+            run.user_vectors = np.concatenate([run.user_vectors, vectors])
+    return folded_ids, run.n_model_users + np.arange(len(folded_ids))
 
 
 def _setup(conn: sa.Connection, model: ScoringModel, options: ScoreOptions) -> _Run:
@@ -355,6 +408,20 @@ def _model_scores(
     """The block's scores against every candidate column (fresh or in ``buffer``)."""
     if run.products is not None:
         return dot_scores(run.user_vectors[user_index], run.products, out=buffer)
+    folded = user_index >= run.n_model_users if run.folded_history else None
+    if folded is None or not folded.any():
+        return _trained_scores(model, run, user_index)
+    scores = np.full((len(user_index), len(run.candidate_ids)), -np.inf, dtype=np.float32)
+    if not folded.all():
+        scores[~folded] = _trained_scores(model, run, user_index[~folded])
+    # folded-in users: the model's products only (no cold-start products for them)
+    scores[folded, : run.n_model_products] = _folded_scores(
+        model, run, user_index[folded] - run.n_model_users
+    )
+    return scores
+
+
+def _trained_scores(model: ScoringModel, run: _Run, user_index: np.ndarray) -> np.ndarray:
     recommender = model.recommender
     scores = np.array(recommender.score_users(user_index.astype(np.int32)), dtype=np.float32)
     if scores.shape != (len(user_index), run.n_model_products):
@@ -371,6 +438,28 @@ def _model_scores(
     if np.isnan(scores).any():
         ids = np.asarray(model.user_ids)[user_index[:3]].tolist()
         raise DataError(f"the model produced NaN scores for users {ids}...")
+    return scores
+
+
+def _folded_scores(model: ScoringModel, run: _Run, folded: np.ndarray) -> np.ndarray:
+    """Scores of folded-in users (indices into ``run.folded_history``) on the model's products."""
+    recommender = model.recommender
+    if run.folded_vectors is not None:
+        scores = recommender.score_vectors(run.folded_vectors[folded])
+    else:
+        from scipy import sparse
+
+        histories = [run.folded_history[int(i)] for i in folded]
+        indptr = np.cumsum([0] + [len(h) for h in histories])
+        indices = np.concatenate(histories) if histories else np.zeros(0, dtype=np.int64)
+        rows = sparse.csr_matrix(
+            (np.ones(len(indices), dtype=np.float32), indices, indptr),
+            shape=(len(folded), run.n_model_products),
+        )
+        scores = recommender.score_histories(rows)
+    scores = np.asarray(scores, dtype=np.float32)
+    if scores.shape != (len(folded), run.n_model_products) or np.isnan(scores).any():
+        raise DataError("the model produced bad scores for folded-in users")
     return scores
 
 
@@ -472,7 +561,10 @@ def _model_reasons(
     recommender = model.recommender
     if warm.any():
         if hasattr(recommender, "history_contributions"):
-            top = reasons.top_contributors(recommender, user_index, cols[warm])
+            history = None
+            if run.folded_history and user_index >= run.n_model_users:
+                history = run.folded_history[user_index - run.n_model_users]
+            top = reasons.top_contributors(recommender, user_index, cols[warm], history=history)
             because[warm] = np.where(top >= 0, model.product_ids[np.maximum(top, 0)], -1)
         elif run.text is not None:
             because[warm] = run.text.most_similar(rated, run.candidate_ids[cols[warm]])
@@ -515,6 +607,12 @@ def score_batches(
         run["state"] = state
     scored_ids, known = model_users(model, db_users)
     unknown = db_users[~np.isin(db_users, scored_ids)]
+    folded = fold_in_users(conn, model, state, unknown)
+    state.notes["folded_in"] = 0 if folded is None else len(folded[0])
+    if folded is not None:
+        scored_ids = np.concatenate([scored_ids, folded[0]])
+        known = np.concatenate([known, folded[1]])
+        unknown = unknown[~np.isin(unknown, folded[0])]
     total = len(known) + len(unknown)
     n_columns = len(state.candidate_ids)
     if options.batch_users:

@@ -1,0 +1,543 @@
+"""The ranker's training loop: :class:`RankerTrainer`, one object per tower fit, in named steps.
+
+A fit is ``epochs`` passes over the users who rated something. Each batch of users goes through
+
+1. :func:`make_batch` (numpy): the users' CSR history rows are split at random into INPUT
+   entries (the history the user vector pools) and TARGET entries (the rest, only products
+   rated >= the target threshold), and the NEGATIVES are chosen: every product (full softmax,
+   small catalogues) or ``n_sampled`` products drawn uniformly for the whole batch (sampled
+   softmax). A negative the user rated never counts (``valid`` is 0 there).
+2. :func:`sparse_loss` (TensorFlow): the user vectors are a ``segment_sum`` of the input
+   entries' history embeddings, only the target and negative products' vectors are gathered,
+   and the loss is ``softplus(logsumexp_{valid negatives} s + log(n_unrated / n_valid) - s_t)``
+   averaged over each user's targets, then over users with a target. The correction is 0 in
+   full mode (every unrated product is a valid negative). :func:`dense_loss` is the same
+   objective on dense ``[batch, n_products]`` rows, kept as the reference the tests compare.
+3. the update: AdamW. In full mode the Keras AdamW updates every weight each step; in sampled
+   mode :class:`LazyAdamW` updates only the rows of the embedding tables that the batch
+   touched (the dense text projection every step), so the step cost does not grow with the
+   catalogue. Both keep an exponential moving average of the weights (the weights that score);
+   the lazy one brings a row's average up to date only when the row changes, which gives the
+   same average as updating every row every step, because an untouched row keeps its value.
+4. :meth:`RankerTrainer.check_stop` after every batch: ``should_stop()`` true raises
+   :class:`~recsys.errors.TrainingInterrupted` within the batch, not at the end of the epoch.
+
+Progress goes to a :mod:`recsys.progress` sink: one phase per epoch, in ratings, with the
+epoch, the running loss and the last internal-validation NDCG@10.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from recsys.errors import TrainingInterrupted
+from recsys.model.base import RatingData
+from recsys.progress import NO_PROGRESS, ProgressSink
+
+_log = logging.getLogger(__name__)
+
+
+def rating_matrix(data: RatingData, threshold: float | None):
+    """CSR user x product matrix: 1 for a rated product, 2 where the rating is a target.
+
+    ``threshold`` None marks every rated product a target.
+    """
+    from scipy import sparse
+
+    liked = (
+        np.ones(len(data), dtype=np.float32)
+        if threshold is None
+        else (data.ratings >= threshold).astype(np.float32)
+    )
+    matrix = sparse.csr_matrix(
+        (1.0 + liked, (data.users, data.products)), shape=(data.n_users, data.n_products)
+    )
+    matrix.sum_duplicates()
+    matrix.data = np.where(matrix.data >= 2.0, 2.0, 1.0).astype(np.float32)
+    matrix.sort_indices()
+    return matrix
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One training step's inputs, sparse (see the module docstring)."""
+
+    users: np.ndarray
+    """int32 ``[B]``: the batch's users."""
+    input_items: np.ndarray
+    """int32: product of each input entry."""
+    input_rows: np.ndarray
+    """int32: batch row of each input entry."""
+    target_items: np.ndarray
+    target_rows: np.ndarray
+    negatives: np.ndarray
+    """int32 ``[N]``: the candidate negatives (every product in full mode)."""
+    valid: np.ndarray
+    """float32 ``[B, N]``: 1 where the negative is unrated by the row's user."""
+    correction: np.ndarray
+    """float32 ``[B]``: ``log(n_unrated / n_valid)`` (0 in full mode)."""
+    id_keep: np.ndarray
+    """float32 ``[n_products]``: 0 for products whose id embedding is dropped this step."""
+    n_ratings: int
+    """Ratings of the batch's users (for the progress rate)."""
+
+
+def make_batch(
+    rng: np.random.Generator,
+    ratings,
+    users: np.ndarray,
+    *,
+    input_dropout: float,
+    id_dropout: float,
+    n_sampled: int | None,
+) -> Batch:
+    """The :class:`Batch` of ``users`` from :func:`rating_matrix` rows.
+
+    ``n_sampled`` None: full softmax (every product a candidate negative); otherwise that many
+    uniform draws over the catalogue (duplicates dropped), shared by the batch.
+    """
+    n_products = ratings.shape[1]
+    users = np.asarray(users, dtype=np.int64)
+    rows = ratings[users]
+    counts = np.diff(rows.indptr)
+    row_of = np.repeat(np.arange(len(users), dtype=np.int32), counts)
+    items = rows.indices.astype(np.int32)
+    is_input = rng.random(len(items)) >= input_dropout
+    is_target = ~is_input & (rows.data >= 2.0)
+    if n_sampled is None:
+        negatives = np.arange(n_products, dtype=np.int32)
+        valid = np.ones((len(users), n_products), dtype=np.float32)
+        valid[row_of, items] = 0.0
+        correction = np.zeros(len(users), dtype=np.float32)
+    else:
+        negatives = np.unique(rng.integers(0, n_products, size=n_sampled)).astype(np.int32)
+        position = np.full(n_products, -1, dtype=np.int64)
+        position[negatives] = np.arange(len(negatives))
+        valid = np.ones((len(users), len(negatives)), dtype=np.float32)
+        hit = position[items]
+        valid[row_of[hit >= 0], hit[hit >= 0]] = 0.0
+        n_valid = valid.sum(axis=1)
+        n_unrated = n_products - counts
+        correction = np.log(np.maximum(n_unrated, 1) / np.maximum(n_valid, 1.0)).astype(np.float32)
+    id_keep = (rng.random(n_products) >= id_dropout).astype(np.float32)
+    return Batch(
+        users=users.astype(np.int32),
+        input_items=items[is_input],
+        input_rows=row_of[is_input],
+        target_items=items[is_target],
+        target_rows=row_of[is_target],
+        negatives=negatives,
+        valid=valid,
+        correction=correction,
+        id_keep=id_keep,
+        n_ratings=int(len(items)),
+    )
+
+
+def _per_user_loss(lse, target_logits, target_rows, n_rows):
+    import tensorflow as tf
+
+    per_target = tf.nn.softplus(tf.gather(lse, target_rows) - target_logits)
+    n_targets = tf.math.unsorted_segment_sum(tf.ones_like(per_target), target_rows, n_rows)
+    per_user = tf.math.unsorted_segment_sum(per_target, target_rows, n_rows) / tf.maximum(
+        n_targets, 1.0
+    )
+    has = tf.cast(n_targets > 0, tf.float32)
+    return tf.reduce_sum(per_user * has) / tf.maximum(tf.reduce_sum(has), 1.0)
+
+
+def sparse_loss(
+    tower, text, users, in_items, in_rows, t_items, t_rows, negatives, valid, corr, keep
+):
+    """The batch loss computed sparsely (segment pooling, gathered products): see the module."""
+    import tensorflow as tf
+
+    n_rows = tf.shape(users)[0]
+    user = tower.pooled_user_vectors(users, in_items, in_rows, n_rows)
+    t_vec, t_bias = tower.gathered_product_vectors(
+        t_items, tf.gather(text, t_items), tf.gather(keep, t_items)
+    )
+    target_logits = tf.reduce_sum(tf.gather(user, t_rows) * t_vec, axis=1) + t_bias
+    n_vec, n_bias = tower.gathered_product_vectors(
+        negatives, tf.gather(text, negatives), tf.gather(keep, negatives)
+    )
+    logits = tf.matmul(user, n_vec, transpose_b=True) + n_bias[None, :]
+    masked = tf.where(valid > 0, logits, tf.fill(tf.shape(logits), -1e9))
+    lse = tf.reduce_logsumexp(masked, axis=1) + corr
+    return _per_user_loss(lse, target_logits, t_rows, n_rows)
+
+
+def dense_loss(tower, text, batch: Batch):
+    """The same loss as :func:`sparse_loss` from dense ``[batch, n_products]`` rows (reference)."""
+    import tensorflow as tf
+
+    n_products = len(batch.id_keep)
+    b = len(batch.users)
+    history = np.zeros((b, n_products), dtype=np.float32)
+    history[batch.input_rows, batch.input_items] = 1.0
+    targets = np.zeros((b, n_products), dtype=np.float32)
+    targets[batch.target_rows, batch.target_items] = 1.0
+    negatives = np.zeros((b, n_products), dtype=np.float32)
+    negatives[:, batch.negatives] = batch.valid
+    user = tower.user_vectors(batch.users, history)
+    product, bias = tower.product_vectors(text, batch.id_keep)
+    logits = tf.matmul(user, product, transpose_b=True) + bias[None, :]
+    masked = tf.where(negatives > 0, logits, tf.fill(tf.shape(logits), -1e9))
+    lse = tf.reduce_logsumexp(masked, axis=1) + batch.correction
+    per_target = tf.nn.softplus(lse[:, None] - logits) * targets
+    n_targets = tf.reduce_sum(targets, axis=1)
+    per_user = tf.reduce_sum(per_target, axis=1) / tf.maximum(n_targets, 1.0)
+    has = tf.cast(n_targets > 0, tf.float32)
+    return tf.reduce_sum(per_user * has) / tf.maximum(tf.reduce_sum(has), 1.0)
+
+
+def batch_tensors(batch: Batch) -> tuple:
+    """The arguments of :func:`sparse_loss` after ``tower, text``."""
+    return (
+        batch.users,
+        batch.input_items,
+        batch.input_rows,
+        batch.target_items,
+        batch.target_rows,
+        batch.negatives,
+        batch.valid,
+        batch.correction,
+        batch.id_keep,
+    )
+
+
+class LazyAdamW:
+    """AdamW that updates only the embedding rows a step touched, with a lazy weight average.
+
+    A gradient that arrives as ``tf.IndexedSlices`` (a gathered embedding table) updates the
+    rows it names: their moments, decoupled weight decay and Adam step (bias correction by the
+    global step). Dense gradients update the whole variable as AdamW does. The moving average
+    ``avg = decay * avg + (1 - decay) * w`` is kept per row with the step it was last brought
+    up to date; :meth:`averages` brings every row up to date (exact, because a row that no step
+    touched kept its value in between).
+    """
+
+    def __init__(
+        self,
+        variables: list,
+        *,
+        learning_rate: float,
+        weight_decay: float,
+        decay: float,
+        beta_1: float = 0.9,
+        beta_2: float = 0.999,
+        epsilon: float = 1e-7,
+    ) -> None:
+        import keras
+        import tensorflow as tf
+
+        # the TensorFlow variables under Keras variables (scatter updates need them)
+        self.variables = [v.value if isinstance(v, keras.Variable) else v for v in variables]
+        self.lr = float(learning_rate)
+        self.wd = float(weight_decay)
+        self.decay = float(decay)
+        self.b1, self.b2, self.eps = float(beta_1), float(beta_2), float(epsilon)
+        self.step = tf.Variable(0, dtype=tf.int64, trainable=False)
+        self.m = [tf.Variable(tf.zeros_like(v), trainable=False) for v in self.variables]
+        self.v = [tf.Variable(tf.zeros_like(v), trainable=False) for v in self.variables]
+        self.avg = [tf.Variable(v, trainable=False) for v in self.variables]
+        self.last = [
+            tf.Variable(tf.zeros([v.shape[0]], dtype=tf.int64), trainable=False)
+            for v in self.variables
+        ]
+
+    def apply(self, grads: list) -> None:
+        """One step (inside a ``tf.function``)."""
+        import tensorflow as tf
+
+        self.step.assign_add(1)
+        t = tf.cast(self.step, tf.float32)
+        alpha = self.lr * tf.sqrt(1.0 - self.b2**t) / (1.0 - self.b1**t)
+        for i, (var, grad) in enumerate(zip(self.variables, grads, strict=True)):
+            if grad is None:
+                continue
+            if isinstance(grad, tf.IndexedSlices):
+                rows, position = tf.unique(grad.indices)
+                values = tf.math.unsorted_segment_sum(grad.values, position, tf.shape(rows)[0])
+            else:
+                rows = tf.range(tf.shape(var, out_type=tf.int64)[0], dtype=tf.int64)
+                values = grad
+            rows = tf.cast(rows, tf.int64)
+            w = tf.gather(var, rows)
+            shape = [-1] + [1] * (len(var.shape) - 1)
+            # the average up to the previous step, while the row still had the value ``w``
+            gap = tf.cast(self.step - 1 - tf.gather(self.last[i], rows), tf.float32)
+            keep = tf.reshape(self.decay**gap, shape)
+            avg = keep * tf.gather(self.avg[i], rows) + (1.0 - keep) * w
+            m = self.b1 * tf.gather(self.m[i], rows) + (1.0 - self.b1) * values
+            v = self.b2 * tf.gather(self.v[i], rows) + (1.0 - self.b2) * tf.square(values)
+            w = w - self.lr * self.wd * w
+            w = w - alpha * m / (tf.sqrt(v) + self.eps)
+            avg = self.decay * avg + (1.0 - self.decay) * w
+            self.m[i].scatter_nd_update(rows[:, None], m)
+            self.v[i].scatter_nd_update(rows[:, None], v)
+            var.scatter_nd_update(rows[:, None], w)
+            self.avg[i].scatter_nd_update(rows[:, None], avg)
+            self.last[i].scatter_nd_update(rows[:, None], tf.fill(tf.shape(rows), self.step))
+
+    def averages(self) -> list[np.ndarray]:
+        """Every weight's moving average, brought up to the current step."""
+        out = []
+        step = int(self.step.numpy())
+        for var, avg, last in zip(self.variables, self.avg, self.last, strict=True):
+            gap = (step - last.numpy()).astype(np.float64)
+            keep = (self.decay**gap).astype(np.float32).reshape((-1,) + (1,) * (len(var.shape) - 1))
+            out.append(keep * avg.numpy() + (1.0 - keep) * var.numpy())
+        return out
+
+
+class DenseAdamW:
+    """Keras AdamW over every weight each step, with a moving average updated every step."""
+
+    def __init__(
+        self, variables: list, *, learning_rate: float, weight_decay: float, decay: float
+    ) -> None:
+        import keras
+        import tensorflow as tf
+
+        self.variables = list(variables)
+        self.decay = float(decay)
+        self.optimizer = keras.optimizers.AdamW(
+            learning_rate=learning_rate, weight_decay=weight_decay
+        )
+        self.avg = [tf.Variable(v, trainable=False) for v in self.variables]
+
+    def apply(self, grads: list) -> None:
+        import tensorflow as tf
+
+        dense = [tf.convert_to_tensor(g) for g in grads]
+        self.optimizer.apply_gradients(zip(dense, self.variables, strict=True))
+        for average, variable in zip(self.avg, self.variables, strict=True):
+            average.assign(self.decay * average + (1.0 - self.decay) * variable)
+
+    def averages(self) -> list[np.ndarray]:
+        return [a.numpy() for a in self.avg]
+
+
+@dataclass(frozen=True)
+class TrainedTower:
+    """What :meth:`RankerTrainer.run` returns."""
+
+    tower: Any
+    losses: list[float]
+    epochs: int
+    """The epochs whose weights the tower holds (the best evaluated one with validation)."""
+    validation: list[tuple[int, float]]
+    """(epoch, internal-validation NDCG@10) of every evaluation."""
+
+
+class RankerTrainer:
+    """One ranking-tower fit of a :class:`~recsys.model.ranker.RankerRecommender`.
+
+    Args:
+        model: the recommender (its ``params``, ``text`` and ``_new_tower``; ``_precompute``
+            for the internal-validation NDCG).
+        train: the ratings to fit.
+        seed: seeds the batches, masks and initial weights.
+        progress: a :mod:`recsys.progress` sink.
+        should_stop: polled after every batch; true raises ``TrainingInterrupted``.
+        label: the progress phase's name.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        train: RatingData,
+        seed: int,
+        *,
+        progress: ProgressSink = NO_PROGRESS,
+        should_stop: Callable[[], bool] | None = None,
+        label: str = "train ranker",
+    ) -> None:
+        from recsys.model.keras_models import set_determinism
+
+        set_determinism(seed)
+        self.model = model
+        self.params = model.params
+        self.train = train
+        self.progress = progress
+        self.should_stop = should_stop or (lambda: False)
+        self.label = label
+        self.rng = np.random.default_rng(seed)
+        self.ratings = rating_matrix(train, self._threshold(train))
+        self.full = train.n_products <= self.params["full_softmax_max"]
+        self.n_sampled = None if self.full else int(self.params["sampled_negatives"])
+        self.tower = model._new_tower(train.n_users, train.n_products, model.text.shape[1])
+        self.variables = list(self.tower.trainable_variables)
+        options = {
+            "learning_rate": self.params["learning_rate"],
+            "weight_decay": self.params["weight_decay"],
+            "decay": float(self.params["weight_average"]),
+        }
+        self.optimizer = (DenseAdamW if self.full else LazyAdamW)(self.variables, **options)
+        self.active = np.flatnonzero(np.diff(self.ratings.indptr) > 0)
+        self._step = self._compile_step()
+
+    def _threshold(self, train: RatingData) -> float | None:
+        threshold = self.params["target_min_rating"]
+        if threshold is not None and np.mean(train.ratings >= threshold) < 0.1:
+            _log.info(
+                "ranker: under 10%% of ratings are >= %g; every rated product is a target",
+                threshold,
+            )
+            return None
+        return threshold
+
+    def _compile_step(self):
+        import tensorflow as tf
+
+        tower, variables, optimizer = self.tower, self.variables, self.optimizer
+        text = tf.constant(self.model.text)
+
+        ints = tf.TensorSpec([None], tf.int32)
+        floats = tf.TensorSpec([None], tf.float32)
+        signature = [ints] * 6 + [tf.TensorSpec([None, None], tf.float32), floats, floats]
+
+        # one trace for every batch shape; plain Python control flow only (no autograph)
+        @tf.function(input_signature=signature, autograph=False)
+        def step(*args):
+            with tf.GradientTape() as tape:
+                loss = sparse_loss(tower, text, *args)
+            optimizer.apply(tape.gradient(loss, variables))
+            return loss
+
+        return step
+
+    # --- named steps ---------------------------------------------------------------------
+
+    def batches(self):
+        """The epoch's batches of users (a fresh permutation of the active users)."""
+        from recsys.model.ranker import _batch_size
+
+        size = _batch_size(
+            self.params["batch_users"], len(self.active), self.params["max_steps_per_epoch"]
+        )
+        order = self.rng.permutation(self.active)
+        for start in range(0, len(order), size):
+            yield np.sort(order[start : start + size])
+
+    def make_batch(self, users: np.ndarray) -> Batch:
+        return make_batch(
+            self.rng,
+            self.ratings,
+            users,
+            input_dropout=self.params["input_dropout"],
+            # product-id dropout trains the text path; without text it only adds noise
+            id_dropout=self.params["id_dropout"] if self.params.get("text_path", True) else 0.0,
+            n_sampled=self.n_sampled,
+        )
+
+    def train_step(self, batch: Batch) -> float:
+        return float(self._step(*batch_tensors(batch)))
+
+    def check_stop(self, epoch: int) -> None:
+        """Raise TrainingInterrupted now when a stop was requested."""
+        if self.should_stop():
+            _log.info("ranker: stop requested; stopping training in epoch %d", epoch)
+            raise TrainingInterrupted(f"training stopped on request in epoch {epoch}")
+
+    def run_epoch(self, epoch: int, epochs: int, fields: dict[str, Any]) -> float:
+        """One pass over the active users; the mean batch loss."""
+        self.progress.start(f"{self.label} epoch {epoch}/{epochs}", self.ratings.nnz, "ratings")
+        total, n = 0.0, 0
+        for users in self.batches():
+            batch = self.make_batch(users)
+            total += self.train_step(batch)
+            n += 1
+            self.progress.advance(batch.n_ratings, epoch=epoch, loss=total / n, **fields)
+            self.check_stop(epoch)
+        self.progress.finish()
+        return total / max(n, 1)
+
+    def use_weights(self, weights: list[np.ndarray]) -> list[np.ndarray]:
+        """Load ``weights`` into the tower; returns the weights it held."""
+        raw = [v.numpy() for v in self.variables]
+        for value, variable in zip(weights, self.variables, strict=True):
+            variable.assign(value)
+        return raw
+
+    def validate(self, validation: RatingData) -> float:
+        """Internal-validation NDCG@10 of the averaged weights (the weights that would score)."""
+        from recsys.evaluation.peers import validation_ndcg
+
+        raw = self.use_weights(self.optimizer.averages())
+        self.model._precompute(self.tower, self.ratings_binary())
+        self.use_weights(raw)
+        return validation_ndcg(self.model, self.train, self._validation_sample(validation))
+
+    def _validation_sample(self, validation: RatingData) -> RatingData:
+        """At most ``validation_users`` validation users (seeded), so an evaluation stays cheap."""
+        limit = int(self.params.get("validation_users") or 0)
+        users = np.unique(validation.users)
+        if limit <= 0 or len(users) <= limit:
+            return validation
+        chosen = np.random.default_rng(4243).choice(users, limit, replace=False)
+        return validation.subset(np.isin(validation.users, chosen))
+
+    def ratings_binary(self):
+        """The binary training history (what the user vectors pool)."""
+        history = self.ratings.copy()
+        history.data[:] = 1.0
+        return history
+
+    def steps_per_epoch(self) -> int:
+        from recsys.model.ranker import _batch_size
+
+        size = _batch_size(
+            self.params["batch_users"], len(self.active), self.params["max_steps_per_epoch"]
+        )
+        return max(1, -(-len(self.active) // size))
+
+    def eval_every(self) -> int:
+        """Epochs between evaluations: ``eval_every``, or fewer so that at most
+        ``eval_every_steps`` steps pass between two (large data, whose epochs are long)."""
+        limit = int(self.params.get("eval_every_steps") or 0)
+        every = int(self.params["eval_every"])
+        if limit <= 0:
+            return every
+        return max(1, min(every, -(-limit // self.steps_per_epoch())))
+
+    def run(self, epochs: int, validation: RatingData | None = None) -> TrainedTower:
+        """Train ``epochs`` epochs; with ``validation``, evaluate every :meth:`eval_every` epochs,
+        stop after ``patience`` evaluations without gain and keep the best evaluated epoch."""
+        losses: list[float] = []
+        evaluations: list[tuple[int, float]] = []
+        best: tuple[float, int, list[np.ndarray] | None] = (-1.0, 0, None)
+        without_gain = 0
+        fields: dict[str, Any] = {}
+        every = self.eval_every()
+        for epoch in range(1, epochs + 1):
+            losses.append(self.run_epoch(epoch, epochs, fields))
+            if validation is None or epoch % every != 0:
+                continue
+            score = self.validate(validation)
+            evaluations.append((epoch, score))
+            fields["ndcg"] = score
+            _log.info(
+                "ranker epoch %d: loss %.4f, internal validation NDCG@10 %.4f",
+                epoch,
+                losses[-1],
+                score,
+            )
+            if score > best[0] + 1e-4:
+                best = (score, epoch, self.optimizer.averages())
+                without_gain = 0
+            else:
+                without_gain += 1
+                if without_gain >= self.params["patience"]:
+                    break
+        if validation is not None and best[2] is not None:
+            self.use_weights(best[2])
+            return TrainedTower(self.tower, losses, best[1], evaluations)
+        self.use_weights(self.optimizer.averages())
+        return TrainedTower(self.tower, losses, epochs, evaluations)

@@ -1,0 +1,227 @@
+"""The ranker's sparse training step: the same loss and gradients as the dense formulation on a
+small catalogue; negatives never include a user's own products; the lazy AdamW equals a dense
+one where every row is touched; progress lines without a terminal; a stop request ends
+training within a batch."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+
+from recsys.errors import TrainingInterrupted
+from recsys.model.base import RatingData
+from recsys.model.rank_trainer import (
+    LazyAdamW,
+    batch_tensors,
+    dense_loss,
+    make_batch,
+    rating_matrix,
+    sparse_loss,
+)
+from recsys.model.ranker import RankerRecommender
+from recsys.progress import LogProgress
+
+
+def _data(n_users: int = 40, n_products: int = 60, per_user: int = 12, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    users = np.repeat(np.arange(n_users), per_user)
+    products = np.concatenate(
+        [rng.choice(n_products, per_user, replace=False) for _ in range(n_users)]
+    )
+    return RatingData(
+        users=users.astype(np.int32),
+        products=products.astype(np.int32),
+        ratings=rng.integers(1, 6, size=len(users)).astype(np.float32),
+        timestamps=np.zeros(len(users), np.int64),
+        user_ids=np.arange(n_users, dtype=np.int64),
+        product_ids=np.arange(n_products, dtype=np.int64),
+        text=rng.normal(size=(n_products, 8)).astype(np.float32),
+    )
+
+
+def _tower(data: RatingData, use_user_embedding: bool = False):
+    import keras
+
+    from recsys.model.rank_network import RankingTower, normalise_text
+
+    keras.utils.set_random_seed(3)
+    tower = RankingTower(
+        data.n_users, data.n_products, 8, dim=16, use_user_embedding=use_user_embedding
+    )
+    return tower, normalise_text(data.text, data.n_products)
+
+
+@pytest.mark.parametrize("n_sampled", [None, 25])
+@pytest.mark.parametrize("use_user_embedding", [False, True])
+def test_sparse_step_equals_the_dense_one(n_sampled, use_user_embedding) -> None:
+    import tensorflow as tf
+
+    data = _data()
+    tower, text = _tower(data, use_user_embedding)
+    ratings = rating_matrix(data, 4.0)
+    batch = make_batch(
+        np.random.default_rng(1),
+        ratings,
+        np.arange(0, 40, 3),
+        input_dropout=0.5,
+        id_dropout=0.2,
+        n_sampled=n_sampled,
+    )
+    assert len(batch.target_items) > 0 and len(batch.input_items) > 0
+    variables = tower.trainable_variables
+    with tf.GradientTape(persistent=True) as tape:
+        sparse = sparse_loss(tower, tf.constant(text), *batch_tensors(batch))
+        dense = dense_loss(tower, tf.constant(text), batch)
+    np.testing.assert_allclose(float(sparse), float(dense), rtol=1e-5)
+    assert float(sparse) > 0
+    for a, b in zip(tape.gradient(sparse, variables), tape.gradient(dense, variables), strict=True):
+        a, b = tf.convert_to_tensor(a).numpy(), tf.convert_to_tensor(b).numpy()
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    assert np.abs(tf.convert_to_tensor(tape.gradient(sparse, variables)[0]).numpy()).sum() > 0
+
+
+def test_negatives_are_only_unrated_products() -> None:
+    data = _data()
+    ratings = rating_matrix(data, 4.0)
+    for n_sampled in (None, 30):
+        users = np.arange(40)
+        batch = make_batch(
+            np.random.default_rng(2),
+            ratings,
+            users,
+            input_dropout=0.5,
+            id_dropout=0.0,
+            n_sampled=n_sampled,
+        )
+        for row, user in enumerate(users):
+            rated = set(data.products[data.users == user].tolist())
+            valid = set(batch.negatives[batch.valid[row] > 0].tolist())
+            invalid = set(batch.negatives[batch.valid[row] == 0].tolist())
+            assert not rated & valid and invalid <= rated
+            # targets are liked (>= 4) rated products not in the input
+            mine = batch.target_rows == row
+            liked = set(data.products[(data.users == user) & (data.ratings >= 4)].tolist())
+            assert set(batch.target_items[mine].tolist()) <= liked
+            inputs = set(batch.input_items[batch.input_rows == row].tolist())
+            assert not inputs & set(batch.target_items[mine].tolist())
+        if n_sampled is None:
+            assert np.all(batch.correction == 0)
+        else:
+            assert np.all(batch.correction > 0)
+
+
+def test_lazy_adamw_with_every_row_touched_equals_keras_adamw() -> None:
+    import keras
+    import tensorflow as tf
+
+    rng = np.random.default_rng(4)
+    a = tf.Variable(rng.normal(size=(6, 3)).astype(np.float32))
+    b = keras.Variable(a.numpy())
+    lazy = LazyAdamW([a], learning_rate=0.01, weight_decay=0.01, decay=0.9)
+    dense = keras.optimizers.AdamW(learning_rate=0.01, weight_decay=0.01)
+    average = b.numpy().copy()
+    for _ in range(5):
+        grad = rng.normal(size=(6, 3)).astype(np.float32)
+        # as a gather gives it: every row once, in a shuffled order, duplicates split in two
+        order = rng.permutation(6)
+        indices = np.concatenate([order, order[:2]])
+        values = np.concatenate([grad[order], np.zeros((2, 3), np.float32)])
+        lazy.apply([tf.IndexedSlices(tf.constant(values), tf.constant(indices), (6, 3))])
+        dense.apply_gradients([(tf.constant(grad), b)])
+        average = 0.9 * average + 0.1 * b.numpy()
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(lazy.averages()[0], average, rtol=1e-5, atol=1e-6)
+
+
+def test_lazy_average_of_an_untouched_row_equals_the_dense_average() -> None:
+    import tensorflow as tf
+
+    start = np.arange(8, dtype=np.float32).reshape(4, 2)
+    var = tf.Variable(start.copy())
+    lazy = LazyAdamW([var], learning_rate=0.1, weight_decay=0.0, decay=0.5)
+    average = start.copy()
+    for rows in ([0], [0, 1], [0], [2, 0]):
+        grad = tf.IndexedSlices(tf.ones((len(rows), 2)), tf.constant(rows, dtype=tf.int64), (4, 2))
+        lazy.apply([grad])
+        average = 0.5 * average + 0.5 * var.numpy()
+    np.testing.assert_allclose(lazy.averages()[0], average, rtol=1e-6)
+    assert np.all(var.numpy()[3] == start[3])  # row 3 never touched, never changed
+
+
+FAST = {"dim": 16, "epochs": 3, "batch_users": 8, "rating_head": False}
+
+
+def test_progress_lines_appear_without_a_terminal(caplog) -> None:
+    import io
+
+    from recsys.progress import progress_for_terminal
+
+    sink = progress_for_terminal(io.StringIO())  # not a terminal
+    assert isinstance(sink, LogProgress)
+    sink.interval = 0.0  # every update is a line here (30 s in production)
+    with caplog.at_level(logging.INFO, logger="recsys.progress"):
+        RankerRecommender(**{**FAST, "rating_head": True, "rating_epochs": 1}).fit(
+            _data(), seed=0, progress=sink
+        )
+    lines = [r.getMessage() for r in caplog.records if r.name == "recsys.progress"]
+    epoch_lines = [line for line in lines if line.startswith("ranker epoch 3/3:")]
+    assert any("ratings/s" in line and "ETA" in line and "loss=" in line for line in epoch_lines)
+    assert any(line.startswith("ranker rating head epoch 1") for line in lines)
+
+
+def test_epoch_search_progress_shows_the_validation_ndcg(caplog) -> None:
+    sink = LogProgress(interval=0.0)
+    params = {**FAST, "epochs": None, "max_epochs": 2, "eval_every": 1, "patience": 5}
+    with caplog.at_level(logging.INFO, logger="recsys.progress"):
+        RankerRecommender(**params).fit(_data(per_user=20), seed=0, progress=sink)
+    lines = [r.getMessage() for r in caplog.records if r.name == "recsys.progress"]
+    assert any(
+        line.startswith("ranker epoch search epoch 2/2") and "ndcg=" in line for line in lines
+    )
+
+
+def test_a_stop_request_ends_training_within_a_batch(caplog) -> None:
+    calls = []
+
+    def should_stop() -> bool:
+        calls.append(1)
+        return len(calls) >= 2  # asked to stop after the second batch
+
+    model = RankerRecommender(**{**FAST, "epochs": 50})
+    with caplog.at_level(logging.INFO), pytest.raises(TrainingInterrupted):
+        model.fit(_data(), seed=0, should_stop=should_stop)
+    assert len(calls) == 2  # no batch ran after the request
+    stopping = [r for r in caplog.records if "stop requested" in r.getMessage()]
+    assert stopping and all(r.levelno == logging.INFO for r in stopping)
+
+
+def test_fold_in_scores_equal_direct_evaluation_of_the_model() -> None:
+    import tensorflow as tf
+
+    data = _data()
+    model = RankerRecommender(**{**FAST, "epochs": 2})
+    model.fit(data, seed=0)
+    assert model.folds_in
+    # two histories of model products, one with a duplicate (counts once)
+    histories = [[3, 7, 11], [5, 5, 20, 41, 59]]
+    items = np.array([p for h in histories for p in h])
+    rows = np.repeat(np.arange(len(histories)), [len(h) for h in histories])
+    got = model.score_vectors(model.user_vectors_for(items, rows, len(histories)))
+    # by hand, from the Keras tower's own weights and layers
+    h = model.tower.history_embedding.embeddings.numpy()
+    product, bias = model.tower.product_vectors(tf.constant(model.text))
+    for row, history in enumerate(histories):
+        unique = sorted(set(history))
+        user = h[unique].sum(axis=0) / np.sqrt(len(unique))
+        expected = np.asarray(product) @ user + np.asarray(bias)
+        np.testing.assert_allclose(got[row], expected, rtol=1e-4, atol=1e-5)
+    # a trained user's folded-in vector is the vector the model scores them with
+    user = 4
+    mine = data.products[data.users == user]
+    again = model.user_vectors_for(mine, np.zeros(len(mine), dtype=np.int64), 1)
+    np.testing.assert_allclose(again[0], model.user_vectors[user], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        model.score_vectors(again)[0], model.score_users(np.array([user]))[0], rtol=1e-5, atol=1e-5
+    )
