@@ -80,6 +80,8 @@ def parse_line(
         raise BadLine("empty line")
     try:
         row = parse(text)
+    except BadLine:
+        raise
     except (RecursionError, MemoryError) as err:  # absurdly nested JSON
         raise BadLine(f"unparseable line: {type(err).__name__}") from None
     except (ValueError, TypeError, OverflowError) as err:  # a value no parser check foresaw
