@@ -38,5 +38,5 @@ class LockBusy(RecsysError):
     """Another process holds the lock for this step."""
 
 
-class TrainingInterrupted(RecsysError):
+class TrainingInterrupted(Interrupted):
     """Training was asked to stop (SIGTERM/SIGINT through ``should_stop``) and stopped."""

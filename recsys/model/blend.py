@@ -21,11 +21,11 @@ from typing import Any
 
 import numpy as np
 
+from recsys.data import META_FILE
 from recsys.errors import RecsysError
 from recsys.model.base import FitHistory, RatingData
 
 _log = logging.getLogger(__name__)
-META_FILE = "recommender.json"
 
 
 def standardise(scores: np.ndarray) -> np.ndarray:

@@ -26,11 +26,11 @@ from typing import Any
 
 import numpy as np
 
+from recsys.data import META_FILE
 from recsys.errors import DataError
 from recsys.model.base import FitHistory, RatingData
 
 _log = logging.getLogger(__name__)
-META_FILE = "recommender.json"
 ARRAYS_FILE = "peer.npz"
 DEFAULT_MEMORY_MB = 4096
 """Default memory budget of one EASE fit (about 12,000 products; see :func:`ease_memory_mb`)."""
