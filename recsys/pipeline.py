@@ -193,7 +193,7 @@ def _train_step(ctx: Context) -> dict:
         seed=o.seed,
         evaluate=o.evaluate,
         min_ratings=o.min_ratings,
-        internal=True,
+        internal=o.evaluate,  # --no-evaluate: no measurement beyond the fit (gate: not measured)
     )
     from recsys.progress import NO_PROGRESS
 

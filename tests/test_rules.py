@@ -23,8 +23,8 @@ K = 5
 RUN = ["run", "--no-features", "--model", "bias", "--min-ratings", "0", "--no-evaluate"]
 RUN += ["-k", str(K)]
 """A cheap model (item and user biases; rating scores) for the rule and gate tests."""
-RANKER_RUN = ["run", "--no-features", "--epochs", "2", "--embedding-dim", "8", "--min-ratings"]
-RANKER_RUN += ["0", "--no-evaluate", "-k", str(K)]
+RANKER_RUN = ["run", "--no-features", "--model", "ranker", "--epochs", "2", "--embedding-dim", "8"]
+RANKER_RUN += ["--min-ratings", "0", "--no-evaluate", "-k", str(K)]
 
 
 def _invoke(args: list[str], env: dict[str, str], code: int = 0):

@@ -49,7 +49,7 @@ import sqlalchemy as sa
 from recsys.db.copy import driver_connection
 from recsys.errors import InputError
 from recsys.ingest.merge import MERGE_CONFLICT, merge_ratings
-from recsys.ingest.reader import GZIP_MAGIC, HashingReader, check_readable
+from recsys.ingest.reader import GZIP_MAGIC, HashingReader, check_readable, read_error_reason
 from recsys.ingest.rows import MAX_EPOCH_SECONDS, BadLine, Format, LoadLimits, RatingRow
 from recsys.ingest.stage import FileProgress, is_header, parse_line
 from recsys.ingest.summary import Counts, Rejects
@@ -143,7 +143,7 @@ class _Blocks:
             try:
                 chunk = self._stream.read(BLOCK_BYTES)
             except (OSError, EOFError, zlib.error) as err:  # corrupt or truncated gzip
-                raise InputError(f"{self.path}: cannot read: {err}") from err
+                raise InputError(f"{self.path}: cannot read: {read_error_reason(err)}") from err
             if not chunk:
                 if carry:
                     yield carry  # a last line without a newline

@@ -165,7 +165,7 @@ class LineSource:
             try:
                 chunk = read(_BUFFER)
             except _READ_ERRORS as err:
-                raise InputError(f"{self.path}: cannot read: {_reason(err)}") from err
+                raise InputError(f"{self.path}: cannot read: {read_error_reason(err)}") from err
             if not chunk:
                 return
             yield chunk
@@ -231,7 +231,8 @@ def _extend(prefix: bytes, more: bytes) -> bytes:
     return prefix + more[:room] if room > 0 else prefix
 
 
-def _reason(err: BaseException) -> str:
+def read_error_reason(err: BaseException) -> str:
+    """The one-line reason a file could not be read (a damaged gzip stream named as such)."""
     if isinstance(err, zlib.error):
         return f"corrupt gzip data ({err})"
     if isinstance(err, EOFError):

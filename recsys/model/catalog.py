@@ -84,7 +84,7 @@ class RankerConfig(_Config):
     input_dropout: float = 0.5
     id_dropout: float = 0.1
     use_user_embedding: bool = False
-    full_softmax_max: int = 50_000
+    full_softmax_max: int = 5_000
     sampled_negatives: int = 1000
     rating_head: bool = True
     rating_epochs: int = 30

@@ -468,7 +468,7 @@ class RankerTrainer:
 
     def validate(self, validation: RatingData) -> float:
         """Internal-validation NDCG@10 of the averaged weights (the weights that would score)."""
-        from recsys.evaluation.peers import validation_ndcg
+        from recsys.evaluation.tuning import validation_ndcg
 
         raw = self.use_weights(self.optimizer.averages())
         self.model._precompute(self.tower, self.ratings_binary())
