@@ -15,14 +15,8 @@ import sqlalchemy as sa
 
 from recsys.db.copy import copy_rows
 from recsys.ingest.load import LoadSummary, Rejected
+from recsys.ingest.merge import insert_load
 from recsys.ingest.reader import file_sha256
-
-_INSERT_LOAD = sa.text(
-    "INSERT INTO loads (path, sha256, format, kind, status, rows_read, rows_loaded, rows_merged,"
-    " rows_rejected, message, started_at, finished_at) VALUES (:path, :sha256, :format, :kind,"
-    " :status, :rows_read, :rows_loaded, :rows_merged, :rows_rejected, :message, :started_at,"
-    " clock_timestamp()) RETURNING id"
-)
 
 
 def record_load(
@@ -39,22 +33,7 @@ def record_load(
         started_at: when the load began.
         rejects: every rejected line as (line number, raw text, reason).
     """
-    load_id = conn.execute(
-        _INSERT_LOAD,
-        {
-            "path": summary.path,
-            "sha256": summary.sha256,
-            "format": summary.format,
-            "kind": summary.kind,
-            "status": summary.status,
-            "rows_read": summary.rows_read,
-            "rows_loaded": summary.rows_loaded,
-            "rows_merged": summary.rows_merged,
-            "rows_rejected": summary.rows_rejected,
-            "message": summary.message,
-            "started_at": started_at,
-        },
-    ).scalar_one()
+    load_id = insert_load(conn, summary, started_at)
     copy_rows(
         conn,
         "rejected_rows",

@@ -184,11 +184,9 @@ _INSERT_LOAD = sa.text(
 )
 
 
-def record_load(
-    conn: sa.Connection, summary: LoadSummary, started_at: datetime, rejects: Rejects
-) -> int:
-    """Write the ``loads`` row of one file and its rejected lines; the load id."""
-    load_id = conn.execute(
+def insert_load(conn: sa.Connection, summary: LoadSummary, started_at: datetime) -> int:
+    """Insert the ``loads`` row of one finished file (its ``load_id`` is ignored); the load id."""
+    return conn.execute(
         _INSERT_LOAD,
         {
             "path": summary.path,
@@ -204,6 +202,13 @@ def record_load(
             "started_at": started_at,
         },
     ).scalar_one()
+
+
+def record_load(
+    conn: sa.Connection, summary: LoadSummary, started_at: datetime, rejects: Rejects
+) -> int:
+    """Write the ``loads`` row of one file and its rejected lines; the load id."""
+    load_id = insert_load(conn, summary, started_at)
     if summary.rows_rejected:
         copy_text(
             conn,
