@@ -36,7 +36,8 @@ import io
 import logging
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -466,72 +467,147 @@ def _copy_out(conn: sa.Connection, statement: str) -> bytes:
     return out.getvalue()
 
 
-def _map_ids(conn: sa.Connection, table: str, external: pa.Array) -> np.ndarray:
-    """Database ids for the external ids of ``table`` (users | products), creating new ones.
+_SORT_CHUNK = 1 << 18
+"""Strings packed into sort words at a time (bounds the temporary byte matrix)."""
 
-    ``table`` is one of our two constants, never user input.
+
+def byte_order(strings: pa.Array) -> np.ndarray:
+    """The permutation that sorts ``strings`` (no nulls) by their UTF-8 bytes, as int64 indices.
+
+    Each string is zero-padded to a multiple of 8 bytes and read as big-endian 64-bit words, then
+    sorted word by word from the last (a stable sort per word, least significant first), which is
+    byte order for strings without NUL bytes (the loader rejects those). It gives the order of
+    ``pyarrow.compute.sort_indices`` for distinct strings, without comparing strings.
+    """
+    n = len(strings)
+    if n < 2:
+        return np.arange(n, dtype=np.int64)
+    if pa.types.is_large_string(strings.type):
+        return pc.sort_indices(strings).to_numpy()
+    lengths = pc.binary_length(strings).to_numpy(zero_copy_only=False).astype(np.int64)
+    width = max(8, -(-int(lengths.max()) // 8) * 8)
+    offsets = np.frombuffer(strings.buffers()[1], dtype=np.int32)[
+        strings.offset : strings.offset + n + 1
+    ].astype(np.int64)
+    data = np.frombuffer(strings.buffers()[2], dtype=np.uint8)
+    words = np.empty((width // 8, n), dtype=np.uint64)
+    same_length = bool((lengths == lengths[0]).all())
+    for start in range(0, n, _SORT_CHUNK):
+        stop = min(n, start + _SORT_CHUNK)
+        piece = data[offsets[start] : offsets[stop]]
+        if same_length:
+            matrix = np.zeros((stop - start, width), dtype=np.uint8)
+            matrix[:, : lengths[0]] = piece.reshape(stop - start, int(lengths[0]))
+        else:
+            size = lengths[start:stop]
+            matrix = np.zeros((stop - start, width), dtype=np.uint8)
+            rows = np.repeat(np.arange(stop - start), size)
+            columns = np.arange(len(piece)) - np.repeat(offsets[start:stop] - offsets[start], size)
+            matrix[rows, columns] = piece
+        words[:, start:stop] = matrix.view(">u8").astype(np.uint64).T
+    order = np.argsort(words[-1])
+    for k in range(len(words) - 2, -1, -1):
+        order = order[np.argsort(words[k][order], kind="stable")]
+    return order
+
+
+def _map_ids(
+    conn: sa.Connection, table: str, external: pa.Array, *, rebuild_keys: bool = False
+) -> tuple[np.ndarray, Callable[[], None]]:
+    """Database ids for the external ids of ``table`` (users | products), reserving new ones.
+
+    The stored ids are looked up and the new ones reserved from the identity sequence at once;
+    the new rows are written by the returned function, so that PostgreSQL can insert them while
+    this process goes on without the connection (see :func:`write_ratings`).
+
+    Args:
+        conn: the file's transaction, with ``table`` locked.
+        table: ``users`` or ``products`` (one of our two constants, never user input).
+        external: the file's distinct external ids.
+        rebuild_keys: ``table`` is empty and no constraint refers to it, so its keys and indexes
+            may be dropped before the COPY and rebuilt after it (one sort each instead of one
+            index insertion per row).
+
+    Returns:
+        The id of each external id, and the function that writes the new rows.
     """
     n = len(external)
     ids = np.full(n, -1, dtype=np.int64)
     started = time.perf_counter()
-    conn.execute(sa.text(f"LOCK TABLE {table} IN SHARE ROW EXCLUSIVE MODE"))
-    if n and conn.execute(sa.text(f"SELECT EXISTS (SELECT 1 FROM {table})")).scalar_one():
-        stage = f"stage_{table}_ids"
-        conn.execute(
-            sa.text(f"CREATE TEMP TABLE {stage} (code bigint, external_id text) ON COMMIT DROP")
-        )
-        _copy_in(
-            conn,
-            f"COPY {stage} (code, external_id) FROM STDIN (FORMAT csv)",
-            _csv_chunks(np.arange(n, dtype=np.int64), external),
-        )
-        conn.execute(sa.text(f"ANALYZE {stage}"))
-        found = _copy_out(
-            conn,
-            f"COPY (SELECT s.code, t.id FROM {stage} s JOIN {table} t USING (external_id)) "
-            "TO STDOUT (FORMAT csv)",
-        )
-        if found:
-            pairs = pacsv.read_csv(
-                io.BytesIO(found),
-                read_options=pacsv.ReadOptions(column_names=["code", "id"]),
-                convert_options=pacsv.ConvertOptions(
-                    column_types={"code": pa.int64(), "id": pa.int64()}
-                ),
-            )
-            ids[pairs["code"].to_numpy()] = pairs["id"].to_numpy()
+    if n and not rebuild_keys:
+        _lookup_ids(conn, table, external, ids)
     new = np.flatnonzero(ids < 0)
-    if len(new):
-        # ids in external-id order: the primary key and the unique index both fill at their
-        # right edge (byte order is the index order under the C and C.UTF-8 collations)
-        if len(new) == n:
-            new = pc.sort_indices(external).to_numpy()
-        else:
-            new = new[pc.sort_indices(external.take(pa.array(new))).to_numpy()]
-        sequence = conn.execute(
-            sa.text("SELECT pg_get_serial_sequence(:t, 'id')"), {"t": table}
-        ).scalar_one()
-        first = conn.execute(
-            sa.text(
-                f"SELECT greatest(nextval(:s), (SELECT coalesce(max(id), 0) + 1 FROM {table}))"
-            ),
-            {"s": sequence},
-        ).scalar_one()
-        conn.execute(sa.text("SELECT setval(:s, :v)"), {"s": sequence, "v": first + len(new) - 1})
-        ids[new] = first + np.arange(len(new), dtype=np.int64)
+    if not len(new):
+        return ids, lambda: None
+    # ids in external-id order: the primary key and the unique index both fill at their
+    # right edge (byte order is the index order under the C and C.UTF-8 collations)
+    if len(new) == n:
+        new = byte_order(external)
+    else:
+        new = new[byte_order(external.take(pa.array(new)))]
+    sequence = conn.execute(
+        sa.text("SELECT pg_get_serial_sequence(:t, 'id')"), {"t": table}
+    ).scalar_one()
+    first = conn.execute(
+        sa.text(f"SELECT greatest(nextval(:s), (SELECT coalesce(max(id), 0) + 1 FROM {table}))"),
+        {"s": sequence},
+    ).scalar_one()
+    conn.execute(sa.text("SELECT setval(:s, :v)"), {"s": sequence, "v": first + len(new) - 1})
+    ids[new] = first + np.arange(len(new), dtype=np.int64)
+    drop, restore = _constraint_ddl(conn, table) if rebuild_keys else ([], [])
+
+    def write() -> None:
+        nonlocal external
+        for ddl in drop:
+            conn.execute(sa.text(ddl))
         _copy_in(
             conn,
             f"COPY {table} (id, external_id) FROM STDIN (FORMAT csv)",
             _csv_chunks(ids[new], external, new),
         )
-    _log.debug(
-        "%s: %d known, %d new in %.1fs",
-        table,
-        n - len(new),
-        len(new),
-        time.perf_counter() - started,
+        external = pa.array([], type=pa.string())  # the caller may free the dictionary now
+        for ddl in restore:
+            conn.execute(sa.text(ddl))
+        _log.debug(
+            "%s: %d known, %d new%s in %.1fs",
+            table,
+            n - len(new),
+            len(new),
+            ", keys rebuilt" if rebuild_keys else "",
+            time.perf_counter() - started,
+        )
+
+    return ids, write
+
+
+def _lookup_ids(conn: sa.Connection, table: str, external: pa.Array, ids: np.ndarray) -> None:
+    """Fill ``ids[i]`` with the stored id of ``external[i]`` where ``table`` has it."""
+    if not conn.execute(sa.text(f"SELECT EXISTS (SELECT 1 FROM {table})")).scalar_one():
+        return
+    stage = f"stage_{table}_ids"
+    conn.execute(
+        sa.text(f"CREATE TEMP TABLE {stage} (code bigint, external_id text) ON COMMIT DROP")
     )
-    return ids
+    _copy_in(
+        conn,
+        f"COPY {stage} (code, external_id) FROM STDIN (FORMAT csv)",
+        _csv_chunks(np.arange(len(external), dtype=np.int64), external),
+    )
+    conn.execute(sa.text(f"ANALYZE {stage}"))
+    found = _copy_out(
+        conn,
+        f"COPY (SELECT s.code, t.id FROM {stage} s JOIN {table} t USING (external_id)) "
+        "TO STDOUT (FORMAT csv)",
+    )
+    if found:
+        pairs = pacsv.read_csv(
+            io.BytesIO(found),
+            read_options=pacsv.ReadOptions(column_names=["code", "id"]),
+            convert_options=pacsv.ConvertOptions(
+                column_types={"code": pa.int64(), "id": pa.int64()}
+            ),
+        )
+        ids[pairs["code"].to_numpy()] = pairs["id"].to_numpy()
 
 
 _RATING_TUPLE = np.dtype(
@@ -584,7 +660,11 @@ def _dedupe(parsed: ParsedRatings, user_ids: np.ndarray, product_ids: np.ndarray
     keep = np.ones(len(keys), dtype=bool)
     same = np.flatnonzero(keys[1:] == keys[:-1])
     if len(same):
-        positions = np.union1d(same, same + 1)
+        repeated = np.zeros(len(keys), dtype=bool)
+        repeated[same] = True
+        repeated[same + 1] = True
+        positions = np.flatnonzero(repeated)
+        del repeated
         lines = order[positions]
         by = np.lexsort((lines, parsed.ts[lines], keys[positions]))
         sorted_keys = keys[positions][by]
@@ -612,62 +692,116 @@ def _rating_copy(parsed: ParsedRatings, deduped: _Deduped) -> Iterator[bytes]:
     yield _COPY_TRAILER
 
 
-def _constraint_ddl(conn: sa.Connection) -> tuple[list[str], list[str]]:
-    """DDL that drops the ratings primary key, indexes and foreign keys, and that restores them."""
+def _constraint_ddl(conn: sa.Connection, table: str) -> tuple[list[str], list[str]]:
+    """DDL that drops the primary key, unique constraints, foreign keys and other indexes of
+    ``table`` (one of our constants), and DDL that restores them with their names and
+    definitions: the primary key first, then unique constraints, indexes, foreign keys."""
     drop: list[str] = []
     restore: list[str] = []
     constraints = conn.execute(
         sa.text(
-            "SELECT conname, pg_get_constraintdef(oid), contype FROM pg_constraint "
-            "WHERE conrelid = 'ratings'::regclass AND contype IN ('p', 'f') ORDER BY contype DESC"
-        )
+            "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint "
+            "WHERE conrelid = CAST(:t AS regclass) AND contype IN ('p', 'u', 'f') "
+            "ORDER BY contype DESC, conname"
+        ),
+        {"t": table},
     ).all()
-    for name, definition, _ in constraints:
-        drop.append(f'ALTER TABLE ratings DROP CONSTRAINT "{name}"')
-        restore.append(f'ALTER TABLE ratings ADD CONSTRAINT "{name}" {definition}')
+    for name, definition in constraints:
+        drop.append(f'ALTER TABLE {table} DROP CONSTRAINT "{name}"')
+        restore.append(f'ALTER TABLE {table} ADD CONSTRAINT "{name}" {definition}')
     indexes = conn.execute(
         sa.text(
             "SELECT i.relname, pg_get_indexdef(i.oid) FROM pg_index x "
             "JOIN pg_class i ON i.oid = x.indexrelid "
-            "WHERE x.indrelid = 'ratings'::regclass AND NOT EXISTS "
-            "(SELECT 1 FROM pg_constraint c WHERE c.conindid = i.oid)"
-        )
+            "WHERE x.indrelid = CAST(:t AS regclass) AND NOT EXISTS "
+            "(SELECT 1 FROM pg_constraint c WHERE c.conindid = i.oid) ORDER BY i.relname"
+        ),
+        {"t": table},
     ).all()
     for name, definition in indexes:
         drop.append(f'DROP INDEX "{name}"')
         restore.append(definition)
-    # restore the primary key first, then the indexes, then the foreign keys
     primary = [r for r in restore if " PRIMARY KEY " in r]
+    unique = [r for r in restore if " UNIQUE " in r and not r.startswith("CREATE")]
     creates = [r for r in restore if r.startswith("CREATE")]
     foreign = [r for r in restore if " FOREIGN KEY " in r]
-    return drop, primary + creates + foreign
+    return drop, primary + unique + creates + foreign
+
+
+def _referenced(conn: sa.Connection, table: str) -> bool:
+    """Whether a foreign key of any table refers to ``table``."""
+    return conn.execute(
+        sa.text(
+            "SELECT EXISTS (SELECT 1 FROM pg_constraint WHERE confrelid = CAST(:t AS regclass))"
+        ),
+        {"t": table},
+    ).scalar_one()
+
+
+def _is_empty(conn: sa.Connection, table: str) -> bool:
+    return not conn.execute(sa.text(f"SELECT EXISTS (SELECT 1 FROM {table})")).scalar_one()
+
+
+LOAD_SETTINGS = (
+    "SET LOCAL maintenance_work_mem = '1GB'",
+    "SET LOCAL work_mem = '256MB'",
+)
+"""Settings of the file's transaction: memory for rebuilding the ratings keys (sorts) and for
+validating the rebuilt foreign keys and joining the ids (hash joins in memory, not in batches
+on disk). ``LOCAL``: they end with the transaction."""
 
 
 def write_ratings(conn: sa.Connection, parsed: ParsedRatings) -> int:
     """Merge a fast-read rating file into the database (in the caller's transaction).
 
+    ``users``, ``products`` and ``ratings`` are locked (in that order) against other writers for
+    the rest of the transaction. When ``ratings`` is empty, its keys, index and foreign keys are
+    dropped first and rebuilt after its COPY; when ``users`` is empty too (a first load), so are
+    the keys of ``users``. Rebuilding takes an exclusive lock, so readers of these tables (the
+    ``current_recommendations`` view joins ``users``) wait for the load's commit in that case.
+    The new users and products are written by PostgreSQL while this process deduplicates the
+    ratings (the connection is used by one thread at a time).
+
     Returns:
         The number of distinct (user, product) ratings in the file.
     """
     started = time.perf_counter()
-    conn.execute(sa.text("SET LOCAL maintenance_work_mem = '1GB'"))
-    user_ids = _map_ids(conn, "users", parsed.users)
-    product_ids = _map_ids(conn, "products", parsed.products)
-    parsed.users = parsed.products = pa.array([], type=pa.string())  # free the dictionaries
-    _log.debug("users and products: %.1fs", time.perf_counter() - started)
-    deduped = _dedupe(parsed, user_ids, product_ids)
-    del user_ids, product_ids
-    parsed.user_codes = parsed.product_codes = np.zeros(0, dtype=np.int32)
-    _log.debug("deduplicated: %.1fs", time.perf_counter() - started)
-    conn.execute(sa.text("LOCK TABLE ratings IN SHARE ROW EXCLUSIVE MODE"))
-    empty = not conn.execute(sa.text("SELECT EXISTS (SELECT 1 FROM ratings)")).scalar_one()
+    for setting in LOAD_SETTINGS:
+        conn.execute(sa.text(setting))
+    conn.execute(sa.text("LOCK TABLE users, products, ratings IN SHARE ROW EXCLUSIVE MODE"))
+    empty = _is_empty(conn, "ratings")
+    restore: list[str] = []
+    freeze = False
     if empty:
-        drop, restore = _constraint_ddl(conn)
+        drop, restore = _constraint_ddl(conn, "ratings")
         for ddl in drop:
             conn.execute(sa.text(ddl))
+        freeze = not _referenced(conn, "ratings")
+        if freeze:  # a new, empty file for the table in this transaction: COPY may freeze rows
+            conn.execute(sa.text("TRUNCATE ratings"))
+    rebuild_users = empty and _is_empty(conn, "users") and not _referenced(conn, "users")
+    user_ids, write_users = _map_ids(conn, "users", parsed.users, rebuild_keys=rebuild_users)
+    product_ids, write_products = _map_ids(conn, "products", parsed.products)
+    _log.debug("ids mapped: %.1fs", time.perf_counter() - started)
+
+    def write_ids() -> None:
+        write_users()
+        write_products()
+        parsed.users = parsed.products = pa.array([], type=pa.string())  # free the dictionaries
+
+    with ThreadPoolExecutor(1, thread_name_prefix="recsys-ids") as pool:
+        written = pool.submit(write_ids)
+        deduped = _dedupe(parsed, user_ids, product_ids)
+        del user_ids, product_ids
+        parsed.user_codes = parsed.product_codes = np.zeros(0, dtype=np.int32)
+        _log.debug("deduplicated: %.1fs", time.perf_counter() - started)
+        written.result()
+    _log.debug("users and products written: %.1fs", time.perf_counter() - started)
+    if empty:
         _copy_in(
             conn,
-            "COPY ratings (user_id, product_id, rating, rated_at) FROM STDIN (FORMAT binary)",
+            "COPY ratings (user_id, product_id, rating, rated_at) FROM STDIN "
+            f"(FORMAT binary{', FREEZE' if freeze else ''})",
             _rating_copy(parsed, deduped),
         )
         _log.debug("ratings copied: %.1fs", time.perf_counter() - started)
