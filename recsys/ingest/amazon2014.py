@@ -31,7 +31,7 @@ def parse_metadata(line: str) -> ProductRow:
     if not isinstance(record, dict):
         raise BadLine("broken dict literal: not a dict")
     asin = require_id(record.get("asin"), "product id (asin)")
-    raw_json = check_json_safe(record)
+    check_json_safe(record)
     categories: list[str] = []
     paths = record.get("categories")
     if isinstance(paths, list):
@@ -54,7 +54,6 @@ def parse_metadata(line: str) -> ProductRow:
         categories=categories or None,
         main_category=main_category,
         raw=record,
-        raw_json=raw_json,
     )
 
 

@@ -47,7 +47,7 @@ def parse_review(line: str) -> RatingRow:
 def parse_metadata(line: str) -> ProductRow:
     record = load_json_object(line)
     asin = require_id(record.get("asin"), "product id (asin)")
-    raw_json = check_json_safe(record)
+    check_json_safe(record)
     categories = record.get("category")
     return ProductRow(
         external_id=asin,
@@ -60,7 +60,6 @@ def parse_metadata(line: str) -> ProductRow:
         else None,
         main_category=text_or_none(record.get("main_cat")),
         raw=record,
-        raw_json=raw_json,
     )
 
 

@@ -39,7 +39,7 @@ def parse_metadata(line: str) -> ProductRow:
     product = require_id(
         record.get("parent_asin") or record.get("asin"), "product id (parent_asin)"
     )
-    raw_json = check_json_safe(record)
+    check_json_safe(record)
     categories = record.get("categories")
     return ProductRow(
         external_id=product,
@@ -52,7 +52,6 @@ def parse_metadata(line: str) -> ProductRow:
         else None,
         main_category=text_or_none(record.get("main_category")),
         raw=record,
-        raw_json=raw_json,
     )
 
 

@@ -155,10 +155,6 @@ MERGE_UNIQUE_PRODUCTS = sa.text(
 included), without grouping."""
 
 
-PRODUCT_MERGE_WORK_MEM = "256MB"
-"""``work_mem`` of the metadata merge's transaction (``SET LOCAL``: it ends with the file)."""
-
-
 def merge_staged_products(
     conn: sa.Connection, aggregate_text: bool, *, allow_unique: bool = True
 ) -> int:
@@ -170,8 +166,6 @@ def merge_staged_products(
         allow_unique: use :data:`MERGE_UNIQUE_PRODUCTS` when no product repeats (False: always
             the grouping merge; both give the same rows).
     """
-    # the merge sorts whole staged rows (text and JSON) by external id: in memory where it fits
-    conn.execute(sa.text(f"SET LOCAL work_mem = '{PRODUCT_MERGE_WORK_MEM}'"))
     lines, distinct = conn.execute(
         sa.text("SELECT count(*), count(DISTINCT external_id) FROM stage_products")
     ).one()

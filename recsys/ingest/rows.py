@@ -59,9 +59,6 @@ class ProductRow(NamedTuple):
     categories: list[str] | None = None
     main_category: str | None = None
     raw: dict | None = None
-    raw_json: str | None = None
-    """``raw`` as JSON text when the parser already wrote it (see :func:`check_json_safe`);
-    staging writes this instead of dumping ``raw`` again."""
 
 
 Parser = Callable[[str], "RatingRow | ProductRow"]
@@ -210,14 +207,11 @@ def text_or_none(value: object, sep: str = "\n") -> str | None:
     return text if text != "" else None
 
 
-def check_json_safe(raw: dict) -> str:
-    """Reject up front what PostgreSQL's jsonb refuses or JSON cannot hold; ``raw`` as JSON.
+def check_json_safe(raw: dict) -> None:
+    """Reject up front what PostgreSQL's jsonb refuses or JSON cannot hold.
 
     That is \\u0000, lone surrogates, NaN and Infinity (Python's json reads them), keys that
     are not text or numbers (Python dict literals allow tuples) and integers too long to print.
-
-    Returns:
-        ``json.dumps(raw, ensure_ascii=False, default=str)``: what staging stores for ``raw``.
     """
     try:
         dumped = json.dumps(raw, ensure_ascii=False, default=str, allow_nan=False)
@@ -235,4 +229,3 @@ def check_json_safe(raw: dict) -> str:
         dumped.encode("utf-8")
     except UnicodeEncodeError:
         raise BadLine("invalid Unicode (lone surrogate) in a field") from None
-    return dumped

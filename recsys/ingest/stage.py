@@ -152,9 +152,7 @@ def _product_rows(rows: Iterable[tuple[int, ProductRow]]) -> Iterator[Sequence]:
             row.feature_text,
             None if row.categories is None else json.dumps(row.categories, ensure_ascii=False),
             row.main_category,
-            row.raw_json
-            if row.raw_json is not None or row.raw is None
-            else json.dumps(row.raw, ensure_ascii=False, default=str),
+            None if row.raw is None else json.dumps(row.raw, ensure_ascii=False, default=str),
         )
 
 
