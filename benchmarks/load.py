@@ -76,6 +76,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=5_000_000)
     parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument(
+        "--ratings",
+        type=Path,
+        default=None,
+        help="load this seed-layout file (written by an earlier --write-only) instead of a new one",
+    )
     parser.add_argument("--write-only", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.write_only is not None:
@@ -101,17 +107,26 @@ def main() -> None:
     try:
         engine = sa.create_engine(url, poolclass=sa.NullPool)
         db.migrate(engine)
-        path = workdir / "ratings.csv"
-        started = time.perf_counter()
-        subprocess.run(
-            [sys.executable, __file__, "--rows", str(args.rows), "--write-only", str(path)],
-            check=True,
-        )
-        print(
-            f"wrote {args.rows:,} rows ({path.stat().st_size / 1e6:.0f} MB) "
-            f"in {time.perf_counter() - started:.1f}s"
-        )
+        if args.ratings is not None:
+            path = args.ratings
+            with open(path, "rb") as handle:
+                args.rows = sum(
+                    block.count(b"\n") for block in iter(lambda: handle.read(1 << 24), b"")
+                )
+            print(f"using {path}: {args.rows:,} rows ({path.stat().st_size / 1e6:.0f} MB)")
+        else:
+            path = workdir / "ratings.csv"
+            started = time.perf_counter()
+            subprocess.run(
+                [sys.executable, __file__, "--rows", str(args.rows), "--write-only", str(path)],
+                check=True,
+            )
+            print(
+                f"wrote {args.rows:,} rows ({path.stat().st_size / 1e6:.0f} MB) "
+                f"in {time.perf_counter() - started:.1f}s"
+            )
 
+        print(f"load average (1, 5, 15 min) at the start: {os.getloadavg()}")
         with engine.begin() as conn:
             conn.execute(
                 sa.text("CREATE TABLE bench_raw (item text, usr text, rating real, ts bigint)")
@@ -165,6 +180,7 @@ def main() -> None:
             f"  ({loaded:,} distinct ratings)"
         )
         print(f"ratio recsys/raw: {recsys_rate / raw_rate:.3f}   recsys peak RSS: {peak_mb:.0f} MB")
+        print(f"load average (1, 5, 15 min) at the end: {os.getloadavg()}")
         print(
             f"| {args.rows:,} | {raw_seconds:.1f} s ({raw_rate:,.0f}/s) | "
             f"{recsys_seconds:.1f} s ({recsys_rate:,.0f}/s) | {recsys_rate / raw_rate:.3f} | "
