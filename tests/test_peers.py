@@ -6,11 +6,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from recsys.evaluation import peers
 from recsys.evaluation.metrics import ranking_metrics
 from recsys.evaluation.splits import rank_split
+from recsys.evaluation.tuning import internal_rank_split
 from recsys.model import catalog
+from recsys.model.als import ALSRecommender
 from recsys.model.base import RatingData
+from recsys.model.ease import EASERecommender
+from recsys.model.lightfm import PEERS, LightFMPeer
 
 
 def _data(
@@ -67,7 +70,7 @@ def test_ease_equals_the_closed_form_by_hand() -> None:
     # this Gram matrix is [[2,1,1],[1,2,1],[1,1,2]]: + 2I -> [[4,1,1],...]; off-diagonal of
     # its inverse / diagonal = -1/5 exactly, so every B_ij (i != j) is 0.2
     np.testing.assert_allclose(expected_b[0, 1], 0.2, rtol=1e-12)
-    model = peers.EASEPeer(lam=lam)
+    model = EASERecommender(lam=lam)
     model.fit(data)
     np.testing.assert_allclose(model.weights, expected_b, rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(
@@ -78,11 +81,11 @@ def test_ease_equals_the_closed_form_by_hand() -> None:
 
 def test_ease_tunes_lambda_on_a_train_internal_split() -> None:
     data = _blocks()
-    model = peers.EASEPeer(lambdas=(1.0, 10.0, 100.0))
+    model = EASERecommender(lambdas=(1.0, 10.0, 100.0))
     model.fit(data)
     assert model.params["tuned_lam"] in (1.0, 10.0, 100.0)
     # the internal split is made from the training data only: 20% per user, its own seed
-    fit_part, val_part = peers.internal_rank_split(data)
+    fit_part, val_part = internal_rank_split(data)
     assert len(fit_part) + len(val_part) == len(data)
     assert len(val_part) == sum(max(1, round(0.2 * 8)) for _ in range(120))
 
@@ -90,10 +93,10 @@ def test_ease_tunes_lambda_on_a_train_internal_split() -> None:
 @pytest.mark.parametrize(
     "factory",
     [
-        lambda: peers.EASEPeer(),
-        lambda: peers.ALSPeer(grid=((8, 0.1, 5.0),)),
-        lambda: peers.LightFMPeer(components=8, epoch_grid=(15,)),
-        lambda: peers.LightFMPeer(text=True, components=8, epochs=15),
+        lambda: EASERecommender(),
+        lambda: ALSRecommender(grid=((8, 0.1, 5.0),)),
+        lambda: LightFMPeer(components=8, epoch_grid=(15,)),
+        lambda: LightFMPeer(text=True, components=8, epochs=15),
     ],
     ids=["ease", "als", "lightfm", "lightfm_text"],
 )
@@ -124,7 +127,7 @@ def test_peer_ranks_the_planted_groups(factory, tmp_path) -> None:
 
 def test_lightfm_text_scores_cold_products_through_text() -> None:
     data = _blocks()
-    model = peers.LightFMPeer(text=True, components=8, epochs=20)
+    model = LightFMPeer(text=True, components=8, epochs=20)
     model.fit(data)
     # two new products: one with the first group's text, one with the second's
     text = np.array([[1, 0, 0, 0], [0, 1, 0, 0]], np.float32)
@@ -135,7 +138,7 @@ def test_lightfm_text_scores_cold_products_through_text() -> None:
 
 
 def test_peers_are_in_the_catalogue_and_deterministic() -> None:
-    for name in peers.PEERS:
+    for name in PEERS:
         assert name in catalog.MODELS
     data = _blocks()
     a = catalog.create("als", grid=((8, 0.1, 5.0),))

@@ -21,7 +21,7 @@ def _train_numpy_mf(ctx) -> dict:
 
 def _steps(train=_train_numpy_mf) -> list[Step]:
     by_name = {s.name: s for s in DEFAULT_STEPS}
-    return [Step("train", train), by_name["evaluate"], by_name["score"], by_name["publish"]]
+    return [Step("train", train), by_name["verify"], by_name["score"], by_name["publish"]]
 
 
 @pytest.fixture
@@ -47,7 +47,7 @@ def test_run_records_every_step_and_publishes(catalogue: sa.Engine, settings: Se
     )
     assert result.status == "succeeded" and result.recommendation_run_id == _served(catalogue)
     assert seen == [
-        (n, s) for n in ("train", "evaluate", "score", "publish") for s in ("running", "succeeded")
+        (n, s) for n in ("train", "verify", "score", "publish") for s in ("running", "succeeded")
     ]
     with catalogue.connect() as conn:
         status = conn.execute(
@@ -63,12 +63,12 @@ def test_run_records_every_step_and_publishes(catalogue: sa.Engine, settings: Se
     assert status == "succeeded"
     assert [(s, st) for s, st, _, _ in steps] == [
         ("train", "succeeded"),
-        ("evaluate", "succeeded"),
+        ("verify", "succeeded"),
         ("score", "succeeded"),
         ("publish", "succeeded"),
     ]
     assert all(sec is not None and sec >= 0 for _, _, sec, _ in steps)
-    assert steps[1][3]["max_abs_diff"] < 1e-3  # evaluate compared fast scores with predict
+    assert steps[1][3]["max_abs_diff"] < 1e-3  # verify compared fast scores with predict
     assert steps[2][3]["users"] == 25 and steps[2][3]["rows"] == 125
 
 
@@ -95,10 +95,10 @@ def test_failed_step_stops_the_run_and_keeps_published(
                 "(SELECT max(id) FROM pipeline_runs) ORDER BY position"
             )
         ).all()
-    assert run_status == "failed" and message.startswith("step evaluate failed")
+    assert run_status == "failed" and message.startswith("step verify failed")
     assert steps == [
         ("train", "succeeded"),
-        ("evaluate", "failed"),
+        ("verify", "failed"),
         ("score", "skipped"),
         ("publish", "skipped"),
     ]
@@ -133,7 +133,7 @@ def test_stop_request_interrupts_between_steps(catalogue: sa.Engine, settings: S
         calls["n"] += 1
         return calls["n"] > 1
 
-    with pytest.raises(PipelineInterrupted, match="before step evaluate"):
+    with pytest.raises(PipelineInterrupted, match="before step verify"):
         run(catalogue, settings, steps=_steps(), should_stop=stop_after_train)
     with catalogue.connect() as conn:
         assert (
@@ -205,7 +205,7 @@ def test_leftovers_of_a_killed_run_are_marked(catalogue: sa.Engine, settings: Se
         )
 
 
-def test_evaluate_gate_uses_direct_scores_of_ranking_models(catalogue: sa.Engine) -> None:
+def test_verify_gate_uses_direct_scores_of_ranking_models(catalogue: sa.Engine) -> None:
     from test_nightly_support import NumpyMF
 
     from recsys.pipeline import check_model

@@ -27,6 +27,7 @@ def test_models_side_by_side_on_the_same_splits(ml_small) -> None:
     results = evaluate_models(
         ml_small,
         ["popularity", "bias", "mf"],
+        create=catalog.create,
         splits=splits,
         params_for=lambda n: catalog.model_params(n, {"epochs": 1}),
         seed=0,

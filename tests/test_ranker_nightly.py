@@ -1,6 +1,6 @@
 """The ranker (a candidate of the default nightly model) through the real nightly commands: its
 published lists satisfy the nightly issue's invariants (k distinct unrated products per user,
-ranks 1..k, scores non-increasing, equal to the exact top-k of its scores), the evaluate gate
+ranks 1..k, scores non-increasing, equal to the exact top-k of its scores), the verify gate
 compares fast scores with the Keras model, and new products reach lists through the text path."""
 
 from __future__ import annotations

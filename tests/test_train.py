@@ -11,6 +11,7 @@ import pytest
 import sqlalchemy as sa
 from test_model_data import add_feature_set, load_ml100k
 
+from recsys import pipeline
 from recsys.errors import DataError
 from recsys.model.keras_models import TrainingDiverged
 from recsys.model.registry import load_run
@@ -35,7 +36,8 @@ def test_hybrid_end_to_end_on_ml100k(engine: sa.Engine, settings, shared_data: P
         rng = np.random.default_rng(3)
         # text for 80% of products: the others train with a zero vector and has_text False
         fs_id = add_feature_set(conn, {p: rng.normal(size=6) for p in pids if rng.random() < 0.8})
-    result = train_run(
+    # training and then the protocol's measurement, as `recsys train` runs them
+    result = pipeline.train(
         engine, settings, TrainConfig(model="hybrid", seed=1, min_ratings=5, **SMALL)
     )
     (run,) = _runs(engine)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
+from recsys import pipeline
 from recsys.evaluation.metrics import RELEVANT_RATING, rating_metrics
 from recsys.evaluation.protocol import make_splits
 from recsys.features.store import build_features
@@ -18,7 +19,7 @@ from recsys.ingest.sample import write_sample
 from recsys.model import catalog
 from recsys.model.data import read_rating_data
 from recsys.model.registry import load_run
-from recsys.model.train import TrainConfig, train_run
+from recsys.model.train import TrainConfig
 
 pytestmark = pytest.mark.slow
 
@@ -29,7 +30,7 @@ def test_hybrid_on_a_recsys_sample(engine: sa.Engine, settings, tmp_path: Path) 
     build = build_features(
         engine, settings, dim=16, epochs=2, create_hnsw=False, save_vectors=False
     )
-    result = train_run(
+    result = pipeline.train(
         engine,
         settings,
         TrainConfig(
@@ -68,7 +69,7 @@ def test_hybrid_on_real_gift_cards(engine: sa.Engine, settings, shared_data: Pat
     load_files(engine, settings, ratings=ratings, metadata=metadata)
     build_features(engine, settings, dim=16, epochs=2, create_hnsw=False, save_vectors=False)
     config = TrainConfig(model="hybrid", epochs=2, hidden_units=64, min_ratings=0, seed=1)
-    result = train_run(engine, settings, config)
+    result = pipeline.train(engine, settings, config)
     with engine.connect() as conn:
         run = conn.execute(sa.text("SELECT * FROM model_runs")).mappings().one()
         total = conn.execute(sa.text("SELECT count(*) FROM ratings")).scalar_one()

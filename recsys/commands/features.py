@@ -9,10 +9,10 @@ import click
 from recsys.config import Settings
 
 
-def _console(stderr: bool = False):
-    from rich.console import Console
+def _console():
+    from recsys.progress import console
 
-    return Console(stderr=stderr)
+    return console()
 
 
 @click.group("features")
@@ -204,23 +204,19 @@ def list_sets(ctx: click.Context) -> None:
 def similar(ctx: click.Context, product: str, k: int) -> None:
     """The K products most similar to PRODUCT (its external id) by text, cosine over the
     current feature set."""
-    import sqlalchemy as sa
     from rich.table import Table
 
     from recsys.commands.database import open_engine
-    from recsys.features.store import similar_products
+    from recsys.features.similar import similar_to
 
-    engine = open_engine(ctx.find_root().obj)
-    with engine.begin() as conn:
-        info, rows = similar_products(conn, product, k)
-        title = conn.execute(
-            sa.text("SELECT title FROM products WHERE external_id = :e"),
-            {"e": product},
-        ).scalar()
-    table = Table(title=f"similar to {product} ({title or 'no title'}), feature set {info.name}")
+    found = similar_to(open_engine(ctx.find_root().obj), product, k)
+    table = Table(
+        title=f"similar to {product} ({found.title or 'no title'}), "
+        f"feature set {found.feature_set.name}"
+    )
     for column in ("#", "product", "title", "brand", "cosine"):
         table.add_column(column)
-    for rank, row in enumerate(rows, 1):
+    for rank, row in enumerate(found.similar, 1):
         table.add_row(
             str(rank), row.external_id, row.title or "", row.brand or "", f"{row.similarity:.3f}"
         )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import click
@@ -13,8 +12,9 @@ from recsys.errors import InputError, RecsysError
 
 
 def _print_summaries(summaries) -> None:
-    from rich.console import Console
     from rich.table import Table
+
+    from recsys.progress import console
 
     table = Table(title="load-db")
     numbers = {"read", "loaded", "merged", "rejected", "seconds"}
@@ -31,9 +31,7 @@ def _print_summaries(summaries) -> None:
             f"{s.rows_rejected:,}",
             f"{s.seconds:.1f}",
         )
-    # not a terminal (a log, a pipe): wide enough that nothing is cut
-    console = Console() if sys.stdout.isatty() else Console(width=200)
-    console.print(table)
+    console(wide=True).print(table)
     for s in summaries:
         for r in s.rejects:
             raw = r.raw_line if len(r.raw_line) <= 80 else r.raw_line[:77] + "..."
@@ -44,6 +42,13 @@ def _print_summaries(summaries) -> None:
                 f" in rejected_rows (load_id {s.load_id})",
                 err=True,
             )
+
+
+def _print_availability(result) -> None:
+    click.echo(
+        f"availability: {result.products:,} products ({result.unavailable:,} unavailable), "
+        f"{result.changed:,} changed"
+    )
 
 
 _FILE_LIST_OPTIONS = ("--ratings", "--metadata")
@@ -173,11 +178,7 @@ def load_db(
     if nothing_to_load:
         from recsys.scoring.rules import load_availability
 
-        result = load_availability(open_engine(settings), availability)
-        click.echo(
-            f"availability: {result.products:,} products ({result.unavailable:,} unavailable), "
-            f"{result.changed:,} changed"
-        )
+        _print_availability(load_availability(open_engine(settings), availability))
         return
     if embeddings is not None and not name:
         raise click.UsageError("--embeddings needs --name (the feature set's name)")
@@ -206,11 +207,7 @@ def load_db(
     if availability is not None:
         from recsys.scoring.rules import load_availability
 
-        result = load_availability(engine, availability)
-        click.echo(
-            f"availability: {result.products:,} products ({result.unavailable:,} unavailable), "
-            f"{result.changed:,} changed"
-        )
+        _print_availability(load_availability(engine, availability))
     failed = [s for s in summaries if s.status == "failed"]
     if failed:
         raise InputError("; ".join(f"{Path(s.path).name}: {s.message}" for s in failed))

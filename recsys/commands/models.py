@@ -20,10 +20,10 @@ def _default_evaluate() -> str:
     return ",".join(catalog.EVALUATE_DEFAULT)
 
 
-def _console(stderr: bool = False):
-    from rich.console import Console
+def _console():
+    from recsys.progress import console
 
-    return Console(stderr=stderr, highlight=False)
+    return console(highlight=False)
 
 
 def _quiet_tensorflow() -> None:
@@ -110,10 +110,11 @@ def train(
     ctx: click.Context, model_name: str | None, evaluate: bool, feature_set: str, **kwargs
 ) -> None:
     """Train a model from the database and record the run in the model registry."""
+    from recsys import pipeline
     from recsys.commands.database import open_engine
     from recsys.errors import RecsysError
     from recsys.model import catalog
-    from recsys.model.train import TrainConfig, train_run
+    from recsys.model.train import TrainConfig
 
     _quiet_tensorflow()
     settings: Settings = ctx.find_root().obj
@@ -131,7 +132,7 @@ def train(
     engine = open_engine(settings)
     from recsys.progress import progress_for_terminal
 
-    result = train_run(engine, settings, config, progress=progress_for_terminal())
+    result = pipeline.train(engine, settings, config, progress=progress_for_terminal())
     out = _console()
     out.print(
         f"model run {result.run_id}: {result.model_type} trained on {result.n_ratings} ratings of "
@@ -211,43 +212,24 @@ def _auto_lines(metrics: dict) -> list[str]:
 @click.pass_context
 def evaluate(ctx: click.Context, models: str, json_path: str | None, **kwargs) -> None:
     """Train the models on the same splits and compare them on both protocols."""
+    from recsys import pipeline
     from recsys.commands.database import open_engine
-    from recsys.errors import DataError, RecsysError
-    from recsys.evaluation.protocol import evaluate_models, metrics_table
-    from recsys.model import catalog
-    from recsys.model.data import read_rating_data
+    from recsys.evaluation.protocol import metrics_table
 
     _quiet_tensorflow()
     settings: Settings = ctx.find_root().obj
     names = [n.strip() for n in models.split(",") if n.strip()]
-    unknown = [n for n in names if n not in catalog.MODELS]
-    if not names or unknown:
-        raise RecsysError(
-            f"unknown model(s) {', '.join(unknown) or '(none given)'}; "
-            f"known: {', '.join(catalog.names())}"
-        )
-    engine = open_engine(settings)
-    needs_text = [n for n in names if catalog.needs_text(n)]
-    uses_text = needs_text or any(catalog.uses_text(n) for n in names)
-    with engine.connect() as conn:
-        data = read_rating_data(
-            conn,
-            min_ratings=kwargs["min_ratings"] or 0,
-            feature_set_id="current" if uses_text else None,
-        )
-    if needs_text and data.feature_set_id is None:
-        raise DataError(
-            f"{', '.join(needs_text)} need(s) product text vectors and there is no current "
-            "feature set; build one with `recsys features build` (or leave them out of --models)"
-        )
-    if len(data) < 100:
-        raise DataError(f"too few ratings to evaluate: {len(data)} (at least 100 are needed)")
-    options = _options(kwargs)
-    results = evaluate_models(
-        data, names, params_for=lambda n: catalog.model_params(n, options), seed=kwargs["seed"]
+    found = pipeline.evaluate(
+        open_engine(settings),
+        settings,
+        names,
+        options=_options(kwargs),
+        min_ratings=kwargs["min_ratings"] or 0,
+        seed=kwargs["seed"],
     )
+    results = found.results
     title = (
-        f"{len(data)} ratings, {data.n_users} users, {data.n_products} products "
+        f"{found.n_ratings} ratings, {found.n_users} users, {found.n_products} products "
         f"(min_ratings {kwargs['min_ratings'] or 0}, seed {kwargs['seed']})"
     )
     _console().print(metrics_table(results, title=title))

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import replace
 from pathlib import Path
 
 import click
-import sqlalchemy as sa
 
 from recsys.commands.database import open_engine
 from recsys.config import Settings
-from recsys.errors import RecsysError
-from recsys.progress import progress_for_terminal
+from recsys.progress import console, progress_for_terminal
 
 
 def _settings(ctx: click.Context) -> Settings:
@@ -20,49 +17,7 @@ def _settings(ctx: click.Context) -> Settings:
 
 
 def _console():
-    import sys
-
-    from rich.console import Console
-
-    # not a terminal (a log, a pipe): wide enough that titles and reasons are not cut
-    return Console() if sys.stdout.isatty() else Console(width=200)
-
-
-class _ScoreProgress:
-    """A rich progress bar with a users/s rate, fed by score_batches' progress callback."""
-
-    def __init__(self) -> None:
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-        )
-
-        self.bar = Progress(
-            TextColumn("scoring"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[rate]} users/s"),
-            TimeElapsedColumn(),
-            transient=True,
-        )
-        self.task = None
-        self.started = time.perf_counter()
-
-    def __enter__(self) -> _ScoreProgress:
-        self.bar.__enter__()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.bar.__exit__(*exc)
-
-    def __call__(self, done: int, total: int) -> None:
-        if self.task is None:
-            self.task = self.bar.add_task("scoring", total=total, rate="-")
-        rate = done / max(time.perf_counter() - self.started, 1e-9)
-        self.bar.update(self.task, completed=done, rate=f"{rate:,.0f}")
+    return console(wide=True)
 
 
 def _print_summary(summary) -> None:
@@ -167,14 +122,10 @@ def score_command(
     Writes a new recommendation run (one transaction) and, unless --no-publish, serves it.
     Holds the nightly lock, so it never races `recsys run`.
     """
-    from recsys.db.locks import NIGHTLY_JOB, NIGHTLY_LOCK, advisory_lock
-    from recsys.scoring.publish import fail_abandoned_runs
-    from recsys.scoring.score import ScoreOptions, load_model, score_and_write
+    from recsys import pipeline
+    from recsys.scoring.score import ScoreOptions
 
     settings = _settings(ctx)
-    engine = open_engine(settings)
-    from recsys.scoring.gates import GateThresholds
-
     options = ScoreOptions(
         k=k,
         fallback=fallback,
@@ -184,24 +135,14 @@ def score_command(
         max_per_category=max_per_category,
         max_per_brand=max_per_brand,
     )
-    with advisory_lock(engine, NIGHTLY_LOCK, what=NIGHTLY_JOB):
-        with engine.begin() as conn:
-            fail_abandoned_runs(conn)
-        model = load_model(engine, settings, model_run)
-        with _ScoreProgress() as progress:
-            summary = score_and_write(
-                engine,
-                model,
-                options,
-                publish=publish,
-                keep=settings.keep_runs,
-                progress=progress,
-                thresholds=GateThresholds.from_settings(settings),
-            )
-        if publish:
-            from recsys.model.registry import prune_artifacts
-
-            prune_artifacts(engine, settings.models_dir, settings.keep_runs)
+    summary = pipeline.score(
+        open_engine(settings),
+        settings,
+        options,
+        model_run=model_run,
+        publish=publish,
+        progress=progress_for_terminal(),
+    )
     _print_summary(summary)
 
 
@@ -225,16 +166,15 @@ def publish_command(ctx, run_id, rollback, list_runs, force) -> None:
     The run must pass its gates first (full lists, coverage, overlap with the served run, the
     model's NDCG against popularity); a failing gate keeps the served run and exits 2.
     """
-    from recsys.db.locks import NIGHTLY_JOB, NIGHTLY_LOCK, advisory_lock
-    from recsys.scoring import publish
+    from recsys import pipeline
+    from recsys.scoring.publish import format_gates
 
     settings = _settings(ctx)
     engine = open_engine(settings)
     if list_runs:
         from rich.table import Table
 
-        with engine.connect() as conn:
-            runs = publish.list_runs(conn)
+        runs = pipeline.recommendation_runs(engine)
         table = Table(title="recommendation runs")
         for column in (
             "run",
@@ -258,7 +198,7 @@ def publish_command(ctx, run_id, rollback, list_runs, force) -> None:
                 str(r.k),
                 f"{r.n_users:,}",
                 f"{r.n_rows:,}",
-                publish.format_gates(r.gates),
+                format_gates(r.gates),
             )
         _console().print(table)
         return
@@ -266,30 +206,13 @@ def publish_command(ctx, run_id, rollback, list_runs, force) -> None:
         raise click.UsageError("--rollback and --run are exclusive")
     if rollback and force:
         raise click.UsageError("--force applies to --run, not --rollback")
-    from recsys.scoring.gates import GateThresholds, publish_gated
-
-    with advisory_lock(engine, NIGHTLY_LOCK, what=NIGHTLY_JOB):
-        with engine.begin() as conn:
-            if rollback:
-                served, previous = publish.rollback(conn)
-                click.echo(f"rolled back: serving run {served} again (was {previous})")
-                return
-            if run_id is None:
-                run_id = publish.latest_ready_run(conn)
-                if run_id is None:
-                    raise RecsysError("no ready recommendation run; run `recsys score` first")
-        previous, gates = publish_gated(
-            engine,
-            run_id,
-            keep=settings.keep_runs,
-            thresholds=GateThresholds.from_settings(settings),
-            force=force,
-        )
-        from recsys.model.registry import prune_artifacts
-
-        prune_artifacts(engine, settings.models_dir, settings.keep_runs)
-    forced = " (forced past its failed gates)" if gates["forced"] else ""
-    click.echo(f"serving recommendation run {run_id} (was {previous}){forced}")
+    if rollback:
+        served, previous = pipeline.rollback(engine)
+        click.echo(f"rolled back: serving run {served} again (was {previous})")
+        return
+    published = pipeline.publish(engine, settings, run_id, force=force)
+    forced = " (forced past its failed gates)" if published.gates["forced"] else ""
+    click.echo(f"serving recommendation run {published.run_id} (was {published.previous}){forced}")
 
 
 def _pipeline_options(**kw) -> object:
@@ -346,7 +269,7 @@ def _pipeline_decorators(f):
             "--evaluate/--no-evaluate",
             default=True,
             show_default=True,
-            help="Evaluate the model on both protocols while training.",
+            help="Measure the model on both protocols after training (the measure step).",
         ),
         _k_option,
         _fallback_option,
@@ -411,7 +334,7 @@ def _on_step(name: str, status: str, seconds: float) -> None:
 @click.option("--history", is_flag=True, help="Show the last pipeline runs and exit.")
 @click.pass_context
 def run_command(ctx, history, **kw) -> None:
-    """The nightly pipeline: load inbox, features, train, evaluate, score, publish.
+    """The nightly pipeline: load inbox, features, train, measure, verify, score, publish.
 
     Each step is recorded in pipeline_runs / pipeline_steps. A second concurrent run exits at
     once (exit 2). A failed step stops the run and leaves the served recommendations as they
@@ -422,17 +345,15 @@ def run_command(ctx, history, **kw) -> None:
     settings = _settings(ctx)
     engine = open_engine(settings)
     if history:
-        with engine.connect() as conn:
-            for r in pipeline.recent_runs(conn):
-                steps = " ".join(
-                    f"{s['step']}:{s['status']}"
-                    + (f"({s['seconds']:.0f}s)" if s["seconds"] else "")
-                    for s in r["steps"]
-                )
-                click.echo(
-                    f"{r['id']:>5} {r['started_at']:%Y-%m-%d %H:%M} {r['trigger']:<8} "
-                    f"{r['status']:<11} {steps}"
-                )
+        for r in pipeline.history(engine):
+            steps = " ".join(
+                f"{s['step']}:{s['status']}" + (f"({s['seconds']:.0f}s)" if s["seconds"] else "")
+                for s in r["steps"]
+            )
+            click.echo(
+                f"{r['id']:>5} {r['started_at']:%Y-%m-%d %H:%M} {r['trigger']:<8} "
+                f"{r['status']:<11} {steps}"
+            )
         return
     result = _run_stoppable(
         lambda stop: pipeline.run(
@@ -513,66 +434,36 @@ def schedule_command(ctx, cron, timezone, run_now, **kw) -> None:
     )
 
 
-def show_recommendations(conn: sa.Connection, user: str, n_rated: int = 10) -> tuple[list, list]:
-    """(top-rated products, current list) of the user with external id ``user``.
-
-    Raises:
-        RecsysError: the user is unknown, or nothing is published.
-    """
-    user_id = conn.execute(
-        sa.text("SELECT id FROM users WHERE external_id = :u"), {"u": user}
-    ).scalar()
-    if user_id is None:
-        raise RecsysError(f"unknown user {user!r}: no such external id in the users table")
-    rated = conn.execute(
-        sa.text(
-            "SELECT p.external_id, p.title, p.brand, r.rating FROM ratings r "
-            "JOIN products p ON p.id = r.product_id WHERE r.user_id = :u "
-            "ORDER BY r.rating DESC, r.rated_at DESC, p.id LIMIT :n"
-        ),
-        {"u": user_id, "n": n_rated},
-    ).all()
-    if conn.execute(sa.text("SELECT run_id FROM published_recommendations")).scalar() is None:
-        raise RecsysError("no recommendations are published yet; run `recsys run` (or score)")
-    recommended = conn.execute(
-        sa.text(
-            "SELECT rank, asin, title, brand, score, strategy, generated_at, reason "
-            "FROM current_recommendations WHERE user_external_id = :u ORDER BY rank"
-        ),
-        {"u": user},
-    ).all()
-    return rated, recommended
-
-
-def print_recommendations(user: str, rated: list, recommended: list) -> None:
+def print_recommendations(found) -> None:
+    """Render a :class:`recsys.scoring.served.UserRecommendations` as two tables."""
     from rich.table import Table
 
-    console = _console()
+    user, rated, recommended = found.user, found.rated, found.recommended
+    out = _console()
     table = Table(title=f"user {user}: top-rated products")
     for column in ("rating", "product", "title", "brand"):
         table.add_column(column)
-    for asin, title, brand, rating in rated:
-        table.add_row(f"{rating:g}", asin, (title or "")[:60], brand or "")
-    console.print(table)
+    for r in rated:
+        table.add_row(f"{r.rating:g}", r.asin, (r.title or "")[:60], r.brand or "")
+    out.print(table)
     if not recommended:
-        console.print(f"user {user} has no list in the published run (new since it was scored)")
+        out.print(f"user {user} has no list in the published run (new since it was scored)")
         return
-    table = Table(
-        title=f"user {user}: recommendations (generated {recommended[0][6]:%Y-%m-%d %H:%M})"
-    )
+    generated = recommended[0].generated_at
+    table = Table(title=f"user {user}: recommendations (generated {generated:%Y-%m-%d %H:%M})")
     for column in ("rank", "product", "title", "brand", "score", "strategy", "reason"):
         table.add_column(column)
-    for rank, asin, title, brand, score, strategy, _, reason in recommended:
+    for r in recommended:
         table.add_row(
-            str(rank),
-            asin,
-            (title or "")[:60],
-            brand or "",
-            f"{score:.4g}",
-            strategy,
-            (reason or "")[:70],
+            str(r.rank),
+            r.asin,
+            (r.title or "")[:60],
+            r.brand or "",
+            f"{r.score:.4g}",
+            r.strategy,
+            (r.reason or "")[:70],
         )
-    console.print(table)
+    out.print(table)
 
 
 @click.command("recommend")
@@ -588,10 +479,9 @@ def print_recommendations(user: str, rated: list, recommended: list) -> None:
 @click.pass_context
 def recommend_command(ctx, user, n_rated) -> None:
     """Show USER's top-rated products, then their current recommendations (as apps read them)."""
-    engine = open_engine(_settings(ctx))
-    with engine.connect() as conn:
-        rated, recommended = show_recommendations(conn, user, n_rated)
-    print_recommendations(user, rated, recommended)
+    from recsys import pipeline
+
+    print_recommendations(pipeline.recommendations_for(open_engine(_settings(ctx)), user, n_rated))
 
 
 @click.command("demo")
@@ -622,29 +512,10 @@ def demo_command(
     recommendations.
     """
     from recsys import pipeline
-    from recsys.ingest.load import load_files
-    from recsys.ingest.sample import write_sample
 
     settings = _settings(ctx)
-    engine = open_engine(settings)
     sample_dir = Path(workdir) / "sample"
     click.echo(f"-> writing a sample of {ratings:,} ratings into {sample_dir}", err=True)
-    files = write_sample(sample_dir, users=users, products=products, ratings=ratings, seed=seed)
-
-    def load_step(step_ctx) -> dict:
-        summaries = load_files(
-            step_ctx.engine,
-            step_ctx.settings,
-            ratings=[files.ratings_path],
-            metadata=[files.metadata_path],
-            skip_loaded=True,
-        )
-        return {"files": len(summaries)}
-
-    steps = [
-        pipeline.Step("load", load_step),
-        *[s for s in pipeline.DEFAULT_STEPS if s.name != "load"],
-    ]
     options = replace(
         pipeline.PipelineOptions(),
         model=model,
@@ -654,22 +525,17 @@ def demo_command(
         evaluate=False,
         seed=seed,
     )
-    result = pipeline.run(engine, settings, options, trigger="demo", steps=steps, on_step=_on_step)
+    result, found = pipeline.demo(
+        open_engine(settings),
+        settings,
+        sample_dir,
+        pipeline.SampleSize(users=users, products=products, ratings=ratings),
+        options,
+        on_step=_on_step,
+    )
     _print_pipeline(result)
-    with engine.connect() as conn:
-        # the most active user with a model list: their rated products say the most
-        user = conn.execute(
-            sa.text(
-                "SELECT u.external_id FROM users u JOIN ratings r ON r.user_id = u.id "
-                "WHERE EXISTS (SELECT 1 FROM current_recommendations c "
-                "WHERE c.user_external_id = u.external_id AND c.strategy = 'model') "
-                "GROUP BY u.id ORDER BY count(*) DESC, u.id LIMIT 1"
-            )
-        ).scalar()
-        if user is None:
-            raise RecsysError("the demo published no model recommendations")
-        rated, recommended = show_recommendations(conn, user)
-    print_recommendations(user, rated, recommended)
+    print_recommendations(found)
+    user = found.user
     click.echo(
         f"\nread them with SQL: SELECT * FROM current_recommendations WHERE "
         f"user_external_id = '{user}' ORDER BY rank;",

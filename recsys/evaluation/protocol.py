@@ -90,20 +90,27 @@ def evaluate_models(
     data: RatingData,
     names: Sequence[str],
     *,
+    create: Callable[..., Recommender],
     params_for: Callable[[str], dict[str, Any]] | None = None,
     seed: int = 0,
     splits: Splits | None = None,
 ) -> list[ModelEvaluation]:
-    """Evaluate catalogue models by name on the same splits of ``data``."""
-    from recsys.model import catalog
+    """Evaluate models by name on the same splits of ``data``.
 
+    Args:
+        data: the ratings.
+        names: the models, in order.
+        create: builds a fresh model from its name and parameters (the caller's registry,
+            e.g. ``recsys.model.catalog.create``), so evaluation depends on no model code.
+        params_for: each name's parameters (None: none).
+        seed: the fits' seed.
+        splits: the splits (None: :func:`make_splits` of ``data``).
+    """
     splits = splits or make_splits(data)
     results = []
     for name in names:
         params = params_for(name) if params_for else {}
-        results.append(
-            evaluate_model(lambda n=name, p=params: catalog.create(n, **p), splits, seed=seed)
-        )
+        results.append(evaluate_model(lambda n=name, p=params: create(n, **p), splits, seed=seed))
     return results
 
 

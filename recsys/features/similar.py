@@ -85,3 +85,27 @@ def similar_products(
         cur.execute(similar_sql(info), {"v": vector_text, "p": product.id, "k": k})
         rows = cur.fetchall()
     return info, [SimilarProduct(int(r[0]), r[1], r[2], r[3], float(r[4])) for r in rows]
+
+
+@dataclass(frozen=True)
+class SimilarTo:
+    """The answer of :func:`similar_to`: the product, the feature set and its neighbours."""
+
+    external_id: str
+    title: str | None
+    feature_set: FeatureSetInfo
+    similar: list[SimilarProduct]
+
+
+def similar_to(engine: sa.Engine, external_id: str, k: int = 10) -> SimilarTo:
+    """:func:`similar_products` of one product over the current set, with the product's title.
+
+    Raises:
+        DataError: as :func:`similar_products`.
+    """
+    with engine.begin() as conn:
+        info, rows = similar_products(conn, external_id, k)
+        title = conn.execute(
+            sa.text("SELECT title FROM products WHERE external_id = :e"), {"e": external_id}
+        ).scalar()
+    return SimilarTo(external_id, title, info, rows)

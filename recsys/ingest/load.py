@@ -30,6 +30,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -85,18 +86,25 @@ def _check_rejects(path: Path, counts: Counts, max_reject_rate: float) -> None:
         raise _TooManyRejects
 
 
-def _load_general(
-    engine: Engine,
-    path: Path,
-    fmt: Format,
-    counts: Counts,
-    rejects: Rejects,
-    max_reject_rate: float,
-    progress: FileProgress,
-    started: float,
-    started_at: datetime,
-    limits: LoadLimits,
-) -> tuple[LoadSummary, int]:
+@dataclass(frozen=True)
+class _FileLoad:
+    """What both paths need of one file's load (its counters travel beside it: the fast path
+    hands a file to the general path with fresh ones)."""
+
+    engine: Engine
+    path: Path
+    fmt: Format
+    max_reject_rate: float
+    progress: FileProgress
+    started: float
+    """``time.perf_counter()`` when the load began."""
+    started_at: datetime
+    limits: LoadLimits
+
+
+def _load_general(job: _FileLoad, counts: Counts, rejects: Rejects) -> tuple[LoadSummary, int]:
+    engine, path, fmt, progress, limits = job.engine, job.path, job.fmt, job.progress, job.limits
+    max_reject_rate, started, started_at = job.max_reject_rate, job.started, job.started_at
     with LineSource(path, max_line_bytes=limits.max_line_bytes) as source:
         progress.size = source.size
         with engine.begin() as conn:
@@ -124,18 +132,9 @@ def _load_general(
             return summary, record_load(conn, summary, started_at, rejects)
 
 
-def _load_fast(
-    engine: Engine,
-    path: Path,
-    fmt: Format,
-    counts: Counts,
-    rejects: Rejects,
-    max_reject_rate: float,
-    progress: FileProgress,
-    started: float,
-    started_at: datetime,
-    limits: LoadLimits,
-) -> tuple[LoadSummary, int]:
+def _load_fast(job: _FileLoad, counts: Counts, rejects: Rejects) -> tuple[LoadSummary, int]:
+    engine, path, fmt, progress, limits = job.engine, job.path, job.fmt, job.progress, job.limits
+    max_reject_rate, started, started_at = job.max_reject_rate, job.started, job.started_at
     parsed = fast.read_ratings(path, fmt, counts, rejects, progress, limits)
     progress.finish()
     try:
@@ -184,23 +183,13 @@ def load_file(
     counts = Counts()
     rejects = Rejects(counts, fmt.encoding)
     file_progress = FileProgress(progress, f"load {path.name}", size)
+    job = _FileLoad(engine, path, fmt, max_reject_rate, file_progress, started, started_at, limits)
     try:
         try:
             summary = None
             if fast_path and fast.supports(fmt):
                 try:
-                    summary, load_id = _load_fast(
-                        engine,
-                        path,
-                        fmt,
-                        counts,
-                        rejects,
-                        max_reject_rate,
-                        file_progress,
-                        started,
-                        started_at,
-                        limits,
-                    )
+                    summary, load_id = _load_fast(job, counts, rejects)
                 except fast.FastPathUnsupported as why:
                     _log.info("%s: general loader (%s)", path, why)
                     file_progress.finish()
@@ -208,18 +197,7 @@ def load_file(
                     counts = Counts()
                     rejects = Rejects(counts, fmt.encoding)
             if summary is None:
-                summary, load_id = _load_general(
-                    engine,
-                    path,
-                    fmt,
-                    counts,
-                    rejects,
-                    max_reject_rate,
-                    file_progress,
-                    started,
-                    started_at,
-                    limits,
-                )
+                summary, load_id = _load_general(job, counts, rejects)
         except _TooManyRejects as err:
             share = counts.rejected / counts.read
             message = (

@@ -105,25 +105,32 @@ def _csv_fields(line: str, expected: int) -> list[str]:
     return fields
 
 
+def _rating_row(user_id: str, movie_id: str, rating: str, timestamp: str) -> RatingRow:
+    """A rating of the ``latest`` and ``.dat`` layouts: half stars 0.5-5, epoch seconds."""
+    return RatingRow(user_id, movie_id, parse_rating(rating, 0.5, 5.0, 0.5), parse_epoch(timestamp))
+
+
+def _movie_row(movie_id: str, title: str, genres: str) -> ProductRow:
+    """A movie of the ``latest`` and ``.dat`` layouts: ``|``-separated genres as categories."""
+    names = [g for g in genres.split("|") if g and g != "(no genres listed)"]
+    return ProductRow(
+        external_id=movie_id,
+        title=title or None,
+        categories=names or None,
+        raw={"title": title, "genres": names},
+    )
+
+
 def parse_latest_rating(line: str) -> RatingRow:
     user, movie, rating, timestamp = _csv_fields(line, 4)
-    return RatingRow(
-        require_id(user, "user id"),
-        require_id(movie, "product id"),
-        parse_rating(rating, 0.5, 5.0, 0.5),
-        parse_epoch(timestamp),
+    return _rating_row(
+        require_id(user, "user id"), require_id(movie, "product id"), rating, timestamp
     )
 
 
 def parse_latest_movie(line: str) -> ProductRow:
     movie, title, genres = _csv_fields(line, 3)
-    names = [g for g in genres.split("|") if g and g != "(no genres listed)"]
-    return ProductRow(
-        external_id=require_id(movie, "movie id"),
-        title=title or None,
-        categories=names or None,
-        raw={"title": title, "genres": names},
-    )
+    return _movie_row(require_id(movie, "movie id"), title, genres)
 
 
 def parse_latest_tag(line: str) -> ProductRow:
@@ -176,11 +183,8 @@ def _dat_fields(line: str, expected: int, text_at: int | None = None) -> list[st
 
 def parse_dat_rating(line: str) -> RatingRow:
     user, movie, rating, timestamp = _dat_fields(line, 4)
-    return RatingRow(
-        _dat_int_id(user, "user id"),
-        _dat_int_id(movie, "movie id"),
-        parse_rating(rating, 0.5, 5.0, 0.5),
-        parse_epoch(timestamp),
+    return _rating_row(
+        _dat_int_id(user, "user id"), _dat_int_id(movie, "movie id"), rating, timestamp
     )
 
 
@@ -191,13 +195,7 @@ def parse_dat_movie(line: str) -> ProductRow:
     if not any(c.isalpha() for c in genres) or any(c.isdigit() for c in genres):
         # genre names are words; this keeps 1M's users.dat (...::Zip-code) from reading as movies
         raise BadLine(f"genres are not |-separated names: {genres[:40]!r}")
-    names = [g for g in genres.split("|") if g and g != "(no genres listed)"]
-    return ProductRow(
-        external_id=_dat_int_id(movie, "movie id"),
-        title=title or None,
-        categories=names or None,
-        raw={"title": title, "genres": names},
-    )
+    return _movie_row(_dat_int_id(movie, "movie id"), title, genres)
 
 
 def parse_dat_tag(line: str) -> ProductRow:

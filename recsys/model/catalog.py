@@ -292,7 +292,7 @@ for _spec in (
     ),
     ModelSpec(
         "lightfm",
-        "recsys.evaluation.peers:LightFMPeer",
+        "recsys.model.lightfm:LightFMPeer",
         LightFMConfig,
         "LightFM WARP (evaluation peer; pip install 'recsys[peers]')",
         cli_options=(),
@@ -301,7 +301,7 @@ for _spec in (
     ),
     ModelSpec(
         "lightfm_text",
-        "recsys.evaluation.peers:LightFMPeer",
+        "recsys.model.lightfm:LightFMPeer",
         LightFMConfig,
         "LightFM WARP with product text features (evaluation peer)",
         needs_text=True,

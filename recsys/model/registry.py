@@ -139,6 +139,31 @@ def finish_run(
         raise RecsysError(f"model run {run_id} is no longer running (marked failed meanwhile?)")
 
 
+def add_metrics(conn: sa.Connection, run_id: int, metrics: dict[str, Any]) -> None:
+    """Add measurements to a succeeded run's metrics (keys given replace the stored ones)."""
+    conn.execute(
+        sa.text(
+            "UPDATE model_runs SET metrics = coalesce(metrics, '{}'::jsonb) || CAST(:m AS jsonb) "
+            "WHERE id = :id"
+        ),
+        {"m": _json(metrics), "id": run_id},
+    )
+
+
+def withdraw_run(conn: sa.Connection, run_id: int, reason: str) -> None:
+    """Mark a succeeded run failed (a later step of its training failed); it is not loaded.
+
+    The caller deletes its artifacts; path and checksum are cleared with the status.
+    """
+    conn.execute(
+        sa.text(
+            "UPDATE model_runs SET status = 'failed', failure_reason = :r, artifact_path = NULL, "
+            "checksum = NULL WHERE id = :id AND status = 'succeeded'"
+        ),
+        {"r": reason.splitlines()[0][:1000] if reason else "failed", "id": run_id},
+    )
+
+
 def fail_run(conn: sa.Connection, run_id: int, reason: str) -> None:
     """Mark a running run failed with a one-line reason."""
     conn.execute(

@@ -12,10 +12,12 @@ Steps, each visible in the registry:
    selects its model on a train-internal split first (``recsys.model.auto``) and the run
    records the chosen model's name; with ``internal=True`` (the nightly run) a second fit on
    the train-internal split's fitting part gives ``metrics["internal"]``;
-4. unless ``evaluate=False``: the evaluation protocol (``recsys.evaluation.protocol``), i.e.
-   two extra fits of the (chosen) model type on the seed and rank splits (70% and 80% of the
-   ratings) plus the metrics, about 2x the cost of training alone; ``evaluate=False``
-   (``--no-evaluate``) skips it;
+4. the evaluation protocol (two extra fits of the served model type on the seed and rank
+   splits, about 2x the cost of training alone) is not run here: the run returns its
+   ratings and :func:`evaluation_factory`, and the caller measures with them
+   (``recsys.pipeline`` runs it as its own ``measure`` step, adds the metrics to the
+   registry row, and withdraws the run if the measurement fails). ``evaluate`` in the
+   config is recorded with the run's parameters;
 5. artifacts (model, index maps, run.json, training curve PNG, manifest) into a temporary
    folder renamed to ``models_dir/<run>``, then the row is marked ``succeeded`` with the
    checksum. Any exception (NaN loss, too few ratings, Ctrl-C) marks the run ``failed`` with
@@ -109,9 +111,13 @@ class TrainResult:
     checksum: str
     seconds: float
     evaluation_seconds: float = 0.0
-    """Of ``seconds``, the evaluation protocol's two extra fits (0 with ``evaluate=False``)."""
+    """The evaluation protocol's two extra fits, once measured (0: not measured)."""
     fit_seconds: float = 0.0
     """Of ``seconds``, the final fit."""
+    served_params: dict[str, Any] = field(default_factory=dict)
+    """The parameters the served model type was created with (for :func:`evaluation_factory`)."""
+    data: RatingData | None = field(default=None, repr=False, compare=False)
+    """The ratings the run trained on (for the evaluation protocol; None once measured)."""
 
 
 AUTO_FILTER_ABOVE = 2_000_000
@@ -249,7 +255,7 @@ def train_run(
     progress: ProgressSink = NO_PROGRESS,
     should_stop: Callable[[], bool] | None = None,
 ) -> TrainResult:
-    """Train, evaluate and register one model run (see the module docstring).
+    """Train and register one model run (see the module docstring).
 
     Args:
         engine, settings, config: the database, settings and what to train.
@@ -305,7 +311,6 @@ def train_run(
             )
         check_enough(data, config)
         metrics: dict[str, Any] = {}
-        evaluation_seconds = 0.0
         fit_started = time.perf_counter()
         history = with_hooks(recommender, progress, should_stop).fit(data, seed=config.seed)
         fit_seconds = time.perf_counter() - fit_started
@@ -331,26 +336,6 @@ def train_run(
             )
         with engine.begin() as conn:  # the filter chosen, and for auto the model chosen
             registry.set_model(conn, run_id, served, recorded_params)
-        if config.evaluate:
-            from recsys.evaluation.protocol import evaluate_model, format_metrics, make_splits
-
-            evaluation_started = time.perf_counter()
-            evaluating = _Prefixed(progress, "evaluation: ")
-            evaluation = evaluate_model(
-                lambda: with_hooks(
-                    catalog.create(served, **served_params), evaluating, should_stop
-                ),
-                make_splits(data),
-                seed=config.seed,
-            )
-            metrics.update(evaluation.as_dict())
-            evaluation_seconds = time.perf_counter() - evaluation_started
-            _log.info(
-                "model run %d evaluation (%.1f s, two extra fits; --no-evaluate skips it): %s",
-                run_id,
-                evaluation_seconds,
-                format_metrics(evaluation),
-            )
         models_dir = Path(settings.models_dir)
         staging = registry.staging_dir(models_dir, run_id)
         run_info = {
@@ -393,11 +378,10 @@ def train_run(
         raise
     seconds = time.perf_counter() - started
     _log.info(
-        "model run %d succeeded in %.1f s (final fit %.1f s, evaluation %.1f s): %s",
+        "model run %d succeeded in %.1f s (final fit %.1f s): %s",
         run_id,
         seconds,
         fit_seconds,
-        evaluation_seconds,
         final,
     )
     return TrainResult(
@@ -412,8 +396,24 @@ def train_run(
         artifact_path=final,
         checksum=checksum,
         seconds=seconds,
-        evaluation_seconds=evaluation_seconds,
         fit_seconds=fit_seconds,
+        served_params=dict(served_params),
+        data=data,
+    )
+
+
+def evaluation_factory(
+    result: TrainResult,
+    progress: ProgressSink = NO_PROGRESS,
+    should_stop: Callable[[], bool] | None = None,
+) -> Callable[[], Any]:
+    """Fresh, untrained models of the type ``result`` serves, with the parameters it used.
+
+    Their fits report to ``progress`` as ``evaluation: <phase>`` and poll ``should_stop``.
+    """
+    evaluating = _Prefixed(progress, "evaluation: ")
+    return lambda: with_hooks(
+        catalog.create(result.model_type, **result.served_params), evaluating, should_stop
     )
 
 

@@ -1,27 +1,19 @@
-"""Peers for ``recsys evaluate``: LightFM WARP (+ product text), and EASE and implicit ALS.
+"""LightFM WARP (+ product text) as a model beside EASE and ALS, behind the ``peers`` extra.
 
-EASE and ALS live in :mod:`recsys.model.ease` and :mod:`recsys.model.als` (nightly models);
-``EASEPeer`` / ``ALSPeer`` are their evaluation names, re-exported here.
+``lightfm`` / ``lightfm_text`` in the catalogue: a :class:`recsys.data.Recommender` that ranks
+(``score_users``) and predicts no ratings (``predicts_ratings = False``; ``predict`` raises
+NotImplementedError). It sees the training ratings as implicit feedback (rated = 1), as
+ANCHORS.md measures the peers; ``lightfm_text`` adds each product's text vector from the
+feature store (L2-normalised, beside the identity feature), so cold products are scored
+through their text alone (:meth:`LightFMPeer.score_new_products`). Needs ``recsys[peers]``
+(``rectools-lightfm``: the maintained build of LightFM 1.17, whose original sdist does not
+build on Python 3.11 here).
 
-Each is a :class:`recsys.model.base.Recommender` that ranks (``score_users``) and predicts no
-ratings (``predicts_ratings = False``; ``predict`` raises NotImplementedError). They see the
-training ratings as implicit feedback (rated = 1), as ANCHORS.md measures them.
-
-Hyper-parameters are tuned on a TRAIN-INTERNAL split, never on the test part:
-:func:`internal_rank_split` holds out 20% of each user's training ratings (the rank protocol with
-another seed), each candidate setting is fitted on the rest and scored by NDCG@10 there, and the
-best setting is refitted on the whole training part. Grids are small on purpose (2 shared cores).
-
-* ``ease``: Steck 2019, closed form ``B = I - P^-1 diag(1/diag(P^-1))`` with
-  ``P = X^T X + lambda I`` over the binary user x product matrix; score ``X_u B``. numpy only.
-  lambda from ``lambdas``.
-* ``als``: implicit 0.7 ``AlternatingLeastSquares`` (confidence ``1 + alpha``), score
-  ``U_u . V_i``; factors, regularization and alpha from a small grid. Needs ``recsys[peers]``.
-* ``lightfm`` / ``lightfm_text``: LightFM WARP; ``lightfm_text`` adds each product's text vector
-  from the feature store (L2-normalised, beside the identity feature), so cold products are
-  scored through their text alone (:meth:`LightFMPeer.score_new_products`). Epochs tuned.
-  Needs ``recsys[peers]`` (``rectools-lightfm``: the maintained build of LightFM 1.17, whose
-  original sdist does not build on Python 3.11 here).
+The number of epochs is tuned on a TRAIN-INTERNAL split, never on the test part
+(:func:`recsys.evaluation.tuning.internal_rank_split` holds out 20% of each user's training
+ratings; each candidate is fitted on the rest and scored by NDCG@10 there, and the best is
+refitted on the whole training part). EASE and implicit ALS, the other peers, are
+:mod:`recsys.model.ease` and :mod:`recsys.model.als`.
 
 Saved models: ``recommender.json`` + ``peer.npz`` (factor matrices and the training history the
 score needs).
@@ -38,30 +30,14 @@ import numpy as np
 from recsys.data import FitHistory, RatingData
 from recsys.errors import DataError, RecsysError
 from recsys.evaluation.tuning import internal_rank_split, validation_ndcg
-
-# EASE and implicit ALS are nightly models in recsys.model; the evaluation names stay valid
-from recsys.model.als import ALSRecommender as ALSPeer
-from recsys.model.als import FactorModel as FactorPeer
+from recsys.model.als import FactorModel
 from recsys.model.als import require as _require
-from recsys.model.ease import EASERecommender as EASEPeer
 from recsys.model.ease import interaction_matrix
 
 _log = logging.getLogger(__name__)
 
 
-__all__ = [
-    "ALSPeer",
-    "EASEPeer",
-    "FactorPeer",
-    "LightFMPeer",
-    "PEERS",
-    "interaction_matrix",
-    "internal_rank_split",
-    "validation_ndcg",
-]
-
-
-class LightFMPeer(FactorPeer):
+class LightFMPeer(FactorModel):
     """LightFM WARP, optionally with the product text vectors as item features.
 
     Args:
@@ -177,3 +153,4 @@ class LightFMPeer(FactorPeer):
 
 
 PEERS = ("ease", "als", "lightfm", "lightfm_text")
+"""The catalogue names of the evaluation peers (ANCHORS.md)."""
