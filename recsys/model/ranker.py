@@ -43,7 +43,8 @@ runs only when it fits in what is left (projected from the search's own epoch ti
 the rating counts) and the search was not cut short; otherwise the search's best weights are
 served, with user vectors pooled from ALL training ratings (the user vector depends only on
 the history, so this is exact, as fold-in is). The rating head stops after the first epoch that
-leaves less than another epoch's time before the budget ends, with its best weights. Below the
+leaves less than another epoch's time before the budget ends, or within an epoch once the
+budget has ended, with its best weights (it predicts ratings; the lists do not use it). Below the
 budget training is deterministic per seed; a run the budget cuts short depends on the machine's
 speed, and says so in its ``stopped_reason``, ``params["refit"]`` and the log.
 
@@ -674,6 +675,14 @@ class _RatingHeadProgress:
                 if loss is not None:
                     fields["loss"] = float(loss)
                 progress.update(min((step + 1) * batch, n_ratings), **fields)
+                if deadline is not None and time.monotonic() > deadline:
+                    # EarlyStopping still restores its best weights when training ends
+                    _log.info(
+                        "ranker: time budget: rating head stopped in epoch %d, step %d",
+                        self.epoch,
+                        step + 1,
+                    )
+                    self.model.stop_training = True
                 if should_stop is not None and should_stop():
                     _log.info("ranker: stop requested; stopping the rating head")
                     raise TrainingInterrupted(
