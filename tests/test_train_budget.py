@@ -183,3 +183,23 @@ def test_auto_time_budget_is_a_validated_parameter() -> None:
     assert catalog.create("auto", time_budget_s=None).params["time_budget_s"] is None
     with pytest.raises(RecsysError, match="time_budget_s"):
         catalog.create("auto", time_budget_s="soon")
+
+
+def test_auto_out_of_time_after_the_contest_still_serves_a_working_model() -> None:
+    clock = _Clock()
+    data = planted_clusters()
+    ranker = {**FAST, "epochs": 2}
+    auto = AutoRecommender(
+        candidates=["ranker", "ease"], time_budget_s=1000.0, params={"ranker": ranker}, clock=clock
+    )
+    auto.fit(data, progress=_Jump(clock, "contest NDCG@10 of ease", 2000.0))
+    final = auto.selection["budget"]["final"]
+    if auto.chosen_name in ("ranker", "blend"):
+        assert final == "extended"
+    else:
+        assert final == "refit with tuned parameters"
+        assert auto.chosen.params["lam"] == auto.chosen.params.get(
+            "tuned_lam", auto.chosen.params["lam"]
+        )
+    scores = auto.score_users(np.arange(data.n_users))
+    assert scores.shape == (data.n_users, data.n_products) and np.all(np.isfinite(scores))

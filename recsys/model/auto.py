@@ -29,8 +29,9 @@ The whole ``fit`` aims to end within it; every cut is logged and recorded in
 * the winner is refitted on all training data when its projected refit (its contest fit
   seconds times the ratio of the rating counts) fits in the time left; otherwise a model that
   can re-pool its users from a longer history (the ranker: :meth:`RankerRecommender.extend`)
-  is served as fitted in the contest with its user vectors pooled from ALL training ratings,
-  and any other is refitted with the hyper-parameters it tuned in the contest.
+  is served as fitted in the contest with its user vectors pooled from ALL training ratings
+  (the blend: that ranker, EASE refitted with its contest lambda, the contest's weight), and
+  any other is refitted with the hyper-parameters it tuned in the contest.
 
 Below the budget nothing changes and training is deterministic per seed; a run the budget cuts
 short depends on the machine's speed.
@@ -295,12 +296,16 @@ class AutoRecommender:
             started = time.perf_counter()
             try:
                 model = self._create(name, contest=True)
+                budget_now = self.candidate_budget(name)  # after the imports model creation did
+                if budget_now is not None and "time_budget_s" in getattr(model, "params", {}):
+                    model.params["time_budget_s"] = budget_now
                 hooks = _hooks(model, progress, should_stop)
                 if "progress" not in hooks:  # a phase of its own, so the fit is not silent
-                    progress.start(f"auto: fit {name} ({position}/{len(names)})", None, "fits")
+                    progress.start(f"auto: fit {name} ({position}/{len(names)})", 1, "fits")
                 histories[name] = model.fit(fit_part, seed=seed, **hooks)
                 seconds[name] = time.perf_counter() - started
                 if "progress" not in hooks:
+                    progress.update(1)
                     progress.finish()
                 progress.start(
                     f"auto: contest NDCG@10 of {name}", len(np.unique(contest.users)), "users"
@@ -421,6 +426,38 @@ class AutoRecommender:
                 params["time_budget_s"] = max(left, 1.0)
             self.chosen = catalog.create(name, **params)
             return self.chosen.fit(train, seed=seed, **_hooks(self.chosen, progress, stop))
+        if name == BLEND:
+            from recsys.model.blend import BlendRecommender
+
+            self.final = "extended"
+            _log.info(
+                "auto: time budget: %.0f s left, a refit of the blend would take about %.0f s; "
+                "serving its contest ranker with users pooled from all %d ratings and EASE "
+                "refitted with its contest lambda",
+                left,
+                projected,
+                len(train),
+            )
+            ranker, ease = fitted["ranker"], fitted["ease"]
+            wanted = params.get("ranker", {}).get("rating_head", catalog.RankerConfig().rating_head)
+            ranker.extend(
+                train,
+                seed=seed,
+                rating_head=bool(wanted),
+                deadline=self.deadline,
+                **_hooks(ranker, progress, stop),
+            )
+            ease_params = dict(params.get("ease", {}))
+            if ease.params.get("tuned_lam") is not None:
+                ease_params["lam"] = ease.params["tuned_lam"]
+            refitted = catalog.create("ease", **ease_params)
+            refitted.fit(train, seed=seed)
+            self.chosen = BlendRecommender.from_parts(ranker, refitted, float(params["weight"]))
+            history = histories["ranker"]
+            return replace(
+                history,
+                stopped_reason=f"{history.stopped_reason}; blend served from auto's contest",
+            )
         model = fitted.get(name)
         if model is not None and hasattr(model, "extend"):
             self.final = "extended"
