@@ -109,7 +109,9 @@ def test_the_ranker_without_a_budget_refits() -> None:
 
 def test_auto_skips_a_candidate_when_too_little_budget_is_left() -> None:
     clock = _Clock(after_first=100.0 - MIN_CANDIDATE_S + 1)
-    auto = AutoRecommender(candidates=["ease", "popularity"], time_budget_s=100.0, clock=clock)
+    auto = AutoRecommender(
+        candidates=["ease", "popularity"], time_budget_s=100.0, budget_min_ratings=0, clock=clock
+    )
     # under MIN_CANDIDATE_S left once the fit has started: ease is not started, popularity
     # (free) still runs and is served
     auto.fit(planted_clusters())
@@ -121,7 +123,9 @@ def test_auto_skips_a_candidate_when_too_little_budget_is_left() -> None:
 
 
 def test_auto_with_time_left_starts_every_candidate_and_refits() -> None:
-    auto = AutoRecommender(candidates=["ease", "popularity"], time_budget_s=1e6)
+    auto = AutoRecommender(
+        candidates=["ease", "popularity"], time_budget_s=1e6, budget_min_ratings=0
+    )
     auto.fit(planted_clusters())
     assert {c["model"] for c in auto.selection["candidates"]} == {"ease", "popularity"}
     assert auto.selection["budget"]["final"] == "refit"
@@ -153,7 +157,11 @@ def test_auto_serves_the_contest_ranker_extended_when_no_refit_fits() -> None:
     data = _data(per_user=20)
     ranker = {**FAST, "epochs": 2, "rating_head": True, "rating_epochs": 1}
     auto = AutoRecommender(
-        candidates=["ranker"], time_budget_s=1000.0, params={"ranker": ranker}, clock=clock
+        candidates=["ranker"],
+        time_budget_s=1000.0,
+        budget_min_ratings=0,
+        params={"ranker": ranker},
+        clock=clock,
     )
     # the contest measurement of the ranker uses up the budget: no refit fits any more
     auto.fit(data, progress=_Jump(clock, "contest NDCG@10 of ranker", 2000.0))
@@ -190,7 +198,11 @@ def test_auto_out_of_time_after_the_contest_still_serves_a_working_model() -> No
     data = planted_clusters()
     ranker = {**FAST, "epochs": 2}
     auto = AutoRecommender(
-        candidates=["ranker", "ease"], time_budget_s=1000.0, params={"ranker": ranker}, clock=clock
+        candidates=["ranker", "ease"],
+        time_budget_s=1000.0,
+        budget_min_ratings=0,
+        params={"ranker": ranker},
+        clock=clock,
     )
     auto.fit(data, progress=_Jump(clock, "contest NDCG@10 of ease", 2000.0))
     final = auto.selection["budget"]["final"]
@@ -203,3 +215,13 @@ def test_auto_out_of_time_after_the_contest_still_serves_a_working_model() -> No
         )
     scores = auto.score_users(np.arange(data.n_users))
     assert scores.shape == (data.n_users, data.n_products) and np.all(np.isfinite(scores))
+
+
+def test_auto_trains_small_data_without_a_budget() -> None:
+    clock = _Clock(after_first=1e9)  # the budget would be long gone
+    auto = AutoRecommender(candidates=["ease", "popularity"], time_budget_s=1.0, clock=clock)
+    data = planted_clusters()
+    assert len(data) < auto.params["budget_min_ratings"]
+    auto.fit(data)
+    assert {c["model"] for c in auto.selection["candidates"]} == {"ease", "popularity"}
+    assert "budget" not in auto.selection and auto.deadline is None

@@ -13,9 +13,11 @@
 3. The winner (ties: the first in catalogue order) is refitted on all the training data; that
    is the model that is saved and served (its own ``recommender.json``).
 
-Time budget (``time_budget_s``, default :data:`DEFAULT_TIME_BUDGET_S`; None or 0: none).
-The whole ``fit`` aims to end within it; every cut is logged and recorded in
-``selection["budget"]``:
+Time budget (``time_budget_s``, default :data:`DEFAULT_TIME_BUDGET_S`; None or 0: none),
+for training data of at least ``budget_min_ratings`` ratings (default
+:data:`DEFAULT_BUDGET_MIN_RATINGS`; smaller data trains without one, so its result never
+depends on the machine's load). The whole ``fit`` aims to end within it; every cut is logged
+and recorded in ``selection["budget"]``:
 
 * the contest's NDCG@10 is measured on at most ``contest_users`` held-out users (a sample with
   seed :data:`INTERNAL_SEED`; all of them on smaller data), because a full evaluation of every
@@ -31,7 +33,9 @@ The whole ``fit`` aims to end within it; every cut is logged and recorded in
   can re-pool its users from a longer history (the ranker: :meth:`RankerRecommender.extend`)
   is served as fitted in the contest with its user vectors pooled from ALL training ratings
   (the blend: that ranker, EASE refitted with its contest lambda, the contest's weight), and
-  any other is refitted with the hyper-parameters it tuned in the contest.
+  any other is refitted with the hyper-parameters it tuned in the contest. That ranker trains
+  its rating head only with at least :data:`MIN_RATING_HEAD_S` left (it predicts ratings for
+  the evaluation protocol; the lists do not use it); otherwise it is served without one.
 
 Below the budget nothing changes and training is deterministic per seed; a run the budget cuts
 short depends on the machine's speed.
@@ -66,6 +70,8 @@ POPULARITY = "popularity"
 DEFAULT_TIME_BUDGET_S = 480.0
 """Default wall seconds of one ``auto`` fit (the nightly train step's target is 10 minutes,
 reading the data and writing the artifacts included)."""
+DEFAULT_BUDGET_MIN_RATINGS = 500_000
+"""Below this many training ratings ``auto`` trains without a time budget."""
 DEFAULT_CONTEST_USERS = 5_000
 """Default number of held-out users the contest's NDCG@10 is measured on (a seeded sample)."""
 RANKER_SHARE = 0.6
@@ -74,6 +80,8 @@ ALS_SHARE = 0.15
 """Share of the budget the ALS contest fit (grid and refit on the fitting part) may use."""
 MIN_CANDIDATE_S = 20.0
 """A candidate other than popularity is not started with fewer seconds of the budget left."""
+MIN_RATING_HEAD_S = 60.0
+"""A ranker served from the contest trains its rating head only with this much budget left."""
 
 
 def internal_split(train: RatingData) -> tuple[RatingData, RatingData]:
@@ -145,6 +153,7 @@ class AutoRecommender:
         ease_memory_mb: EASE's memory budget; larger catalogues leave EASE (and blend) out.
         params: per-candidate parameters, by model name.
         time_budget_s: wall seconds the fit aims to end within (None or 0: no budget).
+        budget_min_ratings: the budget applies from this many training ratings.
         contest_users: held-out users the contest is measured on (0: all).
         clock: monotonic seconds (the budget's clock; tests pass a fake one).
     """
@@ -158,6 +167,7 @@ class AutoRecommender:
         ease_memory_mb: int = 4096,
         params: dict[str, dict[str, Any]] | None = None,
         time_budget_s: float | None = DEFAULT_TIME_BUDGET_S,
+        budget_min_ratings: int = DEFAULT_BUDGET_MIN_RATINGS,
         contest_users: int = DEFAULT_CONTEST_USERS,
         clock: Any = time.monotonic,
     ) -> None:
@@ -166,6 +176,7 @@ class AutoRecommender:
             "ease_memory_mb": int(ease_memory_mb),
             "params": {k: dict(v) for k, v in (params or {}).items()},
             "time_budget_s": float(time_budget_s) if time_budget_s else None,
+            "budget_min_ratings": int(budget_min_ratings),
             "contest_users": int(contest_users),
         }
         self.clock = clock
@@ -279,6 +290,8 @@ class AutoRecommender:
         if len(train) == 0:
             raise DataError("no training ratings")
         budget = self.params["time_budget_s"]
+        if len(train) < self.params["budget_min_ratings"]:
+            budget = None
         self.deadline = None if not budget else self.clock() + budget
         names, skipped = self.plan(train)
         fit_part, held_out = internal_split(train)
@@ -395,6 +408,17 @@ class AutoRecommender:
             }
         return history
 
+    def _rating_head(self, wanted: Any) -> bool:
+        """Whether a ranker served from the contest trains its rating head (see the module)."""
+        left = self.left()
+        if not wanted or left is None or left >= MIN_RATING_HEAD_S:
+            return bool(wanted)
+        _log.info("auto: time budget: %.0f s left; the served ranker has no rating head", left)
+        self.selection.setdefault("skipped", []).append(
+            {"model": "ranker rating head", "reason": f"time budget: {max(left, 0):.0f} s left"}
+        )
+        return False
+
     def _serve(
         self,
         train: RatingData,
@@ -443,7 +467,7 @@ class AutoRecommender:
             ranker.extend(
                 train,
                 seed=seed,
-                rating_head=bool(wanted),
+                rating_head=self._rating_head(wanted),
                 deadline=self.deadline,
                 **_hooks(ranker, progress, stop),
             )
@@ -473,7 +497,7 @@ class AutoRecommender:
             model.extend(
                 train,
                 seed=seed,
-                rating_head=bool(wanted),
+                rating_head=self._rating_head(wanted),
                 deadline=self.deadline,
                 **_hooks(model, progress, stop),
             )

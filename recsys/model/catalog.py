@@ -150,6 +150,8 @@ class AutoConfig(_Config):
     """Per-candidate parameters (by model name)."""
     time_budget_s: float | None = 480.0
     """Wall seconds the whole fit aims to end within (None or 0: none; see recsys.model.auto)."""
+    budget_min_ratings: int = 500_000
+    """The budget applies from this many training ratings (smaller data: no budget)."""
     contest_users: int = 5_000
     """Held-out users the contest's NDCG@10 is measured on (a seeded sample; 0: all)."""
 
