@@ -167,13 +167,19 @@ def test_auto_serves_the_contest_ranker_extended_when_no_refit_fits() -> None:
     auto.fit(data, progress=_Jump(clock, "contest NDCG@10 of ranker", 2000.0))
     assert auto.chosen_name == "ranker" and auto.selection["budget"]["final"] == "extended"
     served = auto.chosen
-    assert served.params["extended"] and served.predicts_ratings  # rating head trained after
+    # with the budget spent, no rating head either (the lists do not use it)
+    assert served.params["extended"] and not served.predicts_ratings
+    assert {"model": "ranker rating head", "reason": "time budget: 0 s left"} in (
+        auto.selection["skipped"]
+    )
     full = history_matrix(data)
     items, rows = full.indices, np.repeat(np.arange(data.n_users), np.diff(full.indptr))
     np.testing.assert_allclose(
         served.user_vectors, served.user_vectors_for(items, rows, data.n_users), atol=1e-5
     )
-    assert np.all(np.isfinite(auto.predict(np.array([0, 1]), np.array([0, 1]))))
+    # with enough of the budget left, the served ranker would train its head
+    clock.now = 0.0
+    assert auto._rating_head(True) and not auto._rating_head(False)
 
 
 def test_the_contest_sample_is_seeded_and_bounded() -> None:
