@@ -43,7 +43,7 @@ def _scripted_trainer(scores: list[float], clock: _Clock, epoch_seconds: float =
     trainer = RankerTrainer(model, data, seed=0, clock=clock)
     state = {"epoch": 0}
 
-    def run_epoch(epoch, epochs, fields):
+    def run_epoch(epoch, epochs, fields, deadline=None):
         clock.now += epoch_seconds
         state["epoch"] = epoch
         return 1.0 / epoch
@@ -231,3 +231,27 @@ def test_auto_trains_small_data_without_a_budget() -> None:
     auto.fit(data)
     assert {c["model"] for c in auto.selection["candidates"]} == {"ease", "popularity"}
     assert "budget" not in auto.selection and auto.deadline is None
+
+
+def test_an_epoch_running_past_the_deadline_ends_after_its_batch(caplog) -> None:
+    data = _data(n_users=80)
+    model = RankerRecommender(**FAST, eval_every=1)
+    model.text = data.text
+    clock = _Clock()
+    trainer = RankerTrainer(model, data, seed=0, clock=clock)
+    assert trainer.steps_per_epoch() > 2
+    steps = []
+    step = trainer.train_step
+
+    def counted(batch):
+        steps.append(1)
+        clock.now += 10.0
+        return step(batch)
+
+    trainer.train_step = counted
+    with caplog.at_level(logging.INFO):
+        result = trainer.run(5, data, deadline=15.0)
+    # the second batch ends at t=20 > 15: the first epoch ends there, is evaluated and kept
+    assert len(steps) == 2 and len(result.losses) == 1
+    assert result.budget_stop and result.epochs == 1 and len(result.validation) == 1
+    assert any("epoch 1 ended after 2 steps" in r.getMessage() for r in caplog.records)

@@ -454,16 +454,24 @@ class RankerTrainer:
             _log.info("ranker: stop requested; stopping training in epoch %d", epoch)
             raise TrainingInterrupted(f"training stopped on request in epoch {epoch}")
 
-    def run_epoch(self, epoch: int, epochs: int, fields: dict[str, Any]) -> float:
-        """One pass over the active users; the mean batch loss."""
+    def run_epoch(
+        self, epoch: int, epochs: int, fields: dict[str, Any], deadline: float | None = None
+    ) -> float:
+        """One pass over the active users; the mean batch loss. Past ``deadline`` (on
+        ``clock``) the epoch ends after the current batch and ``cut_short`` is set."""
         self.progress.start(f"{self.label} epoch {epoch}/{epochs}", self.ratings.nnz, "ratings")
         total, n = 0.0, 0
+        self.cut_short = False
         for users in self.batches():
             batch = self.make_batch(users)
             total += self.train_step(batch)
             n += 1
             self.progress.advance(batch.n_ratings, epoch=epoch, loss=total / n, **fields)
             self.check_stop(epoch)
+            if deadline is not None and self.clock() > deadline:
+                _log.info("ranker: time budget: epoch %d ended after %d steps", epoch, n)
+                self.cut_short = True
+                break
         self.progress.finish()
         return total / max(n, 1)
 
@@ -532,7 +540,9 @@ class RankerTrainer:
         stop after ``patience`` evaluations without gain and keep the best evaluated epoch.
 
         ``deadline`` (on ``clock``): no epoch starts that would end past it at the mean epoch
-        time so far. The epoch where that happens is evaluated (when there is ``validation``)
+        time so far, and an epoch still running when it passes ends after its current batch
+        (so a slow machine stays within the budget too). The epoch where that happens is
+        evaluated (when there is ``validation``)
         even off the ``eval_every`` grid, so the best epoch so far is known, and is kept.
         """
         losses: list[float] = []
@@ -545,9 +555,10 @@ class RankerTrainer:
         every = self.eval_every()
         for epoch in range(1, epochs + 1):
             started = self.clock()
-            losses.append(self.run_epoch(epoch, epochs, fields))
+            self.cut_short = False
+            losses.append(self.run_epoch(epoch, epochs, fields, deadline))
             seconds.append(self.clock() - started)
-            budget_stop = epoch < epochs and self.out_of_time(deadline, seconds)
+            budget_stop = self.cut_short or (epoch < epochs and self.out_of_time(deadline, seconds))
             if validation is None or (epoch % every != 0 and not budget_stop):
                 if budget_stop:
                     break

@@ -37,8 +37,9 @@ evaluations), then refits on the whole training part for the best number of epoc
 
 Time budget (``time_budget_s``; None, the default for the ranker alone, means none): the
 epoch search may use up to ``SEARCH_SHARE`` of the budget when a rating head follows (all of
-it otherwise). No epoch starts that would end past that point at the mean epoch time so far;
-the search then keeps its best evaluated epoch (logged). The refit on all training ratings
+it otherwise). No epoch starts that would end past that point at the mean epoch time so far,
+and an epoch still running there ends after its current batch; the search then keeps its best
+evaluated epoch (logged). The refit on all training ratings
 runs only when it fits in what is left (projected from the search's own epoch times, scaled by
 the rating counts) and the search was not cut short; otherwise the search's best weights are
 served, with user vectors pooled from ALL training ratings (the user vector depends only on
