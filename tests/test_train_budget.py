@@ -255,3 +255,15 @@ def test_an_epoch_running_past_the_deadline_ends_after_its_batch(caplog) -> None
     assert len(steps) == 2 and len(result.losses) == 1
     assert result.budget_stop and result.epochs == 1 and len(result.validation) == 1
     assert any("epoch 1 ended after 2 steps" in r.getMessage() for r in caplog.records)
+
+
+def test_auto_does_not_start_a_candidate_with_less_than_its_share_left() -> None:
+    clock = _Clock()
+    auto = AutoRecommender(time_budget_s=480.0, clock=clock)
+    auto.deadline = 100.0  # 100 s left: under the ranker's share, above ALS's and the minimum
+    assert "under its share (288 s)" in auto.skip_reason("ranker")
+    assert auto.skip_reason("als") is None and auto.skip_reason("ease") is None
+    clock.now = 90.0  # 10 s left
+    assert "under 20 s" in auto.skip_reason("als") and auto.skip_reason("popularity") is None
+    auto.deadline = None
+    assert auto.skip_reason("ranker") is None

@@ -89,7 +89,8 @@ class ALSRecommender(FactorModel):
         grid: (factors, regularization, alpha) candidates.
         time_budget_s: wall seconds the fit may take (None or 0: no limit): the grid stops
             before a setting that, with the refit after it, would end past the budget at the
-            mean setting time so far, and keeps the best setting so far (at least one is tried).
+            mean setting time so far, and keeps the best setting so far (at least one is tried);
+            each setting is then measured on at most 5,000 seeded validation users.
     """
 
     name = "als"
@@ -149,6 +150,10 @@ class ALSRecommender(FactorModel):
 
             fit_part, val_part = internal_rank_split(train)
             budget = self.params.get("time_budget_s")
+            if budget:  # under a budget, each setting is measured on a seeded user sample
+                from recsys.model.auto import DEFAULT_CONTEST_USERS, contest_sample
+
+                val_part = contest_sample(val_part, DEFAULT_CONTEST_USERS)
             started = time.monotonic()
             scores = {}
             for candidate in self.params["grid"]:

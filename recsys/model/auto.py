@@ -27,7 +27,9 @@ and recorded in ``selection["budget"]``:
   :data:`ALS_SHARE` (its grid stops at its share with the best setting so far), each capped by
   the time left; the ranker's epoch search stops at its share with its best epoch so far;
 * skip rule: a candidate is not started when less than :data:`MIN_CANDIDATE_S` seconds of
-  the budget are left (popularity, which costs nothing, always runs);
+  the budget are left, or less than its share (ranker, ALS) (popularity, which costs nothing,
+  always runs); under a budget ALS measures each grid setting on a seeded sample of at most
+  ``DEFAULT_CONTEST_USERS`` validation users;
 * the winner is refitted on all training data when its projected refit (its contest fit
   seconds times the ratio of the rating counts) fits in the time left; otherwise a model that
   can re-pool its users from a longer history (the ranker: :meth:`RankerRecommender.extend`)
@@ -245,9 +247,17 @@ class AutoRecommender:
     def skip_reason(self, name: str) -> str | None:
         """Why candidate ``name`` is not started now (None: start it); see the module."""
         left = self.left()
-        if left is None or name == POPULARITY or left >= MIN_CANDIDATE_S:
+        if left is None or name == POPULARITY:
             return None
-        return f"time budget: {max(left, 0.0):.0f} s left, under {MIN_CANDIDATE_S:.0f} s"
+        if left < MIN_CANDIDATE_S:
+            return f"time budget: {max(left, 0.0):.0f} s left, under {MIN_CANDIDATE_S:.0f} s"
+        share = {"ranker": RANKER_SHARE, "als": ALS_SHARE}.get(name)
+        if share is not None and left < share * self.params["time_budget_s"]:
+            return (
+                f"time budget: {left:.0f} s left, under its share "
+                f"({share * self.params['time_budget_s']:.0f} s)"
+            )
+        return None
 
     def _create(self, name: str, *, contest: bool = False) -> Any:
         from recsys.model import catalog
