@@ -13,6 +13,35 @@
 3. The winner (ties: the first in catalogue order) is refitted on all the training data; that
    is the model that is saved and served (its own ``recommender.json``).
 
+Time budget (``time_budget_s``, default :data:`DEFAULT_TIME_BUDGET_S`; None or 0: none),
+for training data of at least ``budget_min_ratings`` ratings (default
+:data:`DEFAULT_BUDGET_MIN_RATINGS`; smaller data trains without one, so its result never
+depends on the machine's load). The whole ``fit`` aims to end within it; every cut is logged
+and recorded in ``selection["budget"]``:
+
+* the contest's NDCG@10 is measured on at most ``contest_users`` held-out users (a sample with
+  seed :data:`INTERNAL_SEED`; all of them on smaller data), because a full evaluation of every
+  user against every product costs minutes at the Electronics shape;
+* the ranker's contest fit trains no rating head (the contest ranks; the head only predicts
+  ratings), and the ranker may use :data:`RANKER_SHARE` of the budget, ALS
+  :data:`ALS_SHARE` (its grid stops at its share with the best setting so far), each capped by
+  the time left; the ranker's epoch search stops at its share with its best epoch so far;
+* skip rule: a candidate is not started when less than :data:`MIN_CANDIDATE_S` seconds of
+  the budget are left, or less than its share (ranker, ALS) (popularity, which costs nothing,
+  always runs); under a budget ALS measures each grid setting on a seeded sample of at most
+  ``DEFAULT_CONTEST_USERS`` validation users;
+* the winner is refitted on all training data when its projected refit (its contest fit
+  seconds times the ratio of the rating counts) fits in the time left; otherwise a model that
+  can re-pool its users from a longer history (the ranker: :meth:`RankerRecommender.extend`)
+  is served as fitted in the contest with its user vectors pooled from ALL training ratings
+  (the blend: that ranker, EASE refitted with its contest lambda, the contest's weight), and
+  any other is refitted with the hyper-parameters it tuned in the contest. That ranker trains
+  its rating head only with at least :data:`MIN_RATING_HEAD_S` left (it predicts ratings for
+  the evaluation protocol; the lists do not use it); otherwise it is served without one.
+
+Below the budget nothing changes and training is deterministic per seed; a run the budget cuts
+short depends on the machine's speed.
+
 ``selection`` holds every candidate's internal NDCG@10 and fit seconds (stored as
 ``model_runs.metrics["auto"]``), ``internal`` the winner's and popularity's internal NDCG@10
 (``model_runs.metrics["internal"]``). Test data is never seen: the protocol's test part is cut
@@ -21,8 +50,10 @@ before training reads anything.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -31,12 +62,28 @@ import numpy as np
 
 from recsys.errors import DataError, RecsysError
 from recsys.model.base import FitHistory, RatingData
+from recsys.progress import NO_PROGRESS, ProgressSink
 
 _log = logging.getLogger(__name__)
 INTERNAL_SEED = 4242
 """The seed of the train-internal split (the ranker's epoch-tuning split)."""
 BLEND = "blend"
 POPULARITY = "popularity"
+DEFAULT_TIME_BUDGET_S = 480.0
+"""Default wall seconds of one ``auto`` fit (the nightly train step's target is 10 minutes,
+reading the data and writing the artifacts included)."""
+DEFAULT_BUDGET_MIN_RATINGS = 500_000
+"""Below this many training ratings ``auto`` trains without a time budget."""
+DEFAULT_CONTEST_USERS = 5_000
+"""Default number of held-out users the contest's NDCG@10 is measured on (a seeded sample)."""
+RANKER_SHARE = 0.6
+"""Share of the budget the ranker's contest fit may use."""
+ALS_SHARE = 0.15
+"""Share of the budget the ALS contest fit (grid and refit on the fitting part) may use."""
+MIN_CANDIDATE_S = 20.0
+"""A candidate other than popularity is not started with fewer seconds of the budget left."""
+MIN_RATING_HEAD_S = 60.0
+"""A ranker served from the contest trains its rating head only with this much budget left."""
 
 
 def internal_split(train: RatingData) -> tuple[RatingData, RatingData]:
@@ -58,6 +105,15 @@ def internal_ndcg(model: Any, fit_part: RatingData, held_out: RatingData) -> flo
     from recsys.evaluation.tuning import validation_ndcg
 
     return float(validation_ndcg(model, fit_part, held_out))
+
+
+def contest_sample(held_out: RatingData, limit: int) -> RatingData:
+    """The held-out ratings of at most ``limit`` users (seeded; all of them when fewer)."""
+    users = np.unique(held_out.users)
+    if limit <= 0 or len(users) <= limit:
+        return held_out
+    chosen = np.random.default_rng(INTERNAL_SEED).choice(users, limit, replace=False)
+    return held_out.subset(np.isin(held_out.users, chosen))
 
 
 def internal_metrics(factory: Any, train: RatingData, seed: int = 0) -> dict[str, Any]:
@@ -82,6 +138,15 @@ def internal_metrics(factory: Any, train: RatingData, seed: int = 0) -> dict[str
     }
 
 
+def _hooks(
+    model: Any, progress: ProgressSink, should_stop: Callable[[], bool] | None
+) -> dict[str, Any]:
+    """The ``progress``/``should_stop`` keywords that ``model.fit`` takes."""
+    accepted = inspect.signature(model.fit).parameters
+    hooks = {"progress": progress, "should_stop": should_stop}
+    return {k: v for k, v in hooks.items() if k in accepted}
+
+
 class AutoRecommender:
     """Selects and wraps the served model (see the module docstring).
 
@@ -89,6 +154,10 @@ class AutoRecommender:
         candidates: model names to try (None: the catalogue's auto candidates).
         ease_memory_mb: EASE's memory budget; larger catalogues leave EASE (and blend) out.
         params: per-candidate parameters, by model name.
+        time_budget_s: wall seconds the fit aims to end within (None or 0: no budget).
+        budget_min_ratings: the budget applies from this many training ratings.
+        contest_users: held-out users the contest is measured on (0: all).
+        clock: monotonic seconds (the budget's clock; tests pass a fake one).
     """
 
     name = "auto"
@@ -99,12 +168,24 @@ class AutoRecommender:
         candidates: tuple[str, ...] | list[str] | None = None,
         ease_memory_mb: int = 4096,
         params: dict[str, dict[str, Any]] | None = None,
+        time_budget_s: float | None = DEFAULT_TIME_BUDGET_S,
+        budget_min_ratings: int = DEFAULT_BUDGET_MIN_RATINGS,
+        contest_users: int = DEFAULT_CONTEST_USERS,
+        clock: Any = time.monotonic,
     ) -> None:
         self.params: dict[str, Any] = {
             "candidates": None if candidates is None else list(candidates),
             "ease_memory_mb": int(ease_memory_mb),
             "params": {k: dict(v) for k, v in (params or {}).items()},
+            "time_budget_s": float(time_budget_s) if time_budget_s else None,
+            "budget_min_ratings": int(budget_min_ratings),
+            "contest_users": int(contest_users),
         }
+        self.clock = clock
+        self.deadline: float | None = None
+        self.final: str | None = None
+        """How the served model was made: "refit", "extended" or "refit with tuned
+        parameters" (see the module docstring)."""
         self.chosen: Any = None
         self.chosen_name: str | None = None
         self.chosen_params: dict[str, Any] = {}
@@ -149,37 +230,112 @@ class AutoRecommender:
                 run.append(name)
         return run, skipped
 
-    def _create(self, name: str) -> Any:
+    def left(self) -> float | None:
+        """Seconds of the budget left (None without a budget)."""
+        return None if self.deadline is None else self.deadline - self.clock()
+
+    def candidate_budget(self, name: str) -> float | None:
+        """The time budget a candidate's contest fit gets (None: unlimited)."""
+        left = self.left()
+        if left is None:
+            return None
+        share = {"ranker": RANKER_SHARE, "als": ALS_SHARE}.get(name)
+        if share is None:
+            return None
+        return max(1.0, min(left, share * self.params["time_budget_s"]))
+
+    def skip_reason(self, name: str) -> str | None:
+        """Why candidate ``name`` is not started now (None: start it); see the module."""
+        left = self.left()
+        if left is None or name == POPULARITY:
+            return None
+        if left < MIN_CANDIDATE_S:
+            return f"time budget: {max(left, 0.0):.0f} s left, under {MIN_CANDIDATE_S:.0f} s"
+        share = {"ranker": RANKER_SHARE, "als": ALS_SHARE}.get(name)
+        if share is not None and left < share * self.params["time_budget_s"]:
+            return (
+                f"time budget: {left:.0f} s left, under its share "
+                f"({share * self.params['time_budget_s']:.0f} s)"
+            )
+        return None
+
+    def _create(self, name: str, *, contest: bool = False) -> Any:
         from recsys.model import catalog
 
         params = dict(self.params["params"].get(name, {}))
         if name == "ease":
             params.setdefault("memory_mb", self.params["ease_memory_mb"])
+        if contest and name in ("ranker", "als"):
+            budget = self.candidate_budget(name)
+            if budget is not None:
+                params.setdefault("time_budget_s", budget)
+            if name == "ranker":
+                params["rating_head"] = False  # the contest ranks; the head predicts ratings
         return catalog.create(name, **params)
 
     # --- Recommender ----------------------------------------------------------------------
 
     def fit(
-        self, train: RatingData, *, validation: RatingData | None = None, seed: int = 0
+        self,
+        train: RatingData,
+        *,
+        validation: RatingData | None = None,
+        seed: int = 0,
+        progress: ProgressSink = NO_PROGRESS,
+        should_stop: Callable[[], bool] | None = None,
     ) -> FitHistory:
-        """Select on the train-internal split, then refit the winner on all of ``train``."""
+        """Select on the train-internal split, then refit the winner on all of ``train``.
+
+        Args:
+            train: the training ratings.
+            validation: unused (the contest uses its own train-internal split).
+            seed: seeds every candidate.
+            progress: a :mod:`recsys.progress` sink: the ranker's epochs, and one phase per
+                other candidate's fit and per contest measurement.
+            should_stop: polled by the candidates that take it (the ranker, per batch).
+        """
         from recsys.model import catalog
         from recsys.model.blend import BlendRecommender
 
         if len(train) == 0:
             raise DataError("no training ratings")
+        budget = self.params["time_budget_s"]
+        if len(train) < self.params["budget_min_ratings"]:
+            budget = None
+        self.deadline = None if not budget else self.clock() + budget
         names, skipped = self.plan(train)
         fit_part, held_out = internal_split(train)
+        contest = contest_sample(held_out, self.params["contest_users"])
         fitted: dict[str, Any] = {}
         results: list[dict[str, Any]] = []
         seconds: dict[str, float] = {}
-        for name in names:
+        histories: dict[str, FitHistory] = {}
+        for position, name in enumerate(names, 1):
+            reason = self.skip_reason(name)
+            if reason is not None:
+                _log.info("auto: candidate %s not started: %s", name, reason)
+                skipped.append({"model": name, "reason": reason})
+                continue
             started = time.perf_counter()
             try:
-                model = self._create(name)
-                model.fit(fit_part, seed=seed)
+                model = self._create(name, contest=True)
+                budget_now = self.candidate_budget(name)  # after the imports model creation did
+                if budget_now is not None and "time_budget_s" in getattr(model, "params", {}):
+                    model.params["time_budget_s"] = budget_now
+                hooks = _hooks(model, progress, should_stop)
+                if "progress" not in hooks:  # a phase of its own, so the fit is not silent
+                    progress.start(f"auto: fit {name} ({position}/{len(names)})", 1, "fits")
+                histories[name] = model.fit(fit_part, seed=seed, **hooks)
                 seconds[name] = time.perf_counter() - started
-                score = internal_ndcg(model, fit_part, held_out)
+                if "progress" not in hooks:
+                    progress.update(1)
+                    progress.finish()
+                progress.start(
+                    f"auto: contest NDCG@10 of {name}", len(np.unique(contest.users)), "users"
+                )
+                score = internal_ndcg(model, fit_part, contest)
+                progress.update(len(np.unique(contest.users)), ndcg=score)
+                progress.finish()
             except RecsysError as err:
                 _log.warning("auto: candidate %s failed: %s", name, err)
                 skipped.append({"model": name, "reason": str(err).splitlines()[0][:200]})
@@ -194,7 +350,7 @@ class AutoRecommender:
             started = time.perf_counter()
             weights = list(catalog.BlendConfig().weights)
             blend_weight, by_weight = BlendRecommender.choose_weight(
-                fitted["ranker"], fitted["ease"], fit_part, held_out, weights
+                fitted["ranker"], fitted["ease"], fit_part, contest, weights
             )
             spent = seconds["ranker"] + seconds["ease"] + time.perf_counter() - started
             results.append(
@@ -232,12 +388,13 @@ class AutoRecommender:
         if popularity is None:
             pop = catalog.create(POPULARITY)
             pop.fit(fit_part, seed=seed)
-            popularity = internal_ndcg(pop, fit_part, held_out)
+            popularity = internal_ndcg(pop, fit_part, contest)
         self.selection = {
             "chosen": self.chosen_name,
             "candidates": results,
             "skipped": skipped,
             "seed": INTERNAL_SEED,
+            "contest_users": int(len(np.unique(contest.users))),
         }
         self.internal = {
             "ndcg@10": float(best["ndcg@10"]),
@@ -245,15 +402,136 @@ class AutoRecommender:
             "seed": INTERNAL_SEED,
         }
         _log.info(
-            "auto: chose %s (internal NDCG@10 %.4f) among %s; refitting on all %d ratings",
+            "auto: chose %s (internal NDCG@10 %.4f) among %s",
             self.chosen_name,
             best["ndcg@10"],
             ", ".join(f"{r['model']} {r['ndcg@10']:.4f}" for r in results),
-            len(train),
         )
-        self.chosen = catalog.create(self.chosen_name, **self.chosen_params)
-        history = self.chosen.fit(train, seed=seed)
+        history = self._serve(
+            train, fit_part, fitted, seconds, histories, seed, progress, stop=should_stop
+        )
+        if self.deadline is not None:
+            self.selection["budget"] = {
+                "seconds": budget,
+                "used": round(budget - self.left(), 1),
+                "final": self.final,
+            }
         return history
+
+    def _rating_head(self, wanted: Any) -> bool:
+        """Whether a ranker served from the contest trains its rating head (see the module)."""
+        left = self.left()
+        if not wanted or left is None or left >= MIN_RATING_HEAD_S:
+            return bool(wanted)
+        _log.info("auto: time budget: %.0f s left; the served ranker has no rating head", left)
+        self.selection.setdefault("skipped", []).append(
+            {"model": "ranker rating head", "reason": f"time budget: {max(left, 0):.0f} s left"}
+        )
+        return False
+
+    def _serve(
+        self,
+        train: RatingData,
+        fit_part: RatingData,
+        fitted: dict[str, Any],
+        seconds: dict[str, float],
+        histories: dict[str, FitHistory],
+        seed: int,
+        progress: ProgressSink,
+        *,
+        stop: Callable[[], bool] | None,
+    ) -> FitHistory:
+        """The served model from the winner: a refit on all of ``train`` when the budget allows,
+        else the contest fit extended to all the users' ratings, else a refit with the
+        winner's tuned hyper-parameters fixed (see the module docstring)."""
+        from recsys.model import catalog
+
+        name = self.chosen_name
+        left = self.left()
+        spent = seconds.get(name)
+        if name == BLEND:
+            spent = seconds.get("ranker", 0.0) + seconds.get("ease", 0.0)
+        projected = (spent or 0.0) * len(train) / max(len(fit_part), 1)
+        params = dict(self.chosen_params)
+        if left is None or projected <= left:
+            self.final = "refit"
+            _log.info("auto: refitting %s on all %d ratings", name, len(train))
+            if left is not None and name == "ranker":
+                params["time_budget_s"] = max(left, 1.0)
+            self.chosen = catalog.create(name, **params)
+            return self.chosen.fit(train, seed=seed, **_hooks(self.chosen, progress, stop))
+        if name == BLEND:
+            from recsys.model.blend import BlendRecommender
+
+            self.final = "extended"
+            _log.info(
+                "auto: time budget: %.0f s left, a refit of the blend would take about %.0f s; "
+                "serving its contest ranker with users pooled from all %d ratings and EASE "
+                "refitted with its contest lambda",
+                left,
+                projected,
+                len(train),
+            )
+            ranker, ease = fitted["ranker"], fitted["ease"]
+            wanted = params.get("ranker", {}).get("rating_head", catalog.RankerConfig().rating_head)
+            ranker.extend(
+                train,
+                seed=seed,
+                rating_head=self._rating_head(wanted),
+                deadline=self.deadline,
+                **_hooks(ranker, progress, stop),
+            )
+            ease_params = dict(params.get("ease", {}))
+            if ease.params.get("tuned_lam") is not None:
+                ease_params["lam"] = ease.params["tuned_lam"]
+            refitted = catalog.create("ease", **ease_params)
+            refitted.fit(train, seed=seed)
+            self.chosen = BlendRecommender.from_parts(ranker, refitted, float(params["weight"]))
+            history = histories["ranker"]
+            return replace(
+                history,
+                stopped_reason=f"{history.stopped_reason}; blend served from auto's contest",
+            )
+        model = fitted.get(name)
+        if model is not None and hasattr(model, "extend"):
+            self.final = "extended"
+            _log.info(
+                "auto: time budget: %.0f s left, a refit of %s would take about %.0f s; serving "
+                "the contest fit with its users pooled from all %d ratings",
+                left,
+                name,
+                projected,
+                len(train),
+            )
+            wanted = params.get("rating_head", catalog.RankerConfig().rating_head)
+            model.extend(
+                train,
+                seed=seed,
+                rating_head=self._rating_head(wanted),
+                deadline=self.deadline,
+                **_hooks(model, progress, stop),
+            )
+            self.chosen = model
+            history = histories[name]
+            return replace(
+                history,
+                stopped_reason=f"{history.stopped_reason}; served as fitted in auto's contest",
+            )
+        self.final = "refit with tuned parameters"
+        tuned = getattr(fitted.get(name), "params", {}) or {}
+        if name == "als" and tuned.get("tuned"):
+            factors, regularization, alpha = tuned["tuned"]
+            params.update(factors=factors, regularization=regularization, alpha=alpha)
+        elif name == "ease" and tuned.get("tuned_lam") is not None:
+            params["lam"] = tuned["tuned_lam"]
+        _log.info(
+            "auto: time budget: %.0f s left; refitting %s with its contest parameters %s",
+            left,
+            name,
+            params,
+        )
+        self.chosen = catalog.create(name, **params)
+        return self.chosen.fit(train, seed=seed, **_hooks(self.chosen, progress, stop))
 
     def _check(self) -> Any:
         if self.chosen is None:

@@ -96,6 +96,8 @@ class RankerConfig(_Config):
     rating_tower: bool = True
     rating_l2: float = 1e-5
     rating_learning_rate: float = 1e-3
+    validation_users: int = 3_000
+    time_budget_s: float | None = None
     embedding_dim: int | None = None
 
 
@@ -119,6 +121,7 @@ class ALSConfig(_Config):
         (128, 5.0, 5.0),
         (64, 5.0, 20.0),
     )
+    time_budget_s: float | None = None
 
 
 class LightFMConfig(_Config):
@@ -145,6 +148,12 @@ class AutoConfig(_Config):
     ease_memory_mb: int = 4096
     params: dict[str, dict[str, Any]] = {}
     """Per-candidate parameters (by model name)."""
+    time_budget_s: float | None = 480.0
+    """Wall seconds the whole fit aims to end within (None or 0: none; see recsys.model.auto)."""
+    budget_min_ratings: int = 500_000
+    """The budget applies from this many training ratings (smaller data: no budget)."""
+    contest_users: int = 5_000
+    """Held-out users the contest's NDCG@10 is measured on (a seeded sample; 0: all)."""
 
 
 @dataclass(frozen=True)

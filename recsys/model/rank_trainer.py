@@ -29,6 +29,7 @@ epoch, the running loss and the last internal-validation NDCG@10.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -334,6 +335,10 @@ class TrainedTower:
     """The epochs whose weights the tower holds (the best evaluated one with validation)."""
     validation: list[tuple[int, float]]
     """(epoch, internal-validation NDCG@10) of every evaluation."""
+    epoch_seconds: tuple[float, ...] = ()
+    """Wall seconds of each epoch run (training only, validation not included)."""
+    budget_stop: bool = False
+    """True when the time budget (``deadline``) ended the epochs before ``epochs``/patience."""
 
 
 class RankerTrainer:
@@ -347,6 +352,7 @@ class RankerTrainer:
         progress: a :mod:`recsys.progress` sink.
         should_stop: polled after every batch; true raises ``TrainingInterrupted``.
         label: the progress phase's name.
+        clock: monotonic seconds (what :meth:`run`'s ``deadline`` is measured on).
     """
 
     def __init__(
@@ -358,6 +364,7 @@ class RankerTrainer:
         progress: ProgressSink = NO_PROGRESS,
         should_stop: Callable[[], bool] | None = None,
         label: str = "train ranker",
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         from recsys.model.keras_models import set_determinism
 
@@ -368,6 +375,7 @@ class RankerTrainer:
         self.progress = progress
         self.should_stop = should_stop or (lambda: False)
         self.label = label
+        self.clock = clock
         self.rng = np.random.default_rng(seed)
         self.ratings = rating_matrix(train, self._threshold(train))
         self.full = train.n_products <= self.params["full_softmax_max"]
@@ -446,16 +454,24 @@ class RankerTrainer:
             _log.info("ranker: stop requested; stopping training in epoch %d", epoch)
             raise TrainingInterrupted(f"training stopped on request in epoch {epoch}")
 
-    def run_epoch(self, epoch: int, epochs: int, fields: dict[str, Any]) -> float:
-        """One pass over the active users; the mean batch loss."""
+    def run_epoch(
+        self, epoch: int, epochs: int, fields: dict[str, Any], deadline: float | None = None
+    ) -> float:
+        """One pass over the active users; the mean batch loss. Past ``deadline`` (on
+        ``clock``) the epoch ends after the current batch and ``cut_short`` is set."""
         self.progress.start(f"{self.label} epoch {epoch}/{epochs}", self.ratings.nnz, "ratings")
         total, n = 0.0, 0
+        self.cut_short = False
         for users in self.batches():
             batch = self.make_batch(users)
             total += self.train_step(batch)
             n += 1
             self.progress.advance(batch.n_ratings, epoch=epoch, loss=total / n, **fields)
             self.check_stop(epoch)
+            if deadline is not None and self.clock() > deadline:
+                _log.info("ranker: time budget: epoch %d ended after %d steps", epoch, n)
+                self.cut_short = True
+                break
         self.progress.finish()
         return total / max(n, 1)
 
@@ -507,18 +523,45 @@ class RankerTrainer:
             return every
         return max(1, min(every, -(-limit // self.steps_per_epoch())))
 
-    def run(self, epochs: int, validation: RatingData | None = None) -> TrainedTower:
+    def out_of_time(self, deadline: float | None, epoch_seconds: list[float]) -> bool:
+        """Whether another epoch (at the mean epoch time so far) would end past ``deadline``."""
+        if deadline is None or not epoch_seconds:
+            return False
+        return self.clock() + float(np.mean(epoch_seconds)) > deadline
+
+    def run(
+        self,
+        epochs: int,
+        validation: RatingData | None = None,
+        *,
+        deadline: float | None = None,
+    ) -> TrainedTower:
         """Train ``epochs`` epochs; with ``validation``, evaluate every :meth:`eval_every` epochs,
-        stop after ``patience`` evaluations without gain and keep the best evaluated epoch."""
+        stop after ``patience`` evaluations without gain and keep the best evaluated epoch.
+
+        ``deadline`` (on ``clock``): no epoch starts that would end past it at the mean epoch
+        time so far, and an epoch still running when it passes ends after its current batch
+        (so a slow machine stays within the budget too). The epoch where that happens is
+        evaluated (when there is ``validation``)
+        even off the ``eval_every`` grid, so the best epoch so far is known, and is kept.
+        """
         losses: list[float] = []
+        seconds: list[float] = []
         evaluations: list[tuple[int, float]] = []
         best: tuple[float, int, list[np.ndarray] | None] = (-1.0, 0, None)
         without_gain = 0
+        budget_stop = False
         fields: dict[str, Any] = {}
         every = self.eval_every()
         for epoch in range(1, epochs + 1):
-            losses.append(self.run_epoch(epoch, epochs, fields))
-            if validation is None or epoch % every != 0:
+            started = self.clock()
+            self.cut_short = False
+            losses.append(self.run_epoch(epoch, epochs, fields, deadline))
+            seconds.append(self.clock() - started)
+            budget_stop = self.cut_short or (epoch < epochs and self.out_of_time(deadline, seconds))
+            if validation is None or (epoch % every != 0 and not budget_stop):
+                if budget_stop:
+                    break
                 continue
             score = self.validate(validation)
             evaluations.append((epoch, score))
@@ -535,9 +578,22 @@ class RankerTrainer:
             else:
                 without_gain += 1
                 if without_gain >= self.params["patience"]:
+                    budget_stop = False
                     break
+            if budget_stop:
+                break
+        if budget_stop:
+            _log.info(
+                "ranker: time budget reached after epoch %d of at most %d; keeping epoch %d",
+                len(losses),
+                epochs,
+                best[1] if validation is not None and best[2] is not None else len(losses),
+            )
+        done = len(losses)
         if validation is not None and best[2] is not None:
             self.use_weights(best[2])
-            return TrainedTower(self.tower, losses, best[1], evaluations)
+            return TrainedTower(
+                self.tower, losses, best[1], evaluations, tuple(seconds), budget_stop
+            )
         self.use_weights(self.optimizer.averages())
-        return TrainedTower(self.tower, losses, epochs, evaluations)
+        return TrainedTower(self.tower, losses, done, evaluations, tuple(seconds), budget_stop)

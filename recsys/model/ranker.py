@@ -35,6 +35,20 @@ user's TRAINING ratings (``recsys.evaluation.tuning.internal_rank_split``), trai
 measures NDCG@10 on the held-out part every ``eval_every`` epochs (patience ``patience``
 evaluations), then refits on the whole training part for the best number of epochs.
 
+Time budget (``time_budget_s``; None, the default for the ranker alone, means none): the
+epoch search may use up to ``SEARCH_SHARE`` of the budget when a rating head follows (all of
+it otherwise). No epoch starts that would end past that point at the mean epoch time so far,
+and an epoch still running there ends after its current batch; the search then keeps its best
+evaluated epoch (logged). The refit on all training ratings
+runs only when it fits in what is left (projected from the search's own epoch times, scaled by
+the rating counts) and the search was not cut short; otherwise the search's best weights are
+served, with user vectors pooled from ALL training ratings (the user vector depends only on
+the history, so this is exact, as fold-in is). The rating head stops after the first epoch that
+leaves less than another epoch's time before the budget ends, or within an epoch once the
+budget has ended, with its best weights (it predicts ratings; the lists do not use it). Below the
+budget training is deterministic per seed; a run the budget cuts short depends on the machine's
+speed, and says so in its ``stopped_reason``, ``params["refit"]`` and the log.
+
 Rating head (``predict``): ``mu + b_u + b_i + Dense(1)(relu(Dense(64)([e_u; e_i; text; u; v])))``
 where ``u``/``v`` are the trained ranking tower's user and product vectors (frozen lookups,
 ``rating_tower``: the SVD++-style implicit feedback, which lowers the seed-split RMSE),
@@ -104,6 +118,8 @@ class RankerRecommender:
             longer (large data); it stops after ``patience`` evaluations without gain.
         validation_users: the internal-validation NDCG@10 of the epoch search is measured on at
             most this many users (a seeded sample; 0: all), so an evaluation stays cheap.
+        time_budget_s: wall seconds the whole fit may take (None or 0: no limit); see
+            "Time budget" in the module docstring.
         embedding_dim: alias of ``dim`` (the name ``recsys train --embedding-dim`` passes).
     """
 
@@ -139,6 +155,7 @@ class RankerRecommender:
         rating_l2: float = 1e-5,
         rating_learning_rate: float = 1e-3,
         validation_users: int = 3_000,
+        time_budget_s: float | None = None,
         embedding_dim: int | None = None,
     ) -> None:
         dim = int(embedding_dim or dim)  # ``embedding_dim``: the shared CLI option's name
@@ -170,6 +187,7 @@ class RankerRecommender:
             "rating_l2": float(rating_l2),
             "rating_learning_rate": float(rating_learning_rate),
             "validation_users": int(validation_users),
+            "time_budget_s": float(time_budget_s) if time_budget_s else None,
         }
         if self.params["dim"] < 1 or self.params["batch_users"] < 1:
             raise RecsysError("ranker dim and batch size must be at least 1")
@@ -213,15 +231,19 @@ class RankerRecommender:
         progress: ProgressSink = NO_PROGRESS,
         should_stop: Callable[[], bool] | None = None,
         label: str = "train ranker",
-    ) -> tuple[Any, list[float], int]:
-        """Train a fresh tower on ``train``; with ``validation``, keep the best evaluated epoch."""
+        deadline: float | None = None,
+    ):
+        """Train a fresh tower on ``train``; with ``validation``, keep the best evaluated epoch.
+
+        Returns the :class:`~recsys.model.rank_trainer.TrainedTower`; ``deadline``
+        (``time.monotonic``) ends the epochs early (see :meth:`RankerTrainer.run`).
+        """
         from recsys.model.rank_trainer import RankerTrainer
 
         trainer = RankerTrainer(
             self, train, seed, progress=progress, should_stop=should_stop, label=label
         )
-        result = trainer.run(epochs, validation)
-        return result.tower, result.losses, result.epochs
+        return trainer.run(epochs, validation, deadline=deadline)
 
     def _precompute(self, tower, history) -> None:
         """Exact precomputation: user vectors, product vectors and biases as numpy arrays."""
@@ -251,6 +273,7 @@ class RankerRecommender:
         *,
         progress: ProgressSink = NO_PROGRESS,
         should_stop: Callable[[], bool] | None = None,
+        deadline: float | None = None,
     ) -> None:
         import keras
 
@@ -293,14 +316,14 @@ class RankerRecommender:
         batch = _batch_size(
             self.params["rating_batch"], len(fit_part), self.params["rating_max_steps"]
         )
-        report = _RatingHeadProgress(progress, should_stop, len(fit_part), batch)
+        report = _RatingHeadProgress(progress, should_stop, len(fit_part), batch, deadline)
         model.fit(
             inputs(fit_part),
             fit_part.ratings - self.mu,
             validation_data=(inputs(val_part), val_part.ratings - self.mu),
             epochs=self.params["rating_epochs"],
             batch_size=batch,
-            callbacks=[stop, report],
+            callbacks=[report, stop],
             verbose=0,
             shuffle=True,
         )
@@ -339,37 +362,108 @@ class RankerRecommender:
         if not self.params["text_path"]:
             _log.info("ranker: no product text; training on ids only")
         hooks = {"progress": progress, "should_stop": should_stop}
+        budget = self.params.get("time_budget_s")
+        clock_started = time.monotonic()
+        deadline = clock_started + budget if budget else None
+        # the epoch search may run up to the rating head's reserve; the head gets the rest
+        search_deadline = (
+            None
+            if deadline is None
+            else deadline - (1.0 - SEARCH_SHARE) * budget * self.params["rating_head"]
+        )
         epochs = self.params["epochs"]
+        searched = None
         if epochs is None:
             from recsys.evaluation.tuning import internal_rank_split
 
             fit_part, val_part = internal_rank_split(train)
             if np.any(val_part.ratings >= 4):
-                _, _, epochs = self._train_tower(
+                searched = self._train_tower(
                     fit_part,
                     self.params["max_epochs"],
                     seed,
                     val_part,
                     label="ranker epoch search",
+                    deadline=search_deadline,
                     **hooks,
                 )
+                epochs = searched.epochs
             else:
                 epochs = self.params["max_epochs"] // 2
             self.params["tuned_epochs"] = int(epochs)
             _log.info("ranker: %d epochs chosen on the train-internal split", epochs)
-        tower, losses, _ = self._train_tower(train, int(epochs), seed, label="ranker", **hooks)
-        self._precompute(tower, history_matrix(train))
+        refit = True
+        if searched is not None and search_deadline is not None:
+            # the refit's projected time: the search's epochs, scaled to all training ratings
+            projected = (
+                sum(searched.epoch_seconds[: int(epochs)]) * len(train) / max(len(fit_part), 1)
+            )
+            refit = not searched.budget_stop and time.monotonic() + projected <= search_deadline
+            if not refit:
+                _log.info(
+                    "ranker: time budget: no refit (about %.0f s); serving the epoch search's "
+                    "epoch %d, user vectors pooled from all training ratings",
+                    projected,
+                    epochs,
+                )
+        self.params["refit"] = refit
+        if refit:
+            result = self._train_tower(
+                train, int(epochs), seed, label="ranker", deadline=search_deadline, **hooks
+            )
+        else:
+            result = searched
+        losses = result.losses
+        self._precompute(result.tower, history_matrix(train))
         if self.params["rating_head"]:
-            self._train_rating_head(train, seed, **hooks)
+            self._train_rating_head(train, seed, deadline=deadline, **hooks)
         seconds = time.perf_counter() - started
+        reason = (
+            f"{epochs} epochs (tuned on a train-internal split)"
+            if self.params["epochs"] is None
+            else f"{epochs} epochs"
+        )
+        if searched is not None and searched.budget_stop:
+            reason += "; the time budget ended the epoch search"
+        if not refit:
+            reason += "; the epoch search's weights are served (no refit within the budget)"
         return FitHistory(
             train_loss=losses,
             best_epoch=int(epochs),
-            stopped_reason=f"{epochs} epochs (tuned on a train-internal split)"
-            if self.params["epochs"] is None
-            else f"{epochs} epochs",
+            stopped_reason=reason,
             epoch_seconds=[seconds],
         )
+
+    def extend(
+        self,
+        train: RatingData,
+        *,
+        seed: int = 0,
+        rating_head: bool = True,
+        deadline: float | None = None,
+        progress: ProgressSink = NO_PROGRESS,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> None:
+        """Serve the trained tower for ``train``, a superset of the ratings it was fitted on.
+
+        The user vectors are pooled from ``train``'s histories (exact: a user vector depends
+        only on the history, as in fold-in); ``rating_head`` trains the rating head on
+        ``train`` (stopping at ``deadline``, ``time.monotonic``, after its first epoch).
+
+        Raises:
+            RecsysError: the ranker is not trained, or ``train`` has another index space.
+        """
+        self._check()
+        if (train.n_users, train.n_products) != (self.n_users, self.n_products):
+            raise RecsysError("extend needs the same users and products the ranker was fitted on")
+        self._precompute(self.tower, history_matrix(train))
+        self.params["rating_head"] = bool(rating_head)
+        self.predicts_ratings = bool(rating_head)
+        self.params["extended"] = True
+        if rating_head:
+            self._train_rating_head(
+                train, seed, deadline=deadline, progress=progress, should_stop=should_stop
+            )
 
     def _id_dropout(self) -> float:
         """Product-id dropout trains the text path; without text it only adds noise."""
@@ -551,6 +645,10 @@ class RankerRecommender:
         return model
 
 
+SEARCH_SHARE = 0.7
+"""With a time budget and a rating head, the share of the budget the ranking head may use."""
+
+
 def _batch_size(smallest: int, n: int, max_steps: int) -> int:
     """``smallest``, or larger so that ``n`` items take at most ``max_steps`` batches."""
     if max_steps <= 0:
@@ -561,7 +659,7 @@ def _batch_size(smallest: int, n: int, max_steps: int) -> int:
 class _RatingHeadProgress:
     """Keras callback: rating-head progress per batch and the stop check."""
 
-    def __new__(cls, progress, should_stop, n_ratings: int, batch: int):
+    def __new__(cls, progress, should_stop, n_ratings: int, batch: int, deadline=None):
         import keras
 
         from recsys.errors import TrainingInterrupted
@@ -569,6 +667,7 @@ class _RatingHeadProgress:
         class Callback(keras.callbacks.Callback):
             def on_epoch_begin(self, epoch, logs=None):
                 self.epoch = epoch + 1
+                self.started = time.monotonic()
                 progress.start(f"ranker rating head epoch {self.epoch}", n_ratings, "ratings")
 
             def on_train_batch_end(self, step, logs=None):
@@ -577,6 +676,14 @@ class _RatingHeadProgress:
                 if loss is not None:
                     fields["loss"] = float(loss)
                 progress.update(min((step + 1) * batch, n_ratings), **fields)
+                if deadline is not None and time.monotonic() > deadline:
+                    # EarlyStopping still restores its best weights when training ends
+                    _log.info(
+                        "ranker: time budget: rating head stopped in epoch %d, step %d",
+                        self.epoch,
+                        step + 1,
+                    )
+                    self.model.stop_training = True
                 if should_stop is not None and should_stop():
                     _log.info("ranker: stop requested; stopping the rating head")
                     raise TrainingInterrupted(
@@ -585,5 +692,10 @@ class _RatingHeadProgress:
 
             def on_epoch_end(self, epoch, logs=None):
                 progress.finish()
+                took = time.monotonic() - self.started
+                if deadline is not None and time.monotonic() + took > deadline:
+                    # EarlyStopping still restores its best weights when training ends
+                    _log.info("ranker: time budget: rating head stopped after epoch %d", self.epoch)
+                    self.model.stop_training = True
 
         return Callback()
