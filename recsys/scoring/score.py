@@ -236,6 +236,8 @@ class _Run:
     """Per folded-in user, the model product indices they rated."""
     folded_vectors: np.ndarray | None = None
     """Per folded-in user, the user vector pooled from that history (``user_vectors_for``)."""
+    exclusions: reads.UserPairs | None = None
+    """Every exclusion in force (None: rules off)."""
     contributions: reasons.ContributionReasons | None = None
     """The model's per-history-product contributions (built at the first block that needs them)."""
 
@@ -397,6 +399,7 @@ def _setup(conn: sa.Connection, model: ScoringModel, options: ScoreOptions) -> _
         fallback_boosted=set(fallback.product_ids[fallback.boosted].tolist()),
     )
     if options.rules:
+        run.exclusions = reads.all_excluded_pairs(conn)
         unknown = reads.exclusions_for_unknown_users(conn)
         if unknown:
             _log.warning("%d exclusions in force name users that do not exist", unknown)
@@ -660,7 +663,7 @@ def score_batches(
         scores = _model_scores(model, state, user_index, buffer)
         rated_u, rated_p = reads.rated_pairs(conn, user_ids)
         if options.rules:
-            ex_u, ex_p = reads.excluded_pairs(conn, user_ids)
+            ex_u, ex_p = state.exclusions.pairs_for(user_ids)
         else:
             ex_u = ex_p = np.zeros(0, dtype=np.int64)
         row_of = _IdIndex(user_ids)
@@ -734,7 +737,7 @@ def score_batches(
         user_ids = unknown[start : start + fallback_batch]
         rated_u, rated_p = reads.rated_pairs(conn, user_ids)
         if options.rules:
-            ex_u, ex_p = reads.excluded_pairs(conn, user_ids)
+            ex_u, ex_p = state.exclusions.pairs_for(user_ids)
         else:
             ex_u = ex_p = np.zeros(0, dtype=np.int64)
         rated_of = _grouped(rated_u, rated_p, user_ids)
