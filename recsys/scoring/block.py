@@ -259,9 +259,12 @@ def _select(
         the row's k-th product, or every finite one when the row's list is short).
     """
     n, p = scores.shape
-    m = np.full(n, k if not columns.caps else 2 * k, dtype=np.int64)
-    n_chunks = maxima.shape[1]
     never = columns._never  # type: ignore[attr-defined]
+    first = k if not columns.caps else 2 * k
+    if never is not None:  # room for the share of columns that are never candidates
+        first = int(np.ceil(first / max(0.05, 1.0 - float(never.mean()))))
+    m = np.full(n, first, dtype=np.int64)
+    n_chunks = maxima.shape[1]
     active = np.arange(n)
     out_rows, out_cols, out_values, out_gone_rows, out_gone_values = [], [], [], [], []
     filled = np.zeros(n, dtype=np.int64)
