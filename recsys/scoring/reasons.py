@@ -15,10 +15,10 @@
 
 A whole block of users is explained at once (:meth:`ContributionReasons.top`,
 :meth:`TextReasons.most_similar_block`): every list row is matched against the rated products
-of its user by :func:`best_match`, which groups the block's users by history length (powers of
-two) and runs one stacked matmul per group, so the cost does not grow with a Python loop over
-users. :func:`top_contributors` and :meth:`TextReasons.most_similar` are the same definitions
-for one user.
+of its user by :func:`best_match`, which groups the block's users by history length (a few
+widths per octave) and runs one stacked matmul per group, so the cost does not grow with a
+Python loop over users. :func:`top_contributors` and :meth:`TextReasons.most_similar` are the
+same definitions for one user.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ FOR_YOU = "recommended for you"
 
 MATCH_ELEMENTS = 1 << 21
 """Elements of the padded history operand of one stacked matmul in :func:`best_match` (16 MiB
-at float64): bounds its memory whatever the users' history lengths."""
+at float64), or one user's whole history when that alone is longer."""
 
 
 def _padded(lengths: np.ndarray) -> np.ndarray:
@@ -218,7 +218,8 @@ class ContributionReasons:
 
     For a model with ``contribution_factors()`` (the ranker): the history CSR, ``H`` and ``V``
     with ``contribution(u, j, i) = w_uj / sqrt(max(sum_j w_uj, 1)) * H[j] . V[i]``, computed in
-    float64 and compared as float32 like the model's ``history_contributions``. Other models
+    float64 (the weight applied after the dot product) and compared as float32 like the model's
+    ``history_contributions``; ties go to the lower model product index. Other models
     with ``history_contributions`` only are asked user by user (:func:`top_contributors`).
 
     Args:
