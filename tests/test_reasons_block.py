@@ -1,7 +1,9 @@
 """Reasons of a whole block at once equal the one-user definitions, ties and folded users included.
 
 The ranker here is the real :class:`~recsys.model.ranker.RankerRecommender` with its tables
-set by hand (integer-valued, so equal contributions are exactly equal and ties are real);
+set by hand: integer-valued, and every history holds 1, 4 or 16 products, so the weight
+``1 / sqrt(n)`` is a power of two and every contribution is exact in any summation order
+(equal contributions are exactly equal: ties are real);
 the one-user references are :func:`recsys.scoring.reasons.top_contributors` (through the
 ranker's ``history_contributions``) and :meth:`recsys.scoring.reasons.TextReasons.most_similar`.
 """
@@ -29,15 +31,15 @@ class _Table:
 
 
 def _ranker(rng: np.random.Generator, n_users: int, n_products: int, dim: int, levels: int):
-    """A ranker whose history table repeats rows (equal contributions) and whose users'
-    history lengths range from none to every product."""
+    """A ranker whose history table repeats rows (equal contributions) and whose users rated
+    0, 1, 4 or 16 products."""
     h = rng.integers(-levels, levels + 1, (n_products, dim)).astype(np.float32)
     twins = rng.random(n_products) < 0.3
     h[twins] = h[0]  # several products contribute exactly alike
     ranker = RankerRecommender()
     ranker.tower = SimpleNamespace(history_embedding=SimpleNamespace(embeddings=_Table(h)))
-    lengths = rng.integers(0, n_products + 1, n_users)
-    lengths[rng.random(n_users) < 0.2] = 0
+    allowed = [n for n in (0, 1, 4, 16) if n <= n_products]
+    lengths = rng.choice(allowed, n_users)
     rows, cols = [], []
     for u, n in enumerate(lengths.tolist()):
         picked = rng.choice(n_products, n, replace=False)
@@ -66,8 +68,12 @@ def test_block_contributions_equal_the_one_user_definition(
 ) -> None:
     rng = np.random.default_rng(seed)
     ranker = _ranker(rng, n_users, n_products, dim, levels)
-    # folded-in users: histories with repeats, some empty
-    folded = [rng.integers(0, n_products, int(rng.integers(0, 8))) for _ in range(n_folded)]
+    # folded-in users: histories of 0, 1, 4 or 16 distinct products, each written up to 3 times
+    allowed = [size for size in (0, 1, 4, 16) if size <= n_products]
+    folded = []
+    for _ in range(n_folded):
+        distinct = rng.choice(n_products, int(rng.choice(allowed)), replace=False)
+        folded.append(np.repeat(distinct, rng.integers(1, 4, len(distinct))))
     explainer = reasons.ContributionReasons(ranker, folded, n_users)
     # a block: any users (trained and folded, repeated), a list of up to 12 rows each
     n = int(rng.integers(1, 10))
