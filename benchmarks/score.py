@@ -10,7 +10,10 @@ Prints, all measured in this run on this machine:
    key) next to a raw COPY of the same bytes into an unindexed temporary table;
 4. ``--full``: all users x all products scored (mask, exact top-10, fallbacks) and published
    through ``score_and_write`` against a real PostgreSQL, timed end to end;
-5. ``--e2e-ratings N``: the whole ``recsys run`` (load, features, train, evaluate-gate, score,
+5. ``--rules-users N``: ``score_and_write`` of a history-pooled dot-product model with all
+   rules and reasons off, then on (and on without reasons), the rate on / off in the same run;
+   ``--reasons-users N``: the reasons alone, seconds per 100k users;
+6. ``--e2e-ratings N``: the whole ``recsys run`` (load, features, train, evaluate-gate, score,
    publish) on an ``recsys sample`` of N ratings, in a subprocess.
 
 The model is the notebook's hybrid shape (K=32, Dense 1024, 100-d text) fitted for one epoch on
@@ -329,6 +332,108 @@ class DotModel:
         return self.U[users] @ self.V.T + self.b
 
 
+class HistoryDot:
+    """A dot-product model whose user vector is pooled from the user's rated products, like the
+    ranker's (``u = sum_j H[j] / sqrt(n)``), so every model row has an exact "because you
+    rated" reason: it offers ``score_factors``, ``history_contributions`` and
+    ``contribution_factors`` with the ranker's definitions."""
+
+    name = "history-dot"
+    scores_are_ratings = False
+
+    def __init__(self, history, n_products: int, dim: int, seed: int = 0) -> None:
+        rng = np.random.default_rng(seed)
+        self.history = history.tocsr()
+        self.H = rng.normal(0, 0.3, (n_products, dim)).astype(np.float32)
+        self.V = rng.normal(0, 0.3, (n_products, dim)).astype(np.float32)
+        self.b = rng.normal(0, 0.3, n_products).astype(np.float32)
+        counts = np.asarray(self.history.sum(axis=1)).ravel()
+        pooled = np.asarray(self.history @ self.H, dtype=np.float32)
+        self.U = pooled / np.sqrt(np.maximum(counts, 1.0)).astype(np.float32)[:, None]
+
+    def score_factors(self):
+        return self.U, self.V, self.b
+
+    def score_users(self, users: np.ndarray) -> np.ndarray:
+        return self.U[users] @ self.V.T + self.b
+
+    def contribution_factors(self):
+        return self.history, self.H, self.V
+
+    def history_contributions(self, user: int, products: np.ndarray, history=None):
+        row = self.history[int(user)]
+        items, data = np.asarray(row.indices, dtype=np.int64), row.data.astype(np.float32)
+        if history is not None:
+            items = np.unique(np.asarray(history, dtype=np.int64))
+            data = np.ones(len(items), dtype=np.float32)
+        if not len(items):
+            return items, np.zeros((0, len(products)), dtype=np.float32)
+        weights = data[:, None] / np.sqrt(max(float(data.sum()), 1.0))
+        return items, ((self.H[items] * weights) @ self.V[products].T).astype(np.float32)
+
+
+def random_history(n_users: int, n_products: int, per_user: int, seed: int = 5):
+    """A binary CSR user x product history with about ``per_user`` products per user."""
+    from scipy import sparse
+
+    rng = np.random.default_rng(seed)
+    rows = np.repeat(np.arange(n_users), per_user)
+    cols = rng.integers(0, n_products, len(rows))
+    history = sparse.csr_matrix(
+        (np.ones(len(rows), dtype=np.float32), (rows, cols)), shape=(n_users, n_products)
+    )
+    history.data[:] = 1.0
+    return history
+
+
+def reasons_speed(n_users: int, n_products: int, dim: int, per_user: int, k: int = 10) -> dict:
+    """Seconds per 100k users of the "because you rated" reasons of k-row lists, block by block
+    (``ContributionReasons.top``), and of the one-user definition (``top_contributors``) on a
+    tenth of the users for scale; and of the text reasons (``most_similar_block``, d=100)."""
+    from recsys.scoring import reasons
+    from recsys.scoring.block import users_per_block
+
+    history = random_history(n_users, n_products, per_user)
+    model = HistoryDot(history, n_products, dim)
+    rng = np.random.default_rng(6)
+    lists = rng.integers(0, n_products, (n_users, k))
+    block = users_per_block(n_products)
+    explainer = reasons.ContributionReasons(model)
+    rows = np.repeat(np.arange(block), k)
+    t0 = time.perf_counter()
+    for start in range(0, n_users, block):
+        users = np.arange(start, min(n_users, start + block))
+        explainer.top(users, rows[: len(users) * k], lists[users].ravel())
+    block_s = time.perf_counter() - t0
+    few = max(1, n_users // 10)
+    t0 = time.perf_counter()
+    for u in range(few):
+        reasons.top_contributors(model, u, lists[u])
+    one_s = time.perf_counter() - t0
+    text = reasons.TextReasons(
+        np.arange(1, n_products + 1), rng.normal(size=(n_products, 100)).astype(np.float32)
+    )
+    t0 = time.perf_counter()
+    for start in range(0, n_users, block):
+        users = np.arange(start, min(n_users, start + block))
+        sub = history[users]
+        rated_rows = np.repeat(np.arange(len(users)), np.diff(sub.indptr))
+        text.most_similar_block(
+            len(users),
+            rated_rows,
+            sub.indices + 1,
+            rows[: len(users) * k],
+            lists[users].ravel() + 1,
+        )
+    text_s = time.perf_counter() - t0
+    per = 100_000 / n_users
+    return {
+        "block_per_100k": block_s * per,
+        "one_user_per_100k": one_s * 100_000 / few,
+        "text_per_100k": text_s * per,
+    }
+
+
 def kernel_columns(n_products: int, rules: bool, seed: int = 3):
     """The column side of a run: product ids; with ``rules``, 5% unavailable, 1% boosted,
     caps of 3 per category (200 categories) and 3 per brand (2,000 brands)."""
@@ -409,8 +514,13 @@ def whole_row_speed(n_users: int, n_products: int, dim: int, k: int = 10) -> dic
     return {"flops": n_users * n_products * 2 * (dim + 1) / seconds}
 
 
-def rules_full_run(engine, n_users: int, n_products: int, dim: int, n_ratings: int) -> dict:
-    """score_and_write of a dot-product model on PostgreSQL, all rules off, then all on."""
+def rules_full_run(
+    engine, n_users: int, n_products: int, dim: int, n_ratings: int, repeat: int = 2
+) -> dict:
+    """score_and_write of a history-pooled dot-product model (:class:`HistoryDot`) on
+    PostgreSQL: all rules and reasons off; all rules (5% unavailable, 2 exclusions per user,
+    1% boosted, caps 3 per category and 3 per brand) and reasons on; the same without reasons.
+    Each mode runs ``repeat`` times, alternating; the best time of each counts."""
     import sqlalchemy as sa
 
     from recsys.scoring.score import ScoreOptions, ScoringModel, score_and_write
@@ -463,25 +573,48 @@ def rules_full_run(engine, n_users: int, n_products: int, dim: int, n_ratings: i
             {"n": n_products},
         )
         conn.execute(sa.text("ANALYZE"))
-    model = DotModel(n_users, n_products, dim)
+    with engine.connect() as conn:
+        pairs = conn.execute(sa.text("SELECT user_id, product_id FROM ratings")).all()
+    from scipy import sparse
+
+    pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+    history = sparse.csr_matrix(
+        (np.ones(len(pairs), dtype=np.float32), (pairs[:, 0] - 1, pairs[:, 1] - 1)),
+        shape=(n_users, n_products),
+    )
+    history.data[:] = 1.0
+    model = HistoryDot(history, n_products, dim)
     scoring = ScoringModel(
         model,
         np.arange(1, n_users + 1, dtype=np.int64),
         np.arange(1, n_products + 1, dtype=np.int64),
-        model_type="dot",
+        model_type="history-dot",
     )
-    out = {}
-    for name, options in (
-        ("off", ScoreOptions(k=10, rules=False)),
+    modes = (
+        ("off", ScoreOptions(k=10, rules=False, reasons=False)),
         ("on", ScoreOptions(k=10, max_per_category=3, max_per_brand=3)),
-    ):
-        t0 = time.perf_counter()
-        summary = score_and_write(engine, scoring, options, publish=False)
-        out[name] = {
-            "seconds": time.perf_counter() - t0,
-            "users": summary.n_users,
-            "rule_counts": summary.rule_counts,
-        }
+        ("on_no_reasons", ScoreOptions(k=10, max_per_category=3, max_per_brand=3, reasons=False)),
+    )
+    out = {name: {"all_seconds": [], "all_cpu": []} for name, _ in modes}
+    for _ in range(repeat):  # alternate the modes so that drift in the machine's load is shared
+        for name, options in modes:
+            t0, c0 = time.perf_counter(), time.process_time()
+            summary = score_and_write(engine, scoring, options, publish=False)
+            out[name]["all_seconds"].append(time.perf_counter() - t0)
+            out[name]["all_cpu"].append(time.process_time() - c0)
+            out[name]["users"] = summary.n_users
+            out[name]["rule_counts"] = summary.rule_counts
+    for name in out:
+        out[name]["seconds"] = min(out[name]["all_seconds"])
+        out[name]["cpu"] = min(out[name]["all_cpu"])
+    with engine.connect() as conn:
+        out["unexplained_rows"] = conn.execute(
+            sa.text(
+                "SELECT count(*) FROM recommendations WHERE run_id = (SELECT max(run_id) FROM "
+                "recommendations WHERE reason IS NOT NULL) AND strategy = 'model' "
+                "AND because_product_id IS NULL"
+            )
+        ).scalar_one()
     return out
 
 
@@ -525,6 +658,15 @@ def main() -> None:
         help="score_and_write with all rules off, then on, for this many users (0: skip)",
     )
     parser.add_argument("--rules-products", type=int, default=20_000)
+    parser.add_argument(
+        "--rules-repeat", type=int, default=2, help="runs of each rules mode (best counts)"
+    )
+    parser.add_argument(
+        "--reasons-users",
+        type=int,
+        default=0,
+        help="time the reasons alone for this many users (0: skip)",
+    )
     parser.add_argument("--skip-hybrid", action="store_true", help="skip the hybrid scorer")
     args = parser.parse_args()
     home = args.home or Path(tempfile.mkdtemp(prefix="recsys-bench-"))
@@ -591,15 +733,48 @@ def main() -> None:
 
     if args.rules_users:
         res = rules_full_run(
-            engine, args.rules_users, args.rules_products, args.kernel_dim, 20 * args.rules_users
+            engine,
+            args.rules_users,
+            args.rules_products,
+            args.kernel_dim,
+            20 * args.rules_users,
+            repeat=args.rules_repeat,
         )
+        off, on, bare = res["off"], res["on"], res["on_no_reasons"]
         print(
             f"score_and_write, {args.rules_users:,} users x {args.rules_products:,} products "
-            f"(d={args.kernel_dim}): rules off {res['off']['seconds']:.1f}s, all rules on "
-            f"(5% unavailable, 2 exclusions/user, 1% boosted, caps 3/category 3/brand) "
-            f"{res['on']['seconds']:.1f}s; rate on / off "
-            f"{res['off']['seconds'] / res['on']['seconds']:.2f}; rule counts "
-            f"{res['on']['rule_counts']}"
+            f"(d={args.kernel_dim}, 20 ratings/user, best of {args.rules_repeat}): rules and "
+            f"reasons off {off['seconds']:.2f}s; all rules (5% unavailable, 2 exclusions/user, "
+            f"1% boosted, caps 3/category 3/brand) and reasons on {on['seconds']:.2f}s; rate "
+            f"on / off {off['seconds'] / on['seconds']:.2f}; all rules, no reasons "
+            f"{bare['seconds']:.2f}s (rate / off {off['seconds'] / bare['seconds']:.2f})"
+        )
+        print(
+            "  every time (s): "
+            + "; ".join(
+                f"{name} " + ", ".join(f"{t:.2f}" for t in res[name]["all_seconds"])
+                for name in ("off", "on", "on_no_reasons")
+            )
+        )
+        print(
+            f"  CPU seconds of this process (PostgreSQL's own work not included): off "
+            f"{off['cpu']:.2f}, on {on['cpu']:.2f}, on without reasons {bare['cpu']:.2f}; "
+            f"on / off {off['cpu'] / on['cpu']:.2f}"
+        )
+        print(
+            f"  rule counts {on['rule_counts']}; model rows without a reason: "
+            f"{res['unexplained_rows']}; reasons' share of the run: "
+            f"{(on['seconds'] - bare['seconds']) * 100_000 / args.rules_users:.1f}s per 100k users"
+        )
+    if args.reasons_users:
+        rs = reasons_speed(args.reasons_users, args.rules_products, args.kernel_dim, 20)
+        print(
+            f"reasons of 10-row lists ({args.reasons_users:,} users, {args.rules_products:,} "
+            f"products, d={args.kernel_dim}, 20 rated/user): because-you-rated block by block "
+            f"{rs['block_per_100k']:.2f}s per 100k users; one user at a time (the definition, "
+            f"on a tenth of the users) {rs['one_user_per_100k']:.2f}s per 100k users (ratio "
+            f"{rs['one_user_per_100k'] / rs['block_per_100k']:.1f}x); text similarity (d=100) "
+            f"block by block {rs['text_per_100k']:.2f}s per 100k users"
         )
     if args.full and args.full_model == "mf":
         from recsys.model.base import RatingData

@@ -542,11 +542,7 @@ class RankerRecommender:
             (history product indices int64 [h], contributions float32 [h, len(products)]).
         """
         self._check()
-        cached = getattr(self, "_history_vectors", None)
-        if cached is None or cached[0] is not self.tower:
-            embeddings = self.tower.history_embedding.embeddings.numpy()
-            cached = (self.tower, np.asarray(embeddings, dtype=np.float32))
-            self._history_vectors = cached
+        table = self._history_table()
         if history is None:
             row = self.history[int(user)]
             history = np.asarray(row.indices, dtype=np.int64)
@@ -558,8 +554,29 @@ class RankerRecommender:
             return history, np.zeros((0, len(products)), dtype=np.float32)
         weights = data[:, None] / np.sqrt(max(float(data.sum()), 1.0))
         products = np.asarray(products, dtype=np.int64)
-        contributions = (cached[1][history] * weights) @ self.product_vectors[products].T
+        contributions = (table[history] * weights) @ self.product_vectors[products].T
         return history, contributions.astype(np.float32)
+
+    def _history_table(self) -> np.ndarray:
+        """The history embeddings ``H`` (float32 [n_products, d]), read once per tower."""
+        cached = getattr(self, "_history_vectors", None)
+        if cached is None or cached[0] is not self.tower:
+            embeddings = self.tower.history_embedding.embeddings.numpy()
+            cached = (self.tower, np.asarray(embeddings, dtype=np.float32))
+            self._history_vectors = cached
+        return cached[1]
+
+    def contribution_factors(self) -> tuple[Any, np.ndarray, np.ndarray]:
+        """What :meth:`history_contributions` computes from, for many users at once.
+
+        Returns:
+            (the training history, CSR [n_users, n_products] with a weight per rated product;
+            ``H`` float32 [n_products, d]; ``V`` float32 [n_products, d]): with ``w`` the row's
+            weights, history product j adds ``w_j / sqrt(max(sum(w), 1)) * H[j] . V[i]`` to the
+            user's score of product i, exactly as :meth:`history_contributions` computes it.
+        """
+        self._check()
+        return self.history, self._history_table(), self.product_vectors
 
     def direct_scores(self, users: np.ndarray) -> np.ndarray:
         """The Keras ranking tower evaluated directly on (users, history rows, text): for tests."""

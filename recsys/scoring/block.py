@@ -7,12 +7,14 @@ here, before the top-k cut:
 
 1. **Boosts** change the score of boosted columns: ``offset`` is added (ranking scores), then
    ``factor`` multiplies (rating scores); see :class:`Columns`.
-2. **Masks**: products the user rated, per-user exclusions, unavailable products and products
-   gone from the database get ``-inf`` and can never be chosen.
+2. **Masks**: products the user rated and per-user exclusions get ``-inf``; unavailable
+   products and products gone from the database are dropped from the candidates (the rows that
+   lose too many are widened, as under the caps). None of them can ever be chosen.
 3. **Exact top-k** (:mod:`recsys.data.topk`) cuts the best m candidates of each row
    without sorting whole rows.
 4. **Caps** (at most N per category / per brand) are applied greedily in score order, which is
-   exact for per-group caps: a product is taken when none of its groups is full. A row whose
+   exact for per-group caps: a product is taken when none of its groups is full (computed for
+   all rows at once, see :func:`_greedy`). A row whose
    candidates run out under the caps is widened (4 x more candidates) until it has k products
    or no finite score is left; the caller backfills what remains from the fallback.
 
@@ -87,8 +89,8 @@ class Columns:
             boosted |= self.factor != 1
         object.__setattr__(self, "boosted", boosted)
         object.__setattr__(self, "_boosted_cols", np.flatnonzero(boosted))
-        object.__setattr__(self, "_unavailable_cols", np.flatnonzero(self.unavailable))
-        object.__setattr__(self, "_blocked_cols", np.flatnonzero(self.blocked | self.unavailable))
+        never = np.asarray(self.blocked, dtype=bool) | np.asarray(self.unavailable, dtype=bool)
+        object.__setattr__(self, "_never", never if never.any() else None)
 
     @property
     def n(self) -> int:
@@ -153,6 +155,29 @@ def dot_scores(
     return users @ products.T
 
 
+def _count_before(accepted: np.ndarray, order: np.ndarray, start: np.ndarray) -> np.ndarray:
+    """Per candidate, how many accepted candidates precede it in its segment.
+
+    ``order`` sorts the candidates into segments (stable, so each segment keeps the walk's
+    order) and ``start[i]`` is the sorted position where sorted position i's segment begins.
+    """
+    a = accepted[order].astype(np.int64)
+    before = np.cumsum(a) - a
+    out = np.empty(len(order), dtype=np.int64)
+    out[order] = before - before[start]
+    return out
+
+
+def _segments(rows: np.ndarray, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(order, start) of the segments of equal (row, code) for :func:`_count_before`."""
+    order = np.lexsort((codes, rows))  # stable: each segment stays in walk order
+    r, c = rows[order], codes[order]
+    new = np.ones(len(order), dtype=bool)
+    new[1:] = (r[1:] != r[:-1]) | (c[1:] != c[:-1])
+    starts = np.flatnonzero(new)
+    return order, starts[np.cumsum(new) - 1]
+
+
 def _greedy(
     rows: np.ndarray,
     ranks: np.ndarray,
@@ -163,53 +188,49 @@ def _greedy(
 ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
     """Walk each row's candidates in order, taking a product unless one of its groups is full.
 
+    Computed without a walk: a candidate is taken when, for every cap, fewer than ``cap`` taken
+    candidates of its group come before it. That condition depends only on earlier candidates,
+    so it has one solution, the greedy walk's, and iterating it from "all taken" settles each
+    row's first t candidates within t rounds (a few in practice); each round is a stable
+    segmented count per (row, group). The list closes at its k-th product: the walk's first k
+    products are the same whether or not later ones are looked at.
+
     Returns:
         (accepted bool per candidate, filled per row, per cap: candidates it skipped in each
-        row while the row's list was open).
+        row while the row's list was open; a candidate over several caps counts for the first).
     """
     skipped = {cap.name: np.zeros(n_rows, dtype=np.int64) for cap in caps}
     if not caps:
         accepted = ranks <= k
         return accepted, np.bincount(rows[accepted], minlength=n_rows), skipped
     n_cand = len(rows)
-    accepted = np.zeros(n_cand, dtype=bool)
-    filled = np.zeros(n_rows, dtype=np.int64)
     if n_cand == 0:
-        return accepted, filled, skipped
-    width = int(ranks.max())
-    position = np.full((n_rows, width), -1, dtype=np.int64)
-    position[rows, ranks - 1] = np.arange(n_cand)
-    group_codes = []
-    counters = []
+        return np.zeros(0, dtype=bool), np.zeros(n_rows, dtype=np.int64), skipped
+    grouped = []
+    segments = []
     for cap in caps:
-        raw = cap.codes[cols]
-        code = np.full(n_cand, -1, dtype=np.int64)
-        grouped = raw >= 0
-        if grouped.any():
-            pair = rows[grouped] * (int(raw.max()) + 1) + raw[grouped]
-            _, inverse = np.unique(pair, return_inverse=True)
-            code[grouped] = inverse
-        group_codes.append(code)
-        counters.append(np.zeros(int(code.max()) + 1 if grouped.any() else 0, dtype=np.int64))
-    for j in range(width):
-        cand = position[:, j]
-        cand = cand[cand >= 0]
-        if not len(cand):
-            continue
-        ok = filled[rows[cand]] < k
-        for cap, code, counter in zip(caps, group_codes, counters, strict=True):
-            c = code[cand]
-            over = ok & (c >= 0)
-            over[over] = counter[c[over]] >= cap.cap
-            np.add.at(skipped[cap.name], rows[cand[over]], 1)
-            ok &= ~over
-        taken = cand[ok]
-        accepted[taken] = True
-        filled[rows[taken]] += 1
-        for code, counter in zip(group_codes, counters, strict=True):
-            c = code[taken]
-            counter[c[c >= 0]] += 1
-    return accepted, filled, skipped
+        codes = cap.codes[cols]
+        grouped.append(codes >= 0)
+        segments.append(_segments(rows, codes))
+    row_segments = (np.arange(n_cand), np.searchsorted(rows, rows, side="left"))
+    accepted = np.ones(n_cand, dtype=bool)
+    while True:
+        over = [
+            is_grouped & (_count_before(accepted, order, start) >= cap.cap)
+            for cap, is_grouped, (order, start) in zip(caps, grouped, segments, strict=True)
+        ]
+        now = ~np.logical_or.reduce(over)
+        if np.array_equal(now, accepted):
+            break
+        accepted = now
+    open_ = _count_before(accepted, *row_segments) < k  # rows are sorted: walk order
+    taken = accepted & open_
+    blocked_before = np.zeros(n_cand, dtype=bool)
+    for cap, is_over in zip(caps, over, strict=True):
+        counted = open_ & is_over & ~blocked_before
+        skipped[cap.name] = np.bincount(rows[counted], minlength=n_rows)
+        blocked_before |= is_over
+    return taken, np.bincount(rows[taken], minlength=n_rows), skipped
 
 
 def _select(
@@ -217,13 +238,35 @@ def _select(
     maxima: np.ndarray,
     columns: Columns,
     k: int,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, int]]:
-    """Exact lists under the caps: widen rows whose candidates ran out (see the module)."""
+) -> tuple[
+    np.ndarray,
+    np.ndarray,
+    np.ndarray,
+    np.ndarray,
+    np.ndarray,
+    dict[str, int],
+    tuple[np.ndarray, np.ndarray],
+]:
+    """Exact lists under the caps: widen rows whose candidates ran out (see the module).
+
+    Columns that can never be listed (unavailable, blocked) are dropped from the candidates
+    instead of being masked in ``scores``: a row that loses too many of its candidates to them
+    is widened like a row that loses them to a cap, so the lists stay exact.
+
+    Returns:
+        (rows, ranks, cols, values, filled, skipped per cap, (row, value) of the unavailable
+        candidates of each row's final pass: every unavailable pair scored at least as high as
+        the row's k-th product, or every finite one when the row's list is short).
+    """
     n, p = scores.shape
-    m = np.full(n, k if not columns.caps else 2 * k, dtype=np.int64)
+    never = columns._never  # type: ignore[attr-defined]
+    first = k if not columns.caps else 2 * k
+    if never is not None:  # room for the share of columns that are never candidates
+        first = int(np.ceil(first / max(0.05, 1.0 - float(never.mean()))))
+    m = np.full(n, first, dtype=np.int64)
     n_chunks = maxima.shape[1]
     active = np.arange(n)
-    out_rows, out_cols, out_values = [], [], []
+    out_rows, out_cols, out_values, out_gone_rows, out_gone_values = [], [], [], [], []
     filled = np.zeros(n, dtype=np.int64)
     skipped = {cap.name: 0 for cap in columns.caps}
     while len(active):
@@ -235,9 +278,15 @@ def _select(
         values = scores[active[sel_rows][:, None], np.minimum(cols, p - 1)]
         keep = inside & np.isfinite(values) & (values >= threshold[sel_rows][:, None])
         local = np.broadcast_to(sel_rows[:, None], cols.shape)[keep]
-        rows_o, ranks_o, cols_o, values_o = order_candidates(
-            local, cols[keep], values[keep], columns.keys
-        )
+        cols, values = cols[keep], values[keep]
+        gone_rows = gone_values = None
+        if never is not None:
+            banned = never[cols]
+            if banned.any():
+                gone = banned & columns.unavailable[cols]
+                gone_rows, gone_values = local[gone], values[gone]
+                local, cols, values = local[~banned], cols[~banned], values[~banned]
+        rows_o, ranks_o, cols_o, values_o = order_candidates(local, cols, values, columns.keys)
         accepted, got, skip = _greedy(rows_o, ranks_o, cols_o, len(active), k, columns.caps)
         exhausted = m[active] >= n_chunks * CHUNK
         done = (got >= k) | exhausted | ~np.isfinite(threshold)
@@ -245,6 +294,10 @@ def _select(
         out_rows.append(active[rows_o[take]])
         out_cols.append(cols_o[take])
         out_values.append(values_o[take])
+        if gone_rows is not None:
+            final = done[gone_rows]
+            out_gone_rows.append(active[gone_rows[final]])
+            out_gone_values.append(gone_values[final])
         filled[active[done]] = got[done]
         for name, per_row in skip.items():  # the final pass of each finished row counts
             skipped[name] += int(per_row[done].sum())
@@ -257,7 +310,12 @@ def _select(
     rows, cols, values = rows[order], cols[order], values[order]
     starts = np.searchsorted(rows, rows, side="left")
     ranks = np.arange(len(rows)) - starts + 1
-    return rows, ranks, cols, values, filled, skipped
+    gone = (
+        (np.concatenate(out_gone_rows), np.concatenate(out_gone_values))
+        if out_gone_rows
+        else (np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32))
+    )
+    return rows, ranks, cols, values, filled, skipped, gone
 
 
 def score_block(
@@ -272,7 +330,8 @@ def score_block(
 
     Args:
         scores: float32 [n, P], the model's scores of these users against every column
-            (modified in place: boosts applied, masked entries set to ``-inf``).
+            (modified in place: boosts applied, rated and excluded pairs set to ``-inf``;
+            unavailable and blocked columns are skipped while the lists are cut).
         columns: the run's column side (keys, availability, boosts, caps).
         k: list length.
         rated: (rows, columns) the users rated: never recommended, not counted.
@@ -295,15 +354,10 @@ def score_block(
         scores[rated[0], rated[1]] = -np.inf
     ex_rows = ex_cols = np.zeros(0, dtype=np.int64)
     if excluded is not None and len(excluded[0]):
-        ex_rows, ex_cols = excluded
+        ex_rows, ex_cols = (np.asarray(a, dtype=np.int64) for a in excluded)
     ex_values = scores[ex_rows, ex_cols].copy()
-    unavailable_cols = columns._unavailable_cols  # type: ignore[attr-defined]
-    unavailable_values = scores[:, unavailable_cols].copy() if len(unavailable_cols) else None
     if len(ex_rows):
         scores[ex_rows, ex_cols] = -np.inf
-    blocked_cols = columns._blocked_cols  # type: ignore[attr-defined]
-    if len(blocked_cols):
-        scores[:, blocked_cols] = -np.inf
     if n == 0 or p == 0:
         empty = np.zeros(0, dtype=np.int64)
         counts = {key: 0 for key in RULE_COUNT_KEYS if key != "backfilled_users"}
@@ -311,7 +365,7 @@ def score_block(
             empty, empty, empty, np.zeros(0, np.float32), np.zeros(n, np.int64), counts
         )
     maxima = chunk_maxima(scores, CHUNK)
-    rows, ranks, cols, values, filled, skipped = _select(scores, maxima, columns, k)
+    rows, ranks, cols, values, filled, skipped, gone = _select(scores, maxima, columns, k)
 
     # the score of each row's last product: a masked pair at least this high was displaced
     last = np.full(n, -np.inf, dtype=np.float32)
@@ -319,15 +373,15 @@ def score_block(
     last_rows = rows[ranks == k]
     last[last_rows] = values[ranks == k]
     last[~full] = -np.inf
+    displaced = np.isfinite(ex_values) & (ex_values >= last[ex_rows])
+    # an excluded pair of an unavailable product counts under both rules, once under each
+    both = displaced & columns.unavailable[ex_cols]
     counts = {
-        "unavailable": 0,
-        "excluded": int((np.isfinite(ex_values) & (ex_values >= last[ex_rows])).sum()),
+        "unavailable": int((gone[1] >= last[gone[0]]).sum())
+        + len(np.unique(ex_rows[both] * p + ex_cols[both])),
+        "excluded": int(displaced.sum()),
         "category_cap": int(skipped.get("category_cap", 0)),
         "brand_cap": int(skipped.get("brand_cap", 0)),
         "boosted": int(columns.boosted[cols].sum()),
     }
-    if unavailable_values is not None:
-        counts["unavailable"] = int(
-            (np.isfinite(unavailable_values) & (unavailable_values >= last[:, None])).sum()
-        )
     return BlockResult(rows, ranks, cols, values.astype(np.float32), filled, counts)

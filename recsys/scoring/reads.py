@@ -69,6 +69,48 @@ def excluded_pairs(conn: sa.Connection, users: np.ndarray) -> tuple[np.ndarray, 
     )
 
 
+@dataclass(frozen=True)
+class UserPairs:
+    """(user_id, product_id) pairs held in memory, sorted by user, looked up a block at a time."""
+
+    users: np.ndarray
+    """int64, ascending."""
+    products: np.ndarray
+
+    @classmethod
+    def of(cls, users: np.ndarray, products: np.ndarray) -> UserPairs:
+        order = np.argsort(users, kind="stable")
+        return cls(
+            np.asarray(users, dtype=np.int64)[order], np.asarray(products, dtype=np.int64)[order]
+        )
+
+    def pairs_for(self, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The pairs of these users (any order), as ``excluded_pairs`` returns them."""
+        users = np.asarray(users, dtype=np.int64)
+        lo = np.searchsorted(self.users, users, side="left")
+        lengths = np.searchsorted(self.users, users, side="right") - lo
+        total = int(lengths.sum())
+        if not total:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+        starts = np.cumsum(lengths) - lengths
+        index = np.arange(total) - np.repeat(starts - lo, lengths)
+        return self.users[index], self.products[index]
+
+
+def all_excluded_pairs(conn: sa.Connection) -> UserPairs:
+    """Every exclusion in force now, read once for a whole run (16 bytes a pair in memory)."""
+    return UserPairs.of(
+        *fetch_pairs(
+            conn,
+            "SELECT u.id, p.id FROM user_exclusions e "
+            "JOIN users u ON u.external_id = e.user_external_id "
+            "JOIN products p ON p.external_id = e.asin "
+            "WHERE e.until IS NULL OR e.until > now()",
+            {},
+        )
+    )
+
+
 def exclusions_for_unknown_users(conn: sa.Connection) -> int:
     """Exclusions in force whose user is not in ``users`` (reported; they cannot apply)."""
     return int(

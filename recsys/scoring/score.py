@@ -236,6 +236,10 @@ class _Run:
     """Per folded-in user, the model product indices they rated."""
     folded_vectors: np.ndarray | None = None
     """Per folded-in user, the user vector pooled from that history (``user_vectors_for``)."""
+    exclusions: reads.UserPairs | None = None
+    """Every exclusion in force (None: rules off)."""
+    contributions: reasons.ContributionReasons | None = None
+    """The model's per-history-product contributions (built at the first block that needs them)."""
 
 
 def model_users(model: ScoringModel, db_users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -395,6 +399,7 @@ def _setup(conn: sa.Connection, model: ScoringModel, options: ScoreOptions) -> _
         fallback_boosted=set(fallback.product_ids[fallback.boosted].tolist()),
     )
     if options.rules:
+        run.exclusions = reads.all_excluded_pairs(conn)
         unknown = reads.exclusions_for_unknown_users(conn)
         if unknown:
             _log.warning("%d exclusions in force name users that do not exist", unknown)
@@ -549,27 +554,43 @@ def _fallback_rows(
 def _model_reasons(
     model: ScoringModel,
     run: _Run,
-    user_index: int,
+    user_index: np.ndarray,
+    rows: np.ndarray,
     cols: np.ndarray,
-    rated: np.ndarray,
+    rated: tuple[np.ndarray, np.ndarray],
+    user_ids: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(reason code, because product id) of one user's model and cold-start rows."""
+    """(reason code, because product id) of a block's model and cold-start rows, all at once.
+
+    Args:
+        user_index: model user index of each block row.
+        rows, cols: block row and column of each list row.
+        rated: (user_id, product_id) of the block's ratings in the database.
+        user_ids: ``users.id`` of each block row.
+    """
     n = len(cols)
     because = np.full(n, -1, dtype=np.int64)
     cold = cols >= run.n_model_products
     warm = ~cold
-    recommender = model.recommender
+    by_text = cold
     if warm.any():
-        if hasattr(recommender, "history_contributions"):
-            history = None
-            if run.folded_history and user_index >= run.n_model_users:
-                history = run.folded_history[user_index - run.n_model_users]
-            top = reasons.top_contributors(recommender, user_index, cols[warm], history=history)
+        if hasattr(model.recommender, "history_contributions"):
+            if run.contributions is None:
+                run.contributions = reasons.ContributionReasons(
+                    model.recommender, run.folded_history, run.n_model_users
+                )
+            top = run.contributions.top(user_index, rows[warm], cols[warm])
             because[warm] = np.where(top >= 0, model.product_ids[np.maximum(top, 0)], -1)
-        elif run.text is not None:
-            because[warm] = run.text.most_similar(rated, run.candidate_ids[cols[warm]])
-    if cold.any() and run.text is not None:
-        because[cold] = run.text.most_similar(rated, run.candidate_ids[cols[cold]])
+        else:
+            by_text = np.ones(n, dtype=bool)
+    if run.text is not None and by_text.any():
+        because[by_text] = run.text.most_similar_block(
+            len(user_ids),
+            _IdIndex(user_ids).positions(rated[0]),
+            rated[1],
+            rows[by_text],
+            run.candidate_ids[cols[by_text]],
+        )
     reason = np.where(cold, _SIMILAR, _BECAUSE)
     reason[because < 0] = _FOR_YOU
     return reason, because
@@ -642,7 +663,7 @@ def score_batches(
         scores = _model_scores(model, state, user_index, buffer)
         rated_u, rated_p = reads.rated_pairs(conn, user_ids)
         if options.rules:
-            ex_u, ex_p = reads.excluded_pairs(conn, user_ids)
+            ex_u, ex_p = state.exclusions.pairs_for(user_ids)
         else:
             ex_u = ex_p = np.zeros(0, dtype=np.int64)
         row_of = _IdIndex(user_ids)
@@ -664,16 +685,9 @@ def score_batches(
         cols = result.cols
         strategies = np.where(cols >= state.n_model_products, COLD_START, MODEL)
         if options.reasons:
-            reason = np.full(len(cols), -1, dtype=np.int32)
-            because = np.full(len(cols), -1, dtype=np.int64)
-            rated_of = _grouped(rated_u, rated_p, user_ids)
-            bounds = np.searchsorted(result.rows, np.arange(len(user_ids) + 1))
-            for i in range(len(user_ids)):
-                a, b = bounds[i], bounds[i + 1]
-                if a < b:
-                    reason[a:b], because[a:b] = _model_reasons(
-                        model, state, int(user_index[i]), cols[a:b], rated_of[i]
-                    )
+            reason, because = _model_reasons(
+                model, state, user_index, result.rows, cols, (rated_u, rated_p), user_ids
+            )
         else:
             reason = np.full(len(cols), -1, dtype=np.int32)
             because = np.full(len(cols), -1, dtype=np.int64)
@@ -723,7 +737,7 @@ def score_batches(
         user_ids = unknown[start : start + fallback_batch]
         rated_u, rated_p = reads.rated_pairs(conn, user_ids)
         if options.rules:
-            ex_u, ex_p = reads.excluded_pairs(conn, user_ids)
+            ex_u, ex_p = state.exclusions.pairs_for(user_ids)
         else:
             ex_u = ex_p = np.zeros(0, dtype=np.int64)
         rated_of = _grouped(rated_u, rated_p, user_ids)
