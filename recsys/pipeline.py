@@ -88,6 +88,10 @@ class PipelineOptions:
     """At most this many products of one brand per list (None: no cap)."""
     similar: bool = True
     """Build and publish the item-to-item lists (``similar_products``) after publishing."""
+    engine: str | None = None
+    """Where scoring runs: ``local`` or ``ray`` (None: the settings' ``engine``)."""
+    ray_address: str | None = None
+    """The Ray head for ``engine="ray"`` (None: the settings' ``ray_address``)."""
 
 
 @dataclass
@@ -285,6 +289,7 @@ def _evaluate_step(ctx: Context) -> dict:
 
 
 def _score_step(ctx: Context) -> dict:
+    from recsys.cluster.engine import block_runner, engine_options
     from recsys.scoring.score import ScoreOptions, load_model, score_and_write
 
     model = ctx.state.get("model")
@@ -299,9 +304,11 @@ def _score_step(ctx: Context) -> dict:
         max_per_category=ctx.options.max_per_category,
         max_per_brand=ctx.options.max_per_brand,
     )
-    summary = score_and_write(
-        ctx.engine, model, options, publish=False, should_stop=ctx.should_stop
-    )
+    cluster = engine_options(ctx.settings, ctx.options.engine, ctx.options.ray_address)
+    with block_runner(cluster) as runner:
+        summary = score_and_write(
+            ctx.engine, model, options, publish=False, should_stop=ctx.should_stop, runner=runner
+        )
     ctx.state["recommendation_run_id"] = summary.run_id
     return {
         "recommendation_run_id": summary.run_id,

@@ -10,6 +10,7 @@ import click
 import sqlalchemy as sa
 
 from recsys.commands.database import open_engine
+from recsys.commands.engine import ENGINE_OPTIONS, engine_options
 from recsys.config import Settings
 from recsys.errors import RecsysError
 from recsys.progress import progress_for_terminal
@@ -149,6 +150,7 @@ _brand_cap_option = click.option(
     show_default=True,
     help="Serve the new run as soon as it is complete.",
 )
+@engine_options
 @click.pass_context
 def score_command(
     ctx,
@@ -161,12 +163,15 @@ def score_command(
     memory_mb,
     batch_users,
     publish,
+    **cluster,
 ) -> None:
     """Score every user against every product they have not rated; exact top-k.
 
     Writes a new recommendation run (one transaction) and, unless --no-publish, serves it.
     Holds the nightly lock, so it never races `recsys run`.
     """
+    from recsys.cluster.engine import block_runner
+    from recsys.cluster.engine import engine_options as engine_options_from
     from recsys.db.locks import NIGHTLY_JOB, NIGHTLY_LOCK, advisory_lock
     from recsys.scoring.publish import fail_abandoned_runs
     from recsys.scoring.score import ScoreOptions, load_model, score_and_write
@@ -188,7 +193,10 @@ def score_command(
         with engine.begin() as conn:
             fail_abandoned_runs(conn)
         model = load_model(engine, settings, model_run)
-        with _ScoreProgress() as progress:
+        with (
+            block_runner(engine_options_from(settings, **cluster)) as runner,
+            _ScoreProgress() as progress,
+        ):
             summary = score_and_write(
                 engine,
                 model,
@@ -197,6 +205,7 @@ def score_command(
                 keep=settings.keep_runs,
                 progress=progress,
                 thresholds=GateThresholds.from_settings(settings),
+                runner=runner,
             )
         if publish:
             from recsys.model.registry import prune_artifacts
@@ -371,6 +380,7 @@ def _pipeline_decorators(f):
             default=None,
             help="Users per scoring batch (overrides --memory-mb).",
         ),
+        *ENGINE_OPTIONS,
     ]
     for option in reversed(options):
         f = option(f)
