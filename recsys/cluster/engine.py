@@ -131,6 +131,15 @@ def probe(address: str | None, timeout: float = CONNECT_TIMEOUT_S) -> tuple[str,
     return host, port
 
 
+def check_engine(options: EngineOptions) -> EngineOptions:
+    """Fail early, in one line, when the Ray engine is asked for and cannot work: Ray not
+    installed, no or a bad address, nothing listening there. Connects to nothing."""
+    if options.engine == "ray":
+        require_ray()
+        probe(options.ray_address)
+    return options
+
+
 @contextlib.contextmanager
 def block_runner(options: EngineOptions) -> Iterator[Any]:
     """The scoring runner of ``options``: None (the local engine) or a connected Ray runner.
@@ -182,8 +191,16 @@ class RayBlocks:
 
     def __call__(self, part: Any, blocks: Iterator[Any]) -> Iterator[Any]:
         ray = self.ray
+        portable = part.portable()
+        new_text = part.run.new_text
+        if new_text is not None and len(new_text) and portable is not part:
+            name = part.model.model_type or type(part.model.recommender).__name__
+            raise ClusterError(
+                f"--cold-start is not available with --engine ray for model {name} "
+                "(its text path stays on the driver); drop one of them"
+            )
         try:
-            part_ref = ray.put(part.portable())
+            part_ref = ray.put(portable)
         except Exception as err:
             raise ClusterError(
                 f"the model cannot be sent to the Ray workers: {_one_line(err)}"

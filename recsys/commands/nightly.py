@@ -170,7 +170,7 @@ def score_command(
     Writes a new recommendation run (one transaction) and, unless --no-publish, serves it.
     Holds the nightly lock, so it never races `recsys run`.
     """
-    from recsys.cluster.engine import block_runner
+    from recsys.cluster.engine import block_runner, check_engine
     from recsys.cluster.engine import engine_options as engine_options_from
     from recsys.db.locks import NIGHTLY_JOB, NIGHTLY_LOCK, advisory_lock
     from recsys.scoring.publish import fail_abandoned_runs
@@ -189,12 +189,13 @@ def score_command(
         max_per_category=max_per_category,
         max_per_brand=max_per_brand,
     )
+    cluster_options = check_engine(engine_options_from(settings, **cluster))
     with advisory_lock(engine, NIGHTLY_LOCK, what=NIGHTLY_JOB):
         with engine.begin() as conn:
             fail_abandoned_runs(conn)
         model = load_model(engine, settings, model_run)
         with (
-            block_runner(engine_options_from(settings, **cluster)) as runner,
+            block_runner(cluster_options) as runner,
             _ScoreProgress() as progress,
         ):
             summary = score_and_write(
@@ -428,8 +429,10 @@ def run_command(ctx, history, **kw) -> None:
     were.
     """
     from recsys import pipeline
+    from recsys.cluster.engine import check_engine, engine_options
 
     settings = _settings(ctx)
+    check_engine(engine_options(settings, kw.get("engine"), kw.get("ray_address")))
     engine = open_engine(settings)
     if history:
         with engine.connect() as conn:
