@@ -432,7 +432,6 @@ def run_command(ctx, history, **kw) -> None:
     from recsys.cluster.engine import check_engine, engine_options
 
     settings = _settings(ctx)
-    check_engine(engine_options(settings, kw.get("engine"), kw.get("ray_address")))
     engine = open_engine(settings)
     if history:
         with engine.connect() as conn:
@@ -447,6 +446,7 @@ def run_command(ctx, history, **kw) -> None:
                     f"{r['status']:<11} {steps}"
                 )
         return
+    check_engine(engine_options(settings, kw.get("engine"), kw.get("ray_address")))
     result = _run_stoppable(
         lambda stop: pipeline.run(
             engine,
