@@ -1,9 +1,10 @@
 """A Ray cluster on this machine, for tests and benchmarks: a head plus worker nodes.
 
-Each node is started by ``ray start`` in a session of its own, so every process of a node
-(raylet, workers, agents; the GCS for the head) shares that session's process group. Stopping
-the cluster, or killing one worker node, signals exactly those groups: ``ray stop`` is never
-used, because it stops every Ray process on the host, other people's included.
+Each node is started by ``ray start`` in a session of its own, so the node's daemons (raylet,
+agents; the GCS for the head) share that session's process group; the raylet's worker
+processes are its descendants. Stopping the cluster, or killing one worker node, signals
+exactly those groups and their descendants: ``ray stop`` is never used, because it stops every
+Ray process on the host, other people's included.
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ from recsys.cluster.engine import ClusterError
 
 START_TIMEOUT_S = 180.0
 """Longest wait for one ``ray start`` (a loaded 2-core machine takes tens of seconds)."""
+
+START_ATTEMPTS = 3
+"""Tries of each ``ray start`` before giving up."""
 
 
 def free_port() -> int:
@@ -88,23 +92,38 @@ class LocalCluster:
             text=True,
             start_new_session=True,
         )
-        self.groups.append(process.pid)  # the session's process group: every daemon of the node
+        group = process.pid  # the session's process group: every daemon of the node
         try:
             output, _ = process.communicate(timeout=START_TIMEOUT_S)
         except subprocess.TimeoutExpired:
+            _signal_group(group, signal.SIGKILL)
             raise ClusterError(f"ray start {' '.join(args)} did not finish in time") from None
         if process.returncode != 0:
+            _signal_group(group, signal.SIGKILL)
             tail = " | ".join(output.strip().splitlines()[-3:])
             raise ClusterError(f"ray start {' '.join(args)} failed: {tail}")
-        return process.pid
+        self.groups.append(group)
+        return group
+
+    def _start_node(self, args, cpus: int) -> int:
+        """``ray start`` with ``args()``, up to :data:`START_ATTEMPTS` times: on a loaded machine
+        a raylet can miss Ray's fixed 30 s registration wait."""
+        for attempt in range(1, START_ATTEMPTS + 1):
+            try:
+                return self._start(args(), cpus)
+            except ClusterError:
+                if attempt == START_ATTEMPTS:
+                    raise
+                time.sleep(2)
+        raise AssertionError("unreachable")
 
     def start(self) -> LocalCluster:
         """Start the head, then the worker nodes; stops what started if one fails."""
         self.port = self.port or free_port()
         self.temp_dir = Path(tempfile.mkdtemp(prefix="rsray"))  # short: Unix socket paths
         try:
-            self._start(
-                [
+            self._start_node(
+                lambda: [
                     "--head",
                     f"--port={self.port}",
                     f"--temp-dir={self.temp_dir}",
@@ -124,16 +143,19 @@ class LocalCluster:
 
     def add_worker(self) -> int:
         """Start one more worker node; returns its process group."""
-        port = free_port()
-        self.worker_ports.append(port)
-        return self._start(
-            [
+        ports: list[int] = []
+
+        def args() -> list[str]:
+            ports[:] = [free_port()]
+            return [
                 f"--address={self.address}",
-                f"--node-manager-port={port}",
+                f"--node-manager-port={ports[0]}",
                 f"--object-manager-port={free_port()}",
-            ],
-            self.cpus,
-        )
+            ]
+
+        group = self._start_node(args, self.cpus)
+        self.worker_ports.append(ports[0])
+        return group
 
     def kill_worker(self, index: int = 0) -> None:
         """SIGKILL every process of worker node ``index`` (0 = the first worker, not the head)."""
@@ -162,10 +184,30 @@ class LocalCluster:
 
 
 def _signal_group(group: int, sig: int) -> None:
+    """Signal every process of the group and every descendant of them: the raylet starts its
+    worker processes in process groups of their own."""
+    members = []
+    try:
+        import psutil
+
+        for process in psutil.process_iter(["pid"]):
+            try:
+                if os.getpgid(process.pid) == group:
+                    members.append(process)
+                    members.extend(process.children(recursive=True))
+            except (ProcessLookupError, psutil.Error, OSError):
+                continue
+    except ImportError:
+        pass
     try:
         os.killpg(group, sig)
     except (ProcessLookupError, PermissionError):
         pass
+    for process in members:
+        try:
+            process.send_signal(sig)
+        except Exception:  # gone already
+            continue
 
 
 def _alive(group: int) -> bool:
