@@ -14,8 +14,9 @@ COPY, which the driver does in both engines, are not part of it. The model is a 
 model with random vectors (the vectors do not change the speed); every user has rated
 ``--rated`` random products. The cluster's start-up time is printed but not counted.
 
-From the 2-worker rate it prints the projected time to score ``--project-users`` users against
-``--project-products`` products on N machines, assuming: the cost per user grows linearly with
+From the per-worker rate (1 worker; and 2 workers divided by 2) it prints the projected time
+to score ``--project-users`` users against ``--project-products`` products on N machines,
+assuming: the cost per user grows linearly with
 the number of products (scores and the top-k scan are both linear in it); machines scale
 linearly (blocks are independent); every core of a machine is one Ray worker as fast as one
 worker here; the driver's reads and COPY keep up (they are not measured here).
@@ -31,7 +32,10 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # one core per engine: set before numpy loads
+os.environ.setdefault("OPENBLAS_NUM_THREADS", os.environ["OMP_NUM_THREADS"])
+
+import numpy as np  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -136,7 +140,6 @@ def main() -> None:
     parser.add_argument("--project-cores", type=int, default=16, help="cores per machine")
     args = parser.parse_args()
 
-    os.environ.setdefault("OMP_NUM_THREADS", "1")  # one core per worker, and here
     from recsys.cluster.engine import EngineOptions, block_runner
     from recsys.cluster.local import LocalCluster
     from recsys.scoring.score import local_blocks
@@ -152,7 +155,7 @@ def main() -> None:
     rates = {}
     for workers in (1, 2):
         env = {"PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-        env["OMP_NUM_THREADS"] = "1"
+        env["OMP_NUM_THREADS"] = env["OPENBLAS_NUM_THREADS"] = os.environ["OMP_NUM_THREADS"]
         t0 = time.perf_counter()
         cluster = LocalCluster(workers=workers, cpus=1, env=env, head_cpus=0)
         with cluster:
@@ -172,18 +175,18 @@ def main() -> None:
             f"users/s  {rate / local_rate:.2f} x   (cluster start {started:.0f} s; "
             f"same lists as local: {same})"
         )
-    per_worker = rates[2] / 2
-    at_target = per_worker * args.products / args.project_products
-    print(
-        f"per-worker rate (2 workers) {per_worker:.0f} users/s at {args.products} products "
-        f"-> {at_target:.0f} users/s at {args.project_products} products"
-    )
-    for machines in (1, 10, 100):
-        hours = args.project_users / (at_target * args.project_cores * machines) / 3600
+    for label, per_worker in (("1 worker", rates[1]), ("2 workers, per worker", rates[2] / 2)):
+        at_target = per_worker * args.products / args.project_products
         print(
-            f"projected: {args.project_users / 1e6:.0f}M users x {args.project_products} "
-            f"products on {machines} x {args.project_cores}-core machines: {hours:.1f} h"
+            f"per-worker rate ({label}) {per_worker:.0f} users/s at {args.products} products "
+            f"-> {at_target:.0f} users/s at {args.project_products} products"
         )
+        for machines in (1, 10, 100):
+            hours = args.project_users / (at_target * args.project_cores * machines) / 3600
+            print(
+                f"  projected: {args.project_users / 1e6:.0f}M users x {args.project_products} "
+                f"products on {machines} x {args.project_cores}-core machines: {hours:.2f} h"
+            )
 
 
 if __name__ == "__main__":
