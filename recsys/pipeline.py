@@ -318,6 +318,7 @@ def _score_step(ctx: Context) -> dict:
         "strategies": summary.counts,
         "rule_counts": summary.rule_counts,
         "users_per_second": round(summary.n_users / max(summary.seconds, 1e-9), 1),
+        "engine": cluster.engine,
     }
 
 

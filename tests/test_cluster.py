@@ -354,3 +354,35 @@ def test_a_block_failing_on_a_worker_fails_the_run_and_keeps_the_served_lists(
         ).one()
     assert status == "failed" and "NaN" in error
     assert _served(engine) == (before_run, before_rows)
+
+
+@pytest.mark.slow
+@pytest.mark.subprocess
+def test_the_nightly_run_scores_on_the_cluster(ray_cluster: LocalCluster, trained) -> None:
+    """``recsys run --engine ray``: the pipeline's score step runs on the cluster (training
+    stays here), and its published lists equal the local engine's on the same model."""
+    engine, settings, _ = trained
+    env = {**_env(settings), "RECSYS_ENGINE": "ray", "RECSYS_RAY_ADDRESS": ray_cluster.address}
+    args = ["run", "--no-features", "--no-evaluate", "--no-similar", "--model", "popularity"]
+    result = CliRunner().invoke(cli, [*args, "-k", str(K)], env=env)
+    assert result.exit_code == 0, result.output
+    ray_run, ray_rows = _served(engine)
+    with engine.connect() as conn:
+        model_run = conn.execute(
+            sa.text("SELECT model_run_id FROM recommendation_runs WHERE id = :r"), {"r": ray_run}
+        ).scalar()
+        detail = conn.execute(
+            sa.text(
+                "SELECT detail FROM pipeline_steps WHERE step = 'score' ORDER BY id DESC LIMIT 1"
+            )
+        ).scalar()
+    assert detail["engine"] == "ray" and detail["recommendation_run_id"] == ray_run
+    local = CliRunner().invoke(
+        cli,
+        ["score", "--run", str(model_run), "-k", str(K), "--engine", "local"],
+        env=_env(settings),
+    )
+    assert local.exit_code == 0, local.output
+    local_run, local_rows = _served(engine)
+    assert local_run != ray_run
+    _same_lists(ray_rows, local_rows)
