@@ -13,7 +13,7 @@ DEMO_DIR ?= $(abspath .demo)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,peers]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,peers,ray]'
 	-$(BIN)/python -c "import nltk; nltk.download('stopwords', quiet=True, raise_on_error=True)" >/dev/null 2>&1 \
 	  || echo "note: NLTK stopwords not downloadable here (offline); recsys falls back to an equivalent list"
 	touch $(STAMP)

@@ -60,6 +60,14 @@ class Settings(BaseSettings):
     """Gate: most share of rows shared with the served run (1.0: identical lists allowed)."""
     gate_ndcg_ratio_min: float = 1.0
     """Gate: least ratio of the model's internal NDCG@10 to popularity's on the same split."""
+    engine: str = "local"
+    """Where scoring runs: ``local`` (this process) or ``ray`` (``RECSYS_ENGINE``)."""
+    ray_address: str | None = None
+    """``host:port`` of the Ray head for ``engine = ray`` (``RECSYS_RAY_ADDRESS``)."""
+    ray_max_retries: int = Field(default=3, ge=0)
+    """Times Ray reruns a scoring task whose worker or node died."""
+    ray_task_timeout_s: float = Field(default=600.0, gt=0)
+    """Longest wait for one block's result on the cluster, in seconds."""
 
     @field_validator("database_url")
     @classmethod

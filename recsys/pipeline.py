@@ -59,6 +59,7 @@ from recsys.errors import DataError, Interrupted, RecsysError
 from recsys.progress import NO_PROGRESS, ProgressSink, counts_to
 
 if TYPE_CHECKING:
+    from recsys.cluster.engine import EngineOptions
     from recsys.scoring.publish import RunInfo
     from recsys.scoring.score import ScoreOptions, ScoreSummary, ScoringModel
     from recsys.scoring.served import UserRecommendations
@@ -108,6 +109,10 @@ class PipelineOptions:
     """At most this many products of one brand per list (None: no cap)."""
     similar: bool = True
     """Build and publish the item-to-item lists (``similar_products``) after publishing."""
+    engine: str | None = None
+    """Where scoring runs: ``local`` or ``ray`` (None: the settings' ``engine``)."""
+    ray_address: str | None = None
+    """The Ray head for ``engine="ray"`` (None: the settings' ``ray_address``)."""
 
 
 @dataclass
@@ -453,6 +458,9 @@ def score_options(options: PipelineOptions) -> ScoreOptions:
 
 
 def _score_step(ctx: Context) -> dict:
+    from recsys.cluster.engine import engine_options
+
+    cluster = engine_options(ctx.settings, ctx.options.engine, ctx.options.ray_address)
     summary = _score(
         ctx.engine,
         ctx.settings,
@@ -461,6 +469,7 @@ def _score_step(ctx: Context) -> dict:
         model_run=ctx.state.get("model_run_id"),
         publish=False,
         should_stop=ctx.should_stop,
+        cluster=cluster,
     )
     ctx.state["recommendation_run_id"] = summary.run_id
     return {
@@ -471,6 +480,7 @@ def _score_step(ctx: Context) -> dict:
         "strategies": summary.counts,
         "rule_counts": summary.rule_counts,
         "users_per_second": round(summary.n_users / max(summary.seconds, 1e-9), 1),
+        "engine": cluster.engine,
     }
 
 
@@ -562,24 +572,30 @@ def _score(
     force: bool = False,
     should_stop: Callable[[], bool] | None = None,
     progress: ProgressSink = NO_PROGRESS,
+    cluster: EngineOptions | None = None,
 ) -> ScoreSummary:
+    from recsys.cluster.engine import EngineOptions, block_runner
     from recsys.scoring.gates import GateThresholds
     from recsys.scoring.score import load_model, score_and_write
 
     if model is None:
         model = load_model(engine, settings, model_run)
     try:
-        summary = score_and_write(
-            engine,
-            model,
-            options,
-            publish=publish,
-            keep=settings.keep_runs,
-            should_stop=should_stop,
-            progress=None if progress is NO_PROGRESS else counts_to(progress, "scoring", "users"),
-            thresholds=GateThresholds.from_settings(settings),
-            force=force,
-        )
+        with block_runner(cluster or EngineOptions()) as runner:
+            summary = score_and_write(
+                engine,
+                model,
+                options,
+                publish=publish,
+                keep=settings.keep_runs,
+                should_stop=should_stop,
+                progress=None
+                if progress is NO_PROGRESS
+                else counts_to(progress, "scoring", "users"),
+                thresholds=GateThresholds.from_settings(settings),
+                force=force,
+                runner=runner,
+            )
     finally:
         progress.finish()
     if publish:
@@ -598,6 +614,7 @@ def score(
     publish: bool = True,
     should_stop: Callable[[], bool] | None = None,
     progress: ProgressSink = NO_PROGRESS,
+    cluster: EngineOptions | None = None,
 ) -> ScoreSummary:
     """Score every user with a registered model into a new recommendation run.
 
@@ -613,6 +630,7 @@ def score(
         publish: serve the run when it is complete.
         should_stop: polled between scoring batches.
         progress: a :mod:`recsys.progress` sink for the users scored.
+        cluster: where the blocks run (None: this process; see :mod:`recsys.cluster.engine`).
 
     Raises:
         LockBusy: another nightly writer holds the lock.
@@ -630,6 +648,7 @@ def score(
             publish=publish,
             should_stop=should_stop,
             progress=progress,
+            cluster=cluster,
         )
 
 

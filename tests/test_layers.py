@@ -33,6 +33,7 @@ LAYERS: dict[str, int] = {
     "recsys.scoring": 2,
     "recsys.evaluation": 2,
     "recsys.report": 2,
+    "recsys.cluster": 2,
     # the pure parts of evaluation that models tune with: splits, metrics, the tuning split
     "recsys.evaluation.splits": 1,
     "recsys.evaluation.metrics": 1,
@@ -53,6 +54,8 @@ STEP_EDGES: dict[str, tuple[str, ...]] = {
     "recsys.features": ("recsys.ingest.api",),
     "recsys.model": ("recsys.features",),
     "recsys.scoring": ("recsys.model", "recsys.features"),
+    # the cluster engine runs the scoring's own block function on its workers
+    "recsys.cluster": ("recsys.scoring",),
     "recsys.report": (
         "recsys.ingest",
         "recsys.features",
@@ -175,3 +178,6 @@ def test_the_checker_sees_function_level_and_relative_imports(tmp_path: Path) ->
     assert _allowed(Edge("recsys.model.ranker", "recsys.evaluation.tuning", 1))
     assert _allowed(Edge("recsys.pipeline", "recsys.scoring.score", 1))
     assert _allowed(Edge("recsys.features.importer", "recsys.ingest.api", 1))
+    assert _allowed(Edge("recsys.cluster.engine", "recsys.scoring.score", 1))
+    assert _allowed(Edge("recsys.pipeline", "recsys.cluster.engine", 1))
+    assert not _allowed(Edge("recsys.scoring.score", "recsys.cluster.engine", 1))

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from recsys.commands.database import open_engine
+from recsys.commands.engine import ENGINE_OPTIONS, engine_options
 from recsys.config import Settings
 from recsys.progress import console, progress_for_terminal
 
@@ -104,6 +105,7 @@ _brand_cap_option = click.option(
     show_default=True,
     help="Serve the new run as soon as it is complete.",
 )
+@engine_options
 @click.pass_context
 def score_command(
     ctx,
@@ -116,6 +118,7 @@ def score_command(
     memory_mb,
     batch_users,
     publish,
+    **cluster,
 ) -> None:
     """Score every user against every product they have not rated; exact top-k.
 
@@ -123,6 +126,8 @@ def score_command(
     Holds the nightly lock, so it never races `recsys run`.
     """
     from recsys import pipeline
+    from recsys.cluster.engine import check_engine
+    from recsys.cluster.engine import engine_options as engine_options_from
     from recsys.scoring.score import ScoreOptions
 
     settings = _settings(ctx)
@@ -135,6 +140,7 @@ def score_command(
         max_per_category=max_per_category,
         max_per_brand=max_per_brand,
     )
+    cluster_options = check_engine(engine_options_from(settings, **cluster))
     summary = pipeline.score(
         open_engine(settings),
         settings,
@@ -142,6 +148,7 @@ def score_command(
         model_run=model_run,
         publish=publish,
         progress=progress_for_terminal(),
+        cluster=cluster_options,
     )
     _print_summary(summary)
 
@@ -294,6 +301,7 @@ def _pipeline_decorators(f):
             default=None,
             help="Users per scoring batch (overrides --memory-mb).",
         ),
+        *ENGINE_OPTIONS,
     ]
     for option in reversed(options):
         f = option(f)
@@ -341,6 +349,7 @@ def run_command(ctx, history, **kw) -> None:
     were.
     """
     from recsys import pipeline
+    from recsys.cluster.engine import check_engine, engine_options
 
     settings = _settings(ctx)
     engine = open_engine(settings)
@@ -355,6 +364,7 @@ def run_command(ctx, history, **kw) -> None:
                 f"{r['status']:<11} {steps}"
             )
         return
+    check_engine(engine_options(settings, kw.get("engine"), kw.get("ray_address")))
     result = _run_stoppable(
         lambda stop: pipeline.run(
             engine,

@@ -578,6 +578,25 @@ class RankerRecommender:
         self._check()
         return self.history, self._history_table(), self.product_vectors
 
+    def portable(self) -> RankerRecommender:
+        """A copy for other processes (a cluster's scoring workers): numpy arrays only.
+
+        It keeps the user and product vectors, the biases, the training history and the
+        history embeddings, so :meth:`score_users`, :meth:`score_factors`,
+        :meth:`score_vectors` and :meth:`history_contributions` give exactly this model's
+        values; it drops the Keras towers, so it cannot train, fold in, predict ratings or
+        score new products by text.
+        """
+        import copy
+
+        self._check()
+        clone = copy.copy(self)
+        embeddings = np.asarray(self.tower.history_embedding.embeddings.numpy(), dtype=np.float32)
+        clone.tower = None
+        clone.rating_model = None
+        clone._history_vectors = (None, embeddings)  # matches ``clone.tower`` (None)
+        return clone
+
     def direct_scores(self, users: np.ndarray) -> np.ndarray:
         """The Keras ranking tower evaluated directly on (users, history rows, text): for tests."""
         self._check()

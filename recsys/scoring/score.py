@@ -40,6 +40,12 @@ commits while the run is scoring is not seen by it: its ratings are not masked a
 users get no list until the next run, which sees them.
 
 Memory is bounded: one block of users x products is held at a time.
+
+**Blocks.** The database is read in this process; each block of users (their ids, model
+indices, ratings and exclusions: :class:`UserBlock`) is scored by :func:`score_user_block`,
+which needs only the run's fixed :class:`ScoringPart` and is pure. A runner decides where the
+blocks are scored: here (:func:`local_blocks`) or on a cluster's workers (``recsys.cluster``);
+the rows always come back here and are written by COPY, so both engines write the same run.
 """
 
 from __future__ import annotations
@@ -47,7 +53,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -80,11 +86,17 @@ __all__ = [
     "ScoreSummary",
     "ScoringInterrupted",
     "ScoringModel",
+    "ScoringPart",
+    "UserBlock",
+    "BlockRows",
+    "BlockRunner",
     "batch_size_for",
+    "local_blocks",
     "load_model",
     "rated_pairs",
     "score_and_write",
     "score_batches",
+    "score_user_block",
     "top_k",
 ]
 
@@ -521,8 +533,9 @@ def _fallback_rows(
     rated: np.ndarray,
     taken: np.ndarray,
     options: ScoreOptions,
+    counts: dict[str, int],
 ) -> int:
-    """Append up to ``need`` fallback rows for one user; returns how many."""
+    """Append up to ``need`` fallback rows for one user (rule counts into ``counts``)."""
     groups = run.groups
     user_categories = set(groups.codes_for(rated, "category").tolist()) - {-1}
     filled = run.fallback.fill(
@@ -533,7 +546,7 @@ def _fallback_rows(
         taken_brands=groups.codes_for(taken, "brand").tolist() if len(taken) else None,
         use_categories=options.fallback == "category",
         excluded=excluded,
-        counts=run.counts,
+        counts=counts,
     )
     if not filled:
         return 0
@@ -547,7 +560,7 @@ def _fallback_rows(
         np.asarray([_POPULAR_IN + f.category_code if f.category else _POPULAR for f in filled]),
         np.full(n, -1),
     )
-    run.counts["boosted"] += sum(1 for f in filled if f.product_id in run.fallback_boosted)
+    counts["boosted"] += sum(1 for f in filled if f.product_id in run.fallback_boosted)
     return n
 
 
@@ -596,6 +609,202 @@ def _model_reasons(
     return reason, because
 
 
+@dataclass(frozen=True)
+class UserBlock:
+    """One block of users to score, with what the database says about them.
+
+    The driver reads it (one snapshot); :func:`score_user_block` needs nothing else of the
+    database, so a block can be scored in any process that holds the :class:`ScoringPart`.
+    """
+
+    user_ids: np.ndarray
+    """int64: ``users.id`` of each user of the block."""
+    user_index: np.ndarray | None
+    """int64: model user index of each user; None: users the model does not score (fallback)."""
+    rated: tuple[np.ndarray, np.ndarray]
+    """(``users.id``, ``products.id``) of every rating of these users in the database."""
+    excluded: tuple[np.ndarray, np.ndarray]
+    """(``users.id``, ``products.id``) of their exclusions in force (empty without rules)."""
+
+
+@dataclass(frozen=True)
+class BlockRows:
+    """What one block produced: its rows and what the rules did to it."""
+
+    batch: ScoreBatch
+    counts: dict[str, int]
+    """Rule counts of this block (keys of :data:`RULE_COUNT_KEYS`)."""
+    short_users: int
+    """Users whose list stayed shorter than k (the catalogue under the rules ran out)."""
+    n_users: int
+    """Users of the block (with or without rows)."""
+
+
+@dataclass(frozen=True)
+class ScoringPart:
+    """Everything a block needs that is fixed for the run: the model, the run's product side
+    (columns, rules, fallback, reasons) and the options. No database, no model directory."""
+
+    model: ScoringModel
+    run: _Run
+    options: ScoreOptions
+
+    def portable(self) -> ScoringPart:
+        """This part with the model in its picklable form (``recommender.portable()``, when the
+        model has one: numpy arrays only, e.g. the ranker without its Keras towers), for other
+        processes."""
+        run = replace(self.run, exclusions=None, contributions=None)
+        make = getattr(self.model.recommender, "portable", None)
+        if make is None:
+            return replace(self, run=run)
+        return replace(self, model=replace(self.model, recommender=make()), run=run)
+
+
+BlockRunner = Callable[[ScoringPart, Iterator[UserBlock]], Iterator[BlockRows]]
+"""Scores blocks in order: ``runner(part, blocks)`` yields one :class:`BlockRows` per block, in
+the order of ``blocks``. :func:`local_blocks` is the one-process runner; a cluster engine
+(``recsys.cluster``) runs the same :func:`score_user_block` on its workers."""
+
+
+def score_user_block(
+    part: ScoringPart, block: UserBlock, buffer: np.ndarray | None = None
+) -> BlockRows:
+    """The rows of one block of users: model scores, rules, exact top-k, backfill, reasons.
+
+    Pure given ``part`` and ``block`` (no database): the local loop and the cluster's workers
+    both call it, so both engines write the same rows.
+
+    Args:
+        part: the run's fixed part (see :class:`ScoringPart`).
+        block: the users and their ratings and exclusions.
+        buffer: a reusable float32 buffer for the dot-product scores (None: a fresh array).
+
+    Raises:
+        DataError: the model returned scores of the wrong shape, or NaN.
+    """
+    if block.user_index is None:
+        return _fallback_block(part, block)
+    model, state, options = part.model, part.run, part.options
+    k = options.k
+    counts = dict.fromkeys(RULE_COUNT_KEYS, 0)
+    short_users = 0
+    user_index, user_ids = block.user_index, block.user_ids
+    rated_u, rated_p = block.rated
+    ex_u, ex_p = block.excluded
+    scores = _model_scores(model, state, user_index, buffer)
+    row_of = _IdIndex(user_ids)
+    columns_of = _IdIndex(state.candidate_ids)
+    r_rows, r_cols = row_of.positions(rated_u), columns_of.positions(rated_p)
+    hit = (r_rows >= 0) & (r_cols >= 0)
+    e_rows, e_cols = row_of.positions(ex_u), columns_of.positions(ex_p)
+    e_hit = (e_rows >= 0) & (e_cols >= 0)
+    result = score_block(
+        scores,
+        state.columns,
+        k,
+        rated=(r_rows[hit], r_cols[hit]),
+        excluded=(e_rows[e_hit], e_cols[e_hit]),
+    )
+    for key, value in result.counts.items():
+        counts[key] += value
+    rows = _Rows(state.reason_texts)
+    cols = result.cols
+    strategies = np.where(cols >= state.n_model_products, COLD_START, MODEL)
+    if options.reasons:
+        reason, because = _model_reasons(
+            model, state, user_index, result.rows, cols, (rated_u, rated_p), user_ids
+        )
+    else:
+        reason = np.full(len(cols), -1, dtype=np.int32)
+        because = np.full(len(cols), -1, dtype=np.int64)
+    rows.add(
+        user_ids[result.rows],
+        result.ranks,
+        state.candidate_ids[cols],
+        result.values,
+        strategies,
+        reason,
+        because,
+    )
+    short = np.flatnonzero(result.filled < k)
+    if len(short):
+        counts["backfilled_users"] += len(short)
+        rated_of = _grouped(rated_u, rated_p, user_ids[short])
+        excluded_of = _grouped(ex_u, ex_p, user_ids[short])
+        listed_of = _grouped(result.rows, state.candidate_ids[cols], short)
+        for j, i in enumerate(short.tolist()):
+            filled = int(result.filled[i])
+            excluded = set(excluded_of[j].tolist())
+            got = _fallback_rows(
+                rows,
+                state,
+                int(user_ids[i]),
+                k - filled,
+                filled + 1,
+                skip=set(rated_of[j].tolist()) | excluded | set(listed_of[j].tolist()),
+                excluded=excluded,
+                rated=rated_of[j],
+                taken=listed_of[j],
+                options=options,
+                counts=counts,
+            )
+            if filled + got < k:
+                short_users += 1
+    return BlockRows(rows.batch(), counts, short_users, len(user_ids))
+
+
+def _fallback_block(part: ScoringPart, block: UserBlock) -> BlockRows:
+    """Fallback lists for a block of users the model does not score."""
+    state, options = part.run, part.options
+    counts = dict.fromkeys(RULE_COUNT_KEYS, 0)
+    short_users = 0
+    user_ids = block.user_ids
+    rated_of = _grouped(*block.rated, user_ids)
+    excluded_of = _grouped(*block.excluded, user_ids)
+    rows = _Rows(state.reason_texts)
+    for i, user in enumerate(user_ids.tolist()):
+        excluded = set(excluded_of[i].tolist())
+        got = _fallback_rows(
+            rows,
+            state,
+            int(user),
+            options.k,
+            1,
+            skip=set(rated_of[i].tolist()) | excluded,
+            excluded=excluded,
+            rated=rated_of[i],
+            taken=np.zeros(0, dtype=np.int64),
+            options=options,
+            counts=counts,
+        )
+        if got < options.k:
+            short_users += 1
+    return BlockRows(rows.batch(), counts, short_users, len(user_ids))
+
+
+def local_blocks(part: ScoringPart, blocks: Iterator[UserBlock]) -> Iterator[BlockRows]:
+    """The one-process runner: :func:`score_user_block` on each block, one scores buffer."""
+    buffer = None
+    for block in blocks:
+        if buffer is None and part.run.products is not None and block.user_index is not None:
+            size = len(block.user_ids) * len(part.run.candidate_ids)
+            buffer = np.empty(size, dtype=np.float32)
+        yield score_user_block(part, block, buffer)
+
+
+def _pairs(
+    conn: sa.Connection, state: _Run, user_ids: np.ndarray
+) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """(rated pairs, excluded pairs) of these users: ratings from the database, exclusions
+    from the run's snapshot of them (empty with rules off)."""
+    rated = reads.rated_pairs(conn, user_ids)
+    if state.exclusions is not None:
+        excluded = state.exclusions.pairs_for(user_ids)
+    else:
+        excluded = (np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))
+    return rated, excluded
+
+
 def score_batches(
     conn: sa.Connection,
     model: ScoringModel,
@@ -604,8 +813,13 @@ def score_batches(
     should_stop: Callable[[], bool] | None = None,
     progress: Callable[[int, int], None] | None = None,
     run: dict | None = None,
+    runner: BlockRunner | None = None,
 ) -> Iterator[ScoreBatch]:
     """Yield recommendation rows for every user in the database, one batch of users at a time.
+
+    The database is read here (one snapshot); each block of users is scored by ``runner``
+    with :func:`score_user_block`, in this process (:func:`local_blocks`, the default) or on
+    a cluster's workers. Batches come back in block order either way.
 
     Args:
         conn: a connection (reads only); use one snapshot for a consistent run.
@@ -615,6 +829,7 @@ def score_batches(
         progress: called with (users done, users total) after each batch.
         run: if given, filled with ``rule_counts``, ``short_users`` and ``notes`` as scoring
             goes.
+        runner: scores the blocks (see :data:`BlockRunner`); None: :func:`local_blocks`.
 
     Raises:
         DataError: the model returned scores of the wrong shape, or NaN.
@@ -642,7 +857,6 @@ def score_batches(
         batch = users_per_block(n_columns)
     else:
         batch = batch_size_for(n_columns, options.memory_mb)
-    buffer = np.empty(batch * n_columns, dtype=np.float32) if state.products is not None else None
     _log.info(
         "scoring %d users known to the model (batches of %d) against %d products; "
         "%d fallback users",
@@ -651,121 +865,44 @@ def score_batches(
         n_columns,
         len(unknown),
     )
-    k = options.k
-    done = 0
-    for start in range(0, len(known), batch):
-        if should_stop is not None and should_stop():
-            raise ScoringInterrupted(
-                "scoring stopped on request; nothing of this run was committed"
-            )
-        user_index = known[start : start + batch]
-        user_ids = scored_ids[start : start + batch]
-        scores = _model_scores(model, state, user_index, buffer)
-        rated_u, rated_p = reads.rated_pairs(conn, user_ids)
-        if options.rules:
-            ex_u, ex_p = state.exclusions.pairs_for(user_ids)
-        else:
-            ex_u = ex_p = np.zeros(0, dtype=np.int64)
-        row_of = _IdIndex(user_ids)
-        columns_of = _IdIndex(state.candidate_ids)
-        r_rows, r_cols = row_of.positions(rated_u), columns_of.positions(rated_p)
-        hit = (r_rows >= 0) & (r_cols >= 0)
-        e_rows, e_cols = row_of.positions(ex_u), columns_of.positions(ex_p)
-        e_hit = (e_rows >= 0) & (e_cols >= 0)
-        result = score_block(
-            scores,
-            state.columns,
-            k,
-            rated=(r_rows[hit], r_cols[hit]),
-            excluded=(e_rows[e_hit], e_cols[e_hit]),
-        )
-        for key, value in result.counts.items():
-            state.counts[key] += value
-        rows = _Rows(state.reason_texts)
-        cols = result.cols
-        strategies = np.where(cols >= state.n_model_products, COLD_START, MODEL)
-        if options.reasons:
-            reason, because = _model_reasons(
-                model, state, user_index, result.rows, cols, (rated_u, rated_p), user_ids
-            )
-        else:
-            reason = np.full(len(cols), -1, dtype=np.int32)
-            because = np.full(len(cols), -1, dtype=np.int64)
-        rows.add(
-            user_ids[result.rows],
-            result.ranks,
-            state.candidate_ids[cols],
-            result.values,
-            strategies,
-            reason,
-            because,
-        )
-        short = np.flatnonzero(result.filled < k)
-        if len(short):
-            state.counts["backfilled_users"] += len(short)
-            rated_of = _grouped(rated_u, rated_p, user_ids[short])
-            excluded_of = _grouped(ex_u, ex_p, user_ids[short])
-            listed_of = _grouped(result.rows, state.candidate_ids[cols], short)
-            for j, i in enumerate(short.tolist()):
-                filled = int(result.filled[i])
-                excluded = set(excluded_of[j].tolist())
-                got = _fallback_rows(
-                    rows,
-                    state,
-                    int(user_ids[i]),
-                    k - filled,
-                    filled + 1,
-                    skip=set(rated_of[j].tolist()) | excluded | set(listed_of[j].tolist()),
-                    excluded=excluded,
-                    rated=rated_of[j],
-                    taken=listed_of[j],
-                    options=options,
-                )
-                if filled + got < k:
-                    state.short_users += 1
-        yield rows.batch()
-        done += len(user_index)
-        if progress is not None:
-            progress(done, total)
-
     fallback_batch = max(batch, 2048)
-    for start in range(0, len(unknown), fallback_batch):
-        if should_stop is not None and should_stop():
-            raise ScoringInterrupted(
-                "scoring stopped on request; nothing of this run was committed"
-            )
-        user_ids = unknown[start : start + fallback_batch]
-        rated_u, rated_p = reads.rated_pairs(conn, user_ids)
-        if options.rules:
-            ex_u, ex_p = state.exclusions.pairs_for(user_ids)
-        else:
-            ex_u = ex_p = np.zeros(0, dtype=np.int64)
-        rated_of = _grouped(rated_u, rated_p, user_ids)
-        excluded_of = _grouped(ex_u, ex_p, user_ids)
-        rows = _Rows(state.reason_texts)
-        for i, user in enumerate(user_ids.tolist()):
-            excluded = set(excluded_of[i].tolist())
-            got = _fallback_rows(
-                rows,
-                state,
-                int(user),
-                k,
-                1,
-                skip=set(rated_of[i].tolist()) | excluded,
-                excluded=excluded,
-                rated=rated_of[i],
-                taken=np.zeros(0, dtype=np.int64),
-                options=options,
-            )
-            if got < k:
-                state.short_users += 1
-        yield rows.batch()
-        done += len(user_ids)
-        if progress is not None:
-            progress(done, total)
+
+    def blocks() -> Iterator[UserBlock]:
+        for start in range(0, len(known), batch):
+            _check_stop(should_stop)
+            user_ids = scored_ids[start : start + batch]
+            rated, excluded = _pairs(conn, state, user_ids)
+            yield UserBlock(user_ids, known[start : start + batch], rated, excluded)
+        for start in range(0, len(unknown), fallback_batch):
+            _check_stop(should_stop)
+            user_ids = unknown[start : start + fallback_batch]
+            rated, excluded = _pairs(conn, state, user_ids)
+            yield UserBlock(user_ids, None, rated, excluded)
+
+    done = 0
+    results = (runner or local_blocks)(ScoringPart(model, state, options), blocks())
+    try:
+        for result in results:
+            for key, value in result.counts.items():
+                state.counts[key] += value
+            state.short_users += result.short_users
+            yield result.batch
+            done += result.n_users
+            if progress is not None:
+                progress(done, total)
+            _check_stop(should_stop)
+    finally:
+        close = getattr(results, "close", None)
+        if close is not None:
+            close()
     if run is not None:
         run["short_users"] = state.short_users
         run["users_total"] = total
+
+
+def _check_stop(should_stop: Callable[[], bool] | None) -> None:
+    if should_stop is not None and should_stop():
+        raise ScoringInterrupted("scoring stopped on request; nothing of this run was committed")
 
 
 def score_and_write(
@@ -779,6 +916,7 @@ def score_and_write(
     progress: Callable[[int, int], None] | None = None,
     thresholds: Any = None,
     force: bool = False,
+    runner: BlockRunner | None = None,
 ) -> ScoreSummary:
     """Score every user, write the run (one transaction, one snapshot), optionally publish it.
 
@@ -796,6 +934,9 @@ def score_and_write(
         thresholds: :class:`recsys.scoring.gates.GateThresholds` to check before publishing
             (None: the defaults).
         force: publish even when a gate fails (recorded on the run).
+        runner: scores the blocks of users (None: in this process; see :data:`BlockRunner`).
+            The rows come back to this process and are written here, by COPY, whatever the
+            runner.
 
     Returns:
         What was written.
@@ -828,7 +969,13 @@ def score_and_write(
             with conn.begin():
                 writer = RunWriter(conn, run_id)
                 for batch in score_batches(
-                    conn, model, options, should_stop=should_stop, progress=progress, run=info
+                    conn,
+                    model,
+                    options,
+                    should_stop=should_stop,
+                    progress=progress,
+                    run=info,
+                    runner=runner,
                 ):
                     writer.write(batch)
                     first = batch.ranks == 1
