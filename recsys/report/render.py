@@ -445,7 +445,13 @@ def _lists(d: ReportData) -> str:
         '<figcaption class="caption">Each recommendation (user, product) counted once, by the '
         "product's percentile in the number of ratings among products that have ratings "
         "(100 = the most rated). A list without popularity bias would follow the dashed line. "
-        "In the top decile: "
+        + (
+            "Figures of the moment the run was scored (counts stored with its rows). "
+            if ls.stored
+            else "Computed from the run's rows and the ratings of now (this run stored no "
+            "per-product counts). "
+        )
+        + "In the top decile: "
         + _figure(
             "top-decile-share",
             popular_share,
@@ -485,13 +491,30 @@ def _overlap(d: ReportData) -> str:
     )
     share = "n/a" if o.mean_share is None else f"{o.mean_share:.1%}"
     with_previous = f"{o.users_with_previous:,}"
-    return (
-        f"<p>Compared with recommendation run {e(o.previous_run_id)} over {e(how)}: "
+    per_user = (
+        f"<p>Per user, compared with recommendation run {e(o.previous_run_id)} over {e(how)}: "
         f"{_figure('overlap-users-with-previous', o.users_with_previous, with_previous)}"
         f" of {_figure('overlap-users', o.users, f'{o.users:,}')} users had a list before; on "
         f"average {_figure('overlap', o.mean_share, share, 'b')} of a user's list was already in "
         f"their previous list, and {_figure('overlap-identical', o.identical, f'{o.identical:,}')}"
         " lists hold the same products as before.</p>"
+    )
+    p = o.products
+    if p is None:
+        return per_user + (
+            '<p class="caption">Per product: not recorded (a run without stored per-product '
+            "counts).</p>"
+        )
+    bound = p.shared_rows_bound / p.rows if p.rows else None
+    shown = "n/a" if bound is None else f"{bound:.1%}"
+    return per_user + (
+        "<p>Per product, over all users (exact, from both runs' stored counts): "
+        f"{_figure('overlap-shared-products', p.shared_products, f'{p.shared_products:,}')} of "
+        f"this run's {e(f'{p.products:,}')} products were recommended in run "
+        f"{e(o.previous_run_id)} too (which recommended {e(f'{p.previous_products:,}')}); "
+        f"at most {_figure('overlap-rows-bound', bound, shown, 'b')} of this run's "
+        "recommendations can repeat a (user, product) pair of that run (the sum over products "
+        "of the smaller of the two runs' counts, over this run's rows).</p>"
     )
 
 
