@@ -627,7 +627,10 @@ SELECT count(c.product_id) AS products,
        count(p.product_id) AS previous_products,
        count(*) FILTER (WHERE c.product_id IS NOT NULL AND p.product_id IS NOT NULL) AS shared,
        coalesce(sum(c.n_users), 0)::bigint AS rows,
-       coalesce(sum(least(c.n_users, p.n_users)), 0)::bigint AS shared_rows_bound
+       -- least() ignores NULLs: only products of both runs count
+       coalesce(sum(least(c.n_users, p.n_users))
+                FILTER (WHERE c.product_id IS NOT NULL AND p.product_id IS NOT NULL), 0)::bigint
+           AS shared_rows_bound
 FROM (SELECT product_id, n_users FROM recommendation_product_counts WHERE run_id = :r) c
 FULL JOIN (SELECT product_id, n_users FROM recommendation_product_counts WHERE run_id = :p) p
   ON p.product_id = c.product_id
