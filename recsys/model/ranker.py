@@ -54,13 +54,16 @@ import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from recsys.errors import DataError, RecsysError
 from recsys.model.base import META_FILE, FitHistory, RatingData
 from recsys.progress import NO_PROGRESS, ProgressSink
+
+if TYPE_CHECKING:
+    from recsys.model.rank_trainer import TrainedTower
 
 _log = logging.getLogger(__name__)
 
@@ -213,15 +216,14 @@ class RankerRecommender:
         progress: ProgressSink = NO_PROGRESS,
         should_stop: Callable[[], bool] | None = None,
         label: str = "train ranker",
-    ) -> tuple[Any, list[float], int]:
+    ) -> TrainedTower:
         """Train a fresh tower on ``train``; with ``validation``, keep the best evaluated epoch."""
         from recsys.model.rank_trainer import RankerTrainer
 
         trainer = RankerTrainer(
             self, train, seed, progress=progress, should_stop=should_stop, label=label
         )
-        result = trainer.run(epochs, validation)
-        return result.tower, result.losses, result.epochs
+        return trainer.run(epochs, validation)
 
     def _precompute(self, tower, history) -> None:
         """Exact precomputation: user vectors, product vectors and biases as numpy arrays."""
@@ -340,12 +342,13 @@ class RankerRecommender:
             _log.info("ranker: no product text; training on ids only")
         hooks = {"progress": progress, "should_stop": should_stop}
         epochs = self.params["epochs"]
+        evaluations: list[list[float]] = []
         if epochs is None:
             from recsys.evaluation.tuning import internal_rank_split
 
             fit_part, val_part = internal_rank_split(train)
             if np.any(val_part.ratings >= 4):
-                _, _, epochs = self._train_tower(
+                search = self._train_tower(
                     fit_part,
                     self.params["max_epochs"],
                     seed,
@@ -353,11 +356,14 @@ class RankerRecommender:
                     label="ranker epoch search",
                     **hooks,
                 )
+                epochs = search.epochs
+                evaluations = [[int(e), float(v)] for e, v in search.validation]
             else:
                 epochs = self.params["max_epochs"] // 2
             self.params["tuned_epochs"] = int(epochs)
             _log.info("ranker: %d epochs chosen on the train-internal split", epochs)
-        tower, losses, _ = self._train_tower(train, int(epochs), seed, label="ranker", **hooks)
+        final = self._train_tower(train, int(epochs), seed, label="ranker", **hooks)
+        tower, losses = final.tower, final.losses
         self._precompute(tower, history_matrix(train))
         if self.params["rating_head"]:
             self._train_rating_head(train, seed, **hooks)
@@ -369,6 +375,7 @@ class RankerRecommender:
             if self.params["epochs"] is None
             else f"{epochs} epochs",
             epoch_seconds=[seconds],
+            val_ndcg=evaluations,
         )
 
     def _id_dropout(self) -> float:
