@@ -14,7 +14,8 @@ Steps, each visible in the registry:
    the train-internal split's fitting part gives ``metrics["internal"]``;
 4. unless ``evaluate=False``: the evaluation protocol (``recsys.evaluation.protocol``), i.e.
    two extra fits of the (chosen) model type on the seed and rank splits (70% and 80% of the
-   ratings) plus the metrics, about 2x the cost of training alone; ``evaluate=False``
+   ratings) plus the metrics, about 2x the cost of training alone, and popularity's metrics on
+   the same rank split (``metrics["rank"]["popularity_ndcg@10"]`` etc.); ``evaluate=False``
    (``--no-evaluate``) skips it;
 5. artifacts (model, index maps, run.json, training curve PNG, manifest) into a temporary
    folder renamed to ``models_dir/<run>``, then the row is marked ``succeeded`` with the
@@ -336,14 +337,16 @@ def train_run(
 
             evaluation_started = time.perf_counter()
             evaluating = _Prefixed(progress, "evaluation: ")
+            splits = make_splits(data)
             evaluation = evaluate_model(
                 lambda: with_hooks(
                     catalog.create(served, **served_params), evaluating, should_stop
                 ),
-                make_splits(data),
+                splits,
                 seed=config.seed,
             )
             metrics.update(evaluation.as_dict())
+            metrics["rank"] = {**metrics["rank"], **_popularity_on(splits.rank, config.seed)}
             evaluation_seconds = time.perf_counter() - evaluation_started
             _log.info(
                 "model run %d evaluation (%.1f s, two extra fits; --no-evaluate skips it): %s",
@@ -415,6 +418,21 @@ def train_run(
         evaluation_seconds=evaluation_seconds,
         fit_seconds=fit_seconds,
     )
+
+
+def _popularity_on(split: Any, seed: int) -> dict[str, float]:
+    """Popularity's NDCG@10, Recall@10 and coverage@10 on ``split`` (the served model's rank
+    split), keyed ``popularity_<metric>`` beside the model's own figures (a count: cheap)."""
+    from recsys.evaluation.metrics import ranking_metrics
+
+    popularity = catalog.create("popularity")
+    popularity.fit(split.train, seed=seed)
+    measured = ranking_metrics(popularity.score_users, split.train, split.test)
+    return {
+        f"popularity_{key}": float(measured[key])
+        for key in ("ndcg@10", "recall@10", "coverage@10")
+        if key in measured
+    }
 
 
 def _read(conn, config: TrainConfig) -> RatingData:

@@ -21,7 +21,7 @@ from datetime import datetime
 from typing import Any
 
 from recsys.report import charts
-from recsys.report.queries import ReportData, SampleUser, metric
+from recsys.report.queries import ModelInfo, ReportData, SampleUser, metric
 
 NOT_MEASURED = "not measured"
 
@@ -359,10 +359,17 @@ def _quality(d: ReportData) -> str:
     if d.model is None:
         return _section("quality", "Quality", '<p class="empty">no model run in this run</p>')
     rows = quality_rows(d.model.metrics, d.model.model_type)
+    unmeasured = _unmeasured_splits(d.model)
     if not rows:
+        why = (
+            "trained with --no-evaluate"
+            if d.model.params.get("evaluate") is False
+            else "no evaluation was recorded"
+        )
         body = (
             f'<p class="empty" data-figure="quality" data-value="">{NOT_MEASURED}: '
-            "the model run stored no metrics (trained with --no-evaluate)</p>"
+            f"the model run stored no metrics ({why}), for the model or for popularity</p>"
+            + unmeasured
         )
         return _section("quality", "Quality", body)
     columns = [c for c in _QUALITY_COLUMNS if any(c[0] in r for r in rows)]
@@ -392,7 +399,36 @@ def _quality(d: ReportData) -> str:
         f"row in it. &ldquo;{NOT_MEASURED}&rdquo;: that figure was not computed for that model "
         "on that split.</p>"
     )
-    return _section("quality", "Quality", table + caption + (chart if len(bars) > 1 else ""))
+    body = table + caption + unmeasured + (chart if len(bars) > 1 else "")
+    return _section("quality", "Quality", body)
+
+
+def _unmeasured_splits(m: ModelInfo) -> str:
+    """A line per split the model run was not measured on because of ``--no-evaluate``."""
+    if m.params.get("evaluate") is not False:
+        return ""
+    lines = []
+    if "rank" not in m.metrics:
+        lines.append(
+            (
+                "rank",
+                f"rank split (80/20): {NOT_MEASURED} for the model and for popularity: the model "
+                "run was trained with --no-evaluate, which skips the evaluation protocol.",
+            )
+        )
+    if "internal" not in m.metrics:
+        lines.append(
+            (
+                "internal",
+                f"train-internal split: {NOT_MEASURED}: --no-evaluate skips it too, so the NDCG "
+                "gate records its ratio as not measured.",
+            )
+        )
+    return "".join(
+        f'<p class="empty" data-figure="not-measured-{split}" data-value="{e(NOT_MEASURED)}">'
+        f"{e(line)}</p>"
+        for split, line in lines
+    )
 
 
 def _lists(d: ReportData) -> str:
