@@ -201,6 +201,47 @@ def fill(engine: sa.Engine, users: int, products: int, ratings: int, k: int) -> 
     return rec_runs[-1]
 
 
+def read_report_breakdown(engine: sa.Engine) -> dict[str, float]:
+    """Seconds per function of one ``read_report`` call (the module's functions timed)."""
+    from recsys.report import queries as q
+
+    names = (
+        "resolve_run",
+        "_run_header",
+        "_steps",
+        "_trend",
+        "table_columns",
+        "_rec_run",
+        "_model",
+        "_has_rows",
+        "stored_list_stats",
+        "list_stats",
+        "overlap",
+        "samples",
+    )
+    spent: dict[str, float] = {}
+    originals = {name: getattr(q, name) for name in names}
+
+    def timed(name, fn):
+        def wrapper(*args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                spent[name] = spent.get(name, 0.0) + time.perf_counter() - t0
+
+        return wrapper
+
+    try:
+        for name, fn in originals.items():
+            setattr(q, name, timed(name, fn))
+        q.read_report(engine)
+    finally:
+        for name, fn in originals.items():
+            setattr(q, name, fn)
+    return spent
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--users", type=int, default=1_000_000)
@@ -339,6 +380,8 @@ def main() -> None:
 
     queries = best_of(lambda: q.read_report(engine), 3)
     print(f"report queries (read_report): {queries:.2f} s = {queries / ref:.2f}x reference")
+    for name, seconds in read_report_breakdown(engine).items():
+        print(f"  in read_report, {name}: {seconds:.2f} s ({seconds / ref:.2f}x reference)")
     whole = best_of(lambda: write_report(engine, work, None, work / "report.html"), 2)
     size = (work / "report.html").stat().st_size
     print(
