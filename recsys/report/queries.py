@@ -398,9 +398,19 @@ def _rec_run(conn: sa.Connection, rec_run_id: int, columns: set[str]) -> RecRunI
 
 
 def _has_rows(conn: sa.Connection, rec_run_id: int) -> bool:
+    """Whether the run's rows are kept: one primary-key index probe.
+
+    The ORDER BY follows the primary key ``(run_id, user_id, rank)`` so that the planner reads
+    the index: with a few runs in the table each holds a large share of the rows, and a plain
+    ``LIMIT 1`` may be planned as a sequential scan that reads every earlier run's rows first.
+    """
     return (
         conn.execute(
-            sa.text("SELECT 1 FROM recommendations WHERE run_id = :r LIMIT 1"), {"r": rec_run_id}
+            sa.text(
+                "SELECT 1 FROM recommendations WHERE run_id = :r ORDER BY run_id, user_id, rank "
+                "LIMIT 1"
+            ),
+            {"r": rec_run_id},
         ).scalar()
         is not None
     )

@@ -2,7 +2,8 @@
 
 :class:`ProductCounts` adds up, per product, the lists that hold it (``n_users``), the lists
 that hold it at rank 1 (``n_first``) and the sum of its ranks, one ``np.bincount`` per batch of
-rows. :meth:`ProductCounts.write` stores them in ``recommendation_product_counts`` with the
+rows (a list holds a product at most once, so a product's rows are the lists holding it).
+:meth:`ProductCounts.write` stores them in ``recommendation_product_counts`` with the
 product's number of ratings and popularity percentile at that moment, and the run-level figures
 in ``recommendation_runs.list_stats``, inside the caller's transaction (the one that holds the
 run's rows, so the aggregates are complete or absent with them).
