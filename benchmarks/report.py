@@ -1,15 +1,21 @@
 """Benchmark of ``recsys report`` on a large synthetic nightly run.
 
-Fills a database (the embedded server in a temporary folder, or ``--database-url``) with
-``generate_series``: users, products, ratings with a long-tailed popularity, two ready
+Fills a database (the embedded server in a temporary folder, or ``--database-url``): users,
+products and ratings with a long-tailed popularity by ``generate_series``; two ready
 recommendation runs of ``users x k`` rows each (this night and the previous one, so the overlap
-is measured), a model run and 14 pipeline runs with their steps. Then, all in this run:
+is measured), written the way scoring writes them, through ``RunWriter`` (COPY plus the
+per-product counts), from numpy batches (long-tailed product draws; a list may hold a product
+twice, which does not matter to the timings); a model run and 14 pipeline runs with their
+steps. Then, all in this run:
 
 1. the reference: ``SELECT count(*) FROM recommendations WHERE run_id = <run>`` (best of 3);
 2. the report's queries alone (``read_report``), best of 3, and each part of it;
 3. the whole report (queries, charts, page written), best of 2;
+4. the report's queries of the same run without its stored counts (as a run written before
+   migration 0007 is read: the run's rows and the ratings aggregated), once;
 
-and prints each as seconds and as a ratio to the reference.
+and prints each as seconds and as a ratio to the reference, and the time ``RunWriter`` spent
+counting and storing the per-product counts while it wrote the rows.
 
     .venv/bin/python benchmarks/report.py --users 1000000 --products 200000 --ratings 5000000
 """
@@ -17,12 +23,14 @@ and prints each as seconds and as a ratio to the reference.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import sqlalchemy as sa
 
 REPO = Path(__file__).resolve().parents[1]
@@ -36,6 +44,50 @@ def best_of(fn, repeat: int) -> float:
         fn()
         times.append(time.perf_counter() - t0)
     return min(times)
+
+
+def write_run(
+    engine: sa.Engine, model_run: int, users: int, products: int, k: int, seed: int
+) -> tuple[int, float]:
+    """One ready run of ``users x k`` rows through RunWriter; (run id, seconds spent counting)."""
+    from recsys.scoring.publish import RunWriter, ScoreBatch, begin_run
+
+    counting = [0.0]
+
+    def timed(method):
+        def wrapper(*args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return method(*args, **kwargs)
+            finally:
+                counting[0] += time.perf_counter() - t0
+
+        return wrapper
+
+    rng = np.random.default_rng(seed)
+    chunk = 100_000
+    with engine.begin() as conn:
+        run = begin_run(conn, k=k, model_run_id=model_run, model_type="ranker")
+    with engine.begin() as conn:
+        writer = RunWriter(conn, run)
+        counts = writer.product_counts
+        counts.add = timed(counts.add)
+        counts.write = timed(counts.write)
+        for start in range(1, users + 1, chunk):
+            ids = np.arange(start, min(users, start + chunk - 1) + 1, dtype=np.int64)
+            n = len(ids) * k
+            strategies = np.where(np.repeat(ids % 20 == 0, k), 2, 0).astype(np.int8)
+            writer.write(
+                ScoreBatch(
+                    np.repeat(ids, k),
+                    np.tile(np.arange(1, k + 1, dtype=np.int16), len(ids)),
+                    1 + np.floor(products * rng.random(n) ** 4).astype(np.int64),
+                    np.tile(1.0 / np.arange(1, k + 1, dtype=np.float32), len(ids)),
+                    strategies,
+                )
+            )
+        writer.finish({"model": users - users // 20, "popularity": users // 20})
+    return int(run), counting[0]
 
 
 def fill(engine: sa.Engine, users: int, products: int, ratings: int, k: int) -> int:
@@ -97,34 +149,17 @@ def fill(engine: sa.Engine, users: int, products: int, ratings: int, k: int) -> 
             },
         ).scalar_one()
     rec_runs = []
-    for _night in range(2):
+    for night in range(2):
         t0 = time.perf_counter()
-        with engine.begin() as conn:
-            run = conn.execute(
-                sa.text(
-                    "INSERT INTO recommendation_runs (model_run_id, model_type, k, status, "
-                    "n_users, n_rows, counts) VALUES (:m, 'ranker', :k, 'ready', :u, :rows, "
-                    "CAST(:c AS jsonb)) RETURNING id"
-                ),
-                {
-                    "m": model_run,
-                    "k": k,
-                    "u": users,
-                    "rows": users * k,
-                    "c": json.dumps({"model": users - users // 20, "popularity": users // 20}),
-                },
-            ).scalar_one()
-            conn.execute(
-                sa.text(
-                    "INSERT INTO recommendations (run_id, user_id, rank, product_id, score, "
-                    "strategy) SELECT :r, u, r, 1 + floor(:p * power(random(), 4))::bigint, "
-                    "1.0 / r, CASE WHEN u % 20 = 0 THEN 'popularity' ELSE 'model' END "
-                    "FROM generate_series(1, :u) u, generate_series(1, :k) r"
-                ),
-                {"r": run, "p": products, "u": users, "k": k},
-            )
-        rec_runs.append(int(run))
-        print(f"  recommendation run {run}: {time.perf_counter() - t0:.1f} s", flush=True)
+        run, counting = write_run(engine, model_run, users, products, k, seed=night)
+        rec_runs.append(run)
+        seconds = time.perf_counter() - t0
+        print(
+            f"  recommendation run {run} through RunWriter: {seconds:.1f} s, of which "
+            f"{counting:.1f} s ({counting / seconds:.1%}) counting and storing the per-product "
+            "counts",
+            flush=True,
+        )
     with engine.begin() as conn:
         conn.execute(
             sa.text("INSERT INTO published_recommendations (id, run_id) VALUES (1, :r)"),
@@ -166,6 +201,47 @@ def fill(engine: sa.Engine, users: int, products: int, ratings: int, k: int) -> 
     return rec_runs[-1]
 
 
+def read_report_breakdown(engine: sa.Engine) -> dict[str, float]:
+    """Seconds per function of one ``read_report`` call (the module's functions timed)."""
+    from recsys.report import queries as q
+
+    names = (
+        "resolve_run",
+        "_run_header",
+        "_steps",
+        "_trend",
+        "table_columns",
+        "_rec_run",
+        "_model",
+        "_has_rows",
+        "stored_list_stats",
+        "list_stats",
+        "overlap",
+        "samples",
+    )
+    spent: dict[str, float] = {}
+    originals = {name: getattr(q, name) for name in names}
+
+    def timed(name, fn):
+        def wrapper(*args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                spent[name] = spent.get(name, 0.0) + time.perf_counter() - t0
+
+        return wrapper
+
+    try:
+        for name, fn in originals.items():
+            setattr(q, name, timed(name, fn))
+        q.read_report(engine)
+    finally:
+        for name, fn in originals.items():
+            setattr(q, name, fn)
+    return spent
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--users", type=int, default=1_000_000)
@@ -177,6 +253,11 @@ def main() -> None:
         "--reuse",
         action="store_true",
         help="With --database-url: measure the data a previous run of this benchmark left there.",
+    )
+    parser.add_argument(
+        "--skip-fallback",
+        action="store_true",
+        help="Do not measure the report of the run without its stored counts (the row scan).",
     )
     args = parser.parse_args()
 
@@ -232,48 +313,111 @@ def main() -> None:
                 {"r": rec_run},
             ).scalar_one()
 
-    minimal = best_of(minimal_aggregate, 2)
+    minimal = best_of(minimal_aggregate, 1)
     print(
-        f"second reference, the smallest per-product aggregate (count(*) GROUP BY product_id): "
+        "second reference, the smallest per-product aggregate over the run's rows "
+        f"(count(*) GROUP BY product_id, once): "
         f"{minimal:.2f} s ({minimal / ref:.1f}x reference)"
     )
 
-    parts: dict[str, float] = {}
-    with engine.connect() as conn, conn.begin():
-        conn.execute(sa.text(f"SET LOCAL work_mem = '{q.WORK_MEM}'"))
-        rec = q._rec_run(conn, rec_run, q.table_columns(conn, "recommendation_runs"))
-        for name, fn in (
-            (
-                "rows grouped by product (temporary table)",
-                lambda: conn.execute(sa.text(q._PER_PRODUCT), {"r": rec_run}),
-            ),
-            (
-                "popularity percentiles of rated products",
-                lambda: conn.execute(sa.text(q._PERCENTILES)),
-            ),
-            ("histogram", lambda: conn.execute(sa.text(q._HISTOGRAM)).all()),
-            ("top 20", lambda: conn.execute(sa.text(q._TOP), {"n": 20}).all()),
-            ("overlap with the previous run", lambda: q.overlap(conn, rec, 0)),
-            (
-                "5 sampled users",
-                lambda: q.samples(conn, rec, 0, has_reason=False, has_because=False),
-            ),
-        ):
-            t0 = time.perf_counter()
-            fn()
-            parts[name] = time.perf_counter() - t0
-        conn.rollback()
-    for name, seconds in parts.items():
-        print(f"  {name}: {seconds:.2f} s ({seconds / ref:.1f}x reference)")
+    with engine.connect() as conn:
+        n_counts = conn.execute(
+            sa.text("SELECT count(*) FROM recommendation_product_counts WHERE run_id = :r"),
+            {"r": rec_run},
+        ).scalar_one()
+    print(f"stored per-product counts of the run: {n_counts:,} rows")
+
+    def measure_parts(stored: bool) -> dict[str, float]:
+        parts: dict[str, float] = {}
+        with engine.connect() as conn, conn.begin():
+            conn.execute(sa.text(f"SET LOCAL work_mem = '{q.WORK_MEM}'"))
+            rec = q._rec_run(conn, rec_run, q.table_columns(conn, "recommendation_runs"))
+            if not stored:
+                rec = dataclasses.replace(rec, list_stats=None)
+                steps = [
+                    (
+                        "rows grouped by product (temporary table)",
+                        lambda: conn.execute(sa.text(q._PER_PRODUCT), {"r": rec_run}),
+                    ),
+                    (
+                        "popularity percentiles of rated products",
+                        lambda: conn.execute(sa.text(q._PERCENTILES)),
+                    ),
+                    ("histogram", lambda: conn.execute(sa.text(q._HISTOGRAM)).all()),
+                    ("top 20", lambda: conn.execute(sa.text(q._TOP), {"n": 20}).all()),
+                ]
+            else:
+                steps = [
+                    (
+                        "histogram and coverage from the stored counts",
+                        lambda: conn.execute(sa.text(q._STORED_HISTOGRAM), {"r": rec_run}).all(),
+                    ),
+                    (
+                        "top 20 from the stored counts",
+                        lambda: conn.execute(sa.text(q._STORED_TOP), {"r": rec_run, "n": 20}).all(),
+                    ),
+                ]
+            steps += [
+                (
+                    "overlap with the previous run (per-user sample"
+                    + (", per-product exact)" if stored else " only)"),
+                    lambda: q.overlap(conn, rec, 0),
+                ),
+                (
+                    "5 sampled users",
+                    lambda: q.samples(conn, rec, 0, has_reason=False, has_because=False),
+                ),
+            ]
+            for name, fn in steps:
+                t0 = time.perf_counter()
+                fn()
+                parts[name] = time.perf_counter() - t0
+            conn.rollback()
+        return parts
+
+    for name, seconds in measure_parts(stored=True).items():
+        print(f"  {name}: {seconds:.2f} s ({seconds / ref:.2f}x reference)")
 
     queries = best_of(lambda: q.read_report(engine), 3)
-    print(f"report queries (read_report): {queries:.2f} s = {queries / ref:.1f}x reference")
+    print(f"report queries (read_report): {queries:.2f} s = {queries / ref:.2f}x reference")
+    for name, seconds in read_report_breakdown(engine).items():
+        print(f"  in read_report, {name}: {seconds:.2f} s ({seconds / ref:.2f}x reference)")
     whole = best_of(lambda: write_report(engine, work, None, work / "report.html"), 2)
     size = (work / "report.html").stat().st_size
     print(
         f"whole report (queries, charts, page of {size / 1024:.0f} KiB): {whole:.2f} s = "
-        f"{whole / ref:.1f}x reference"
+        f"{whole / ref:.2f}x reference"
     )
+    if args.skip_fallback:
+        print("(the row-scan fallback was not measured: --skip-fallback)")
+    else:
+        print("the same run read without its stored counts (the fallback of older runs):")
+        for name, seconds in measure_parts(stored=False).items():
+            print(f"  {name}: {seconds:.2f} s ({seconds / ref:.2f}x reference)")
+        # the whole query set with the fallback: the runs' list_stats set aside meanwhile
+        with engine.begin() as conn:
+            conn.execute(
+                sa.text(
+                    "CREATE TABLE bench_saved_stats AS SELECT id, list_stats FROM "
+                    "recommendation_runs"
+                )
+            )
+            conn.execute(sa.text("UPDATE recommendation_runs SET list_stats = NULL"))
+        try:
+            fallback = best_of(lambda: q.read_report(engine), 1)
+        finally:
+            with engine.begin() as conn:
+                conn.execute(
+                    sa.text(
+                        "UPDATE recommendation_runs r SET list_stats = s.list_stats "
+                        "FROM bench_saved_stats s WHERE s.id = r.id"
+                    )
+                )
+                conn.execute(sa.text("DROP TABLE bench_saved_stats"))
+        print(
+            f"report queries without stored counts (read_report, once): {fallback:.2f} s = "
+            f"{fallback / ref:.2f}x reference; with them {queries / fallback:.3f}x that"
+        )
     engine.dispose()
     if server is not None:
         server.cleanup()

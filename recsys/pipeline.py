@@ -246,6 +246,22 @@ def _train_step(ctx: Context) -> dict:
     }
 
 
+def _popularity_on(split: Any, seed: int) -> dict[str, float]:
+    """Popularity's NDCG@10, Recall@10 and coverage@10 on ``split`` (the served model's rank
+    split), keyed ``popularity_<metric>`` beside the model's own figures (a count: cheap)."""
+    from recsys.evaluation.metrics import ranking_metrics
+    from recsys.model import catalog
+
+    popularity = catalog.create("popularity")
+    popularity.fit(split.train, seed=seed)
+    measured = ranking_metrics(popularity.score_users, split.train, split.test)
+    return {
+        f"popularity_{key}": float(measured[key])
+        for key in ("ndcg@10", "recall@10", "coverage@10")
+        if key in measured
+    }
+
+
 def evaluate_trained(
     engine: Engine,
     trained: Any,
@@ -281,11 +297,11 @@ def evaluate_trained(
         raise RecsysError(f"model run {trained.run_id}: its ratings are gone; nothing to measure")
     started = time.perf_counter()
     try:
+        splits = make_splits(trained.data)
         evaluation = evaluate_model(
-            evaluation_factory(trained, progress, should_stop),
-            make_splits(trained.data),
-            seed=seed,
+            evaluation_factory(trained, progress, should_stop), splits, seed=seed
         )
+        popularity = _popularity_on(splits.rank, seed)
     except BaseException as err:
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         if isinstance(err, KeyboardInterrupt):
@@ -298,6 +314,7 @@ def evaluate_trained(
         raise
     seconds = time.perf_counter() - started
     measured = evaluation.as_dict()
+    measured["rank"] = {**measured.get("rank", {}), **popularity}
     with engine.begin() as conn:
         registry.add_metrics(conn, trained.run_id, measured)
     _log.info(

@@ -156,6 +156,10 @@ def test_epochs_are_tuned_on_a_train_internal_split(sample) -> None:
     assert model.params["tuned_epochs"] in (5, 10)
     assert history.best_epoch == model.params["tuned_epochs"]
     assert len(history.train_loss) == model.params["tuned_epochs"]
+    # every evaluation of the epoch search is in the history, the kept epoch among them
+    assert [epoch for epoch, _ in history.val_ndcg] == [5, 10]
+    assert all(0.0 <= value <= 1.0 for _, value in history.val_ndcg)
+    assert history.best_epoch in [epoch for epoch, _ in history.val_ndcg]
     with pytest.raises(NotImplementedError):
         model.predict(np.array([0]), np.array([0]))
 

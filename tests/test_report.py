@@ -297,8 +297,12 @@ def test_quality_shows_stored_metrics_and_says_not_measured(nightly: dict) -> No
     assert float(_metric_cells(text, "seed (70/30)", "bias")["rmse"]) == pytest.approx(
         metrics["seed"]["rmse"]
     )
-    # popularity on the rank split is not stored with the run: said, not invented
-    assert _metric_cells(text, "rank (80/20)", "popularity")["ndcg@10"] == ""
+    # popularity on the same rank split, stored with the run beside the model's figures
+    popularity = _metric_cells(text, "rank (80/20)", "popularity")
+    for key in ("ndcg@10", "recall@10", "coverage@10"):
+        assert float(popularity[key]) == pytest.approx(metrics["rank"][f"popularity_{key}"]), key
+    # what popularity has no figure for is said, not invented
+    assert popularity["popularity_percentile"] == ""
     assert "not measured" in Page(text).text
 
 

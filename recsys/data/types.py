@@ -85,6 +85,9 @@ class FitHistory:
     stopped_reason: str | None = None
     epoch_seconds: list[float] = field(default_factory=list)
     """Wall seconds per epoch (empty for closed-form models)."""
+    val_ndcg: list[list[float]] = field(default_factory=list)
+    """``[epoch, internal-validation NDCG@10]`` of every evaluation during the fit (models that
+    tune on a train-internal split, e.g. the ranker's epoch search); empty where none ran."""
 
 
 @runtime_checkable

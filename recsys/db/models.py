@@ -243,6 +243,9 @@ class RecommendationRun(Base):
     """The gate figures checked before serving (recsys.scoring.gates)."""
     rule_counts: Mapped[dict] = mapped_column(JSONB, server_default=sa.text("'{}'::jsonb"))
     """Candidates each rule removed (recsys.scoring.block.RULE_COUNT_KEYS)."""
+    list_stats: Mapped[dict | None] = mapped_column(JSONB)
+    """Run-level figures stored with the per-product counts (migration 0007): ``products``,
+    ``catalogue``, ``rated_products``; NULL for runs written without them."""
 
 
 class Recommendation(Base):
@@ -258,6 +261,36 @@ class Recommendation(Base):
     """model | cold_start | popularity | category_popularity"""
     reason: Mapped[str | None] = mapped_column(sa.Text)
     because_product_id: Mapped[int | None] = mapped_column(sa.BigInteger)
+
+
+class RecommendationProductCount(Base):
+    """Per (run, product): the aggregates of the run's rows, written with them (migration 0007).
+
+    ``recsys.scoring.publish.RunWriter`` counts while it COPYs the rows and writes these in the
+    same transaction, so a ready run has all of them or (written before 0007) none.
+    """
+
+    __tablename__ = "recommendation_product_counts"
+    __table_args__ = (
+        sa.CheckConstraint("n_users > 0 AND n_first >= 0 AND n_first <= n_users", name="counts"),
+    )
+
+    run_id: Mapped[int] = mapped_column(
+        sa.BigInteger,
+        sa.ForeignKey("recommendation_runs.id", ondelete="CASCADE"),
+        primary_key=True,
+    )
+    product_id: Mapped[int] = mapped_column(sa.BigInteger, primary_key=True)
+    n_users: Mapped[int] = mapped_column(sa.Integer)
+    """Lists (users) that hold the product."""
+    n_first: Mapped[int] = mapped_column(sa.Integer)
+    """Lists that hold it at rank 1."""
+    rank_sum: Mapped[int] = mapped_column(sa.BigInteger)
+    """Sum of its ranks (mean rank = rank_sum / n_users)."""
+    n_ratings: Mapped[int | None] = mapped_column(sa.Integer)
+    """Its number of ratings when the run was scored (NULL: none)."""
+    popularity_pct: Mapped[float | None] = mapped_column(sa.Float)
+    """``percent_rank()`` of ``n_ratings`` among the products rated then (NULL: not rated)."""
 
 
 class PublishedRecommendations(Base):

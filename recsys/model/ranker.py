@@ -68,13 +68,16 @@ import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from recsys.errors import DataError, RecsysError
 from recsys.model.base import META_FILE, FitHistory, RatingData
 from recsys.progress import NO_PROGRESS, ProgressSink
+
+if TYPE_CHECKING:
+    from recsys.model.rank_trainer import TrainedTower
 
 _log = logging.getLogger(__name__)
 
@@ -232,7 +235,7 @@ class RankerRecommender:
         should_stop: Callable[[], bool] | None = None,
         label: str = "train ranker",
         deadline: float | None = None,
-    ):
+    ) -> TrainedTower:
         """Train a fresh tower on ``train``; with ``validation``, keep the best evaluated epoch.
 
         Returns the :class:`~recsys.model.rank_trainer.TrainedTower`; ``deadline``
@@ -373,6 +376,7 @@ class RankerRecommender:
         )
         epochs = self.params["epochs"]
         searched = None
+        evaluations: list[list[float]] = []
         if epochs is None:
             from recsys.evaluation.tuning import internal_rank_split
 
@@ -388,6 +392,7 @@ class RankerRecommender:
                     **hooks,
                 )
                 epochs = searched.epochs
+                evaluations = [[int(e), float(v)] for e, v in searched.validation]
             else:
                 epochs = self.params["max_epochs"] // 2
             self.params["tuned_epochs"] = int(epochs)
@@ -432,6 +437,7 @@ class RankerRecommender:
             best_epoch=int(epochs),
             stopped_reason=reason,
             epoch_seconds=[seconds],
+            val_ndcg=evaluations,
         )
 
     def extend(

@@ -17,7 +17,8 @@ Steps, each visible in the registry:
    ratings and :func:`evaluation_factory`, and the caller measures with them
    (``recsys.pipeline`` runs it as its own ``measure`` step, adds the metrics to the
    registry row, and withdraws the run if the measurement fails). ``evaluate`` in the
-   config is recorded with the run's parameters;
+   config is recorded with the run's parameters. The measurement adds popularity's metrics
+   on the same rank split (``metrics["rank"]["popularity_ndcg@10"]`` etc.);
 5. artifacts (model, index maps, run.json, training curve PNG, manifest) into a temporary
    folder renamed to ``models_dir/<run>``, then the row is marked ``succeeded`` with the
    checksum. Any exception (NaN loss, too few ratings, Ctrl-C) marks the run ``failed`` with

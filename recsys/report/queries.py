@@ -1,12 +1,24 @@
 """The report's SQL: every figure is an aggregate computed in PostgreSQL.
 
-Nothing here reads a run's published rows into Python. The rows of one recommendation run are
-scanned once, grouped by product into a temporary table (``ON COMMIT DROP``); coverage, the top
-products and the popularity histogram are read from that table. The popularity percentile of a
-product is ``percent_rank()`` of its number of ratings among the products that have ratings
-(ties share the lower rank, as ``recsys.evaluation.metrics.ranking_metrics`` computes it),
-bucketed with ``width_bucket`` in the database. Samples (users shown, users compared with the
-previous run) are drawn with a fixed seed and read by index lookups on the recommendations'
+Nothing here reads a run's published rows into Python. Coverage, the top products and the
+popularity histogram come from ``recommendation_product_counts``, the per-product counts the
+scoring run stored with its rows (``recsys.scoring.aggregates``; one row per recommended
+product, so the cost does not grow with the number of users), and the run's ``list_stats``.
+There the popularity percentile is the one of the moment the run was scored. A run written
+without them (before migration 0007) falls back to scanning its rows once, grouped by product
+into a temporary table (``ON COMMIT DROP``), with the percentiles computed from the ratings of
+now. The popularity percentile of a product is ``percent_rank()`` of its number of ratings
+among the products that have ratings (ties share the lower rank, as
+``recsys.evaluation.metrics.ranking_metrics`` computes it), bucketed with ``width_bucket`` in
+the database.
+
+Overlap with the previous run is measured two ways. Per user, exactly as a user sees it (the
+share of their list that was in their previous list), over at most :data:`OVERLAP_USERS` users
+drawn with a fixed seed (all users of a smaller run): a row-level comparison of every user would
+cost a join of both runs' rows. Per product, over all users and exact, from the stored counts of
+both runs: the products both recommended and ``sum(least(this, previous))`` over products,
+which bounds from above how many of this run's (user, product) rows were also in the previous
+run. Samples (users shown, users compared) are read by index lookups on the recommendations'
 primary key ``(run_id, user_id, rank)`` and on ``ratings (user_id, product_id)``.
 
 Columns that later migrations add (``recommendation_runs.gates`` / ``rule_counts``,
@@ -119,6 +131,8 @@ class RecRunInfo:
     rule_counts: dict | None
     has_gates_column: bool
     has_rule_counts_column: bool
+    list_stats: dict | None = None
+    """The run-level figures stored with its per-product counts; None: not stored."""
 
 
 @dataclass(frozen=True)
@@ -146,6 +160,9 @@ class ListStats:
     bucket_products: list[int]
     """Distinct products per bucket (same layout)."""
     top: list[TopProduct]
+    stored: bool = False
+    """True: read from the counts stored while scoring (popularity of that moment); False:
+    aggregated from the run's rows now (popularity of now)."""
 
 
 @dataclass(frozen=True)
@@ -162,6 +179,25 @@ class Overlap:
     exact: bool = True
     """All users compared (True) or a sample with a fixed seed."""
     note: str | None = None
+    products: ProductOverlap | None = None
+    """The exact per-product comparison over all users (None: a run has no stored counts)."""
+
+
+@dataclass(frozen=True)
+class ProductOverlap:
+    """Both runs' stored per-product counts compared, over all their users (exact)."""
+
+    products: int
+    """Distinct products this run recommends."""
+    previous_products: int
+    """Distinct products the previous run recommended."""
+    shared_products: int
+    """Products both recommend."""
+    rows: int
+    """This run's rows."""
+    shared_rows_bound: int
+    """Sum over products of least(this run's lists, the previous run's lists): at least as many
+    as this run's (user, product) rows that were also in the previous run."""
 
 
 @dataclass(frozen=True)
@@ -328,6 +364,7 @@ def _rec_run(conn: sa.Connection, rec_run_id: int, columns: set[str]) -> RecRunI
     extra = (", r.gates" if has_gates else ", NULL") + (
         ", r.rule_counts" if has_rules else ", NULL"
     )
+    extra += ", r.list_stats" if "list_stats" in columns else ", NULL"
     row = conn.execute(
         sa.text(
             "SELECT r.id, r.status, r.k, r.model_run_id, r.model_type, r.n_users, r.n_rows, "
@@ -356,13 +393,24 @@ def _rec_run(conn: sa.Connection, rec_run_id: int, columns: set[str]) -> RecRunI
         rule_counts=dict(row[13]) if row[13] else None,
         has_gates_column=has_gates,
         has_rule_counts_column=has_rules,
+        list_stats=dict(row[14]) if row[14] is not None else None,
     )
 
 
 def _has_rows(conn: sa.Connection, rec_run_id: int) -> bool:
+    """Whether the run's rows are kept: one primary-key index probe.
+
+    The ORDER BY follows the primary key ``(run_id, user_id, rank)`` so that the planner reads
+    the index: with a few runs in the table each holds a large share of the rows, and a plain
+    ``LIMIT 1`` may be planned as a sequential scan that reads every earlier run's rows first.
+    """
     return (
         conn.execute(
-            sa.text("SELECT 1 FROM recommendations WHERE run_id = :r LIMIT 1"), {"r": rec_run_id}
+            sa.text(
+                "SELECT 1 FROM recommendations WHERE run_id = :r ORDER BY run_id, user_id, rank "
+                "LIMIT 1"
+            ),
+            {"r": rec_run_id},
         ).scalar()
         is not None
     )
@@ -409,8 +457,67 @@ LIMIT :n
 """
 
 
+_STORED_HISTOGRAM = f"""
+SELECT CASE WHEN popularity_pct IS NULL THEN 0
+            ELSE least(width_bucket(popularity_pct, 0, 1, {HISTOGRAM_BUCKETS}),
+                       {HISTOGRAM_BUCKETS}) END
+           AS bucket,
+       sum(n_users)::bigint AS rows,
+       count(*) AS products
+FROM recommendation_product_counts
+WHERE run_id = :r
+GROUP BY 1
+ORDER BY 1
+"""
+
+# only the products with at least the 20th largest count are joined to ``products`` (for the
+# tie-break by ASIN), not all the run's products
+_STORED_TOP = """
+SELECT p.external_id, p.title, p.brand, c.n_users, c.n_first,
+       c.rank_sum::float8 / c.n_users AS mean_rank, c.popularity_pct
+FROM recommendation_product_counts c
+JOIN products p ON p.id = c.product_id
+WHERE c.run_id = :r
+  AND c.n_users >= coalesce((SELECT n_users FROM recommendation_product_counts
+                             WHERE run_id = :r ORDER BY n_users DESC
+                             LIMIT 1 OFFSET :n - 1), 0)
+ORDER BY c.n_users DESC, p.external_id
+LIMIT :n
+"""
+
+
+def stored_list_stats(conn: sa.Connection, rec: RecRunInfo) -> ListStats:
+    """Coverage, histogram and top products from the run's stored per-product counts.
+
+    Reads one row per recommended product (``recommendation_product_counts``), none of the
+    run's rows; the catalogue, rated-product and percentile figures are those of the moment the
+    run was scored.
+    """
+    stats = rec.list_stats or {}
+    buckets = [0] * (HISTOGRAM_BUCKETS + 1)
+    bucket_products = [0] * (HISTOGRAM_BUCKETS + 1)
+    for bucket, n_rows, n_products in conn.execute(sa.text(_STORED_HISTOGRAM), {"r": rec.id}):
+        buckets[int(bucket)] = int(n_rows)
+        bucket_products[int(bucket)] = int(n_products)
+    top = [
+        TopProduct(r[0], r[1], r[2], int(r[3]), int(r[4]), float(r[5]), r[6])
+        for r in conn.execute(sa.text(_STORED_TOP), {"r": rec.id, "n": TOP_PRODUCTS})
+    ]
+    return ListStats(
+        products_recommended=int(sum(bucket_products)),
+        rows=int(sum(buckets)),
+        catalogue=int(stats.get("catalogue", 0)),
+        rated_products=int(stats.get("rated_products", 0)),
+        buckets=buckets,
+        bucket_products=bucket_products,
+        top=top,
+        stored=True,
+    )
+
+
 def list_stats(conn: sa.Connection, rec_run_id: int) -> ListStats:
-    """Coverage, the popularity-percentile histogram and the top products of one run.
+    """Coverage, the popularity-percentile histogram and the top products of one run, from its
+    rows (runs without stored counts: one scan of the rows, and of the ratings).
 
     Must run inside a transaction (the temporary tables are dropped at its commit).
     """
@@ -525,13 +632,51 @@ FROM per_user pu LEFT JOIN prev_n pn ON pn.user_id = pu.user_id
 """
 
 
+_PRODUCT_OVERLAP = """
+SELECT count(c.product_id) AS products,
+       count(p.product_id) AS previous_products,
+       count(*) FILTER (WHERE c.product_id IS NOT NULL AND p.product_id IS NOT NULL) AS shared,
+       coalesce(sum(c.n_users), 0)::bigint AS rows,
+       -- least() ignores NULLs: only products of both runs count
+       coalesce(sum(least(c.n_users, p.n_users))
+                FILTER (WHERE c.product_id IS NOT NULL AND p.product_id IS NOT NULL), 0)::bigint
+           AS shared_rows_bound
+FROM (SELECT product_id, n_users FROM recommendation_product_counts WHERE run_id = :r) c
+FULL JOIN (SELECT product_id, n_users FROM recommendation_product_counts WHERE run_id = :p) p
+  ON p.product_id = c.product_id
+"""
+
+
+def product_overlap(conn: sa.Connection, rec_run_id: int, previous_run_id: int) -> ProductOverlap:
+    """Both runs' stored per-product counts compared (both must have them)."""
+    row = conn.execute(sa.text(_PRODUCT_OVERLAP), {"r": rec_run_id, "p": previous_run_id}).one()
+    return ProductOverlap(*(int(v) for v in row))
+
+
+def _has_stored_counts(conn: sa.Connection, rec_run_id: int) -> bool:
+    return (
+        conn.execute(
+            sa.text("SELECT list_stats IS NOT NULL FROM recommendation_runs WHERE id = :r"),
+            {"r": rec_run_id},
+        ).scalar()
+        is True
+    )
+
+
 def overlap(conn: sa.Connection, rec: RecRunInfo, seed: int) -> Overlap:
-    """How much of each user's list was already in their list of the previous ready run."""
+    """How much of each user's list was already in their list of the previous ready run.
+
+    Per user over a seeded sample (or all users of a small run), and per product over all users
+    where both runs have stored counts (see the module docstring).
+    """
     prev = previous_run(conn, rec.id)
     if prev is None:
         return Overlap(None, note="no earlier recommendation run")
     if not _has_rows(conn, prev):
         return Overlap(int(prev), note=f"the rows of run {prev} are pruned (keep_runs)")
+    products = None
+    if rec.list_stats is not None and _has_stored_counts(conn, int(prev)):
+        products = product_overlap(conn, rec.id, int(prev))
     ids, exact = sample_run_users(conn, rec.id, OVERLAP_USERS, seed, rec.n_users)
     users, with_prev, share, identical = conn.execute(
         sa.text(_OVERLAP), {"ids": ids, "r": rec.id, "p": prev}
@@ -543,6 +688,7 @@ def overlap(conn: sa.Connection, rec: RecRunInfo, seed: int) -> Overlap:
         mean_share=None if share is None else float(share),
         identical=int(identical),
         exact=exact,
+        products=products,
     )
 
 
@@ -632,7 +778,10 @@ def read_report(engine: Engine, run_id: int | None = None, *, seed: int = 0) -> 
         lists = over = None
         sample_users: list[SampleUser] = []
         if rec is not None and rec.status == "ready" and _has_rows(conn, rec.id):
-            lists = list_stats(conn, rec.id)
+            if rec.list_stats is not None:
+                lists = stored_list_stats(conn, rec)
+            else:
+                lists = list_stats(conn, rec.id)
             over = overlap(conn, rec, seed)
             sample_users = samples(conn, rec, seed, has_reason=has_reason, has_because=has_because)
         elif rec is not None:

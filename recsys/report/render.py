@@ -21,7 +21,7 @@ from datetime import datetime
 from typing import Any
 
 from recsys.report import charts
-from recsys.report.queries import ReportData, SampleUser, metric
+from recsys.report.queries import ModelInfo, ReportData, SampleUser, metric
 
 NOT_MEASURED = "not measured"
 
@@ -359,10 +359,17 @@ def _quality(d: ReportData) -> str:
     if d.model is None:
         return _section("quality", "Quality", '<p class="empty">no model run in this run</p>')
     rows = quality_rows(d.model.metrics, d.model.model_type)
+    unmeasured = _unmeasured_splits(d.model)
     if not rows:
+        why = (
+            "trained with --no-evaluate"
+            if d.model.params.get("evaluate") is False
+            else "no evaluation was recorded"
+        )
         body = (
             f'<p class="empty" data-figure="quality" data-value="">{NOT_MEASURED}: '
-            "the model run stored no metrics (trained with --no-evaluate)</p>"
+            f"the model run stored no metrics ({why}), for the model or for popularity</p>"
+            + unmeasured
         )
         return _section("quality", "Quality", body)
     columns = [c for c in _QUALITY_COLUMNS if any(c[0] in r for r in rows)]
@@ -392,7 +399,36 @@ def _quality(d: ReportData) -> str:
         f"row in it. &ldquo;{NOT_MEASURED}&rdquo;: that figure was not computed for that model "
         "on that split.</p>"
     )
-    return _section("quality", "Quality", table + caption + (chart if len(bars) > 1 else ""))
+    body = table + caption + unmeasured + (chart if len(bars) > 1 else "")
+    return _section("quality", "Quality", body)
+
+
+def _unmeasured_splits(m: ModelInfo) -> str:
+    """A line per split the model run was not measured on because of ``--no-evaluate``."""
+    if m.params.get("evaluate") is not False:
+        return ""
+    lines = []
+    if "rank" not in m.metrics:
+        lines.append(
+            (
+                "rank",
+                f"rank split (80/20): {NOT_MEASURED} for the model and for popularity: the model "
+                "run was trained with --no-evaluate, which skips the evaluation protocol.",
+            )
+        )
+    if "internal" not in m.metrics:
+        lines.append(
+            (
+                "internal",
+                f"train-internal split: {NOT_MEASURED}: --no-evaluate skips it too, so the NDCG "
+                "gate records its ratio as not measured.",
+            )
+        )
+    return "".join(
+        f'<p class="empty" data-figure="not-measured-{split}" data-value="{e(NOT_MEASURED)}">'
+        f"{e(line)}</p>"
+        for split, line in lines
+    )
 
 
 def _lists(d: ReportData) -> str:
@@ -445,7 +481,13 @@ def _lists(d: ReportData) -> str:
         '<figcaption class="caption">Each recommendation (user, product) counted once, by the '
         "product's percentile in the number of ratings among products that have ratings "
         "(100 = the most rated). A list without popularity bias would follow the dashed line. "
-        "In the top decile: "
+        + (
+            "Figures of the moment the run was scored (counts stored with its rows). "
+            if ls.stored
+            else "Computed from the run's rows and the ratings of now (this run stored no "
+            "per-product counts). "
+        )
+        + "In the top decile: "
         + _figure(
             "top-decile-share",
             popular_share,
@@ -485,13 +527,30 @@ def _overlap(d: ReportData) -> str:
     )
     share = "n/a" if o.mean_share is None else f"{o.mean_share:.1%}"
     with_previous = f"{o.users_with_previous:,}"
-    return (
-        f"<p>Compared with recommendation run {e(o.previous_run_id)} over {e(how)}: "
+    per_user = (
+        f"<p>Per user, compared with recommendation run {e(o.previous_run_id)} over {e(how)}: "
         f"{_figure('overlap-users-with-previous', o.users_with_previous, with_previous)}"
         f" of {_figure('overlap-users', o.users, f'{o.users:,}')} users had a list before; on "
         f"average {_figure('overlap', o.mean_share, share, 'b')} of a user's list was already in "
         f"their previous list, and {_figure('overlap-identical', o.identical, f'{o.identical:,}')}"
         " lists hold the same products as before.</p>"
+    )
+    p = o.products
+    if p is None:
+        return per_user + (
+            '<p class="caption">Per product: not recorded (a run without stored per-product '
+            "counts).</p>"
+        )
+    bound = p.shared_rows_bound / p.rows if p.rows else None
+    shown = "n/a" if bound is None else f"{bound:.1%}"
+    return per_user + (
+        "<p>Per product, over all users (exact, from both runs' stored counts): "
+        f"{_figure('overlap-shared-products', p.shared_products, f'{p.shared_products:,}')} of "
+        f"this run's {e(f'{p.products:,}')} products were recommended in run "
+        f"{e(o.previous_run_id)} too (which recommended {e(f'{p.previous_products:,}')}); "
+        f"at most {_figure('overlap-rows-bound', bound, shown, 'b')} of this run's "
+        "recommendations can repeat a (user, product) pair of that run (the sum over products "
+        "of the smaller of the two runs' counts, over this run's rows).</p>"
     )
 
 

@@ -4,8 +4,10 @@ A run is written in two transactions:
 
 1. :func:`begin_run` commits a ``recommendation_runs`` row with status ``scoring`` (a trace of
    the attempt, even if the process dies);
-2. :class:`RunWriter` COPYs every batch of rows into ``recommendations`` and marks the run
-   ``ready`` in ONE transaction, so a killed writer leaves no rows behind.
+2. :class:`RunWriter` COPYs every batch of rows into ``recommendations``, counts them per
+   product while it does (``recsys.scoring.aggregates``: the per-product counts the report
+   reads instead of the rows), stores those counts and marks the run ``ready`` in ONE
+   transaction, so a killed writer leaves neither rows nor counts behind.
 
 :func:`publish_run` then moves the single-row pointer ``published_recommendations`` to the new
 run in one short transaction. The view ``current_recommendations`` reads the pointer and the
@@ -29,6 +31,7 @@ from sqlalchemy.engine import Engine
 
 from recsys.db.copy import driver_connection, encode_binary
 from recsys.errors import DataError, RecsysError
+from recsys.scoring.aggregates import ProductCounts
 
 _log = logging.getLogger(__name__)
 
@@ -234,7 +237,9 @@ def fail_abandoned_runs(conn: sa.Connection) -> int:
 class RunWriter:
     """COPY batches of rows for one run inside the caller's transaction.
 
-    Batches are buffered up to :data:`FLUSH_ROWS` rows and written by one COPY each.
+    Batches are buffered up to :data:`FLUSH_ROWS` rows and written by one COPY each; each
+    COPYed batch is counted per product (:class:`recsys.scoring.aggregates.ProductCounts`) and
+    :meth:`finish` stores the counts with the run.
 
     Usage::
 
@@ -252,6 +257,7 @@ class RunWriter:
         self._n_users = 0
         self._pending: list[ScoreBatch] = []
         self._pending_rows = 0
+        self.product_counts = ProductCounts()
 
     def write(self, batch: ScoreBatch) -> int:
         """Queue one batch (COPYed once enough rows are queued); returns its row count."""
@@ -277,6 +283,7 @@ class RunWriter:
         raw = driver_connection(self.conn)
         with raw.cursor() as cur, cur.copy(COPY_SQL) as copy:
             copy.write(data)
+        self.product_counts.add(batch.product_ids, batch.ranks)
 
     def finish(
         self,
@@ -285,8 +292,10 @@ class RunWriter:
         rule_counts: dict | None = None,
         params: dict | None = None,
     ) -> None:
-        """Mark the run ``ready`` with its row and user counts (same transaction as the rows)."""
+        """Store the per-product counts and mark the run ``ready`` with its row and user
+        counts (same transaction as the rows)."""
         self.flush()
+        self.product_counts.write(self.conn, self.run_id)
         n_users = self._n_users
         self.conn.execute(
             sa.text(
@@ -414,7 +423,8 @@ def prune_runs(conn: sa.Connection, keep: int) -> list[int]:
     """Delete all but the newest ``keep`` ready runs, and failed runs older than those.
 
     The published run is never deleted, whatever its age (after a rollback it may be old).
-    ``recommendations`` has no foreign key (COPY speed), so its rows are deleted here too.
+    ``recommendations`` has no foreign key (COPY speed), so its rows are deleted here too; the
+    run's ``recommendation_product_counts`` go with it (``ON DELETE CASCADE``).
     Returns the ids deleted.
     """
     keep = max(1, int(keep))
