@@ -145,6 +145,10 @@ class AutoConfig(_Config):
     ease_memory_mb: int = 4096
     params: dict[str, dict[str, Any]] = {}
     """Per-candidate parameters (by model name)."""
+    selection_ratings: int = 250_000
+    """The contest's fitting budget per candidate in ratings: it sets the internal folds."""
+    max_folds: int = 5
+    """The most internal folds the contest uses."""
 
 
 @dataclass(frozen=True)
