@@ -79,3 +79,27 @@ def test_the_contest_ranker_trains_no_rating_head_and_reuses_its_epochs() -> Non
     assert served.params["rating_head"] is True and served.params["epochs"] is None
     fixed = catalog.create("auto", params={"ranker": {"epochs": 3}})
     assert fixed._create("ranker", selecting=True, epochs=7).params["epochs"] == 3
+
+
+def test_the_ranker_epochs_are_the_median_of_the_folds_best(monkeypatch) -> None:
+    from recsys.evaluation.tuning import fold_count
+    from recsys.model.ranker import RankerRecommender
+
+    data = planted_clusters()  # 960 ratings: 5 folds by default
+    planted = iter([40, 10, 25, 55, 15])
+    seen: list[tuple[int, int]] = []
+
+    def fake_search(self, train, epochs, seed, validation=None, **kwargs):
+        seen.append((len(train), len(validation)))
+        return None, [], next(planted)
+
+    monkeypatch.setattr(RankerRecommender, "_train_tower", fake_search)
+    model = RankerRecommender(rating_head=False)
+    assert model._search_epochs(data, 0, {}) == 25  # median of 10, 15, 25, 40, 55
+    assert model.params["epoch_search"] == [40, 10, 25, 55, 15]
+    assert len(seen) == fold_count(len(data)) == 5
+    assert all(a + b == len(data) for a, b in seen)  # each fold: fit on 80%, validate on 20%
+    planted = iter([30, 10, 20, 50])
+    seen.clear()
+    even = RankerRecommender(rating_head=False, epoch_folds=4)
+    assert even._search_epochs(data, 0, {}) == 20 and len(seen) == 4  # the lower median

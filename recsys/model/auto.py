@@ -48,6 +48,7 @@ DEFAULT_SELECTION_RATINGS = 250_000
 """The contest's fitting budget per candidate, in ratings (:func:`selection_folds`)."""
 DEFAULT_MAX_FOLDS = 5
 """The most internal folds of the contest."""
+# (the same defaults as recsys.evaluation.tuning.FOLD_RATINGS / MAX_FOLDS)
 
 
 def internal_split(train: RatingData, seed: int = INTERNAL_SEED) -> tuple[RatingData, RatingData]:
@@ -65,16 +66,10 @@ def internal_split(train: RatingData, seed: int = INTERNAL_SEED) -> tuple[Rating
 
 
 def selection_folds(n_ratings: int, rating_budget: int, max_folds: int) -> int:
-    """How many internal folds the contest uses: ``clamp(rating_budget // n_ratings, 1, max)``.
+    """How many internal folds the contest uses (:func:`recsys.evaluation.tuning.fold_count`)."""
+    from recsys.evaluation.tuning import fold_count
 
-    Each fold fits every candidate once on about 80% of the ratings, so the contest fits at
-    most ``max(rating_budget, n_ratings)`` ratings per candidate: small shops, whose single
-    20% hold-out is noisiest, get up to ``max_folds`` folds at little cost; a shop at or above
-    the budget gets one fold, as large data needs no more.
-    """
-    if n_ratings <= 0:
-        return 1
-    return int(min(max(1, max_folds), max(1, int(rating_budget) // int(n_ratings))))
+    return fold_count(n_ratings, rating_budget, max_folds)
 
 
 def internal_folds(train: RatingData, n_folds: int) -> list[tuple[RatingData, RatingData]]:

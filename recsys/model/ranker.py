@@ -104,6 +104,8 @@ class RankerRecommender:
             longer (large data); it stops after ``patience`` evaluations without gain.
         validation_users: the internal-validation NDCG@10 of the epoch search is measured on at
             most this many users (a seeded sample; 0: all), so an evaluation stays cheap.
+        epoch_folds: internal folds of the epoch search (0: by data size, see
+            :meth:`_search_epochs`); the epochs are the median of the folds' best epochs.
         embedding_dim: alias of ``dim`` (the name ``recsys train --embedding-dim`` passes).
     """
 
@@ -139,6 +141,7 @@ class RankerRecommender:
         rating_l2: float = 1e-5,
         rating_learning_rate: float = 1e-3,
         validation_users: int = 3_000,
+        epoch_folds: int = 0,
         embedding_dim: int | None = None,
     ) -> None:
         dim = int(embedding_dim or dim)  # ``embedding_dim``: the shared CLI option's name
@@ -170,6 +173,7 @@ class RankerRecommender:
             "rating_l2": float(rating_l2),
             "rating_learning_rate": float(rating_learning_rate),
             "validation_users": int(validation_users),
+            "epoch_folds": int(epoch_folds),
         }
         if self.params["dim"] < 1 or self.params["batch_users"] < 1:
             raise RecsysError("ranker dim and batch size must be at least 1")
@@ -341,22 +345,13 @@ class RankerRecommender:
         hooks = {"progress": progress, "should_stop": should_stop}
         epochs = self.params["epochs"]
         if epochs is None:
-            from recsys.evaluation.tuning import internal_rank_split
-
-            fit_part, val_part = internal_rank_split(train)
-            if np.any(val_part.ratings >= 4):
-                _, _, epochs = self._train_tower(
-                    fit_part,
-                    self.params["max_epochs"],
-                    seed,
-                    val_part,
-                    label="ranker epoch search",
-                    **hooks,
-                )
-            else:
-                epochs = self.params["max_epochs"] // 2
+            epochs = self._search_epochs(train, seed, hooks)
             self.params["tuned_epochs"] = int(epochs)
-            _log.info("ranker: %d epochs chosen on the train-internal split", epochs)
+            _log.info(
+                "ranker: %d epochs chosen on the train-internal split (best per fold %s)",
+                epochs,
+                self.params["epoch_search"],
+            )
         tower, losses, _ = self._train_tower(train, int(epochs), seed, label="ranker", **hooks)
         self._precompute(tower, history_matrix(train))
         if self.params["rating_head"]:
@@ -370,6 +365,34 @@ class RankerRecommender:
             else f"{epochs} epochs",
             epoch_seconds=[seconds],
         )
+
+    def _search_epochs(self, train: RatingData, seed: int, hooks: dict[str, Any]) -> int:
+        """The epoch count: the median of the best epochs of searches on internal folds.
+
+        Fold ``k`` holds out 20% of each user's ratings with seed ``4242 + k``
+        (``recsys.evaluation.tuning.internal_rank_split``); each search trains up to
+        ``max_epochs`` and keeps its best evaluated epoch (``patience``). The fold count is
+        ``epoch_folds``, or with 0 :func:`recsys.evaluation.tuning.fold_count` (up to 5 folds
+        while folds x ratings stay within 250,000; one fold on larger data), because one
+        search's best epoch is a noisy pick on small data. The lower median is used.
+        """
+        from recsys.evaluation.tuning import INTERNAL_SEED, fold_count, internal_rank_split
+
+        n_folds = self.params["epoch_folds"] or fold_count(len(train))
+        bests: list[int] = []
+        for k in range(n_folds):
+            fit_part, val_part = internal_rank_split(train, seed=INTERNAL_SEED + k)
+            if not np.any(val_part.ratings >= 4):
+                continue
+            label = "ranker epoch search" + (f" ({k + 1}/{n_folds})" if n_folds > 1 else "")
+            _, _, best = self._train_tower(
+                fit_part, self.params["max_epochs"], seed, val_part, label=label, **hooks
+            )
+            bests.append(int(best))
+        self.params["epoch_search"] = bests
+        if not bests:
+            return self.params["max_epochs"] // 2
+        return sorted(bests)[(len(bests) - 1) // 2]
 
     def _id_dropout(self) -> float:
         """Product-id dropout trains the text path; without text it only adds noise."""
