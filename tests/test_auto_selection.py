@@ -85,7 +85,7 @@ def test_the_ranker_epochs_are_the_median_of_the_folds_best(monkeypatch) -> None
     from recsys.evaluation.tuning import fold_count
     from recsys.model.ranker import RankerRecommender
 
-    data = planted_clusters()  # 960 ratings: 5 folds by default
+    data = planted_clusters()  # 960 ratings: 5 folds when sized by the data (epoch_folds=0)
     planted = iter([40, 10, 25, 55, 15])
     seen: list[tuple[int, int]] = []
 
@@ -94,7 +94,7 @@ def test_the_ranker_epochs_are_the_median_of_the_folds_best(monkeypatch) -> None
         return None, [], next(planted)
 
     monkeypatch.setattr(RankerRecommender, "_train_tower", fake_search)
-    model = RankerRecommender(rating_head=False)
+    model = RankerRecommender(rating_head=False, epoch_folds=0)
     assert model._search_epochs(data, 0, {}) == 25  # median of 10, 15, 25, 40, 55
     assert model.params["epoch_search"] == [40, 10, 25, 55, 15]
     assert len(seen) == fold_count(len(data)) == 5
@@ -103,3 +103,7 @@ def test_the_ranker_epochs_are_the_median_of_the_folds_best(monkeypatch) -> None
     seen.clear()
     even = RankerRecommender(rating_head=False, epoch_folds=4)
     assert even._search_epochs(data, 0, {}) == 20 and len(seen) == 4  # the lower median
+    planted = iter([30])
+    seen.clear()
+    single = RankerRecommender(rating_head=False)  # the default: one search, on fold 0
+    assert single._search_epochs(data, 0, {}) == 30 and len(seen) == 1

@@ -96,7 +96,7 @@ class RankerConfig(_Config):
     rating_tower: bool = True
     rating_l2: float = 1e-5
     rating_learning_rate: float = 1e-3
-    epoch_folds: int = 0
+    epoch_folds: int = 1
     embedding_dim: int | None = None
 
 

@@ -104,8 +104,9 @@ class RankerRecommender:
             longer (large data); it stops after ``patience`` evaluations without gain.
         validation_users: the internal-validation NDCG@10 of the epoch search is measured on at
             most this many users (a seeded sample; 0: all), so an evaluation stays cheap.
-        epoch_folds: internal folds of the epoch search (0: by data size, see
-            :meth:`_search_epochs`); the epochs are the median of the folds' best epochs.
+        epoch_folds: internal folds of the epoch search (1, the default: one search; 0: by
+            data size, see :meth:`_search_epochs`); the epochs are the median of the folds'
+            best epochs.
         embedding_dim: alias of ``dim`` (the name ``recsys train --embedding-dim`` passes).
     """
 
@@ -141,7 +142,7 @@ class RankerRecommender:
         rating_l2: float = 1e-5,
         rating_learning_rate: float = 1e-3,
         validation_users: int = 3_000,
-        epoch_folds: int = 0,
+        epoch_folds: int = 1,
         embedding_dim: int | None = None,
     ) -> None:
         dim = int(embedding_dim or dim)  # ``embedding_dim``: the shared CLI option's name
@@ -372,9 +373,10 @@ class RankerRecommender:
         Fold ``k`` holds out 20% of each user's ratings with seed ``4242 + k``
         (``recsys.evaluation.tuning.internal_rank_split``); each search trains up to
         ``max_epochs`` and keeps its best evaluated epoch (``patience``). The fold count is
-        ``epoch_folds``, or with 0 :func:`recsys.evaluation.tuning.fold_count` (up to 5 folds
-        while folds x ratings stay within 250,000; one fold on larger data), because one
-        search's best epoch is a noisy pick on small data. The lower median is used.
+        ``epoch_folds`` (default 1: the single search on the first fold), or with 0
+        :func:`recsys.evaluation.tuning.fold_count` (up to 5 folds while folds x ratings stay
+        within 250,000; one fold on larger data), for data where one search's best epoch is
+        a noisy pick. The lower median is used.
         """
         from recsys.evaluation.tuning import INTERNAL_SEED, fold_count, internal_rank_split
 
