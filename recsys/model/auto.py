@@ -21,9 +21,10 @@
    training data; that is the model that is saved and served (its own ``recommender.json``).
 
 ``selection`` holds every candidate's mean internal NDCG@10, its per-fold values and fit
-seconds (stored as ``model_runs.metrics["auto"]``, with ``folds``), ``internal`` the winner's
-and popularity's mean internal NDCG@10 (``model_runs.metrics["internal"]``). Test data is never
-seen: the protocol's test part is cut before training reads anything.
+seconds summed over the folds (stored as ``model_runs.metrics["auto"]``, with ``folds``),
+``internal`` the winner's and popularity's mean internal NDCG@10
+(``model_runs.metrics["internal"]``). Test data is never seen: the protocol's test part is cut
+before training reads anything.
 """
 
 from __future__ import annotations
