@@ -254,8 +254,9 @@ def markdown(results: list[dict], seconds: float) -> str:
             for c in auto.get("candidates", [])
         ]
         skipped = [f"{s['model']}: {s['reason']}" for s in auto.get("skipped", [])]
+        folds = f" over {auto['folds']} internal folds" if auto.get("folds") else ""
         lines.append(
-            f"- {r['dataset']}: chose **{auto.get('chosen')}**; "
+            f"- {r['dataset']}: chose **{auto.get('chosen')}**{folds}; "
             + ", ".join(parts)
             + (f"; skipped {'; '.join(skipped)}" if skipped else "")
             + f"; every user got a list: {r['users_listed']} of {r['users']} "

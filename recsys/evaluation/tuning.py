@@ -18,6 +18,25 @@ from recsys.evaluation.splits import rank_split
 
 INTERNAL_SEED = 4242
 """The internal split's seed (the protocol's rank split uses another)."""
+FOLD_RATINGS = 250_000
+"""Default fitting budget of a repeated internal search, in ratings (:func:`fold_count`)."""
+MAX_FOLDS = 5
+"""Default cap on the internal folds of a repeated search."""
+
+
+def fold_count(
+    n_ratings: int, rating_budget: int = FOLD_RATINGS, max_folds: int = MAX_FOLDS
+) -> int:
+    """Internal folds of a repeated search: ``clamp(rating_budget // n_ratings, 1, max_folds)``.
+
+    Each fold fits once on about 80% of the ratings, so a search fits at most
+    ``max(rating_budget, n_ratings)`` ratings per setting: small data, whose single 20%
+    hold-out is noisiest, gets up to ``max_folds`` folds at little cost; data at or above the
+    budget gets one fold.
+    """
+    if n_ratings <= 0:
+        return 1
+    return int(min(max(1, max_folds), max(1, int(rating_budget) // int(n_ratings))))
 
 
 def internal_rank_split(

@@ -4,14 +4,21 @@
    (``ranker``; ``ease`` while the catalogue's dense Gram matrix fits ``ease_memory_mb``, see
    :func:`recsys.model.ease.ease_max_products`; ``als`` when ``implicit`` is installed, the
    ``peers`` extra; ``popularity``), plus ``blend`` (ranker + EASE) when both ran.
-2. Each is fitted on the TRAIN-INTERNAL split's fitting part (:func:`internal_split`: 20% of
-   each user's training ratings held out with seed 4242, the split the ranker tunes its epochs
-   on) and scored by NDCG@10 on the held-out part. Each candidate tunes its own
-   hyper-parameters on a split of that fitting part, never on the held-out part; the blend's
-   weight is chosen on the held-out part from the fitted ranker and EASE (its pure ends are the
-   two candidates themselves), so the blend wins only where a mix beats both.
-3. The winner (ties: the first in catalogue order) is refitted on all the training data; that
-   is the model that is saved and served (its own ``recommender.json``).
+2. Each is fitted on the fitting part of every TRAIN-INTERNAL fold (:func:`internal_folds`:
+   20% of each user's training ratings held out, seeds 4242, 4243, ...; fold 0 is the split
+   the ranker tunes its epochs on) and scored by NDCG@10 on that fold's held-out part; its
+   contest score is the mean over the folds. The number of folds follows the data's size
+   (:func:`selection_folds`: ``clamp(selection_ratings // n_ratings, 1, max_folds)``, by
+   default at most 5 folds and at most 250,000 fitted ratings per candidate beyond one
+   fold), because a single 20% hold-out of a small shop is too noisy to rank candidates
+   that differ by a few thousandths. Each candidate tunes its own hyper-parameters on a
+   split of a fold's fitting part, never on a held-out part (the ranker tunes its epochs on
+   the first fold and reuses that count on later folds, and trains no rating head in the
+   contest: ranking never reads it); the blend's weight is the one with the best mean NDCG@10
+   over the folds from the fold's fitted ranker and EASE (its pure ends are the two
+   candidates themselves), so the blend wins only where a mix beats both.
+3. The winner (highest mean; ties: the first in catalogue order) is refitted on all the
+   training data; that is the model that is saved and served (its own ``recommender.json``).
 
 Time budget (``time_budget_s``, default :data:`DEFAULT_TIME_BUDGET_S`; None or 0: none),
 for training data of at least ``budget_min_ratings`` ratings (default
@@ -39,11 +46,13 @@ and recorded in ``selection["budget"]``:
   its rating head only with at least :data:`MIN_RATING_HEAD_S` left (it predicts ratings for
   the evaluation protocol; the lists do not use it); otherwise it is served without one.
 
-Below the budget nothing changes and training is deterministic per seed; a run the budget cuts
+Under a budget the contest uses one internal fold. Below the budget nothing changes and
+training is deterministic per seed; a run the budget cuts
 short depends on the machine's speed.
 
-``selection`` holds every candidate's internal NDCG@10 and fit seconds (stored as
-``model_runs.metrics["auto"]``), ``internal`` the winner's and popularity's internal NDCG@10
+``selection`` holds every candidate's mean internal NDCG@10, its per-fold values and fit
+seconds summed over the folds (stored as ``model_runs.metrics["auto"]``, with ``folds``),
+``internal`` the winner's and popularity's mean internal NDCG@10
 (``model_runs.metrics["internal"]``). Test data is never seen: the protocol's test part is cut
 before training reads anything.
 """
@@ -84,9 +93,14 @@ MIN_CANDIDATE_S = 20.0
 """A candidate other than popularity is not started with fewer seconds of the budget left."""
 MIN_RATING_HEAD_S = 60.0
 """A ranker served from the contest trains its rating head only with this much budget left."""
+DEFAULT_SELECTION_RATINGS = 250_000
+"""The contest's fitting budget per candidate, in ratings (:func:`selection_folds`)."""
+DEFAULT_MAX_FOLDS = 5
+"""The most internal folds of the contest."""
+# (the same defaults as recsys.evaluation.tuning.FOLD_RATINGS / MAX_FOLDS)
 
 
-def internal_split(train: RatingData) -> tuple[RatingData, RatingData]:
+def internal_split(train: RatingData, seed: int = INTERNAL_SEED) -> tuple[RatingData, RatingData]:
     """(fitting part, held-out part): the train-internal split, relevance made explicit.
 
     On implicit data (under 10% of ratings >= 4) every held-out rating counts as relevant, as
@@ -94,10 +108,25 @@ def internal_split(train: RatingData) -> tuple[RatingData, RatingData]:
     """
     from recsys.evaluation.tuning import internal_rank_split
 
-    fit_part, held_out = internal_rank_split(train, seed=INTERNAL_SEED)
+    fit_part, held_out = internal_rank_split(train, seed=seed)
     if len(train) and np.mean(train.ratings >= 4) < 0.1:
         held_out = replace(held_out, ratings=np.full(len(held_out), 5.0, dtype=np.float32))
     return fit_part, held_out
+
+
+def selection_folds(n_ratings: int, rating_budget: int, max_folds: int) -> int:
+    """How many internal folds the contest uses (:func:`recsys.evaluation.tuning.fold_count`)."""
+    from recsys.evaluation.tuning import fold_count
+
+    return fold_count(n_ratings, rating_budget, max_folds)
+
+
+def internal_folds(train: RatingData, n_folds: int) -> list[tuple[RatingData, RatingData]]:
+    """``n_folds`` train-internal splits: :func:`internal_split` with seeds ``INTERNAL_SEED + k``.
+
+    Fold 0 is the split the ranker tunes its epochs on; each fold draws its own 20% per user.
+    """
+    return [internal_split(train, seed=INTERNAL_SEED + k) for k in range(max(1, int(n_folds)))]
 
 
 def internal_ndcg(model: Any, fit_part: RatingData, held_out: RatingData) -> float:
@@ -158,6 +187,9 @@ class AutoRecommender:
         budget_min_ratings: the budget applies from this many training ratings.
         contest_users: held-out users the contest is measured on (0: all).
         clock: monotonic seconds (the budget's clock; tests pass a fake one).
+        selection_ratings: the contest's fitting budget in ratings per candidate; it sets the
+            number of internal folds (:func:`selection_folds`).
+        max_folds: the most internal folds the contest uses.
     """
 
     name = "auto"
@@ -172,6 +204,8 @@ class AutoRecommender:
         budget_min_ratings: int = DEFAULT_BUDGET_MIN_RATINGS,
         contest_users: int = DEFAULT_CONTEST_USERS,
         clock: Any = time.monotonic,
+        selection_ratings: int = DEFAULT_SELECTION_RATINGS,
+        max_folds: int = DEFAULT_MAX_FOLDS,
     ) -> None:
         self.params: dict[str, Any] = {
             "candidates": None if candidates is None else list(candidates),
@@ -180,6 +214,8 @@ class AutoRecommender:
             "time_budget_s": float(time_budget_s) if time_budget_s else None,
             "budget_min_ratings": int(budget_min_ratings),
             "contest_users": int(contest_users),
+            "selection_ratings": int(selection_ratings),
+            "max_folds": int(max_folds),
         }
         self.clock = clock
         self.deadline: float | None = None
@@ -259,7 +295,13 @@ class AutoRecommender:
             )
         return None
 
-    def _create(self, name: str, *, contest: bool = False) -> Any:
+    def _create(self, name: str, *, contest: bool = False, epochs: int | None = None) -> Any:
+        """A candidate; ``contest``: the contest's variant (see :meth:`fit`).
+
+        In the contest the ranker trains without its rating head (``score_users`` never reads
+        it) and, once the first fold has tuned its epochs, later folds reuse that count; under
+        a time budget the ranker and ALS get their share of it.
+        """
         from recsys.model import catalog
 
         params = dict(self.params["params"].get(name, {}))
@@ -271,6 +313,8 @@ class AutoRecommender:
                 params.setdefault("time_budget_s", budget)
             if name == "ranker":
                 params["rating_head"] = False  # the contest ranks; the head predicts ratings
+            if name == "ranker" and epochs is not None and params.get("epochs") is None:
+                params["epochs"] = int(epochs)
         return catalog.create(name, **params)
 
     # --- Recommender ----------------------------------------------------------------------
@@ -284,7 +328,7 @@ class AutoRecommender:
         progress: ProgressSink = NO_PROGRESS,
         should_stop: Callable[[], bool] | None = None,
     ) -> FitHistory:
-        """Select on the train-internal split, then refit the winner on all of ``train``.
+        """Select on the train-internal folds, then refit the winner on all of ``train``.
 
         Args:
             train: the training ratings.
@@ -304,64 +348,106 @@ class AutoRecommender:
             budget = None
         self.deadline = None if not budget else self.clock() + budget
         names, skipped = self.plan(train)
-        fit_part, held_out = internal_split(train)
-        contest = contest_sample(held_out, self.params["contest_users"])
-        fitted: dict[str, Any] = {}
-        results: list[dict[str, Any]] = []
+        n_folds = selection_folds(
+            len(train), self.params["selection_ratings"], self.params["max_folds"]
+        )
+        if self.deadline is not None:
+            n_folds = 1  # a budget is for large data: one fold, each candidate fitted once
+        folds = internal_folds(train, n_folds)
+        contests = [contest_sample(held_out, self.params["contest_users"]) for _, held_out in folds]
+        weights = list(catalog.BlendConfig().weights)
+        per_fold: dict[str, list[float]] = {}
         seconds: dict[str, float] = {}
         histories: dict[str, FitHistory] = {}
-        for position, name in enumerate(names, 1):
-            reason = self.skip_reason(name)
-            if reason is not None:
-                _log.info("auto: candidate %s not started: %s", name, reason)
-                skipped.append({"model": name, "reason": reason})
-                continue
-            started = time.perf_counter()
-            try:
-                model = self._create(name, contest=True)
-                budget_now = self.candidate_budget(name)  # after the imports model creation did
-                if budget_now is not None and "time_budget_s" in getattr(model, "params", {}):
-                    model.params["time_budget_s"] = budget_now
-                hooks = _hooks(model, progress, should_stop)
-                if "progress" not in hooks:  # a phase of its own, so the fit is not silent
-                    progress.start(f"auto: fit {name} ({position}/{len(names)})", 1, "fits")
-                histories[name] = model.fit(fit_part, seed=seed, **hooks)
-                seconds[name] = time.perf_counter() - started
-                if "progress" not in hooks:
-                    progress.update(1)
+        blend_folds: dict[float, list[float]] = {w: [] for w in weights}
+        blend_seconds = 0.0
+        failed: set[str] = set()
+        ranker_epochs: int | None = None
+        first_fitted: dict[str, Any] = {}
+        for k, ((fit_part, _), contest) in enumerate(zip(folds, contests, strict=True)):
+            fitted: dict[str, Any] = {}
+            n_contest = len(np.unique(contest.users))
+            for position, name in enumerate(names, 1):
+                if name in failed:
+                    continue
+                reason = self.skip_reason(name)
+                if reason is not None:
+                    _log.info("auto: candidate %s not started: %s", name, reason)
+                    skipped.append({"model": name, "reason": reason})
+                    failed.add(name)
+                    per_fold.pop(name, None)
+                    continue
+                started = time.perf_counter()
+                try:
+                    model = self._create(name, contest=True, epochs=ranker_epochs)
+                    budget_now = self.candidate_budget(name)  # after the imports of creation
+                    if budget_now is not None and "time_budget_s" in getattr(model, "params", {}):
+                        model.params["time_budget_s"] = budget_now
+                    hooks = _hooks(model, progress, should_stop)
+                    fold = f", fold {k + 1}/{n_folds}" if n_folds > 1 else ""
+                    if "progress" not in hooks:  # a phase of its own, so the fit is not silent
+                        progress.start(
+                            f"auto: fit {name} ({position}/{len(names)}{fold})", 1, "fits"
+                        )
+                    history = model.fit(fit_part, seed=seed, **hooks)
+                    if k == 0:
+                        histories[name] = history
+                    seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - started
+                    if "progress" not in hooks:
+                        progress.update(1)
+                        progress.finish()
+                    progress.start(f"auto: contest NDCG@10 of {name}{fold}", n_contest, "users")
+                    score = internal_ndcg(model, fit_part, contest)
+                    progress.update(n_contest, ndcg=score)
                     progress.finish()
-                progress.start(
-                    f"auto: contest NDCG@10 of {name}", len(np.unique(contest.users)), "users"
+                except RecsysError as err:
+                    _log.warning("auto: candidate %s failed: %s", name, err)
+                    skipped.append({"model": name, "reason": str(err).splitlines()[0][:200]})
+                    failed.add(name)
+                    per_fold.pop(name, None)
+                    continue
+                if name == "ranker" and ranker_epochs is None:
+                    ranker_epochs = model.params.get("tuned_epochs") or model.params["epochs"]
+                fitted[name] = model
+                per_fold.setdefault(name, []).append(score)
+                _log.info("auto: fold %d/%d %s internal NDCG@10 %.4f", k + 1, n_folds, name, score)
+            if "ranker" in fitted and "ease" in fitted:
+                started = time.perf_counter()
+                _, by_weight = BlendRecommender.choose_weight(
+                    fitted["ranker"], fitted["ease"], fit_part, contest, weights
                 )
-                score = internal_ndcg(model, fit_part, contest)
-                progress.update(len(np.unique(contest.users)), ndcg=score)
-                progress.finish()
-            except RecsysError as err:
-                _log.warning("auto: candidate %s failed: %s", name, err)
-                skipped.append({"model": name, "reason": str(err).splitlines()[0][:200]})
-                continue
-            fitted[name] = model
-            results.append(
-                {"model": name, "ndcg@10": score, "fit_seconds": round(seconds[name], 3)}
-            )
-            _log.info("auto: %s internal NDCG@10 %.4f (%.1f s)", name, score, seconds[name])
+                blend_seconds += time.perf_counter() - started
+                for w in weights:
+                    blend_folds[w].append(by_weight[w])
+            if k == 0:
+                first_fitted = fitted
+            del fitted
+        fit_part = folds[0][0]
+        results: list[dict[str, Any]] = [
+            {
+                "model": name,
+                "ndcg@10": float(np.mean(per_fold[name])),
+                "fit_seconds": round(seconds[name], 3),
+                "folds": [round(float(v), 6) for v in per_fold[name]],
+            }
+            for name in names
+            if name in per_fold and name not in failed
+        ]
         blend_weight = None
-        if "ranker" in fitted and "ease" in fitted:
-            started = time.perf_counter()
-            weights = list(catalog.BlendConfig().weights)
-            blend_weight, by_weight = BlendRecommender.choose_weight(
-                fitted["ranker"], fitted["ease"], fit_part, contest, weights
-            )
-            spent = seconds["ranker"] + seconds["ease"] + time.perf_counter() - started
+        both = {"ranker", "ease"} <= set(per_fold) and not {"ranker", "ease"} & failed
+        if both and all(len(v) == n_folds for v in blend_folds.values()):
+            mean_by_weight = {w: float(np.mean(v)) for w, v in blend_folds.items()}
+            blend_weight = max(weights, key=lambda w: mean_by_weight[w])
             results.append(
                 {
                     "model": BLEND,
-                    "ndcg@10": by_weight[blend_weight],
-                    "fit_seconds": round(spent, 3),
+                    "ndcg@10": mean_by_weight[blend_weight],
+                    "fit_seconds": round(seconds["ranker"] + seconds["ease"] + blend_seconds, 3),
                     "weight": blend_weight,
+                    "folds": [round(float(v), 6) for v in blend_folds[blend_weight]],
                 }
             )
-            _log.info("auto: blend NDCG@10 per ranker weight %s", by_weight)
+            _log.info("auto: blend NDCG@10 per ranker weight %s", mean_by_weight)
         if not results:
             raise DataError(
                 "auto: no candidate model could be trained ("
@@ -386,15 +472,19 @@ class AutoRecommender:
                 self.chosen_params.setdefault("memory_mb", self.params["ease_memory_mb"])
         popularity = next((r["ndcg@10"] for r in results if r["model"] == POPULARITY), None)
         if popularity is None:
-            pop = catalog.create(POPULARITY)
-            pop.fit(fit_part, seed=seed)
-            popularity = internal_ndcg(pop, fit_part, contest)
+            values = []
+            for (fit_fold, _), contest in zip(folds, contests, strict=True):
+                pop = catalog.create(POPULARITY)
+                pop.fit(fit_fold, seed=seed)
+                values.append(internal_ndcg(pop, fit_fold, contest))
+            popularity = float(np.mean(values))
         self.selection = {
             "chosen": self.chosen_name,
             "candidates": results,
             "skipped": skipped,
             "seed": INTERNAL_SEED,
-            "contest_users": int(len(np.unique(contest.users))),
+            "contest_users": int(len(np.unique(contests[0].users))),
+            "folds": n_folds,
         }
         self.internal = {
             "ndcg@10": float(best["ndcg@10"]),
@@ -402,13 +492,15 @@ class AutoRecommender:
             "seed": INTERNAL_SEED,
         }
         _log.info(
-            "auto: chose %s (internal NDCG@10 %.4f) among %s",
+            "auto: chose %s (internal NDCG@10 %.4f over %d folds) among %s",
             self.chosen_name,
             best["ndcg@10"],
+            n_folds,
             ", ".join(f"{r['model']} {r['ndcg@10']:.4f}" for r in results),
         )
+        per_fit = {name: value / n_folds for name, value in seconds.items()}
         history = self._serve(
-            train, fit_part, fitted, seconds, histories, seed, progress, stop=should_stop
+            train, fit_part, first_fitted, per_fit, histories, seed, progress, stop=should_stop
         )
         if self.deadline is not None:
             self.selection["budget"] = {

@@ -98,6 +98,7 @@ class RankerConfig(_Config):
     rating_learning_rate: float = 1e-3
     validation_users: int = 3_000
     time_budget_s: float | None = None
+    epoch_folds: int = 1
     embedding_dim: int | None = None
 
 
@@ -154,6 +155,10 @@ class AutoConfig(_Config):
     """The budget applies from this many training ratings (smaller data: no budget)."""
     contest_users: int = 5_000
     """Held-out users the contest's NDCG@10 is measured on (a seeded sample; 0: all)."""
+    selection_ratings: int = 250_000
+    """The contest's fitting budget per candidate in ratings: it sets the internal folds."""
+    max_folds: int = 5
+    """The most internal folds the contest uses."""
 
 
 @dataclass(frozen=True)

@@ -123,6 +123,9 @@ class RankerRecommender:
             most this many users (a seeded sample; 0: all), so an evaluation stays cheap.
         time_budget_s: wall seconds the whole fit may take (None or 0: no limit); see
             "Time budget" in the module docstring.
+        epoch_folds: internal folds of the epoch search (1, the default: one search; 0: by
+            data size, see :meth:`_search_epochs`); the epochs are the median of the folds'
+            best epochs.
         embedding_dim: alias of ``dim`` (the name ``recsys train --embedding-dim`` passes).
     """
 
@@ -159,6 +162,7 @@ class RankerRecommender:
         rating_learning_rate: float = 1e-3,
         validation_users: int = 3_000,
         time_budget_s: float | None = None,
+        epoch_folds: int = 1,
         embedding_dim: int | None = None,
     ) -> None:
         dim = int(embedding_dim or dim)  # ``embedding_dim``: the shared CLI option's name
@@ -191,6 +195,7 @@ class RankerRecommender:
             "rating_learning_rate": float(rating_learning_rate),
             "validation_users": int(validation_users),
             "time_budget_s": float(time_budget_s) if time_budget_s else None,
+            "epoch_folds": int(epoch_folds),
         }
         if self.params["dim"] < 1 or self.params["batch_users"] < 1:
             raise RecsysError("ranker dim and batch size must be at least 1")
@@ -381,7 +386,10 @@ class RankerRecommender:
             from recsys.evaluation.tuning import internal_rank_split
 
             fit_part, val_part = internal_rank_split(train)
-            if np.any(val_part.ratings >= 4):
+            if self.params["epoch_folds"] != 1:
+                epochs = self._search_epochs(train, seed, hooks)
+                _log.info("ranker: best epoch per fold %s", self.params["epoch_search"])
+            elif np.any(val_part.ratings >= 4):
                 searched = self._train_tower(
                     fit_part,
                     self.params["max_epochs"],
@@ -470,6 +478,35 @@ class RankerRecommender:
             self._train_rating_head(
                 train, seed, deadline=deadline, progress=progress, should_stop=should_stop
             )
+
+    def _search_epochs(self, train: RatingData, seed: int, hooks: dict[str, Any]) -> int:
+        """The epoch count: the median of the best epochs of searches on internal folds.
+
+        Fold ``k`` holds out 20% of each user's ratings with seed ``4242 + k``
+        (``recsys.evaluation.tuning.internal_rank_split``); each search trains up to
+        ``max_epochs`` and keeps its best evaluated epoch (``patience``). The fold count is
+        ``epoch_folds`` (default 1: the single search on the first fold), or with 0
+        :func:`recsys.evaluation.tuning.fold_count` (up to 5 folds while folds x ratings stay
+        within 250,000; one fold on larger data), for data where one search's best epoch is
+        a noisy pick. The lower median is used.
+        """
+        from recsys.evaluation.tuning import INTERNAL_SEED, fold_count, internal_rank_split
+
+        n_folds = self.params["epoch_folds"] or fold_count(len(train))
+        bests: list[int] = []
+        for k in range(n_folds):
+            fit_part, val_part = internal_rank_split(train, seed=INTERNAL_SEED + k)
+            if not np.any(val_part.ratings >= 4):
+                continue
+            label = "ranker epoch search" + (f" ({k + 1}/{n_folds})" if n_folds > 1 else "")
+            searched = self._train_tower(
+                fit_part, self.params["max_epochs"], seed, val_part, label=label, **hooks
+            )
+            bests.append(int(searched.epochs))
+        self.params["epoch_search"] = bests
+        if not bests:
+            return self.params["max_epochs"] // 2
+        return sorted(bests)[(len(bests) - 1) // 2]
 
     def _id_dropout(self) -> float:
         """Product-id dropout trains the text path; without text it only adds noise."""
