@@ -20,9 +20,10 @@ runs in this process. What travels:
   losses, the chosen epochs and the validation history. The driver loads them into a tower
   and the fit goes on as a local one, so the registered run has the same artifacts.
 
-Agreement: one worker and N workers differ only in the order the floats are added (a
-shard's partial sums, then the all-reduce), so they agree to float32 rounding per step; Adam's
-normalised steps can grow such differences a little over many steps, which the test bounds.
+Agreement: N workers, one worker and the in-process ``RankerTrainer`` differ only in the
+order the floats are added (a shard's partial sums, then the all-reduce), so they agree to
+float32 rounding per step; Adam's normalised steps can grow such differences a little over
+many steps, which the test bounds (scores within 1e-4 of the in-process trainer).
 
 Failure: a worker that dies, or whose TensorFlow server cannot bind its port, fails the
 training (Ray Train does not restart it); a collective that waits for a lost peer gives up
