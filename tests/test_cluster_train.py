@@ -195,3 +195,39 @@ def test_two_workers_train_the_in_process_model_and_register_the_run(
     two = _scores(settings, two_run)
     assert np.all(np.isfinite(two)) and two.std() > 0  # a trained, not a constant, model
     np.testing.assert_allclose(two, _scores(settings, local_run), rtol=0, atol=TOLERANCE)
+
+
+def test_a_failed_worker_is_named_by_its_own_error() -> None:
+    from recsys.cluster.train import _root_cause
+
+    class WorkerGroupError(Exception):
+        def __init__(self) -> None:
+            super().__init__("Training failed due to worker errors:\n...")
+            self.worker_failures = {1: OSError("cannot bind port 12345"), 0: ValueError("x")}
+
+    assert _root_cause(WorkerGroupError()) == "ValueError: x"
+
+
+@pytest.mark.slow
+@pytest.mark.subprocess
+def test_a_training_that_does_not_finish_in_time_is_one_clear_error(
+    ray_cluster: LocalCluster, loaded: Settings
+) -> None:
+    """The driver does not wait forever (here: 3 workers asked of a 2-CPU cluster)."""
+    from recsys.cluster.engine import ClusterError, EngineOptions
+    from recsys.cluster.train import training_on
+    from recsys.model.train import train_run
+
+    options = EngineOptions(engine="ray", ray_address=ray_cluster.address, task_timeout_s=5)
+    engine = sa.create_engine(loaded.database_url)
+    try:
+        with pytest.raises(ClusterError, match="did not finish within 5 s"):
+            with training_on(options, "ranker", workers=3):
+                train_run(engine, loaded, _config())
+        with engine.connect() as conn:
+            status = conn.execute(
+                sa.text("SELECT status FROM model_runs ORDER BY id DESC LIMIT 1")
+            ).scalar()
+        assert status == "failed"
+    finally:
+        engine.dispose()
