@@ -222,16 +222,20 @@ def _train_config(o: PipelineOptions) -> Any:
 
 
 def _train_step(ctx: Context) -> dict:
+    from recsys.cluster.engine import engine_options
+    from recsys.cluster.train import training_on
     from recsys.model.train import train_run
 
     config = _train_config(ctx.options)
-    result = train_run(
-        ctx.engine,
-        ctx.settings,
-        config,
-        progress=ctx.progress or NO_PROGRESS,
-        should_stop=ctx.should_stop,
-    )
+    cluster = engine_options(ctx.settings, ctx.options.engine, ctx.options.ray_address)
+    with training_on(cluster, config.model):
+        result = train_run(
+            ctx.engine,
+            ctx.settings,
+            config,
+            progress=ctx.progress or NO_PROGRESS,
+            should_stop=ctx.should_stop,
+        )
     ctx.state["model_run_id"] = int(result.run_id)
     if config.evaluate:  # the measure step uses the same ratings; else they are freed now
         ctx.state["trained"] = result
@@ -364,6 +368,7 @@ def train(
     *,
     progress: ProgressSink = NO_PROGRESS,
     should_stop: Callable[[], bool] | None = None,
+    cluster: EngineOptions | None = None,
 ) -> Any:
     """Train and register one model run, then (``config.evaluate``) measure it on both splits.
 
@@ -376,13 +381,18 @@ def train(
         config: a :class:`recsys.model.train.TrainConfig`.
         progress: a :mod:`recsys.progress` sink for the fits.
         should_stop: polled by models that check it per batch.
+        cluster: where the ranker's tower trains (None: here; see :mod:`recsys.cluster.train`);
+            the measure step's fits always run here.
 
     Returns:
         The :class:`recsys.model.train.TrainResult`, with the protocol's metrics when measured.
     """
+    from recsys.cluster.engine import EngineOptions
+    from recsys.cluster.train import training_on
     from recsys.model.train import train_run
 
-    result = train_run(engine, settings, config, progress=progress, should_stop=should_stop)
+    with training_on(cluster or EngineOptions(), config.model):
+        result = train_run(engine, settings, config, progress=progress, should_stop=should_stop)
     if not config.evaluate:
         from dataclasses import replace
 

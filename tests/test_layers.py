@@ -54,8 +54,9 @@ STEP_EDGES: dict[str, tuple[str, ...]] = {
     "recsys.features": ("recsys.ingest.api",),
     "recsys.model": ("recsys.features",),
     "recsys.scoring": ("recsys.model", "recsys.features"),
-    # the cluster engine runs the scoring's own block function on its workers
-    "recsys.cluster": ("recsys.scoring",),
+    # the cluster engine runs the scoring's own block function and the ranker's trainer on its
+    # workers
+    "recsys.cluster": ("recsys.scoring", "recsys.model"),
     "recsys.report": (
         "recsys.ingest",
         "recsys.features",

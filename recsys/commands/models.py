@@ -11,6 +11,7 @@ import os
 
 import click
 
+from recsys.commands.engine import engine_options
 from recsys.config import Settings
 
 
@@ -105,9 +106,16 @@ def _model_help() -> str:
     show_default=True,
     help="Feature set id for the text vectors, or 'current'.",
 )
+@engine_options
 @click.pass_context
 def train(
-    ctx: click.Context, model_name: str | None, evaluate: bool, feature_set: str, **kwargs
+    ctx: click.Context,
+    model_name: str | None,
+    evaluate: bool,
+    feature_set: str,
+    engine: str | None,
+    ray_address: str | None,
+    **kwargs,
 ) -> None:
     """Train a model from the database and record the run in the model registry."""
     from recsys import pipeline
@@ -129,10 +137,14 @@ def train(
         feature_set_id="current" if feature_set == "current" else int(feature_set),
         **_options(kwargs),
     )
-    engine = open_engine(settings)
+    from recsys.cluster.engine import check_engine
+    from recsys.cluster.engine import engine_options as engine_options_from
+
+    cluster = check_engine(engine_options_from(settings, engine, ray_address))
+    db = open_engine(settings)
     from recsys.progress import progress_for_terminal
 
-    result = pipeline.train(engine, settings, config, progress=progress_for_terminal())
+    result = pipeline.train(db, settings, config, progress=progress_for_terminal(), cluster=cluster)
     out = _console()
     out.print(
         f"model run {result.run_id}: {result.model_type} trained on {result.n_ratings} ratings of "

@@ -140,7 +140,8 @@ def make_batch(
     )
 
 
-def _per_user_loss(lse, target_logits, target_rows, n_rows):
+def _per_user_parts(lse, target_logits, target_rows, n_rows):
+    """(sum over users with a target of their mean target loss, number of such users)."""
     import tensorflow as tf
 
     per_target = tf.nn.softplus(tf.gather(lse, target_rows) - target_logits)
@@ -149,13 +150,26 @@ def _per_user_loss(lse, target_logits, target_rows, n_rows):
         n_targets, 1.0
     )
     has = tf.cast(n_targets > 0, tf.float32)
-    return tf.reduce_sum(per_user * has) / tf.maximum(tf.reduce_sum(has), 1.0)
+    return tf.reduce_sum(per_user * has), tf.reduce_sum(has)
 
 
 def sparse_loss(
     tower, text, users, in_items, in_rows, t_items, t_rows, negatives, valid, corr, keep
 ):
     """The batch loss computed sparsely (segment pooling, gathered products): see the module."""
+    import tensorflow as tf
+
+    total, n_users = sparse_loss_parts(
+        tower, text, users, in_items, in_rows, t_items, t_rows, negatives, valid, corr, keep
+    )
+    return total / tf.maximum(n_users, 1.0)
+
+
+def sparse_loss_parts(
+    tower, text, users, in_items, in_rows, t_items, t_rows, negatives, valid, corr, keep
+):
+    """:func:`sparse_loss` as (sum of the per-user losses, users with a target): the parts a
+    data-parallel step adds up over the workers' shards of one batch before dividing."""
     import tensorflow as tf
 
     n_rows = tf.shape(users)[0]
@@ -170,7 +184,7 @@ def sparse_loss(
     logits = tf.matmul(user, n_vec, transpose_b=True) + n_bias[None, :]
     masked = tf.where(valid > 0, logits, tf.fill(tf.shape(logits), -1e9))
     lse = tf.reduce_logsumexp(masked, axis=1) + corr
-    return _per_user_loss(lse, target_logits, t_rows, n_rows)
+    return _per_user_parts(lse, target_logits, t_rows, n_rows)
 
 
 def dense_loss(tower, text, batch: Batch):

@@ -63,10 +63,12 @@ direct evaluation of the Keras model. Deterministic per seed (numpy-drawn masks 
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -80,6 +82,23 @@ if TYPE_CHECKING:
     from recsys.model.rank_trainer import TrainedTower
 
 _log = logging.getLogger(__name__)
+
+TOWER_RUNNER: contextvars.ContextVar[Callable[..., Any] | None] = contextvars.ContextVar(
+    "ranker_tower_runner", default=None
+)
+"""Where the ranking tower trains: None is this process (:class:`RankerTrainer`); otherwise a
+callable ``(model, train, epochs, seed, validation, *, label, deadline) -> TrainedTower``, e.g.
+the Ray Train runner of :mod:`recsys.cluster.train`. Set it with :func:`tower_runner`."""
+
+
+@contextlib.contextmanager
+def tower_runner(runner: Callable[..., Any] | None) -> Iterator[None]:
+    """Train every ranking tower fitted inside the block with ``runner`` (None: here)."""
+    token = TOWER_RUNNER.set(runner)
+    try:
+        yield
+    finally:
+        TOWER_RUNNER.reset(token)
 
 
 def history_matrix(data: RatingData):
@@ -246,6 +265,9 @@ class RankerRecommender:
         Returns the :class:`~recsys.model.rank_trainer.TrainedTower`; ``deadline``
         (``time.monotonic``) ends the epochs early (see :meth:`RankerTrainer.run`).
         """
+        runner = TOWER_RUNNER.get()
+        if runner is not None:
+            return runner(self, train, epochs, seed, validation, label=label, deadline=deadline)
         from recsys.model.rank_trainer import RankerTrainer
 
         trainer = RankerTrainer(
