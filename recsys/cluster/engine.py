@@ -141,32 +141,47 @@ def check_engine(options: EngineOptions) -> EngineOptions:
 
 
 @contextlib.contextmanager
+def connected(options: EngineOptions) -> Iterator[Any]:
+    """The ``ray`` module, connected to the cluster at ``options.ray_address`` for the block.
+
+    Probes the address first and raises one clear :class:`ClusterUnavailable` if it cannot
+    connect; a connection made here is closed on exit (one that already existed is kept). The
+    cluster itself keeps running.
+    """
+    ray = require_ray()
+    host, port = probe(options.ray_address)
+    started_here = not ray.is_initialized()
+    if started_here:
+        try:
+            ray.init(
+                address=f"{host}:{port}",
+                namespace="recsys",
+                logging_level=logging.WARNING,
+                log_to_driver=False,
+            )
+        except Exception as err:
+            raise ClusterUnavailable(
+                f"cannot connect to the Ray cluster at {host}:{port}: {_one_line(err)}"
+            ) from None
+    try:
+        yield ray
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
+@contextlib.contextmanager
 def block_runner(options: EngineOptions) -> Iterator[Any]:
     """The scoring runner of ``options``: None (the local engine) or a connected Ray runner.
 
     With the Ray engine, connects to the cluster on entry (one clear error if it cannot) and
-    disconnects on exit; the cluster itself keeps running.
+    disconnects on exit (see :func:`connected`).
     """
     if options.engine == "local":
         yield None
         return
-    ray = require_ray()
-    host, port = probe(options.ray_address)
-    try:
-        ray.init(
-            address=f"{host}:{port}",
-            namespace="recsys",
-            logging_level=logging.WARNING,
-            log_to_driver=False,
-        )
-    except Exception as err:
-        raise ClusterUnavailable(
-            f"cannot connect to the Ray cluster at {host}:{port}: {_one_line(err)}"
-        ) from None
-    try:
+    with connected(options) as ray:
         yield RayBlocks(ray, options)
-    finally:
-        ray.shutdown()
 
 
 class RayBlocks:

@@ -50,11 +50,9 @@ import numpy as np
 
 from recsys.cluster.engine import (
     ClusterError,
-    ClusterUnavailable,
     EngineOptions,
     _one_line,
-    probe,
-    require_ray,
+    connected,
 )
 
 _log = logging.getLogger(__name__)
@@ -379,25 +377,7 @@ def training_on(
         return
     from recsys.model.ranker import tower_runner
 
-    ray = require_ray()
-    host, port = probe(options.ray_address)
-    started_here = not ray.is_initialized()
-    if started_here:
-        try:
-            ray.init(
-                address=f"{host}:{port}",
-                namespace="recsys",
-                logging_level=logging.WARNING,
-                log_to_driver=False,
-            )
-        except Exception as err:
-            raise ClusterUnavailable(
-                f"cannot connect to the Ray cluster at {host}:{port}: {_one_line(err)}"
-            ) from None
-    try:
+    with connected(options) as ray:
         runner = RayTowerRunner(ray, options, workers)
         with tower_runner(runner):
             yield runner
-    finally:
-        if started_here:
-            ray.shutdown()
