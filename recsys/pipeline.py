@@ -91,9 +91,12 @@ class PipelineOptions:
     embedding_dim: int | None = None
     hidden_units: int | None = None
     min_ratings: int | None = None
-    evaluate: bool = True
+    evaluate: bool | None = None
     """Run the measure step (the model measured on both protocols' splits, metrics added to
-    its registry row) and the train-internal measurement the NDCG gate reads."""
+    its registry row) and the train-internal measurement the NDCG gate reads. None (the
+    default): only for training data of at most ``recsys.model.train.MEASURE_MAX_RATINGS``
+    ratings (:func:`recsys.model.train.measures`); the step is then recorded as skipped with
+    the reason, and ``auto``'s own contest still gives the gate its internal figure."""
     seed: int = 0
     k: int = 10
     fallback: str = "category"
@@ -224,7 +227,7 @@ def _train_config(o: PipelineOptions) -> Any:
 def _train_step(ctx: Context) -> dict:
     from recsys.cluster.engine import engine_options
     from recsys.cluster.train import training_on
-    from recsys.model.train import train_run
+    from recsys.model.train import measures, train_run
 
     config = _train_config(ctx.options)
     cluster = engine_options(ctx.settings, ctx.options.engine, ctx.options.ray_address)
@@ -237,7 +240,7 @@ def _train_step(ctx: Context) -> dict:
             should_stop=ctx.should_stop,
         )
     ctx.state["model_run_id"] = int(result.run_id)
-    if config.evaluate:  # the measure step uses the same ratings; else they are freed now
+    if measures(config.evaluate, result.n_ratings):  # the measure step needs these ratings
         ctx.state["trained"] = result
     return {
         "model_run_id": int(result.run_id),
@@ -337,9 +340,15 @@ def evaluate_trained(
 
 
 def _measure_step(ctx: Context) -> dict:
-    if not ctx.options.evaluate:
+    from recsys.model.train import MEASURE_MAX_RATINGS
+
+    if ctx.options.evaluate is False:
         return {"skipped": "--no-evaluate"}
     trained = ctx.state.pop("trained", None)
+    if trained is None and "model_run_id" in ctx.state and ctx.options.evaluate is None:
+        return {
+            "skipped": f"more than {MEASURE_MAX_RATINGS:,} training ratings (--evaluate forces it)"
+        }
     if trained is None:
         return {"skipped": "no model trained in this run"}
     result = evaluate_trained(
@@ -393,7 +402,9 @@ def train(
 
     with training_on(cluster or EngineOptions(), config.model):
         result = train_run(engine, settings, config, progress=progress, should_stop=should_stop)
-    if not config.evaluate:
+    from recsys.model.train import measures
+
+    if not measures(config.evaluate, result.n_ratings):
         from dataclasses import replace
 
         return replace(result, data=None)

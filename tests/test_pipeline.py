@@ -258,3 +258,39 @@ def test_run_history_lists_runs_and_steps(
     line = result.output.strip().splitlines()[0]
     assert "test" in line and "succeeded" in line
     assert "train:succeeded" in line and "publish:succeeded" in line
+
+
+@pytest.mark.parametrize(
+    ("evaluate", "limit", "measured"),
+    [(None, 100_000, True), (None, 100, False), (True, 100, True), (False, 100_000, False)],
+)
+def test_measure_step_by_default_only_up_to_the_size_limit(
+    catalogue: sa.Engine, settings: Settings, monkeypatch, evaluate, limit, measured
+) -> None:
+    import recsys.model.train as train_module
+
+    monkeypatch.setattr(train_module, "MEASURE_MAX_RATINGS", limit)
+    by_name = {s.name: s for s in DEFAULT_STEPS}
+    result = run(
+        catalogue,
+        settings,
+        PipelineOptions(model="popularity", evaluate=evaluate, min_ratings=0, k=5),
+        steps=[by_name[n] for n in ("train", "measure", "verify", "score", "publish")],
+    )
+    assert result.status == "succeeded"
+    with catalogue.connect() as conn:
+        detail = conn.execute(
+            sa.text(
+                "SELECT detail FROM pipeline_steps WHERE pipeline_run_id = :r AND step = 'measure'"
+            ),
+            {"r": result.run_id},
+        ).scalar_one()
+        params, metrics = conn.execute(
+            sa.text("SELECT params, metrics FROM model_runs ORDER BY id DESC LIMIT 1")
+        ).one()
+    assert ("skipped" not in detail) is measured
+    assert ("rank" in metrics) is measured and params["evaluate"] is measured
+    if evaluate is None and not measured:
+        assert "more than 100 training ratings" in detail["skipped"]
+    if evaluate is False:
+        assert detail["skipped"] == "--no-evaluate"

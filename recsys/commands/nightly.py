@@ -274,9 +274,9 @@ def _pipeline_decorators(f):
         ),
         click.option(
             "--evaluate/--no-evaluate",
-            default=True,
-            show_default=True,
-            help="Measure the model on both protocols after training (the measure step).",
+            default=None,
+            help="Measure the model on both protocols after training (the measure step). "
+            "Default: only when it trains on at most 500,000 ratings.",
         ),
         _k_option,
         _fallback_option,

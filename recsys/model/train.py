@@ -17,8 +17,9 @@ Steps, each visible in the registry:
    ratings and :func:`evaluation_factory`, and the caller measures with them
    (``recsys.pipeline`` runs it as its own ``measure`` step, adds the metrics to the
    registry row, and withdraws the run if the measurement fails). ``evaluate`` in the
-   config is recorded with the run's parameters. The measurement adds popularity's metrics
-   on the same rank split (``metrics["rank"]["popularity_ndcg@10"]`` etc.);
+   config is recorded with the run's parameters (``None``, the nightly default, is recorded
+   as what :func:`measures` decided for the data read). The measurement adds popularity's
+   metrics on the same rank split (``metrics["rank"]["popularity_ndcg@10"]`` etc.);
 5. artifacts (model, index maps, run.json, training curve PNG, manifest) into a temporary
    folder renamed to ``models_dir/<run>``, then the row is marked ``succeeded`` with the
    checksum. Any exception (NaN loss, too few ratings, Ctrl-C) marks the run ``failed`` with
@@ -61,15 +62,18 @@ class TrainConfig:
     """Keep users and products with MORE than this many ratings; None: the adaptive default
     (:func:`choose_min_ratings`)."""
     seed: int = 0
-    evaluate: bool = True
+    evaluate: bool | None = True
+    """Measure the trained model on the protocol's splits afterwards (the caller does it);
+    None: :func:`measures` decides by the size of the data read."""
     feature_set_id: int | Literal["current"] = "current"
     min_train_ratings: int = 100
     """Fewer ratings than this after filtering fail the run (DataError)."""
     min_train_users: int = 10
     """Fewer users than this after filtering fail the run (DataError)."""
-    internal: bool = False
-    """Also record ``metrics["internal"]`` (NDCG@10 on the train-internal split; the nightly run
-    sets it; ``auto`` always records it)."""
+    internal: bool | None = False
+    """Also record ``metrics["internal"]`` (NDCG@10 on the train-internal split, one more fit;
+    the nightly run sets it; ``auto`` always records it, from its contest). None: as
+    :func:`measures` decides by the size of the data read."""
     params: dict[str, Any] = field(default_factory=dict)
     """Extra model parameters (e.g. for models added by other areas)."""
 
@@ -248,6 +252,21 @@ def with_hooks(
     return recommender
 
 
+MEASURE_MAX_RATINGS = 500_000
+"""The largest training data (ratings after the filter) that the nightly measures by default.
+Above it the measurement's extra fits, which have no time budget, would cost several times the
+budgeted training itself (``auto`` trains under its time budget from the same size,
+``recsys.model.auto.DEFAULT_BUDGET_MIN_RATINGS``); ``--evaluate`` still forces it."""
+
+
+def measures(requested: bool | None, n_ratings: int) -> bool:
+    """Whether a run measures its model: ``requested`` when given, else whether ``n_ratings``
+    (the training ratings after the filter) is at most :data:`MEASURE_MAX_RATINGS`."""
+    if requested is not None:
+        return bool(requested)
+    return n_ratings <= MEASURE_MAX_RATINGS
+
+
 def train_run(
     engine: Engine,
     settings: Any,
@@ -311,6 +330,16 @@ def train_run(
                 feature_set_id=data.feature_set_id,
             )
         check_enough(data, config)
+        measured = measures(config.evaluate, len(data))
+        recorded_params["evaluate"] = measured
+        if config.evaluate is None:
+            _log.info(
+                "model run %d: %s (%d training ratings%s); --evaluate/--no-evaluate decide",
+                run_id,
+                "the measure step runs" if measured else "no measure step",
+                len(data),
+                "" if measured else f", more than {MEASURE_MAX_RATINGS:,}",
+            )
         metrics: dict[str, Any] = {}
         fit_started = time.perf_counter()
         history = with_hooks(recommender, progress, should_stop).fit(data, seed=config.seed)
@@ -325,11 +354,12 @@ def train_run(
                 "requested": catalog.AUTO,
                 "min_ratings": min_ratings,
                 "seed": config.seed,
-                "evaluate": config.evaluate,
+                "evaluate": measured,
             }
         else:  # what the fit chose (tuned epochs, text path, ...) joins the recorded params
             recorded_params = {**dict(getattr(recommender, "params", {}) or {}), **recorded_params}
-        if config.model != catalog.AUTO and config.internal:
+        internal = measures(config.internal, len(data))
+        if config.model != catalog.AUTO and internal:
             from recsys.model.auto import internal_metrics
 
             metrics["internal"] = internal_metrics(
