@@ -57,6 +57,12 @@ class _NoProgress:
 NO_PROGRESS: ProgressSink = _NoProgress()
 
 
+def format_rate(rate: float) -> str:
+    """A rate for a progress line: whole numbers from 100 up (``98,944``), else three
+    significant digits, so that slow work (one fit a minute: ``0.0149``) does not read 0."""
+    return f"{rate:,.0f}" if rate >= 100 else f"{rate:.3g}"
+
+
 def format_duration(seconds: float) -> str:
     """``H:MM:SS`` for an ETA or an elapsed time."""
     seconds = max(0, int(round(seconds)))
@@ -102,7 +108,7 @@ class _Phase:
             parts[0] += f"/{self.total:,} {self.unit} ({100 * self.completed / self.total:.1f}%)"
         else:
             parts[0] += f" {self.unit}"
-        parts.append(f"{self.rate():,.0f} {self.unit}/s")
+        parts.append(f"{format_rate(self.rate())} {self.unit}/s")
         eta = self.eta()
         parts.append(f"ETA {format_duration(eta)}" if eta is not None else "ETA -")
         parts.append(f"elapsed {format_duration(self.elapsed())}")
@@ -200,7 +206,7 @@ class RichProgress:
             self._task,
             completed=completed,
             count=f"{count} {phase.unit}",
-            rate=f"{phase.rate():,.0f} {phase.unit}/s",
+            rate=f"{format_rate(phase.rate())} {phase.unit}/s",
             extra=" ".join(f"{k}={_format_field(v)}" for k, v in phase.fields.items()),
         )
 

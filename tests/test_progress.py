@@ -55,3 +55,11 @@ def test_terminal_choice() -> None:
     assert isinstance(progress_for_terminal(io.StringIO()), LogProgress)
     assert isinstance(progress_for_terminal(_Tty()), RichProgress)
     assert format_duration(3725) == "1:02:05"
+
+
+def test_slow_work_shows_its_rate_not_zero() -> None:
+    from recsys.progress import format_rate
+
+    assert format_rate(1 / 67) == "0.0149"
+    assert format_rate(2.5) == "2.5" and format_rate(25) == "25"
+    assert format_rate(98_944.4) == "98,944"
