@@ -194,6 +194,7 @@ def _features_step(ctx: Context) -> dict:
             word_vectors=ctx.options.word_vectors,
             dim=ctx.options.dim,
             seed=ctx.options.seed or 1,
+            progress=ctx.progress or NO_PROGRESS,
         )
     except NoProductText as err:
         # a shop without catalogue text: models train on ids alone (those that need text fail)
@@ -507,6 +508,7 @@ def _score_step(ctx: Context) -> dict:
         model_run=ctx.state.get("model_run_id"),
         publish=False,
         should_stop=ctx.should_stop,
+        progress=ctx.progress or NO_PROGRESS,
         cluster=cluster,
     )
     ctx.state["recommendation_run_id"] = summary.run_id

@@ -294,3 +294,25 @@ def test_measure_step_by_default_only_up_to_the_size_limit(
         assert "more than 100 training ratings" in detail["skipped"]
     if evaluate is False:
         assert detail["skipped"] == "--no-evaluate"
+
+
+def test_a_run_without_a_terminal_logs_the_progress_of_features_and_scoring(
+    catalogue: sa.Engine, settings: Settings, caplog
+) -> None:
+    import logging
+
+    from recsys.progress import progress_for_terminal
+
+    by_name = {s.name: s for s in DEFAULT_STEPS}
+    steps = [by_name["features"], *_steps()]
+    with caplog.at_level(logging.INFO, logger="recsys.progress"):
+        result = run(
+            catalogue, settings, PipelineOptions(k=5), steps=steps, progress=progress_for_terminal()
+        )
+    assert result.status == "succeeded"
+    lines = [r.getMessage() for r in caplog.records if r.name == "recsys.progress"]
+    assert any(line.startswith("cleaning: ") and "products/s" in line for line in lines), lines
+    assert any(
+        line.startswith("scoring: 25/25 users") and "users/s" in line and "ETA" in line
+        for line in lines
+    ), lines
