@@ -540,7 +540,9 @@ def _similar_step(ctx: Context) -> dict:
         return {"skipped": "--no-similar"}
     from recsys.scoring.similar import build_similar
 
-    summary = build_similar(ctx.engine, keep=ctx.settings.keep_runs)
+    summary = build_similar(
+        ctx.engine, keep=ctx.settings.keep_runs, progress=ctx.progress or NO_PROGRESS
+    )
     return {"similar_run_id": summary.run_id, "rows": summary.n_rows, **summary.counts}
 
 

@@ -296,7 +296,7 @@ def test_measure_step_by_default_only_up_to_the_size_limit(
         assert detail["skipped"] == "--no-evaluate"
 
 
-def test_a_run_without_a_terminal_logs_the_progress_of_features_and_scoring(
+def test_a_run_without_a_terminal_logs_the_progress_of_features_scoring_and_similar(
     catalogue: sa.Engine, settings: Settings, caplog
 ) -> None:
     import logging
@@ -304,7 +304,7 @@ def test_a_run_without_a_terminal_logs_the_progress_of_features_and_scoring(
     from recsys.progress import progress_for_terminal
 
     by_name = {s.name: s for s in DEFAULT_STEPS}
-    steps = [by_name["features"], *_steps()]
+    steps = [by_name["features"], *_steps(), by_name["similar"]]
     with caplog.at_level(logging.INFO, logger="recsys.progress"):
         result = run(
             catalogue, settings, PipelineOptions(k=5), steps=steps, progress=progress_for_terminal()
@@ -316,3 +316,5 @@ def test_a_run_without_a_terminal_logs_the_progress_of_features_and_scoring(
         line.startswith("scoring: 25/25 users") and "users/s" in line and "ETA" in line
         for line in lines
     ), lines
+    for kind in ("text", "co-rating"):
+        assert any(line.startswith(f"similar by {kind}: 40/40 products") for line in lines), lines

@@ -30,6 +30,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from recsys.data.topk import top_k
+from recsys.progress import NO_PROGRESS, ProgressSink
 from recsys.scoring import reads
 
 _log = logging.getLogger(__name__)
@@ -87,7 +88,8 @@ def _encode(run_id: int, kind: str, products, ranks, similar, scores) -> bytes:
 
 
 def _lists(similarity_block, n: int, keys: np.ndarray, allowed: np.ndarray, k: int, block: int):
-    """Top-k of each row of a similarity matrix given block by block (self excluded)."""
+    """Top-k of each row of a similarity matrix given block by block (self excluded), with the
+    number of rows done after each block."""
     for start in range(0, n, block):
         stop = min(n, start + block)
         scores = similarity_block(start, stop)
@@ -95,11 +97,11 @@ def _lists(similarity_block, n: int, keys: np.ndarray, allowed: np.ndarray, k: i
         rows = np.arange(stop - start)
         scores[rows, rows + start] = -np.inf
         r, ranks, cols, values = top_k(scores, k, keys)
-        yield r + start, ranks, cols, values
+        yield r + start, ranks, cols, values, stop
 
 
 def text_lists(product_ids: np.ndarray, vectors: np.ndarray, allowed: np.ndarray, k: int = K):
-    """(rows, ranks, cols, cosine) of each product's top k by text vector."""
+    """(rows, ranks, cols, cosine, products done) of each product's top k by text vector."""
     v = np.asarray(vectors, dtype=np.float32)
     v = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
     block = max(64, min(2048, (16 << 20) // (4 * max(1, len(v)))))
@@ -113,12 +115,14 @@ def co_rating_lists(
     allowed: np.ndarray,
     k: int = K,
 ):
-    """(rows, ranks, cols, cosine of rater sets) of each product's top k by co-rating."""
+    """(rows, ranks, cols, cosine of rater sets, products done) of each product's top k by
+    co-rating."""
     from scipy import sparse
 
     users, user_index = np.unique(rating_users, return_inverse=True)
     cols = np.searchsorted(product_ids, rating_products)
-    x = sparse.csc_matrix(
+    # CSR on both sides: a CSR block times a CSC matrix converts the whole matrix every block
+    x = sparse.csr_matrix(
         (np.ones(len(cols), dtype=np.float32), (user_index, cols)),
         shape=(len(users), len(product_ids)),
     )
@@ -136,8 +140,17 @@ def co_rating_lists(
     yield from _lists(similarity, len(product_ids), product_ids, allowed, k, block)
 
 
-def build_similar(engine: Engine, *, keep: int = 3, k: int = K) -> SimilarSummary:
+def build_similar(
+    engine: Engine, *, keep: int = 3, k: int = K, progress: ProgressSink = NO_PROGRESS
+) -> SimilarSummary:
     """Build both lists for every product, write them as one run and publish it.
+
+    Args:
+        engine: the database.
+        keep: builds kept (the published one always is).
+        k: products per list.
+        progress: a :mod:`recsys.progress` sink; phases ``similar by text`` and ``similar by
+            co-rating``, in products.
 
     Returns:
         What was written and which build was served before.
@@ -168,14 +181,17 @@ def build_similar(engine: Engine, *, keep: int = 3, k: int = K) -> SimilarSummar
                 if text is not None:
                     ids, vectors = text
                     allowed = ~np.isin(ids, unavailable)
-                    for rows, ranks, cols, values in text_lists(ids, vectors, allowed, k):
+                    progress.start("similar by text", len(ids), "products")
+                    for rows, ranks, cols, values, done in text_lists(ids, vectors, allowed, k):
                         copy.write(_encode(run_id, "text", ids[rows], ranks, ids[cols], values))
                         n_rows += len(rows)
                         counts["text"] += len(np.unique(rows))
+                        progress.update(done)
                 if len(r_users):
                     ids = np.unique(r_products)
                     allowed = ~np.isin(ids, unavailable)
-                    for rows, ranks, cols, values in co_rating_lists(
+                    progress.start("similar by co-rating", len(ids), "products")
+                    for rows, ranks, cols, values, done in co_rating_lists(
                         ids, r_users, r_products, allowed, k
                     ):
                         copy.write(
@@ -183,7 +199,9 @@ def build_similar(engine: Engine, *, keep: int = 3, k: int = K) -> SimilarSummar
                         )
                         n_rows += len(rows)
                         counts["co_rating"] += len(np.unique(rows))
+                        progress.update(done)
                 copy.write(_TRAILER)
+                progress.finish()
             conn.execute(
                 sa.text(
                     "UPDATE similar_product_runs SET status = 'ready', finished_at = now(), "
