@@ -158,8 +158,13 @@ def _scores(settings: Settings, run_id: int) -> np.ndarray:
 def test_two_workers_train_the_in_process_model_and_register_the_run(
     ray_cluster: LocalCluster, loaded: Settings, caplog
 ) -> None:
+    from recsys.cluster.train import RAY_TRAIN_STORAGE
     from recsys.model.train import train_run
 
+    def run_folders() -> set[str]:
+        return set(os.listdir(RAY_TRAIN_STORAGE)) if RAY_TRAIN_STORAGE.is_dir() else set()
+
+    before = run_folders()
     settings = loaded
     env = {
         "RECSYS_DATABASE_URL": settings.database_url,
@@ -179,6 +184,7 @@ def test_two_workers_train_the_in_process_model_and_register_the_run(
     assert status == "succeeded" and model_type == "ranker", status
 
     assert "training the tower on 2 Ray workers" in caplog.text
+    assert run_folders() <= before  # Ray Train's run folder went with the training
     # the same fit with the in-process trainer
     local_run = train_run(engine, settings, _config()).run_id
     with engine.connect() as conn:

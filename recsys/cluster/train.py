@@ -38,6 +38,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+import shutil
 import tempfile
 import threading
 import time
@@ -59,6 +60,10 @@ _log = logging.getLogger(__name__)
 
 COLLECTIVE_TIMEOUT_S = 120.0
 """Longest wait of one all-reduce for the other workers (a lost peer fails, not hangs)."""
+
+RAY_TRAIN_STORAGE = Path(tempfile.gettempdir()) / "recsys-ray-train"
+"""Ray Train's ``storage_path`` on the driver; each training's run folder there is removed when
+the training ends (its weights come back in memory, nothing is checkpointed)."""
 
 CLUSTER_MODELS = ("ranker",)
 """Models whose training runs on the cluster with ``--engine ray``."""
@@ -299,7 +304,7 @@ class RayTowerRunner:
         from ray.train import FailureConfig, RunConfig, ScalingConfig
         from ray.train.tensorflow import TensorflowTrainer
 
-        storage = Path(tempfile.gettempdir()) / "recsys-ray-train"
+        name = f"recsys-ranker-{uuid.uuid4().hex[:8]}"
         trainer = TensorflowTrainer(
             _train_loop,
             train_loop_config=config,
@@ -307,8 +312,8 @@ class RayTowerRunner:
                 num_workers=self.workers, use_gpu=False, resources_per_worker={"CPU": 1}
             ),
             run_config=RunConfig(
-                name=f"recsys-ranker-{uuid.uuid4().hex[:8]}",
-                storage_path=str(storage),
+                name=name,
+                storage_path=str(RAY_TRAIN_STORAGE),
                 failure_config=FailureConfig(max_failures=0),
             ),
         )
@@ -323,6 +328,8 @@ class RayTowerRunner:
         thread = threading.Thread(target=fit, name="recsys-ray-train", daemon=True)
         thread.start()
         thread.join(self.options.task_timeout_s)
+        if not thread.is_alive():  # Ray Train's run folder: results came back in memory
+            shutil.rmtree(RAY_TRAIN_STORAGE / name, ignore_errors=True)
         if thread.is_alive():
             raise ClusterError(
                 f"the ranker's training on the cluster did not finish within "
