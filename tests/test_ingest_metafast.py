@@ -207,29 +207,49 @@ EDGE_2018 = [
 
 
 def test_plain_lines_stage_what_the_format_parser_gives() -> None:
-    """A plain line's staged columns are the general row's; a line that is not plain is left."""
+    """A plain line's row is the format parser's, its raw the line itself; others are left."""
     fmt = get_format("amazon2018-metadata")
     parse = fmt.parser_for(Path("x"))
     for raw in GOOD_2018:
         staged = metafast.plain_line(raw, fmt)
         assert staged is not None
-        fields, _, own = staged.rstrip(b"\n").rpartition(b"\t")
-        row = parse(raw.decode())
-        assert fields.decode() == metafast._fields(row)
-        assert own == raw.replace(b"\\", b"\\\\")  # the line itself, as COPY text
+        assert staged.row == parse(raw.decode())
+        assert staged.raw == raw.replace(b"\\", b"\\\\")  # the line itself, as COPY text
     for raw in (EDGE_2018[2], EDGE_2018[4], EDGE_2018[7], EDGE_2018[9], EDGE_2018[13]):
         assert metafast.plain_line(raw, fmt) is None
+
+
+def test_array_and_json_cells_read_back_as_the_values(conn) -> None:
+    """The COPY cells the fast path writes for text, arrays and JSON lists are the values."""
+    rng = random.Random(3)
+    alphabet = ["a", "\\", '"', "\n", "\t", "\r", "{", "}", ",", " ", "NULL", "é", "\x01"]
+    cases = [
+        ["".join(rng.choice(alphabet) for _ in range(rng.randrange(6))) for _ in range(3)]
+        for _ in range(200)
+    ] + [["NULL"], [""], ["a,b"], ['"'], ["\\"]]
+    conn.execute(sa.text("CREATE TEMP TABLE cells (t text, a text[], j text)"))
+    body = "".join(
+        f"{metafast._cell(v[0])}\t{metafast._cell(metafast._array(v))}\t"
+        f"{metafast._cell(metafast._json_list(v))}\n"
+        for v in cases
+    )
+    with conn.connection.driver_connection.cursor() as cur:
+        with cur.copy("COPY cells (t, a, j) FROM STDIN") as copy:
+            copy.write(body)
+    got = conn.execute(sa.text("SELECT t, a, j::jsonb FROM cells")).all()
+    assert [tuple(r) for r in got] == [(v[0], v, v) for v in cases]
 
 
 @pytest.mark.parametrize("gz", [False, True])
 def test_edge_lines_same_database(tmp_path: Path, engine, settings, plain_lines, gz) -> None:
     lines = GOOD_2018[:30] + EDGE_2018 + GOOD_2018[30:]
     path = _file(tmp_path / "meta.json", lines, gz=gz)
-    results, dump = _same_both_ways(
-        engine, settings, [([path], "amazon2018-metadata", 1.0, "metadata")], plain_lines
-    )
-    assert plain_lines[0] >= len(GOOD_2018) and plain_lines[1] > 20
-    assert results[0][0][0] == "loaded" and results[0][0][3] == 1  # E01 merged
+    fmt = "amazon2018-metadata"
+    batches: list[Batch] = [([path], fmt, 0.01, "metadata"), ([path], fmt, 1.0, "metadata")]
+    results, dump = _same_both_ways(engine, settings, batches, plain_lines)
+    assert plain_lines[0] >= 2 * len(GOOD_2018) and plain_lines[1] > 40
+    assert results[0][0][0] == "failed" and results[1][0][0] == "loaded"
+    assert results[1][0][3] == 1  # E01 merged
     assert dump["rejected"] and len(dump["products"]) > len(GOOD_2018)
 
 

@@ -111,8 +111,11 @@ def _load_general(job: _FileLoad, counts: Counts, rejects: Rejects) -> tuple[Loa
         progress.size = source.size
         with engine.begin() as conn:
             conn.execute(sa.text("SET LOCAL work_mem = '64MB'"))
+            merge = None
             if job.fast_path and metafast.supports(fmt):
-                metafast.stage_products(conn, source, fmt, counts, rejects, progress, limits)
+                merge = metafast.stage_products(
+                    conn, source, fmt, counts, rejects, progress, limits
+                )
             else:
                 rows = parsed_lines(source, fmt, counts, rejects, progress, limits)
                 if fmt.kind == "ratings":
@@ -129,7 +132,9 @@ def _load_general(job: _FileLoad, counts: Counts, rejects: Rejects) -> tuple[Loa
             _log.debug(
                 "%s: staged %d lines in %.1fs", path, counts.read, time.perf_counter() - started
             )
-            if fmt.kind == "ratings":
+            if merge is not None:
+                distinct = merge()
+            elif fmt.kind == "ratings":
                 distinct = merge_staged_ratings(conn)
             else:
                 distinct = merge_staged_products(conn, fmt.aggregate_text)

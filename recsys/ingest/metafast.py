@@ -30,12 +30,14 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Iterator
-from typing import NoReturn
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
+from typing import NamedTuple, NoReturn
 
 import sqlalchemy as sa
 
 from recsys.db.copy import copy_text
+from recsys.ingest.merge import merge_products_sql, merge_staged_products
 from recsys.ingest.reader import LineSource
 from recsys.ingest.rows import BadLine, Format, LoadLimits, ProductRow
 from recsys.ingest.stage import PRODUCT_COLUMNS, STAGE_PRODUCTS, FileProgress, parsed_lines
@@ -95,9 +97,14 @@ def _json_list(values: list[str]) -> str:
     return _ENCODE(values)
 
 
-def _fields(row: ProductRow) -> str:
-    """The staged columns from ``external_id`` to ``main_category``, tab-separated."""
-    categories = None if row.categories is None else _json_list(row.categories)
+def _array(values: list[str]) -> str:
+    """``values`` as a PostgreSQL array literal of quoted text elements."""
+    quoted = (v.replace("\\", "\\\\").replace('"', '\\"') for v in values)
+    return "{" + ",".join(f'"{v}"' for v in quoted) + "}"
+
+
+def _fields(row: ProductRow, categories: str | None) -> str:
+    """The columns from ``external_id`` to ``main_category``, as tab-separated COPY text."""
     return "\t".join(
         (
             _cell(row.external_id),
@@ -111,9 +118,28 @@ def _fields(row: ProductRow) -> str:
     )
 
 
-def plain_line(raw: bytes, fmt: Format) -> bytes | None:
-    """The staged columns after ``line_no`` of a plain line (see the module docstring), as
-    COPY text with the line's own JSON as ``raw``; None when the line is not plain."""
+def _staged(row: ProductRow, raw: bytes) -> bytes:
+    """A ``stage_products`` line after ``line_no`` (``raw`` already a COPY cell)."""
+    categories = None if row.categories is None else _json_list(row.categories)
+    return b"%s\t%s\n" % (_fields(row, categories).encode("utf-8"), raw)
+
+
+def _direct(row: ProductRow, raw: bytes) -> bytes:
+    """A ``products`` line for :data:`PRODUCTS_COLUMNS` (``raw`` already a COPY cell)."""
+    categories = None if row.categories is None else _array(row.categories)
+    return b"%s\t%s\n" % (_fields(row, categories).encode("utf-8"), raw)
+
+
+class Plain(NamedTuple):
+    """A plain line's row and its own JSON text as a COPY cell."""
+
+    row: ProductRow
+    raw: bytes
+
+
+def plain_line(raw: bytes, fmt: Format) -> Plain | None:
+    """The row of a plain line (see the module docstring) with the line's own JSON as the COPY
+    cell for ``raw``; None when the line is not plain."""
     if b"\\u" in raw or b"\x00" in raw or raw.count(b"[") + raw.count(b"{") > MAX_BRACKETS:
         return None
     try:
@@ -129,28 +155,85 @@ def plain_line(raw: bytes, fmt: Format) -> bytes | None:
         return None
     if b"\\" in raw or b"\t" in raw or b"\r" in raw:
         raw = raw.replace(b"\\", b"\\\\").replace(b"\t", b"\\t").replace(b"\r", b"\\r")
-    return b"%s\t%s\n" % (_fields(row).encode("utf-8"), raw)
+    return Plain(row, raw)
 
 
-def _general_line(row: ProductRow) -> bytes:
-    """The staged columns after ``line_no`` of a row the general parser made."""
-    raw = None if row.raw is None else json.dumps(row.raw, ensure_ascii=False, default=str)
-    return f"{_fields(row)}\t{_cell(raw)}\n".encode()
+def _plain(item: ProductRow | Plain) -> Plain:
+    """A row the general parser made, with its object dumped as the general path does."""
+    if isinstance(item, Plain):
+        return item
+    if item.raw is None:
+        return Plain(item, b"\\N")
+    dumped = json.dumps(item.raw, ensure_ascii=False, default=str)
+    return Plain(item, _cell(dumped).encode("utf-8"))
 
 
-def _chunks(rows: Iterable[tuple[int, ProductRow | bytes]]) -> Iterator[bytes]:
+def _pieces(lines: Iterable[bytes]) -> Iterator[bytes]:
+    """``lines`` joined into pieces of about :data:`_COPY_BYTES`."""
     parts: list[bytes] = []
     size = 0
-    for line_no, row in rows:
-        tail = row if isinstance(row, bytes) else _general_line(row)
-        parts.append(b"%d\t" % line_no)
-        parts.append(tail)
-        size += len(tail)
+    for line in lines:
+        parts.append(line)
+        size += len(line)
         if size >= _COPY_BYTES:
             yield b"".join(parts)
             parts.clear()
             size = 0
     yield b"".join(parts)
+
+
+def _staged_lines(rows: Iterable[tuple[int, ProductRow | Plain]]) -> Iterator[bytes]:
+    for line_no, item in rows:
+        row, raw = _plain(item)
+        yield b"%d\t%s" % (line_no, _staged(row, raw))
+
+
+PRODUCTS_COLUMNS = (
+    "external_id",
+    "title",
+    "brand",
+    "description",
+    "feature_text",
+    "categories",
+    "main_category",
+    "raw",
+)
+
+
+def _first_load(conn: sa.Connection) -> bool:
+    """Lock ``products`` against other writers (readers go on) and say whether it is empty."""
+    conn.execute(sa.text("LOCK TABLE products IN SHARE ROW EXCLUSIVE MODE"))
+    return conn.execute(sa.text("SELECT NOT EXISTS (SELECT 1 FROM products)")).scalar_one()
+
+
+def _load_direct(conn: sa.Connection, rows: Iterable[tuple[int, ProductRow | Plain]], fmt: Format):
+    """COPY each product's first line straight into the empty ``products``; later lines of a
+    product are spilled, staged after, and merged over it by the general merge."""
+    seen: set[str] = set()
+    with tempfile.TemporaryFile() as repeats:
+
+        def first_lines() -> Iterator[bytes]:
+            for line_no, item in rows:
+                row, raw = _plain(item)
+                if row.external_id in seen:
+                    repeats.write(b"%d\t%s" % (line_no, _staged(row, raw)))
+                else:
+                    seen.add(row.external_id)
+                    yield _direct(row, raw)
+
+        copy_text(conn, "products", PRODUCTS_COLUMNS, _pieces(first_lines()))  # type: ignore[arg-type]
+        has_repeats = repeats.tell() > 0
+        if has_repeats:
+            repeats.seek(0)
+            conn.execute(STAGE_PRODUCTS)
+            copy_text(conn, "stage_products", PRODUCT_COLUMNS, _pieces(repeats))  # type: ignore[arg-type]
+
+    def merge() -> int:
+        if has_repeats:
+            conn.execute(merge_products_sql(fmt.aggregate_text))
+        return len(seen)
+
+    return merge
 
 
 def stage_products(
@@ -161,14 +244,26 @@ def stage_products(
     rejects: Rejects,
     progress: FileProgress,
     limits: LoadLimits,
-) -> None:
-    """Read ``source`` and COPY its valid lines into ``stage_products`` (see
-    :func:`recsys.ingest.stage.stage_products`): plain lines as they are, every other line
-    through the format's parser; bad lines go to ``rejects``."""
+) -> Callable[[], int]:
+    """Read ``source``, writing its valid lines to the database; bad lines go to ``rejects``.
 
-    def quick(raw: bytes) -> bytes | None:
+    Plain lines are taken as they are, every other line through the format's parser. Into an
+    empty ``products`` table (a first load), each product's first line is COPYed straight into
+    ``products`` and its later lines are staged; otherwise every line is staged in
+    ``stage_products`` as on the general path.
+
+    Returns:
+        The merge still to run (after the reject-rate check), which returns the number of
+        distinct products; it gives what :func:`~recsys.ingest.merge.merge_staged_products`
+        gives for every line staged.
+    """
+
+    def quick(raw: bytes) -> Plain | None:
         return plain_line(raw, fmt)
 
     rows = parsed_lines(source, fmt, counts, rejects, progress, limits, quick)
+    if _first_load(conn):
+        return _load_direct(conn, rows, fmt)  # type: ignore[arg-type]
     conn.execute(STAGE_PRODUCTS)
-    copy_text(conn, "stage_products", PRODUCT_COLUMNS, _chunks(rows))  # type: ignore[arg-type]
+    copy_text(conn, "stage_products", PRODUCT_COLUMNS, _pieces(_staged_lines(rows)))  # type: ignore[arg-type]
+    return lambda: merge_staged_products(conn, fmt.aggregate_text)
