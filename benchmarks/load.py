@@ -226,6 +226,10 @@ def metadata_main(args: argparse.Namespace) -> None:
             figures.append((label, seconds, peak_mb))
             with sa.create_engine(run_url, poolclass=sa.NullPool).connect() as conn:
                 digests[label] = tuple(conn.execute(sa.text(_PRODUCTS)).one())
+                logged = conn.execute(
+                    sa.text("SELECT extract(epoch FROM finished_at - started_at) FROM loads")
+                ).scalar_one()
+            figures.append(("  its load (loads row)", float(logged), None))
         raw_rate = products / raw_seconds
         for label, seconds, peak_mb in figures:
             rate = products / seconds

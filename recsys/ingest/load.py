@@ -4,6 +4,9 @@ A file is loaded whole or not at all, inside one transaction:
 
 * rating files of the delimited formats the fast path knows (:mod:`recsys.ingest.fast`) are
   parsed, deduplicated and id-mapped in-process with numpy/pyarrow, then COPYed in binary;
+* metadata files of the JSON-object formats take the fast metadata path
+  (:mod:`recsys.ingest.metafast`): plain lines are decoded once and stored with their own JSON
+  text, every other line is parsed by its format as on the general path;
 * every other file takes the general path: lines parsed one at a time by the file's format
   (``recsys.ingest.<format>``), streamed as COPY into a TEMP staging table
   (:mod:`recsys.ingest.stage`), and merged set-based (:mod:`recsys.ingest.merge`). The fast path

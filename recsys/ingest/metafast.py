@@ -3,8 +3,11 @@
 For formats with :attr:`~recsys.ingest.rows.Format.json_record` (Amazon 2018 and 2023
 metadata), a *plain* line is decoded once with Python's own JSON decoder, its fields are taken
 by the format's own functions, and the line's own text is staged as ``raw`` instead of the
-decoded object dumped again. Everything else about the load (staging table columns, the merge,
-rejected lines, counts, the line cap) is the general path's, so both give the same database.
+decoded object dumped again. Rejected lines, counts, the line cap and the reject-rate rollback
+are the general path's. Into an empty ``products`` table (a first load) each product's first line
+is COPYed straight into ``products`` and only its later lines are staged and merged over it by
+the general merge; into a table with rows, every line is staged in ``stage_products`` and merged
+as on the general path. Both give the same database as the general path (surrogate ids aside).
 
 A line is plain when none of what the format's parser checks on top of decoding can apply to it
 and its text holds the same JSON value as the decoded object dumped again:
@@ -22,8 +25,7 @@ Integers keep their digits both ways (``-0`` reads as ``0`` both ways; more than
 make Python's decoder fail, so such a line is not plain), a repeated key keeps its last value
 both ways, and neither whitespace nor the other escapes survive into ``jsonb``. Every other
 line goes through :func:`recsys.ingest.stage.parse_line` exactly as on the general path: the
-same row, or the same rejection with the same reason. ``raw`` is staged as text either way and
-parsed as ``jsonb`` by the merge, as on the general path.
+same row, or the same rejection with the same reason.
 """
 
 from __future__ import annotations
@@ -200,10 +202,16 @@ PRODUCTS_COLUMNS = (
 )
 
 
+_EMPTY = sa.text("SELECT NOT EXISTS (SELECT 1 FROM products)")
+
+
 def _first_load(conn: sa.Connection) -> bool:
-    """Lock ``products`` against other writers (readers go on) and say whether it is empty."""
+    """Whether ``products`` is empty; if so, it is locked against other writers until the
+    transaction ends (readers go on), so it stays empty but for this load."""
+    if not conn.execute(_EMPTY).scalar_one():
+        return False
     conn.execute(sa.text("LOCK TABLE products IN SHARE ROW EXCLUSIVE MODE"))
-    return conn.execute(sa.text("SELECT NOT EXISTS (SELECT 1 FROM products)")).scalar_one()
+    return conn.execute(_EMPTY).scalar_one()
 
 
 def _load_direct(conn: sa.Connection, rows: Iterable[tuple[int, ProductRow | Plain]], fmt: Format):
