@@ -86,6 +86,20 @@ def _outcome(engine, settings, batches: list[Batch], fast_path: bool):
 
 
 @pytest.fixture
+def direct_loads(monkeypatch) -> list[int]:
+    """Counts the fast loads that went straight into an empty ``products`` table."""
+    seen = [0]
+    original = metafast._load_direct
+
+    def spy(*args):
+        seen[0] += 1
+        return original(*args)
+
+    monkeypatch.setattr(metafast, "_load_direct", spy)
+    return seen
+
+
+@pytest.fixture
 def plain_lines(monkeypatch) -> list[int]:
     """Counts the lines the fast path staged itself (``[plain, not plain]``)."""
     seen = [0, 0]
@@ -241,7 +255,9 @@ def test_array_and_json_cells_read_back_as_the_values(conn) -> None:
 
 
 @pytest.mark.parametrize("gz", [False, True])
-def test_edge_lines_same_database(tmp_path: Path, engine, settings, plain_lines, gz) -> None:
+def test_edge_lines_same_database(
+    tmp_path: Path, engine, settings, plain_lines, direct_loads, gz
+) -> None:
     lines = GOOD_2018[:30] + EDGE_2018 + GOOD_2018[30:]
     path = _file(tmp_path / "meta.json", lines, gz=gz)
     fmt = "amazon2018-metadata"
@@ -250,6 +266,7 @@ def test_edge_lines_same_database(tmp_path: Path, engine, settings, plain_lines,
     assert plain_lines[0] >= 2 * len(GOOD_2018) and plain_lines[1] > 40
     assert results[0][0][0] == "failed" and results[1][0][0] == "loaded"
     assert results[1][0][3] == 1  # E01 merged
+    assert direct_loads == [2]  # into an empty products table, repeats merged after
     assert dump["rejected"] and len(dump["products"]) > len(GOOD_2018)
 
 
@@ -275,7 +292,9 @@ def test_line_cap_crlf_and_reject_rate_same_database(tmp_path: Path, engine, set
     assert results[2][0][0] == "failed" and results[3][0][0] == "loaded"
 
 
-def test_every_metadata_format_same_database(tmp_path: Path, engine, settings) -> None:
+def test_every_metadata_format_same_database(
+    tmp_path: Path, engine, settings, direct_loads
+) -> None:
     """Every metadata format, merged into products that ratings created, then reloaded."""
     ratings = _file(
         tmp_path / "ratings.csv",
@@ -348,6 +367,7 @@ def test_every_metadata_format_same_database(tmp_path: Path, engine, settings) -
     results, dump = _same_both_ways(engine, settings, batches)
     assert [len(r) for r in results] == [1, 1, 1, 1, 5, 3]
     assert all(s[0] == "loaded" for r in results for s in r), results
+    assert direct_loads == [0]  # the ratings made products: every fast load staged
     by_id = {row[0]: row for row in dump["products"]}
     assert by_id["P1"][1] == "Brush, renamed" and by_id["B000000001"][1] == "Renamed"
 

@@ -65,8 +65,9 @@ _DECODE = json.JSONDecoder(parse_float=_not_plain, parse_constant=_not_plain).de
 
 
 def supports(fmt: Format) -> bool:
-    """Whether the fast metadata path reads files of this format."""
-    return fmt.kind == "metadata" and fmt.json_record is not None
+    """Whether the fast metadata path reads files of this format (JSON-object lines whose
+    repeated products keep the latest value per field, not concatenated text)."""
+    return fmt.kind == "metadata" and fmt.json_record is not None and not fmt.aggregate_text
 
 
 _ENCODE = json.JSONEncoder(ensure_ascii=False).encode
@@ -214,7 +215,9 @@ def _first_load(conn: sa.Connection) -> bool:
     return conn.execute(_EMPTY).scalar_one()
 
 
-def _load_direct(conn: sa.Connection, rows: Iterable[tuple[int, ProductRow | Plain]], fmt: Format):
+def _load_direct(
+    conn: sa.Connection, rows: Iterable[tuple[int, ProductRow | Plain]], fmt: Format
+) -> Callable[[], int]:
     """COPY each product's first line straight into the empty ``products``; later lines of a
     product are spilled, staged after, and merged over it by the general merge."""
     seen: set[str] = set()
