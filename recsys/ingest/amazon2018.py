@@ -48,6 +48,16 @@ def parse_metadata(line: str) -> ProductRow:
     record = load_json_object(line)
     asin = require_id(record.get("asin"), "product id (asin)")
     check_json_safe(record)
+    return _metadata_row(record, asin)
+
+
+def metadata_record(record: dict) -> ProductRow:
+    """The row of a decoded metadata object that is already known to be safe to store as JSON
+    (what :func:`parse_metadata` gives for its line)."""
+    return _metadata_row(record, require_id(record.get("asin"), "product id (asin)"))
+
+
+def _metadata_row(record: dict, asin: str) -> ProductRow:
     categories = record.get("category")
     return ProductRow(
         external_id=asin,
@@ -74,5 +84,6 @@ METADATA = register(
         "metadata",
         parse_metadata,
         description="Amazon 2018 metadata JSON lines",
+        json_record=metadata_record,
     )
 )

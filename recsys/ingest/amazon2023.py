@@ -36,10 +36,22 @@ def parse_review(line: str) -> RatingRow:
 
 def parse_metadata(line: str) -> ProductRow:
     record = load_json_object(line)
-    product = require_id(
-        record.get("parent_asin") or record.get("asin"), "product id (parent_asin)"
-    )
+    product = _product_id(record)
     check_json_safe(record)
+    return _metadata_row(record, product)
+
+
+def metadata_record(record: dict) -> ProductRow:
+    """The row of a decoded metadata object that is already known to be safe to store as JSON
+    (what :func:`parse_metadata` gives for its line)."""
+    return _metadata_row(record, _product_id(record))
+
+
+def _product_id(record: dict) -> str:
+    return require_id(record.get("parent_asin") or record.get("asin"), "product id (parent_asin)")
+
+
+def _metadata_row(record: dict, product: str) -> ProductRow:
     categories = record.get("categories")
     return ProductRow(
         external_id=product,
@@ -66,5 +78,6 @@ METADATA = register(
         "metadata",
         parse_metadata,
         description="Amazon 2023 metadata JSON lines",
+        json_record=metadata_record,
     )
 )

@@ -4,6 +4,9 @@ A file is loaded whole or not at all, inside one transaction:
 
 * rating files of the delimited formats the fast path knows (:mod:`recsys.ingest.fast`) are
   parsed, deduplicated and id-mapped in-process with numpy/pyarrow, then COPYed in binary;
+* metadata files of the JSON-object formats take the fast metadata path
+  (:mod:`recsys.ingest.metafast`): plain lines are decoded once and stored with their own JSON
+  text, every other line is parsed by its format as on the general path;
 * every other file takes the general path: lines parsed one at a time by the file's format
   (``recsys.ingest.<format>``), streamed as COPY into a TEMP staging table
   (:mod:`recsys.ingest.stage`), and merged set-based (:mod:`recsys.ingest.merge`). The fast path
@@ -39,7 +42,7 @@ from sqlalchemy.engine import Engine
 
 from recsys.config import Settings
 from recsys.errors import InputError
-from recsys.ingest import fast
+from recsys.ingest import fast, metafast
 from recsys.ingest.inbox import inbox_files, is_companion, plan_files
 from recsys.ingest.merge import BULK_ROWS, merge_staged_products, merge_staged_ratings, record_load
 from recsys.ingest.reader import LineSource, file_sha256
@@ -100,6 +103,8 @@ class _FileLoad:
     """``time.perf_counter()`` when the load began."""
     started_at: datetime
     limits: LoadLimits
+    fast_path: bool = True
+    """Whether the fast metadata path may stage the file (:mod:`recsys.ingest.metafast`)."""
 
 
 def _load_general(job: _FileLoad, counts: Counts, rejects: Rejects) -> tuple[LoadSummary, int]:
@@ -109,11 +114,17 @@ def _load_general(job: _FileLoad, counts: Counts, rejects: Rejects) -> tuple[Loa
         progress.size = source.size
         with engine.begin() as conn:
             conn.execute(sa.text("SET LOCAL work_mem = '64MB'"))
-            rows = parsed_lines(source, fmt, counts, rejects, progress, limits)
-            if fmt.kind == "ratings":
-                stage_ratings(conn, rows)  # type: ignore[arg-type]
+            merge = None
+            if job.fast_path and metafast.supports(fmt):
+                merge = metafast.stage_products(
+                    conn, source, fmt, counts, rejects, progress, limits
+                )
             else:
-                stage_products(conn, rows)  # type: ignore[arg-type]
+                rows = parsed_lines(source, fmt, counts, rejects, progress, limits)
+                if fmt.kind == "ratings":
+                    stage_ratings(conn, rows)  # type: ignore[arg-type]
+                else:
+                    stage_products(conn, rows)  # type: ignore[arg-type]
             sha256 = source.sha256()
             progress.update(counts.read, source.bytes_read)
             try:
@@ -124,7 +135,9 @@ def _load_general(job: _FileLoad, counts: Counts, rejects: Rejects) -> tuple[Loa
             _log.debug(
                 "%s: staged %d lines in %.1fs", path, counts.read, time.perf_counter() - started
             )
-            if fmt.kind == "ratings":
+            if merge is not None:
+                distinct = merge()
+            elif fmt.kind == "ratings":
                 distinct = merge_staged_ratings(conn)
             else:
                 distinct = merge_staged_products(conn, fmt.aggregate_text)
@@ -183,7 +196,9 @@ def load_file(
     counts = Counts()
     rejects = Rejects(counts, fmt.encoding)
     file_progress = FileProgress(progress, f"load {path.name}", size)
-    job = _FileLoad(engine, path, fmt, max_reject_rate, file_progress, started, started_at, limits)
+    job = _FileLoad(
+        engine, path, fmt, max_reject_rate, file_progress, started, started_at, limits, fast_path
+    )
     try:
         try:
             summary = None

@@ -79,6 +79,10 @@ class Format:
     """For formats whose parser needs context from beside the file (u.item -> u.genre)."""
     aggregate_text: bool = False
     """Repeated lines for one product concatenate their feature_text (MovieLens tags)."""
+    json_record: Callable[[dict], ProductRow] | None = None
+    """Metadata formats of one JSON object a line: the row of a decoded object that is safe to
+    store as JSON (no NaN, no NUL, ...), without the checks :attr:`parse` makes for that. The
+    fast metadata path (:mod:`recsys.ingest.metafast`) decodes plain lines itself and calls it."""
     description: str = ""
 
     def parser_for(self, path: Path) -> Parser:

@@ -10,7 +10,8 @@ stays bounded whatever the file size.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import TypeVar
 
 import sqlalchemy as sa
 
@@ -21,6 +22,8 @@ from recsys.ingest.summary import Counts, Rejects
 from recsys.progress import ProgressSink
 
 _CHUNK_ROWS = 20_000
+
+T = TypeVar("T")
 
 
 class FileProgress:
@@ -102,8 +105,14 @@ def parsed_lines(
     rejects: Rejects,
     progress: FileProgress,
     limits: LoadLimits,
-) -> Iterator[tuple[int, RatingRow | ProductRow]]:
-    """Valid rows of the file with their line numbers; bad lines go to ``rejects``."""
+    quick: Callable[[bytes], T | None] | None = None,
+) -> Iterator[tuple[int, RatingRow | ProductRow | T]]:
+    """Valid rows of the file with their line numbers; bad lines go to ``rejects``.
+
+    With ``quick``, each data line (not over the cap, not the header) is first given to it; what
+    it returns instead of None is yielded for that line as is, and a line it returns None for
+    is parsed by :func:`parse_line` as without it.
+    """
     parse = fmt.parser_for(source.path)
     encoding = fmt.encoding
     for line_no, raw in source:
@@ -116,6 +125,11 @@ def parsed_lines(
         counts.read += 1
         if counts.read % _CHUNK_ROWS == 0:
             progress.update(counts.read, source.bytes_read)
+        if quick is not None:
+            done = quick(raw)
+            if done is not None:
+                yield line_no, done
+                continue
         try:
             row = parse_line(raw, parse, encoding, limits)
         except BadLine as err:
@@ -160,12 +174,12 @@ _STAGE_RATINGS = sa.text(
     "CREATE TEMP TABLE stage_ratings (line_no bigint, user_ext text, product_ext text, "
     "rating real, ts double precision) ON COMMIT DROP"
 )
-_STAGE_PRODUCTS = sa.text(
+STAGE_PRODUCTS = sa.text(
     "CREATE TEMP TABLE stage_products (line_no bigint, external_id text, title text, brand text, "
     "description text, feature_text text, categories text, main_category text, raw text) "
     "ON COMMIT DROP"
 )
-_PRODUCT_COLUMNS = (
+PRODUCT_COLUMNS = (
     "line_no",
     "external_id",
     "title",
@@ -191,5 +205,5 @@ def stage_ratings(conn: sa.Connection, rows: Iterable[tuple[int, RatingRow]]) ->
 
 def stage_products(conn: sa.Connection, rows: Iterable[tuple[int, ProductRow]]) -> None:
     """COPY metadata rows into the TEMP table ``stage_products`` (dropped at commit)."""
-    conn.execute(_STAGE_PRODUCTS)
-    copy_rows(conn, "stage_products", _PRODUCT_COLUMNS, _product_rows(rows))
+    conn.execute(STAGE_PRODUCTS)
+    copy_rows(conn, "stage_products", PRODUCT_COLUMNS, _product_rows(rows))
