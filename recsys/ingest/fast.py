@@ -12,14 +12,17 @@ counts and the same rejected rows as the general path (:mod:`recsys.ingest.stage
    (:func:`recsys.ingest.stage.parse_line`), so it is accepted or rejected, with its line number
    and reason, exactly as there.
 2. External ids are dictionary-encoded with pyarrow per block, the dictionaries unified across
-   blocks, so the file is held as integer codes (about 20 bytes a line).
+   blocks every few million entries, so the file is held as integer codes, block by block
+   (13 bytes a line, never concatenated).
 3. In the file's transaction: users and products are locked, the ids of those already stored
    are read with one join, new ones get ids reserved from the identity sequence and are COPYed
-   in; the latest rating per (user, product) is picked with numpy (equal timestamps: the later
-   line), and the ratings go in by COPY BINARY, in primary-key order. Into an empty ``ratings``
-   table they go straight in, with its primary key, product index and foreign keys built after
-   the COPY (in the same transaction); otherwise they are staged and merged with the general
-   path's ``ON CONFLICT`` rule (a stored rating is replaced by one as recent or more recent).
+   in. The lines are then split by ranges of user ids into parts of about a million lines; in
+   each part the latest rating per (user, product) is picked with numpy (equal timestamps: the
+   later line), and the parts go in, in order, by COPY BINARY, which is primary-key order. Into
+   an empty ``ratings`` table they go straight in, with its primary key, product index and
+   foreign keys built after the COPY (in the same transaction); otherwise they are staged and
+   merged with the general path's ``ON CONFLICT`` rule (a stored rating is replaced by one as
+   recent or more recent).
 
 Nothing is written before the whole file has been read. Whatever the fast path does not
 represent raises :class:`FastPathUnsupported` before that point, and the caller loads the file
@@ -36,6 +39,7 @@ import io
 import logging
 import time
 import zlib
+from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -69,6 +73,15 @@ _UNIFY_EVERY = 4_000_000
 """Per-block dictionary entries collected before they are unified into the file's dictionary."""
 _COPY_ROWS = 1_000_000
 _PG_EPOCH = 946_684_800  # 2000-01-01 in unix seconds: the zero of PostgreSQL's timestamps
+
+
+def release_memory() -> None:
+    """Hand the memory that pyarrow's pool has freed back to the operating system.
+
+    The pool keeps freed pages for reuse (per thread, in mimalloc), which after large temporaries
+    (a dictionary unification, the last block's tables) would otherwise stay in the process.
+    """
+    pa.default_memory_pool().release_unused()
 
 
 class FastPathUnsupported(Exception):
@@ -305,29 +318,41 @@ class _Codes:
         self._codes.extend(chunk.indices.to_numpy(zero_copy_only=False) for chunk in chunks[1:])
         self._pending = []
         self._pending_entries = 0
+        del head, unified, chunks
+        release_memory()  # the unification's hash table and the block dictionaries
 
-    def finish(self) -> np.ndarray:
+    def finish(self) -> list[np.ndarray]:
+        """The codes of each block added, in order."""
         self._unify()
-        if not self._codes:
-            return np.zeros(0, dtype=np.int32)
-        codes = np.concatenate(self._codes)
-        self._codes = []
+        codes, self._codes = self._codes, []
         return codes
 
 
 @dataclass
-class ParsedRatings:
-    """A rating file read by the fast path: ids as codes, one entry per valid line in order."""
+class Lines:
+    """The valid lines of one block of a file, in order."""
 
-    users: pa.Array
-    """Distinct external user ids; ``user_codes`` index it."""
-    products: pa.Array
     user_codes: np.ndarray
+    """Index into :attr:`ParsedRatings.users` (int32)."""
     product_codes: np.ndarray
     half: np.ndarray
     """Ratings in half stars (uint8)."""
     ts: np.ndarray
     """Unix seconds (uint32)."""
+
+
+@dataclass
+class ParsedRatings:
+    """A rating file read by the fast path: ids as codes, the valid lines block by block.
+
+    The blocks are kept apart (never concatenated), so that the file is held once, at about
+    13 bytes a line, and the write works through it in pieces.
+    """
+
+    users: pa.Array
+    """Distinct external user ids; the blocks' ``user_codes`` index it."""
+    products: pa.Array
+    blocks: list[Lines]
     sha256: str
 
 
@@ -417,15 +442,13 @@ def read_ratings(
                 raise FastPathUnsupported(f"more than {MAX_ROWS:,} lines")
             progress.update(counts.read, blocks.bytes_read)
         sha256 = blocks.sha256()
-    user_codes, product_codes = users.finish(), products.finish()
+    lines = [
+        Lines(user_codes=u, product_codes=p, half=h, ts=t)
+        for u, p, h, t in zip(users.finish(), products.finish(), halves, stamps, strict=True)
+    ]
+    release_memory()
     return ParsedRatings(
-        users=users.dictionary,
-        products=products.dictionary,
-        user_codes=user_codes,
-        product_codes=product_codes,
-        half=np.concatenate(halves) if halves else np.zeros(0, np.uint8),
-        ts=np.concatenate(stamps) if stamps else np.zeros(0, np.uint32),
-        sha256=sha256,
+        users=users.dictionary, products=products.dictionary, blocks=lines, sha256=sha256
     )
 
 
@@ -627,69 +650,125 @@ _COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + b"\x00\x00\x00\x00" + b"\x00\x00\x00\x0
 _COPY_TRAILER = b"\xff\xff"
 
 
-@dataclass
-class _Deduped:
-    keys: np.ndarray
-    """Sorted ``user_id * span + product_id`` of every valid line."""
-    order: np.ndarray
-    """Line index of each sorted key."""
-    keep: np.ndarray
-    """Per sorted position: the winning line of its key."""
-    span: int
-    distinct: int
+_PART_ROWS = 1_000_000
+"""Lines deduplicated and written at a time: the lines of a range of users."""
+_SAMPLE_EVERY = 16
+"""Every this many lines' user sets the user ranges."""
 
 
-def _dedupe(parsed: ParsedRatings, user_ids: np.ndarray, product_ids: np.ndarray) -> _Deduped:
-    """The latest line per (user, product); equal timestamps: the later line."""
+def _user_ranges(parsed: ParsedRatings, user_ids: np.ndarray) -> list[np.ndarray]:
+    """Per block, each line's part: the index of its user's id range.
+
+    The ranges split the ids in order, so that the parts in turn hold the lines of ever larger
+    user ids, about :data:`_PART_ROWS` lines each (from a sample of the lines; the lines of one
+    user are never split).
+    """
+    sample = np.concatenate(
+        [user_ids[block.user_codes[::_SAMPLE_EVERY]] for block in parsed.blocks]
+        or [np.zeros(0, np.int64)]
+    )
+    sample.sort()
+    step = max(1, _PART_ROWS // _SAMPLE_EVERY)
+    bounds = np.unique(sample[step::step])
+    del sample
+    dtype = np.uint8 if len(bounds) < 2**8 else np.uint16 if len(bounds) < 2**16 else np.uint32
+    of_user = np.searchsorted(bounds, user_ids, side="right").astype(dtype)
+    return [of_user[block.user_codes] for block in parsed.blocks]
+
+
+def _deduped(
+    parsed: ParsedRatings, user_ids: np.ndarray, product_ids: np.ndarray
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """The latest line per (user, product), equal timestamps the later line, in key order.
+
+    Yields, part by part (:func:`_user_ranges`), the winning lines as ``(keys, half, ts)``:
+    ``keys = user_id * span + product_id`` sorted, with each one's rating and timestamp.
+    """
     span = int(product_ids.max()) + 1 if len(product_ids) else 1
     top = int(user_ids.max()) if len(user_ids) else 0
     if top * span + span >= 2**63:
         raise FastPathUnsupported("ids too large for one sort key")
-    # built and sorted in place, in chunks: no temporary the size of the file beyond ``order``
-    keys = np.empty(len(parsed.user_codes), dtype=np.int64)
-    for start in range(0, len(keys), _COPY_ROWS):
-        stop = start + _COPY_ROWS
-        keys[start:stop] = user_ids[parsed.user_codes[start:stop]]
-        keys[start:stop] *= span
-        keys[start:stop] += product_ids[parsed.product_codes[start:stop]]
-    parsed.user_codes = parsed.product_codes = np.zeros(0, dtype=np.int32)
-    order = np.argsort(keys)
-    if len(order) < 2**31:
-        order = order.astype(np.int32)
-    keys.sort()
-    keep = np.ones(len(keys), dtype=bool)
-    same = np.flatnonzero(keys[1:] == keys[:-1])
-    if len(same):
-        repeated = np.zeros(len(keys), dtype=bool)
-        repeated[same] = True
-        repeated[same + 1] = True
-        positions = np.flatnonzero(repeated)
-        del repeated
-        lines = order[positions]
-        by = np.lexsort((lines, parsed.ts[lines], keys[positions]))
-        sorted_keys = keys[positions][by]
-        losers = positions[by][:-1][sorted_keys[:-1] == sorted_keys[1:]]
-        keep[losers] = False
-    return _Deduped(keys, order, keep, span, int(keep.sum()))
+    parts = _user_ranges(parsed, user_ids)
+    n_parts = max((int(part.max()) + 1 for part in parts if len(part)), default=0)
+    for p in range(n_parts):
+        keys_, halves, stamps = [], [], []
+        for block, part in zip(parsed.blocks, parts, strict=True):
+            at = np.flatnonzero(part == p)
+            key = user_ids[block.user_codes[at]]
+            key *= span
+            key += product_ids[block.product_codes[at]]
+            keys_.append(key)
+            halves.append(block.half[at])
+            stamps.append(block.ts[at])
+        # gathered in line order: a position here orders lines as the file does
+        keys, half, ts = np.concatenate(keys_), np.concatenate(halves), np.concatenate(stamps)
+        del keys_, halves, stamps
+        order = np.argsort(keys)
+        keys = keys[order]
+        keep = np.ones(len(keys), dtype=bool)
+        same = np.flatnonzero(keys[1:] == keys[:-1])
+        if len(same):
+            repeated = np.zeros(len(keys), dtype=bool)
+            repeated[same] = True
+            repeated[same + 1] = True
+            positions = np.flatnonzero(repeated)
+            del repeated
+            lines = order[positions]
+            by = np.lexsort((lines, ts[lines], keys[positions]))
+            sorted_keys = keys[positions][by]
+            losers = positions[by][:-1][sorted_keys[:-1] == sorted_keys[1:]]
+            keep[losers] = False
+        winners = order[keep]
+        yield keys[keep], half[winners], ts[winners]
 
 
-def _rating_copy(parsed: ParsedRatings, deduped: _Deduped) -> Iterator[bytes]:
+def _rating_copy(
+    parsed: ParsedRatings, user_ids: np.ndarray, product_ids: np.ndarray, written: list[int]
+) -> Iterator[bytes]:
+    """The deduplicated ratings as COPY BINARY data in primary-key order; appends the count of
+    each part's rows to ``written``."""
+    span = int(product_ids.max()) + 1 if len(product_ids) else 1
     yield _COPY_HEADER
-    for start in range(0, len(deduped.keys), _COPY_ROWS):
-        stop = start + _COPY_ROWS
-        keep = deduped.keep[start:stop]
-        keys = deduped.keys[start:stop][keep]
-        lines = deduped.order[start:stop][keep]
+    for keys, half, ts in _deduped(parsed, user_ids, product_ids):
         tuples = np.empty(len(keys), dtype=_RATING_TUPLE)
         tuples["fields"] = 4
         tuples["len_user"] = tuples["len_product"] = tuples["len_rated_at"] = 8
         tuples["len_rating"] = 4
-        tuples["user_id"] = keys // deduped.span
-        tuples["product_id"] = keys % deduped.span
-        tuples["rating"] = parsed.half[lines].astype(np.float32) / 2
-        tuples["rated_at"] = (parsed.ts[lines].astype(np.int64) - _PG_EPOCH) * 1_000_000
+        tuples["user_id"] = keys // span
+        tuples["product_id"] = keys % span
+        tuples["rating"] = half.astype(np.float32) / 2
+        tuples["rated_at"] = (ts.astype(np.int64) - _PG_EPOCH) * 1_000_000
+        written.append(len(tuples))
+        del keys, half, ts
         yield tuples.tobytes()
     yield _COPY_TRAILER
+
+
+class _Ahead:
+    """The items of an iterator, each made on a worker thread while the caller uses the one
+    before (at most ``depth`` made ahead), from the moment this is created."""
+
+    def __init__(self, items: Iterator[bytes], depth: int = 2) -> None:
+        self._items = items
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="recsys-ratings")
+        self._pending = deque(self._pool.submit(self._next) for _ in range(depth))
+
+    def _next(self) -> bytes | None:
+        return next(self._items, None)
+
+    def __iter__(self) -> Iterator[bytes]:
+        while self._pending:
+            item = self._pending.popleft().result()
+            if item is None:
+                return
+            self._pending.append(self._pool.submit(self._next))
+            yield item
+
+    def close(self) -> None:
+        for future in self._pending:
+            future.cancel()
+        self._pool.shutdown(wait=True)
+        self._pending.clear()
 
 
 def _constraint_ddl(conn: sa.Connection, table: str) -> tuple[list[str], list[str]]:
@@ -759,8 +838,9 @@ def write_ratings(conn: sa.Connection, parsed: ParsedRatings) -> int:
     dropped first and rebuilt after its COPY; when ``users`` is empty too (a first load), so are
     the keys of ``users``. Rebuilding takes an exclusive lock, so readers of these tables (the
     ``current_recommendations`` view joins ``users``) wait for the load's commit in that case.
-    The new users and products are written by PostgreSQL while this process deduplicates the
-    ratings (the connection is used by one thread at a time).
+    The ratings are deduplicated and encoded part by part (the lines of a range of users at a
+    time) on a worker thread, which starts while PostgreSQL writes the new users and products
+    and keeps one part ahead of the COPY; the connection is used by this thread only.
 
     Returns:
         The number of distinct (user, product) ratings in the file.
@@ -782,44 +862,47 @@ def write_ratings(conn: sa.Connection, parsed: ParsedRatings) -> int:
     rebuild_users = empty and _is_empty(conn, "users") and not _referenced(conn, "users")
     user_ids, write_users = _map_ids(conn, "users", parsed.users, rebuild_keys=rebuild_users)
     product_ids, write_products = _map_ids(conn, "products", parsed.products)
+    parsed.users = parsed.products = pa.array([], type=pa.string())  # the writers hold them
     _log.debug("ids mapped: %.1fs", time.perf_counter() - started)
-
-    def write_ids() -> None:
+    written: list[int] = []
+    chunks = _Ahead(_rating_copy(parsed, user_ids, product_ids, written))
+    try:
         write_users()
         write_products()
-        parsed.users = parsed.products = pa.array([], type=pa.string())  # free the dictionaries
-
-    with ThreadPoolExecutor(1, thread_name_prefix="recsys-ids") as pool:
-        written = pool.submit(write_ids)
-        deduped = _dedupe(parsed, user_ids, product_ids)
-        del user_ids, product_ids
-        parsed.user_codes = parsed.product_codes = np.zeros(0, dtype=np.int32)
-        _log.debug("deduplicated: %.1fs", time.perf_counter() - started)
-        written.result()
-    _log.debug("users and products written: %.1fs", time.perf_counter() - started)
+        del write_users, write_products  # and with them the dictionaries
+        release_memory()
+        _log.debug("users and products written: %.1fs", time.perf_counter() - started)
+        if empty:
+            _copy_in(
+                conn,
+                "COPY ratings (user_id, product_id, rating, rated_at) FROM STDIN "
+                f"(FORMAT binary{', FREEZE' if freeze else ''})",
+                iter(chunks),
+            )
+        else:
+            conn.execute(
+                sa.text(
+                    "CREATE TEMP TABLE stage_fast_ratings (user_id bigint, product_id bigint, "
+                    "rating real, rated_at timestamptz) ON COMMIT DROP"
+                )
+            )
+            _copy_in(
+                conn,
+                "COPY stage_fast_ratings (user_id, product_id, rating, rated_at) FROM STDIN "
+                "(FORMAT binary)",
+                iter(chunks),
+            )
+    finally:
+        chunks.close()
+    distinct = sum(written)
+    parsed.blocks = []
+    del user_ids, product_ids
+    release_memory()
+    _log.debug("ratings copied: %.1fs", time.perf_counter() - started)
     if empty:
-        _copy_in(
-            conn,
-            "COPY ratings (user_id, product_id, rating, rated_at) FROM STDIN "
-            f"(FORMAT binary{', FREEZE' if freeze else ''})",
-            _rating_copy(parsed, deduped),
-        )
-        _log.debug("ratings copied: %.1fs", time.perf_counter() - started)
         for ddl in restore:
             conn.execute(sa.text(ddl))
     else:
-        conn.execute(
-            sa.text(
-                "CREATE TEMP TABLE stage_fast_ratings (user_id bigint, product_id bigint, "
-                "rating real, rated_at timestamptz) ON COMMIT DROP"
-            )
-        )
-        _copy_in(
-            conn,
-            "COPY stage_fast_ratings (user_id, product_id, rating, rated_at) FROM STDIN "
-            "(FORMAT binary)",
-            _rating_copy(parsed, deduped),
-        )
         merge_ratings(
             conn,
             sa.text(
@@ -827,7 +910,7 @@ def write_ratings(conn: sa.Connection, parsed: ParsedRatings) -> int:
                 "SELECT user_id, product_id, rating, rated_at FROM stage_fast_ratings "
                 "ORDER BY 1, 2 " + MERGE_CONFLICT
             ),
-            deduped.distinct,
+            distinct,
         )
     _log.debug("ratings merged: %.1fs", time.perf_counter() - started)
-    return deduped.distinct
+    return distinct
