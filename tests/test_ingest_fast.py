@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pytest
 import sqlalchemy as sa
 from test_ingest_bad_input import CSV_BAD
@@ -296,11 +297,10 @@ def _late_ids_file(path: Path, seed: int, first_user: int) -> Path:
 def test_many_blocks_and_parts_same_database(
     tmp_path: Path, engine, settings, caplog, monkeypatch
 ) -> None:
-    """Tiny blocks, dictionaries unified every few blocks, the dedupe in many user ranges:
-    ids first seen in late blocks, pairs repeated across blocks, a user with more lines than
-    a range holds; loaded first, then merged into stored ratings, then reloaded."""
+    """Tiny blocks and the dedupe in many user ranges: ids first seen in late blocks, pairs
+    repeated across blocks, a user with more lines than a range holds; loaded first, then
+    merged into stored ratings, then reloaded."""
     monkeypatch.setattr(fast, "BLOCK_BYTES", 512)
-    monkeypatch.setattr(fast, "_UNIFY_EVERY", 64)
     monkeypatch.setattr(fast, "_PART_ROWS", 200)
     monkeypatch.setattr(fast, "_SAMPLE_EVERY", 4)
     parts: list[int] = []
@@ -323,6 +323,39 @@ def test_many_blocks_and_parts_same_database(
     assert len(parts) == 3 and min(parts) >= 5, parts
     assert results[0][0][3] > 0 and results[0][0][4] > 0  # merged duplicates, rejected lines
     assert len(dump["ratings"]) > 1000
+
+
+@pytest.mark.parametrize("collide", ["inside", "across"])
+def test_hash_collisions_go_to_the_general_path(
+    tmp_path: Path, engine, settings, caplog, monkeypatch, collide: str
+) -> None:
+    """Ids whose hashes collide, inside one block or across blocks, are never mixed up: the
+    file is loaded by the general path, with the same database."""
+    monkeypatch.setattr(fast, "BLOCK_BYTES", 512)
+
+    def colliding(strings):
+        if collide == "inside":  # every id of a block has one hash
+            return np.zeros(len(strings), dtype=np.uint64)
+        # unique inside each block (its rank there), shared by different ids of other blocks
+        _, rank = np.unique(np.array(strings.to_pylist(), dtype=object), return_inverse=True)
+        return rank.ravel().astype(np.uint64)
+
+    monkeypatch.setattr(fast, "hash64", colliding)
+    path = _late_ids_file(tmp_path / "a.csv", 5, 0)
+    caplog.set_level(logging.INFO, logger="recsys.ingest")
+    _same_both_ways(engine, settings, [([path], "ratings-csv", 1.0)])
+    assert "general loader (two ids with one hash)" in caplog.text
+
+
+def test_hash64_equal_strings_equal_hashes() -> None:
+    rng = np.random.default_rng(6)
+    words = ["", "a", "ab", "abcdefgh", "abcdefghi", "é", "x" * 100, "x" * 99 + "y"]
+    words += [f"A{n:012d}" for n in rng.integers(0, 10**12, 2000)]
+    strings = pa.array(words)
+    hashes = fast.hash64(strings)
+    assert len(set(hashes.tolist())) == len(set(words))
+    again = fast.hash64(pa.array(["zz", *words[::-1]]).slice(1))  # an offset into its buffers
+    assert again.tolist() == hashes[::-1].tolist()
 
 
 def test_fast_path_falls_back_on_what_it_does_not_store(tmp_path: Path, engine, settings) -> None:

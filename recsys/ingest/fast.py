@@ -34,6 +34,8 @@ one line, as on the general path.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import gzip
 import io
 import logging
@@ -69,19 +71,31 @@ MAX_ROWS = 50_000_000
 """Files with more lines go to the general path, whose memory does not grow with the file."""
 _MIN_PLAIN_EPOCH = 100_000_000
 """Timestamps before this (1973) are left to the format's parser to judge."""
-_UNIFY_EVERY = 4_000_000
-"""Per-block dictionary entries collected before they are unified into the file's dictionary."""
 _COPY_ROWS = 1_000_000
 _PG_EPOCH = 946_684_800  # 2000-01-01 in unix seconds: the zero of PostgreSQL's timestamps
 
 
 def release_memory() -> None:
-    """Hand the memory that pyarrow's pool has freed back to the operating system.
+    """Hand memory freed by pyarrow's pool and by the C heap back to the operating system.
 
-    The pool keeps freed pages for reuse (per thread, in mimalloc), which after large temporaries
-    (a dictionary unification, the last block's tables) would otherwise stay in the process.
+    Both keep freed pages for reuse, which after large temporaries (the last blocks' tables,
+    the id lookups, the sorted parts) would otherwise stay in the process until it ends.
     """
     pa.default_memory_pool().release_unused()
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
+
+
+def _libc() -> ctypes.CDLL | None:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim  # noqa: B018  (glibc only)
+    except (OSError, AttributeError):
+        return None
+    return libc
+
+
+_LIBC = _libc()
 
 
 class FastPathUnsupported(Exception):
@@ -289,41 +303,142 @@ def _scan(block: bytes, fmt_name: str, now: int, max_line: int = MAX_LINE) -> _B
 # --- the file as codes ------------------------------------------------------------------------
 
 
-class _Codes:
-    """External ids as integer codes into one dictionary, built block by block."""
+_HASH_MASKS = np.array([(1 << (8 * r)) - 1 for r in range(8)] + [2**64 - 1], dtype=np.uint64)
+_K1 = np.uint64(0x9E3779B97F4A7C15)
+_K2 = np.uint64(0xBF58476D1CE4E5B9)
+
+
+def _string_parts(strings: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """The offsets (int64, ``len + 1``, from 0) and bytes of a string array without nulls."""
+    n = len(strings)
+    offsets = np.frombuffer(strings.buffers()[1], dtype=np.int32)[
+        strings.offset : strings.offset + n + 1
+    ].astype(np.int64)
+    buffer = strings.buffers()[2]
+    data = np.frombuffer(buffer, dtype=np.uint8) if buffer is not None else np.zeros(0, np.uint8)
+    data = data[offsets[0] : offsets[-1]]
+    return offsets - offsets[0], data
+
+
+def hash64(strings: pa.Array) -> np.ndarray:
+    """A 64-bit hash of each string (no nulls): its bytes read 8 at a time, mixed with its
+    length. Equal strings hash equal; different strings almost never do (callers check)."""
+    n = len(strings)
+    if pa.types.is_large_string(strings.type):
+        strings = strings.cast(pa.string())
+    offsets, data = _string_parts(strings)
+    start, length = offsets[:-1], np.diff(offsets)
+    padded = np.concatenate([data, np.zeros(8, dtype=np.uint8)])
+    windows = np.lib.stride_tricks.as_strided(padded, shape=(len(padded) - 7, 8), strides=(1, 1))
+    h = length.astype(np.uint64) * _K2
+    top = int(length.max()) if n else 0
+    for k in range(0, top, 8):
+        live = np.flatnonzero(length > k) if k else np.arange(n)
+        word = windows[start[live] + k].copy().view("<u8").ravel()
+        word &= _HASH_MASKS[np.minimum(length[live] - k, 8)]
+        mixed = h[live] ^ word
+        mixed *= _K1
+        mixed ^= mixed >> np.uint64(31)
+        h[live] = mixed
+    h ^= h >> np.uint64(33)
+    h *= _K2
+    h ^= h >> np.uint64(29)
+    return h
+
+
+class _Strings:
+    """A string array that grows at its end without copying what it holds (amortised)."""
 
     def __init__(self) -> None:
-        self.dictionary: pa.Array = pa.array([], type=pa.string())
+        self._data = np.zeros(1 << 16, dtype=np.uint8)
+        self._offsets = np.zeros(1 << 12, dtype=np.int32)
+        self.length = 0
+
+    def extend(self, strings: pa.Array) -> None:
+        offsets, data = _string_parts(strings)
+        used = int(self._offsets[self.length])
+        if used + len(data) >= 2**31:
+            raise FastPathUnsupported("more than 2 GB of distinct ids")
+        self._data = _room(self._data, used, len(data))
+        self._offsets = _room(self._offsets, self.length + 1, len(offsets) - 1)
+        self._data[used : used + len(data)] = data
+        self._offsets[self.length + 1 : self.length + len(offsets)] = offsets[1:] + used
+        self.length += len(offsets) - 1
+
+    def array(self) -> pa.Array:
+        """The strings so far (a view: valid while this object lives)."""
+        used = int(self._offsets[self.length])
+        return pa.StringArray.from_buffers(
+            self.length,
+            pa.py_buffer(self._offsets[: self.length + 1]),
+            pa.py_buffer(self._data[:used]),
+        )
+
+
+def _room(array: np.ndarray, used: int, more: int) -> np.ndarray:
+    if used + more <= len(array):
+        return array
+    grown = np.zeros(max(2 * len(array), used + more), dtype=array.dtype)
+    grown[:used] = array[:used]
+    return grown
+
+
+class _Codes:
+    """External ids as integer codes into one dictionary (in order of first appearance), built
+    block by block.
+
+    The ids seen so far are kept as a sorted array of their 64-bit hashes with each one's code,
+    so a block's ids are looked up with a binary search (no hash table rebuilt per block). Every
+    id is compared with the dictionary's string for its code, so a hash collision cannot mix two
+    ids: it sends the file to the general path.
+    """
+
+    def __init__(self) -> None:
+        self._strings = _Strings()
+        self._hashes = np.zeros(0, dtype=np.uint64)
+        self._codes_of_hash = np.zeros(0, dtype=np.int32)
         self._codes: list[np.ndarray] = []
-        self._pending: list[pa.DictionaryArray] = []
-        self._pending_entries = 0
+
+    @property
+    def dictionary(self) -> pa.Array:
+        return self._strings.array()
 
     def add(self, values: pa.Array) -> None:
-        encoded = pc.dictionary_encode(values)
-        self._pending.append(encoded)
-        self._pending_entries += len(encoded.dictionary)
-        if self._pending_entries >= _UNIFY_EVERY:
-            self._unify()
-
-    def _unify(self) -> None:
-        if not self._pending:
-            return
-        head = pa.DictionaryArray.from_arrays(pa.array([], type=pa.int32()), self.dictionary)
-        unified = pa.chunked_array([head, *self._pending]).unify_dictionaries()
-        chunks = unified.chunks
-        if len(chunks) != len(self._pending) + 1:  # pyarrow kept every chunk so far
-            raise FastPathUnsupported("unexpected dictionary unification")
-        # the existing dictionary is a prefix of the unified one, so earlier codes stay valid
-        self.dictionary = chunks[0].dictionary
-        self._codes.extend(chunk.indices.to_numpy(zero_copy_only=False) for chunk in chunks[1:])
-        self._pending = []
-        self._pending_entries = 0
-        del head, unified, chunks
-        release_memory()  # the unification's hash table and the block dictionaries
+        if values.null_count:
+            raise FastPathUnsupported("a missing id")
+        hashes = hash64(values)
+        unique, first, inverse = np.unique(hashes, return_index=True, return_inverse=True)
+        inverse = inverse.ravel()
+        representative = values.take(pa.array(first))
+        if (
+            len(values)
+            and not pc.all(pc.equal(values, representative.take(pa.array(inverse)))).as_py()
+        ):
+            raise FastPathUnsupported("two ids with one hash")
+        at = np.searchsorted(self._hashes, unique)
+        found = at < len(self._hashes)
+        found[found] = self._hashes[at[found]] == unique[found]
+        codes = np.empty(len(unique), dtype=np.int32)
+        codes[found] = self._codes_of_hash[at[found]]
+        if found.any():
+            known = self._strings.array().take(pa.array(codes[found]))
+            if not pc.all(pc.equal(representative.filter(pa.array(found)), known)).as_py():
+                raise FastPathUnsupported("two ids with one hash")
+        new = np.flatnonzero(~found)
+        if len(new):
+            if self._strings.length + len(new) >= 2**31:
+                raise FastPathUnsupported("too many distinct ids")
+            in_order = new[np.argsort(first[new], kind="stable")]
+            codes[in_order] = self._strings.length + np.arange(len(new), dtype=np.int32)
+            self._strings.extend(representative.take(pa.array(in_order)))
+            self._hashes = np.insert(self._hashes, at[new], unique[new])
+            self._codes_of_hash = np.insert(self._codes_of_hash, at[new], codes[new])
+        self._codes.append(codes[inverse])
 
     def finish(self) -> list[np.ndarray]:
         """The codes of each block added, in order."""
-        self._unify()
+        self._hashes = np.zeros(0, dtype=np.uint64)
+        self._codes_of_hash = np.zeros(0, dtype=np.int32)
         codes, self._codes = self._codes, []
         return codes
 
@@ -474,7 +589,7 @@ def _csv_chunks(
         yield sink.getvalue()
 
 
-def _copy_in(conn: sa.Connection, statement: str, chunks: Iterator[bytes]) -> None:
+def _copy_in(conn: sa.Connection, statement: str, chunks: Iterator[bytes | memoryview]) -> None:
     with driver_connection(conn).cursor() as cur:
         with cur.copy(statement) as copy:
             for chunk in chunks:
@@ -650,7 +765,7 @@ _COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + b"\x00\x00\x00\x00" + b"\x00\x00\x00\x0
 _COPY_TRAILER = b"\xff\xff"
 
 
-_PART_ROWS = 1_000_000
+_PART_ROWS = 500_000
 """Lines deduplicated and written at a time: the lines of a range of users."""
 _SAMPLE_EVERY = 16
 """Every this many lines' user sets the user ranges."""
@@ -724,7 +839,7 @@ def _deduped(
 
 def _rating_copy(
     parsed: ParsedRatings, user_ids: np.ndarray, product_ids: np.ndarray, written: list[int]
-) -> Iterator[bytes]:
+) -> Iterator[bytes | memoryview]:
     """The deduplicated ratings as COPY BINARY data in primary-key order; appends the count of
     each part's rows to ``written``."""
     span = int(product_ids.max()) + 1 if len(product_ids) else 1
@@ -740,7 +855,7 @@ def _rating_copy(
         tuples["rated_at"] = (ts.astype(np.int64) - _PG_EPOCH) * 1_000_000
         written.append(len(tuples))
         del keys, half, ts
-        yield tuples.tobytes()
+        yield memoryview(tuples.view(np.uint8))
     yield _COPY_TRAILER
 
 
@@ -748,15 +863,15 @@ class _Ahead:
     """The items of an iterator, each made on a worker thread while the caller uses the one
     before (at most ``depth`` made ahead), from the moment this is created."""
 
-    def __init__(self, items: Iterator[bytes], depth: int = 2) -> None:
+    def __init__(self, items: Iterator[bytes | memoryview], depth: int = 1) -> None:
         self._items = items
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="recsys-ratings")
         self._pending = deque(self._pool.submit(self._next) for _ in range(depth))
 
-    def _next(self) -> bytes | None:
+    def _next(self) -> bytes | memoryview | None:
         return next(self._items, None)
 
-    def __iter__(self) -> Iterator[bytes]:
+    def __iter__(self) -> Iterator[bytes | memoryview]:
         while self._pending:
             item = self._pending.popleft().result()
             if item is None:
