@@ -11,9 +11,10 @@ counts and the same rejected rows as the general path (:mod:`recsys.ingest.stage
    vectorised. Every other line goes through the general path's own per-line parser
    (:func:`recsys.ingest.stage.parse_line`), so it is accepted or rejected, with its line number
    and reason, exactly as there.
-2. External ids are dictionary-encoded with pyarrow per block, the dictionaries unified across
-   blocks every few million entries, so the file is held as integer codes, block by block
-   (13 bytes a line, never concatenated).
+2. External ids are coded per block (:class:`_Codes`): each distinct id gets a code when it is
+   first seen, found later by its 64-bit hash in a sorted table of the ids seen so far and
+   checked against the id stored for that code (a hash collision sends the file to the general
+   path). The file is held as codes, block by block (13 bytes a line, never concatenated).
 3. In the file's transaction: users and products are locked, the ids of those already stored
    are read with one join, new ones get ids reserved from the identity sequence and are COPYed
    in. The lines are then split by ranges of user ids into parts of about a million lines; in
@@ -42,10 +43,11 @@ import logging
 import time
 import zlib
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Generic, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -62,6 +64,7 @@ from recsys.ingest.stage import FileProgress, is_header, parse_line
 from recsys.ingest.summary import Counts, Rejects
 
 _log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 BLOCK_BYTES = 8 << 20
 """Decompressed bytes parsed at a time (whole lines)."""
@@ -347,7 +350,7 @@ def hash64(strings: pa.Array) -> np.ndarray:
 
 
 class _Strings:
-    """A string array that grows at its end without copying what it holds (amortised)."""
+    """A string array that grows at its end (its buffers doubled when full)."""
 
     def __init__(self) -> None:
         self._data = np.zeros(1 << 16, dtype=np.uint8)
@@ -384,8 +387,8 @@ def _room(array: np.ndarray, used: int, more: int) -> np.ndarray:
 
 
 class _Codes:
-    """External ids as integer codes into one dictionary (in order of first appearance), built
-    block by block.
+    """External ids as integer codes into one dictionary, built block by block (a block's new
+    ids get the next codes, in the order of their hashes).
 
     The ids seen so far are kept as a sorted array of their 64-bit hashes with each one's code,
     so a block's ids are looked up with a binary search (no hash table rebuilt per block). Every
@@ -407,8 +410,10 @@ class _Codes:
         if values.null_count:
             raise FastPathUnsupported("a missing id")
         hashes = hash64(values)
-        unique, first, inverse = np.unique(hashes, return_index=True, return_inverse=True)
+        unique, inverse = np.unique(hashes, return_inverse=True)
         inverse = inverse.ravel()
+        first = np.empty(len(unique), dtype=np.int64)
+        first[inverse] = np.arange(len(values))  # a line of each hash (any one: checked below)
         representative = values.take(pa.array(first))
         if (
             len(values)
@@ -428,9 +433,8 @@ class _Codes:
         if len(new):
             if self._strings.length + len(new) >= 2**31:
                 raise FastPathUnsupported("too many distinct ids")
-            in_order = new[np.argsort(first[new], kind="stable")]
-            codes[in_order] = self._strings.length + np.arange(len(new), dtype=np.int32)
-            self._strings.extend(representative.take(pa.array(in_order)))
+            codes[new] = self._strings.length + np.arange(len(new), dtype=np.int32)
+            self._strings.extend(representative.take(pa.array(new)))
             self._hashes = np.insert(self._hashes, at[new], unique[new])
             self._codes_of_hash = np.insert(self._codes_of_hash, at[new], codes[new])
         self._codes.append(codes[inverse])
@@ -767,6 +771,8 @@ _COPY_TRAILER = b"\xff\xff"
 
 _PART_ROWS = 500_000
 """Lines deduplicated and written at a time: the lines of a range of users."""
+_AHEAD_PARTS = 8
+"""Deduplicated parts (13 bytes a row) the worker thread may hold ready for the COPY."""
 _SAMPLE_EVERY = 16
 """Every this many lines' user sets the user ranges."""
 
@@ -838,13 +844,12 @@ def _deduped(
 
 
 def _rating_copy(
-    parsed: ParsedRatings, user_ids: np.ndarray, product_ids: np.ndarray, written: list[int]
+    parts: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]], span: int, written: list[int]
 ) -> Iterator[bytes | memoryview]:
-    """The deduplicated ratings as COPY BINARY data in primary-key order; appends the count of
-    each part's rows to ``written``."""
-    span = int(product_ids.max()) + 1 if len(product_ids) else 1
+    """The deduplicated parts (:func:`_deduped`) as COPY BINARY data, in order; appends the count
+    of each part's rows to ``written``."""
     yield _COPY_HEADER
-    for keys, half, ts in _deduped(parsed, user_ids, product_ids):
+    for keys, half, ts in parts:
         tuples = np.empty(len(keys), dtype=_RATING_TUPLE)
         tuples["fields"] = 4
         tuples["len_user"] = tuples["len_product"] = tuples["len_rated_at"] = 8
@@ -859,19 +864,19 @@ def _rating_copy(
     yield _COPY_TRAILER
 
 
-class _Ahead:
+class _Ahead(Generic[T]):
     """The items of an iterator, each made on a worker thread while the caller uses the one
     before (at most ``depth`` made ahead), from the moment this is created."""
 
-    def __init__(self, items: Iterator[bytes | memoryview], depth: int = 1) -> None:
+    def __init__(self, items: Iterator[T], depth: int) -> None:
         self._items = items
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="recsys-ratings")
         self._pending = deque(self._pool.submit(self._next) for _ in range(depth))
 
-    def _next(self) -> bytes | memoryview | None:
+    def _next(self) -> T | None:
         return next(self._items, None)
 
-    def __iter__(self) -> Iterator[bytes | memoryview]:
+    def __iter__(self) -> Iterator[T]:
         while self._pending:
             item = self._pending.popleft().result()
             if item is None:
@@ -953,9 +958,9 @@ def write_ratings(conn: sa.Connection, parsed: ParsedRatings) -> int:
     dropped first and rebuilt after its COPY; when ``users`` is empty too (a first load), so are
     the keys of ``users``. Rebuilding takes an exclusive lock, so readers of these tables (the
     ``current_recommendations`` view joins ``users``) wait for the load's commit in that case.
-    The ratings are deduplicated and encoded part by part (the lines of a range of users at a
-    time) on a worker thread, which starts while PostgreSQL writes the new users and products
-    and keeps one part ahead of the COPY; the connection is used by this thread only.
+    The ratings are deduplicated part by part (the lines of a range of users at a time) on a
+    worker thread, which starts while PostgreSQL writes the new users and products and keeps up
+    to :data:`_AHEAD_PARTS` parts ready for the COPY; the connection is used by this thread only.
 
     Returns:
         The number of distinct (user, product) ratings in the file.
@@ -980,8 +985,10 @@ def write_ratings(conn: sa.Connection, parsed: ParsedRatings) -> int:
     parsed.users = parsed.products = pa.array([], type=pa.string())  # the writers hold them
     _log.debug("ids mapped: %.1fs", time.perf_counter() - started)
     written: list[int] = []
-    chunks = _Ahead(_rating_copy(parsed, user_ids, product_ids, written))
+    span = int(product_ids.max()) + 1 if len(product_ids) else 1
+    parts = _Ahead(_deduped(parsed, user_ids, product_ids), _AHEAD_PARTS)
     try:
+        chunks = _rating_copy(parts, span, written)
         write_users()
         write_products()
         del write_users, write_products  # and with them the dictionaries
@@ -992,7 +999,7 @@ def write_ratings(conn: sa.Connection, parsed: ParsedRatings) -> int:
                 conn,
                 "COPY ratings (user_id, product_id, rating, rated_at) FROM STDIN "
                 f"(FORMAT binary{', FREEZE' if freeze else ''})",
-                iter(chunks),
+                chunks,
             )
         else:
             conn.execute(
@@ -1005,10 +1012,10 @@ def write_ratings(conn: sa.Connection, parsed: ParsedRatings) -> int:
                 conn,
                 "COPY stage_fast_ratings (user_id, product_id, rating, rated_at) FROM STDIN "
                 "(FORMAT binary)",
-                iter(chunks),
+                chunks,
             )
     finally:
-        chunks.close()
+        parts.close()
     distinct = sum(written)
     parsed.blocks = []
     del user_ids, product_ids
