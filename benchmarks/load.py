@@ -274,6 +274,12 @@ def main() -> None:
         "--general", action="store_true", help="metadata: also time the general path"
     )
     parser.add_argument("--general-only", type=Path, default=None, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--trace",
+        type=Path,
+        default=None,
+        help="write recsys's RSS every second and its debug log (phase times) to this file",
+    )
     args = parser.parse_args()
     if args.write_only is not None:
         write_ratings(args.write_only, args.rows)
@@ -346,22 +352,37 @@ def main() -> None:
         assert copied == args.rows, copied
 
         env = {**os.environ, "RECSYS_DATABASE_URL": url, "RECSYS_HOME": str(workdir / "home")}
+        trace = open(args.trace, "w") if args.trace else None  # noqa: SIM115
+        if trace is not None:
+            env["RECSYS_VERBOSE"] = "2"
         started = time.perf_counter()
         process = subprocess.Popen(
             [sys.executable, "-m", "recsys", "load-db", "--ratings", str(path)],
             env=env,
             cwd=REPO,
+            stderr=trace,
         )
         import psutil
 
         watched = psutil.Process(process.pid)
         peak = 0
+        traced = 0.0
         while process.poll() is None:
             try:
-                peak = max(peak, watched.memory_info().rss)
+                rss = watched.memory_info().rss
             except psutil.Error:
                 break
+            peak = max(peak, rss)
+            elapsed = time.perf_counter() - started
+            if trace is not None and elapsed >= traced + 1:
+                traced = elapsed
+                trace.write(
+                    f"RSS {elapsed:7.1f}s {rss / 2**20:6.0f} MB (peak {peak / 2**20:.0f})\n"
+                )
+                trace.flush()
             time.sleep(0.05)
+        if trace is not None:
+            trace.close()
         recsys_seconds = time.perf_counter() - started
         if process.wait() != 0:
             sys.exit(f"recsys load-db failed with exit code {process.returncode}")

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pytest
 import sqlalchemy as sa
 from test_ingest_bad_input import CSV_BAD
@@ -276,6 +277,85 @@ def test_merge_into_existing_and_reload_same_database(
         caplog,
     )
     assert len(dump["loads"]) == 4 and results[0][0][3] > 0  # duplicates inside the file merged
+
+
+def _late_ids_file(path: Path, seed: int, first_user: int) -> Path:
+    """Lines whose users and products keep appearing for the first time until the end, one
+    heavy user, few timestamps (many ties) and a bad line every 97."""
+    rng = np.random.default_rng(seed)
+    lines = []
+    for k in range(4000):
+        user = 7 if k % 5 == 0 else first_user + int(rng.integers(0, k // 10 + 1))
+        product = int(rng.integers(0, k // 40 + 1))
+        stamp = 1_300_000_000 + int(rng.integers(0, 4))
+        lines.append(f"P{product},U{user},{rng.integers(1, 6)}.0,{stamp}".encode())
+    for k in range(0, len(lines), 97):
+        lines.insert(k, b"P1,U1,bad,1300000000")
+    return _file(path, lines)
+
+
+def test_many_blocks_and_parts_same_database(
+    tmp_path: Path, engine, settings, caplog, monkeypatch
+) -> None:
+    """Tiny blocks and the dedupe in many user ranges: ids first seen in late blocks, pairs
+    repeated across blocks, a user with more lines than a range holds; loaded first, then
+    merged into stored ratings, then reloaded."""
+    monkeypatch.setattr(fast, "BLOCK_BYTES", 512)
+    monkeypatch.setattr(fast, "_PART_ROWS", 200)
+    monkeypatch.setattr(fast, "_SAMPLE_EVERY", 4)
+    parts: list[int] = []
+    user_ranges = fast._user_ranges
+
+    def counted(parsed, user_ids):
+        ranges = user_ranges(parsed, user_ids)
+        parts.append(max(int(r.max()) for r in ranges if len(r)) + 1)
+        return ranges
+
+    monkeypatch.setattr(fast, "_user_ranges", counted)
+    a = _late_ids_file(tmp_path / "a.csv", 3, 0)
+    b = _late_ids_file(tmp_path / "b.csv", 4, 150)
+    results, dump = _same_both_ways(
+        engine,
+        settings,
+        [([a], "ratings-csv", 1.0), ([b], "ratings-csv", 1.0), ([a], "ratings-csv", 1.0)],
+        caplog,
+    )
+    assert len(parts) == 3 and min(parts) >= 5, parts
+    assert results[0][0][3] > 0 and results[0][0][4] > 0  # merged duplicates, rejected lines
+    assert len(dump["ratings"]) > 1000
+
+
+@pytest.mark.parametrize("collide", ["inside", "across"])
+def test_hash_collisions_go_to_the_general_path(
+    tmp_path: Path, engine, settings, caplog, monkeypatch, collide: str
+) -> None:
+    """Ids whose hashes collide, inside one block or across blocks, are never mixed up: the
+    file is loaded by the general path, with the same database."""
+    monkeypatch.setattr(fast, "BLOCK_BYTES", 512)
+
+    def colliding(strings):
+        if collide == "inside":  # every id of a block has one hash
+            return np.zeros(len(strings), dtype=np.uint64)
+        # unique inside each block (its rank there), shared by different ids of other blocks
+        _, rank = np.unique(np.array(strings.to_pylist(), dtype=object), return_inverse=True)
+        return rank.ravel().astype(np.uint64)
+
+    monkeypatch.setattr(fast, "hash64", colliding)
+    path = _late_ids_file(tmp_path / "a.csv", 5, 0)
+    caplog.set_level(logging.INFO, logger="recsys.ingest")
+    _same_both_ways(engine, settings, [([path], "ratings-csv", 1.0)])
+    assert "general loader (two ids with one hash)" in caplog.text
+
+
+def test_hash64_equal_strings_equal_hashes() -> None:
+    rng = np.random.default_rng(6)
+    words = ["", "a", "ab", "abcdefgh", "abcdefghi", "é", "x" * 100, "x" * 99 + "y"]
+    words += [f"A{n:012d}" for n in rng.integers(0, 10**12, 2000)]
+    strings = pa.array(words)
+    hashes = fast.hash64(strings)
+    assert len(set(hashes.tolist())) == len(set(words))
+    again = fast.hash64(pa.array(["zz", *words[::-1]]).slice(1))  # an offset into its buffers
+    assert again.tolist() == hashes[::-1].tolist()
 
 
 def test_fast_path_falls_back_on_what_it_does_not_store(tmp_path: Path, engine, settings) -> None:

@@ -11,15 +11,19 @@ counts and the same rejected rows as the general path (:mod:`recsys.ingest.stage
    vectorised. Every other line goes through the general path's own per-line parser
    (:func:`recsys.ingest.stage.parse_line`), so it is accepted or rejected, with its line number
    and reason, exactly as there.
-2. External ids are dictionary-encoded with pyarrow per block, the dictionaries unified across
-   blocks, so the file is held as integer codes (about 20 bytes a line).
+2. External ids are coded per block (:class:`_Codes`): each distinct id gets a code when it is
+   first seen, found later by its 64-bit hash in a sorted table of the ids seen so far and
+   checked against the id stored for that code (a hash collision sends the file to the general
+   path). The file is held as codes, block by block (13 bytes a line, never concatenated).
 3. In the file's transaction: users and products are locked, the ids of those already stored
    are read with one join, new ones get ids reserved from the identity sequence and are COPYed
-   in; the latest rating per (user, product) is picked with numpy (equal timestamps: the later
-   line), and the ratings go in by COPY BINARY, in primary-key order. Into an empty ``ratings``
-   table they go straight in, with its primary key, product index and foreign keys built after
-   the COPY (in the same transaction); otherwise they are staged and merged with the general
-   path's ``ON CONFLICT`` rule (a stored rating is replaced by one as recent or more recent).
+   in. The lines are then split by ranges of user ids into parts of about a million lines; in
+   each part the latest rating per (user, product) is picked with numpy (equal timestamps: the
+   later line), and the parts go in, in order, by COPY BINARY, which is primary-key order. Into
+   an empty ``ratings`` table they go straight in, with its primary key, product index and
+   foreign keys built after the COPY (in the same transaction); otherwise they are staged and
+   merged with the general path's ``ON CONFLICT`` rule (a stored rating is replaced by one as
+   recent or more recent).
 
 Nothing is written before the whole file has been read. Whatever the fast path does not
 represent raises :class:`FastPathUnsupported` before that point, and the caller loads the file
@@ -31,15 +35,19 @@ one line, as on the general path.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import gzip
 import io
 import logging
 import time
 import zlib
-from collections.abc import Callable, Iterator
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Generic, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -56,6 +64,7 @@ from recsys.ingest.stage import FileProgress, is_header, parse_line
 from recsys.ingest.summary import Counts, Rejects
 
 _log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 BLOCK_BYTES = 8 << 20
 """Decompressed bytes parsed at a time (whole lines)."""
@@ -65,10 +74,31 @@ MAX_ROWS = 50_000_000
 """Files with more lines go to the general path, whose memory does not grow with the file."""
 _MIN_PLAIN_EPOCH = 100_000_000
 """Timestamps before this (1973) are left to the format's parser to judge."""
-_UNIFY_EVERY = 4_000_000
-"""Per-block dictionary entries collected before they are unified into the file's dictionary."""
 _COPY_ROWS = 1_000_000
 _PG_EPOCH = 946_684_800  # 2000-01-01 in unix seconds: the zero of PostgreSQL's timestamps
+
+
+def release_memory() -> None:
+    """Hand memory freed by pyarrow's pool and by the C heap back to the operating system.
+
+    Both keep freed pages for reuse, which after large temporaries (the last blocks' tables,
+    the id lookups, the sorted parts) would otherwise stay in the process until it ends.
+    """
+    pa.default_memory_pool().release_unused()
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
+
+
+def _libc() -> ctypes.CDLL | None:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim  # noqa: B018  (glibc only)
+    except (OSError, AttributeError):
+        return None
+    return libc
+
+
+_LIBC = _libc()
 
 
 class FastPathUnsupported(Exception):
@@ -276,58 +306,172 @@ def _scan(block: bytes, fmt_name: str, now: int, max_line: int = MAX_LINE) -> _B
 # --- the file as codes ------------------------------------------------------------------------
 
 
-class _Codes:
-    """External ids as integer codes into one dictionary, built block by block."""
+_HASH_MASKS = np.array([(1 << (8 * r)) - 1 for r in range(8)] + [2**64 - 1], dtype=np.uint64)
+_K1 = np.uint64(0x9E3779B97F4A7C15)
+_K2 = np.uint64(0xBF58476D1CE4E5B9)
+
+
+def _string_parts(strings: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """The offsets (int64, ``len + 1``, from 0) and bytes of a string array without nulls."""
+    n = len(strings)
+    offsets = np.frombuffer(strings.buffers()[1], dtype=np.int32)[
+        strings.offset : strings.offset + n + 1
+    ].astype(np.int64)
+    buffer = strings.buffers()[2]
+    data = np.frombuffer(buffer, dtype=np.uint8) if buffer is not None else np.zeros(0, np.uint8)
+    data = data[offsets[0] : offsets[-1]]
+    return offsets - offsets[0], data
+
+
+def hash64(strings: pa.Array) -> np.ndarray:
+    """A 64-bit hash of each string (no nulls): its bytes read 8 at a time, mixed with its
+    length. Equal strings hash equal; different strings almost never do (callers check)."""
+    n = len(strings)
+    if pa.types.is_large_string(strings.type):
+        strings = strings.cast(pa.string())
+    offsets, data = _string_parts(strings)
+    start, length = offsets[:-1], np.diff(offsets)
+    padded = np.concatenate([data, np.zeros(8, dtype=np.uint8)])
+    windows = np.lib.stride_tricks.as_strided(padded, shape=(len(padded) - 7, 8), strides=(1, 1))
+    h = length.astype(np.uint64) * _K2
+    top = int(length.max()) if n else 0
+    for k in range(0, top, 8):
+        live = np.flatnonzero(length > k) if k else np.arange(n)
+        word = windows[start[live] + k].copy().view("<u8").ravel()
+        word &= _HASH_MASKS[np.minimum(length[live] - k, 8)]
+        mixed = h[live] ^ word
+        mixed *= _K1
+        mixed ^= mixed >> np.uint64(31)
+        h[live] = mixed
+    h ^= h >> np.uint64(33)
+    h *= _K2
+    h ^= h >> np.uint64(29)
+    return h
+
+
+class _Strings:
+    """A string array that grows at its end (its buffers doubled when full)."""
 
     def __init__(self) -> None:
-        self.dictionary: pa.Array = pa.array([], type=pa.string())
+        self._data = np.zeros(1 << 16, dtype=np.uint8)
+        self._offsets = np.zeros(1 << 12, dtype=np.int32)
+        self.length = 0
+
+    def extend(self, strings: pa.Array) -> None:
+        offsets, data = _string_parts(strings)
+        used = int(self._offsets[self.length])
+        if used + len(data) >= 2**31:
+            raise FastPathUnsupported("more than 2 GB of distinct ids")
+        self._data = _room(self._data, used, len(data))
+        self._offsets = _room(self._offsets, self.length + 1, len(offsets) - 1)
+        self._data[used : used + len(data)] = data
+        self._offsets[self.length + 1 : self.length + len(offsets)] = offsets[1:] + used
+        self.length += len(offsets) - 1
+
+    def array(self) -> pa.Array:
+        """The strings so far (a view: valid while this object lives)."""
+        used = int(self._offsets[self.length])
+        return pa.StringArray.from_buffers(
+            self.length,
+            pa.py_buffer(self._offsets[: self.length + 1]),
+            pa.py_buffer(self._data[:used]),
+        )
+
+
+def _room(array: np.ndarray, used: int, more: int) -> np.ndarray:
+    if used + more <= len(array):
+        return array
+    grown = np.zeros(max(2 * len(array), used + more), dtype=array.dtype)
+    grown[:used] = array[:used]
+    return grown
+
+
+class _Codes:
+    """External ids as integer codes into one dictionary, built block by block (a block's new
+    ids get the next codes, in the order of their hashes).
+
+    The ids seen so far are kept as a sorted array of their 64-bit hashes with each one's code,
+    so a block's ids are looked up with a binary search (no hash table rebuilt per block). Every
+    id is compared with the dictionary's string for its code, so a hash collision cannot mix two
+    ids: it sends the file to the general path.
+    """
+
+    def __init__(self) -> None:
+        self._strings = _Strings()
+        self._hashes = np.zeros(0, dtype=np.uint64)
+        self._codes_of_hash = np.zeros(0, dtype=np.int32)
         self._codes: list[np.ndarray] = []
-        self._pending: list[pa.DictionaryArray] = []
-        self._pending_entries = 0
+
+    @property
+    def dictionary(self) -> pa.Array:
+        return self._strings.array()
 
     def add(self, values: pa.Array) -> None:
-        encoded = pc.dictionary_encode(values)
-        self._pending.append(encoded)
-        self._pending_entries += len(encoded.dictionary)
-        if self._pending_entries >= _UNIFY_EVERY:
-            self._unify()
+        if values.null_count:
+            raise FastPathUnsupported("a missing id")
+        hashes = hash64(values)
+        unique, inverse = np.unique(hashes, return_inverse=True)
+        inverse = inverse.ravel()
+        first = np.empty(len(unique), dtype=np.int64)
+        first[inverse] = np.arange(len(values))  # a line of each hash (any one: checked below)
+        representative = values.take(pa.array(first))
+        if (
+            len(values)
+            and not pc.all(pc.equal(values, representative.take(pa.array(inverse)))).as_py()
+        ):
+            raise FastPathUnsupported("two ids with one hash")
+        at = np.searchsorted(self._hashes, unique)
+        found = at < len(self._hashes)
+        found[found] = self._hashes[at[found]] == unique[found]
+        codes = np.empty(len(unique), dtype=np.int32)
+        codes[found] = self._codes_of_hash[at[found]]
+        if found.any():
+            known = self._strings.array().take(pa.array(codes[found]))
+            if not pc.all(pc.equal(representative.filter(pa.array(found)), known)).as_py():
+                raise FastPathUnsupported("two ids with one hash")
+        new = np.flatnonzero(~found)
+        if len(new):
+            if self._strings.length + len(new) >= 2**31:
+                raise FastPathUnsupported("too many distinct ids")
+            codes[new] = self._strings.length + np.arange(len(new), dtype=np.int32)
+            self._strings.extend(representative.take(pa.array(new)))
+            self._hashes = np.insert(self._hashes, at[new], unique[new])
+            self._codes_of_hash = np.insert(self._codes_of_hash, at[new], codes[new])
+        self._codes.append(codes[inverse])
 
-    def _unify(self) -> None:
-        if not self._pending:
-            return
-        head = pa.DictionaryArray.from_arrays(pa.array([], type=pa.int32()), self.dictionary)
-        unified = pa.chunked_array([head, *self._pending]).unify_dictionaries()
-        chunks = unified.chunks
-        if len(chunks) != len(self._pending) + 1:  # pyarrow kept every chunk so far
-            raise FastPathUnsupported("unexpected dictionary unification")
-        # the existing dictionary is a prefix of the unified one, so earlier codes stay valid
-        self.dictionary = chunks[0].dictionary
-        self._codes.extend(chunk.indices.to_numpy(zero_copy_only=False) for chunk in chunks[1:])
-        self._pending = []
-        self._pending_entries = 0
-
-    def finish(self) -> np.ndarray:
-        self._unify()
-        if not self._codes:
-            return np.zeros(0, dtype=np.int32)
-        codes = np.concatenate(self._codes)
-        self._codes = []
+    def finish(self) -> list[np.ndarray]:
+        """The codes of each block added, in order."""
+        self._hashes = np.zeros(0, dtype=np.uint64)
+        self._codes_of_hash = np.zeros(0, dtype=np.int32)
+        codes, self._codes = self._codes, []
         return codes
 
 
 @dataclass
-class ParsedRatings:
-    """A rating file read by the fast path: ids as codes, one entry per valid line in order."""
+class Lines:
+    """The valid lines of one block of a file, in order."""
 
-    users: pa.Array
-    """Distinct external user ids; ``user_codes`` index it."""
-    products: pa.Array
     user_codes: np.ndarray
+    """Index into :attr:`ParsedRatings.users` (int32)."""
     product_codes: np.ndarray
     half: np.ndarray
     """Ratings in half stars (uint8)."""
     ts: np.ndarray
     """Unix seconds (uint32)."""
+
+
+@dataclass
+class ParsedRatings:
+    """A rating file read by the fast path: ids as codes, the valid lines block by block.
+
+    The blocks are kept apart (never concatenated), so that the file is held once, at about
+    13 bytes a line, and the write works through it in pieces.
+    """
+
+    users: pa.Array
+    """Distinct external user ids; the blocks' ``user_codes`` index it."""
+    products: pa.Array
+    blocks: list[Lines]
     sha256: str
 
 
@@ -417,15 +561,13 @@ def read_ratings(
                 raise FastPathUnsupported(f"more than {MAX_ROWS:,} lines")
             progress.update(counts.read, blocks.bytes_read)
         sha256 = blocks.sha256()
-    user_codes, product_codes = users.finish(), products.finish()
+    lines = [
+        Lines(user_codes=u, product_codes=p, half=h, ts=t)
+        for u, p, h, t in zip(users.finish(), products.finish(), halves, stamps, strict=True)
+    ]
+    release_memory()
     return ParsedRatings(
-        users=users.dictionary,
-        products=products.dictionary,
-        user_codes=user_codes,
-        product_codes=product_codes,
-        half=np.concatenate(halves) if halves else np.zeros(0, np.uint8),
-        ts=np.concatenate(stamps) if stamps else np.zeros(0, np.uint32),
-        sha256=sha256,
+        users=users.dictionary, products=products.dictionary, blocks=lines, sha256=sha256
     )
 
 
@@ -451,7 +593,7 @@ def _csv_chunks(
         yield sink.getvalue()
 
 
-def _copy_in(conn: sa.Connection, statement: str, chunks: Iterator[bytes]) -> None:
+def _copy_in(conn: sa.Connection, statement: str, chunks: Iterator[bytes | memoryview]) -> None:
     with driver_connection(conn).cursor() as cur:
         with cur.copy(statement) as copy:
             for chunk in chunks:
@@ -627,69 +769,126 @@ _COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + b"\x00\x00\x00\x00" + b"\x00\x00\x00\x0
 _COPY_TRAILER = b"\xff\xff"
 
 
-@dataclass
-class _Deduped:
-    keys: np.ndarray
-    """Sorted ``user_id * span + product_id`` of every valid line."""
-    order: np.ndarray
-    """Line index of each sorted key."""
-    keep: np.ndarray
-    """Per sorted position: the winning line of its key."""
-    span: int
-    distinct: int
+_PART_ROWS = 500_000
+"""Lines deduplicated and written at a time: the lines of a range of users."""
+_AHEAD_PARTS = 8
+"""Deduplicated parts (13 bytes a row) the worker thread may hold ready for the COPY."""
+_SAMPLE_EVERY = 16
+"""Every this many lines' user sets the user ranges."""
 
 
-def _dedupe(parsed: ParsedRatings, user_ids: np.ndarray, product_ids: np.ndarray) -> _Deduped:
-    """The latest line per (user, product); equal timestamps: the later line."""
+def _user_ranges(parsed: ParsedRatings, user_ids: np.ndarray) -> list[np.ndarray]:
+    """Per block, each line's part: the index of its user's id range.
+
+    The ranges split the ids in order, so that the parts in turn hold the lines of ever larger
+    user ids, about :data:`_PART_ROWS` lines each (from a sample of the lines; the lines of one
+    user are never split).
+    """
+    sample = np.concatenate(
+        [user_ids[block.user_codes[::_SAMPLE_EVERY]] for block in parsed.blocks]
+        or [np.zeros(0, np.int64)]
+    )
+    sample.sort()
+    step = max(1, _PART_ROWS // _SAMPLE_EVERY)
+    bounds = np.unique(sample[step::step])
+    del sample
+    dtype = np.uint8 if len(bounds) < 2**8 else np.uint16 if len(bounds) < 2**16 else np.uint32
+    of_user = np.searchsorted(bounds, user_ids, side="right").astype(dtype)
+    return [of_user[block.user_codes] for block in parsed.blocks]
+
+
+def _deduped(
+    parsed: ParsedRatings, user_ids: np.ndarray, product_ids: np.ndarray
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """The latest line per (user, product), equal timestamps the later line, in key order.
+
+    Yields, part by part (:func:`_user_ranges`), the winning lines as ``(keys, half, ts)``:
+    ``keys = user_id * span + product_id`` sorted, with each one's rating and timestamp.
+    """
     span = int(product_ids.max()) + 1 if len(product_ids) else 1
     top = int(user_ids.max()) if len(user_ids) else 0
     if top * span + span >= 2**63:
         raise FastPathUnsupported("ids too large for one sort key")
-    # built and sorted in place, in chunks: no temporary the size of the file beyond ``order``
-    keys = np.empty(len(parsed.user_codes), dtype=np.int64)
-    for start in range(0, len(keys), _COPY_ROWS):
-        stop = start + _COPY_ROWS
-        keys[start:stop] = user_ids[parsed.user_codes[start:stop]]
-        keys[start:stop] *= span
-        keys[start:stop] += product_ids[parsed.product_codes[start:stop]]
-    parsed.user_codes = parsed.product_codes = np.zeros(0, dtype=np.int32)
-    order = np.argsort(keys)
-    if len(order) < 2**31:
-        order = order.astype(np.int32)
-    keys.sort()
-    keep = np.ones(len(keys), dtype=bool)
-    same = np.flatnonzero(keys[1:] == keys[:-1])
-    if len(same):
-        repeated = np.zeros(len(keys), dtype=bool)
-        repeated[same] = True
-        repeated[same + 1] = True
-        positions = np.flatnonzero(repeated)
-        del repeated
-        lines = order[positions]
-        by = np.lexsort((lines, parsed.ts[lines], keys[positions]))
-        sorted_keys = keys[positions][by]
-        losers = positions[by][:-1][sorted_keys[:-1] == sorted_keys[1:]]
-        keep[losers] = False
-    return _Deduped(keys, order, keep, span, int(keep.sum()))
+    parts = _user_ranges(parsed, user_ids)
+    n_parts = max((int(part.max()) + 1 for part in parts if len(part)), default=0)
+    for p in range(n_parts):
+        keys_, halves, stamps = [], [], []
+        for block, part in zip(parsed.blocks, parts, strict=True):
+            at = np.flatnonzero(part == p)
+            key = user_ids[block.user_codes[at]]
+            key *= span
+            key += product_ids[block.product_codes[at]]
+            keys_.append(key)
+            halves.append(block.half[at])
+            stamps.append(block.ts[at])
+        # gathered in line order: a position here orders lines as the file does
+        keys, half, ts = np.concatenate(keys_), np.concatenate(halves), np.concatenate(stamps)
+        del keys_, halves, stamps
+        order = np.argsort(keys)
+        keys = keys[order]
+        keep = np.ones(len(keys), dtype=bool)
+        same = np.flatnonzero(keys[1:] == keys[:-1])
+        if len(same):
+            repeated = np.zeros(len(keys), dtype=bool)
+            repeated[same] = True
+            repeated[same + 1] = True
+            positions = np.flatnonzero(repeated)
+            del repeated
+            lines = order[positions]
+            by = np.lexsort((lines, ts[lines], keys[positions]))
+            sorted_keys = keys[positions][by]
+            losers = positions[by][:-1][sorted_keys[:-1] == sorted_keys[1:]]
+            keep[losers] = False
+        winners = order[keep]
+        yield keys[keep], half[winners], ts[winners]
 
 
-def _rating_copy(parsed: ParsedRatings, deduped: _Deduped) -> Iterator[bytes]:
+def _rating_copy(
+    parts: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]], span: int, written: list[int]
+) -> Iterator[bytes | memoryview]:
+    """The deduplicated parts (:func:`_deduped`) as COPY BINARY data, in order; appends the count
+    of each part's rows to ``written``."""
     yield _COPY_HEADER
-    for start in range(0, len(deduped.keys), _COPY_ROWS):
-        stop = start + _COPY_ROWS
-        keep = deduped.keep[start:stop]
-        keys = deduped.keys[start:stop][keep]
-        lines = deduped.order[start:stop][keep]
+    for keys, half, ts in parts:
         tuples = np.empty(len(keys), dtype=_RATING_TUPLE)
         tuples["fields"] = 4
         tuples["len_user"] = tuples["len_product"] = tuples["len_rated_at"] = 8
         tuples["len_rating"] = 4
-        tuples["user_id"] = keys // deduped.span
-        tuples["product_id"] = keys % deduped.span
-        tuples["rating"] = parsed.half[lines].astype(np.float32) / 2
-        tuples["rated_at"] = (parsed.ts[lines].astype(np.int64) - _PG_EPOCH) * 1_000_000
-        yield tuples.tobytes()
+        tuples["user_id"] = keys // span
+        tuples["product_id"] = keys % span
+        tuples["rating"] = half.astype(np.float32) / 2
+        tuples["rated_at"] = (ts.astype(np.int64) - _PG_EPOCH) * 1_000_000
+        written.append(len(tuples))
+        del keys, half, ts
+        yield memoryview(tuples.view(np.uint8))
     yield _COPY_TRAILER
+
+
+class _Ahead(Generic[T]):
+    """The items of an iterator, each made on a worker thread while the caller uses the one
+    before (at most ``depth`` made ahead), from the moment this is created."""
+
+    def __init__(self, items: Iterator[T], depth: int) -> None:
+        self._items = items
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="recsys-ratings")
+        self._pending = deque(self._pool.submit(self._next) for _ in range(depth))
+
+    def _next(self) -> T | None:
+        return next(self._items, None)
+
+    def __iter__(self) -> Iterator[T]:
+        while self._pending:
+            item = self._pending.popleft().result()
+            if item is None:
+                return
+            self._pending.append(self._pool.submit(self._next))
+            yield item
+
+    def close(self) -> None:
+        for future in self._pending:
+            future.cancel()
+        self._pool.shutdown(wait=True)
+        self._pending.clear()
 
 
 def _constraint_ddl(conn: sa.Connection, table: str) -> tuple[list[str], list[str]]:
@@ -759,8 +958,9 @@ def write_ratings(conn: sa.Connection, parsed: ParsedRatings) -> int:
     dropped first and rebuilt after its COPY; when ``users`` is empty too (a first load), so are
     the keys of ``users``. Rebuilding takes an exclusive lock, so readers of these tables (the
     ``current_recommendations`` view joins ``users``) wait for the load's commit in that case.
-    The new users and products are written by PostgreSQL while this process deduplicates the
-    ratings (the connection is used by one thread at a time).
+    The ratings are deduplicated part by part (the lines of a range of users at a time) on a
+    worker thread, which starts while PostgreSQL writes the new users and products and keeps up
+    to :data:`_AHEAD_PARTS` parts ready for the COPY; the connection is used by this thread only.
 
     Returns:
         The number of distinct (user, product) ratings in the file.
@@ -782,44 +982,49 @@ def write_ratings(conn: sa.Connection, parsed: ParsedRatings) -> int:
     rebuild_users = empty and _is_empty(conn, "users") and not _referenced(conn, "users")
     user_ids, write_users = _map_ids(conn, "users", parsed.users, rebuild_keys=rebuild_users)
     product_ids, write_products = _map_ids(conn, "products", parsed.products)
+    parsed.users = parsed.products = pa.array([], type=pa.string())  # the writers hold them
     _log.debug("ids mapped: %.1fs", time.perf_counter() - started)
-
-    def write_ids() -> None:
+    written: list[int] = []
+    span = int(product_ids.max()) + 1 if len(product_ids) else 1
+    parts = _Ahead(_deduped(parsed, user_ids, product_ids), _AHEAD_PARTS)
+    try:
+        chunks = _rating_copy(parts, span, written)
         write_users()
         write_products()
-        parsed.users = parsed.products = pa.array([], type=pa.string())  # free the dictionaries
-
-    with ThreadPoolExecutor(1, thread_name_prefix="recsys-ids") as pool:
-        written = pool.submit(write_ids)
-        deduped = _dedupe(parsed, user_ids, product_ids)
-        del user_ids, product_ids
-        parsed.user_codes = parsed.product_codes = np.zeros(0, dtype=np.int32)
-        _log.debug("deduplicated: %.1fs", time.perf_counter() - started)
-        written.result()
-    _log.debug("users and products written: %.1fs", time.perf_counter() - started)
+        del write_users, write_products  # and with them the dictionaries
+        release_memory()
+        _log.debug("users and products written: %.1fs", time.perf_counter() - started)
+        if empty:
+            _copy_in(
+                conn,
+                "COPY ratings (user_id, product_id, rating, rated_at) FROM STDIN "
+                f"(FORMAT binary{', FREEZE' if freeze else ''})",
+                chunks,
+            )
+        else:
+            conn.execute(
+                sa.text(
+                    "CREATE TEMP TABLE stage_fast_ratings (user_id bigint, product_id bigint, "
+                    "rating real, rated_at timestamptz) ON COMMIT DROP"
+                )
+            )
+            _copy_in(
+                conn,
+                "COPY stage_fast_ratings (user_id, product_id, rating, rated_at) FROM STDIN "
+                "(FORMAT binary)",
+                chunks,
+            )
+    finally:
+        parts.close()
+    distinct = sum(written)
+    parsed.blocks = []
+    del user_ids, product_ids
+    release_memory()
+    _log.debug("ratings copied: %.1fs", time.perf_counter() - started)
     if empty:
-        _copy_in(
-            conn,
-            "COPY ratings (user_id, product_id, rating, rated_at) FROM STDIN "
-            f"(FORMAT binary{', FREEZE' if freeze else ''})",
-            _rating_copy(parsed, deduped),
-        )
-        _log.debug("ratings copied: %.1fs", time.perf_counter() - started)
         for ddl in restore:
             conn.execute(sa.text(ddl))
     else:
-        conn.execute(
-            sa.text(
-                "CREATE TEMP TABLE stage_fast_ratings (user_id bigint, product_id bigint, "
-                "rating real, rated_at timestamptz) ON COMMIT DROP"
-            )
-        )
-        _copy_in(
-            conn,
-            "COPY stage_fast_ratings (user_id, product_id, rating, rated_at) FROM STDIN "
-            "(FORMAT binary)",
-            _rating_copy(parsed, deduped),
-        )
         merge_ratings(
             conn,
             sa.text(
@@ -827,7 +1032,7 @@ def write_ratings(conn: sa.Connection, parsed: ParsedRatings) -> int:
                 "SELECT user_id, product_id, rating, rated_at FROM stage_fast_ratings "
                 "ORDER BY 1, 2 " + MERGE_CONFLICT
             ),
-            deduped.distinct,
+            distinct,
         )
     _log.debug("ratings merged: %.1fs", time.perf_counter() - started)
-    return deduped.distinct
+    return distinct
