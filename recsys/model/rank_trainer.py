@@ -19,8 +19,18 @@ A fit is ``epochs`` passes over the users who rated something. Each batch of use
    catalogue. Both keep an exponential moving average of the weights (the weights that score);
    the lazy one brings a row's average up to date only when the row changes, which gives the
    same average as updating every row every step, because an untouched row keeps its value.
+   The sampled mode trains with the ROW STEP (:meth:`RankerTrainer._compile_row_step`): each
+   table's touched rows (:func:`row_index`, computed in numpy) are gathered once, each
+   product is projected once however many targets and negatives name it
+   (:func:`row_loss_parts`), and the per-row gradients go to :meth:`LazyAdamW.apply_rows`;
+   the same loss and update as the reference step (:func:`sparse_loss` with the tape's
+   gradients, which full mode uses), with fewer operations per step.
 4. :meth:`RankerTrainer.check_stop` after every batch: ``should_stop()`` true raises
    :class:`~recsys.errors.TrainingInterrupted` within the batch, not at the end of the epoch.
+
+The epoch search's internal validation (:meth:`RankerTrainer.validate`) pools only the sampled
+validation users and scores them with TensorFlow (:class:`TowerScores`): the NDCG@10 of the
+model precomputed with the averaged weights, without precomputing every user.
 
 Progress goes to a :mod:`recsys.progress` sink: one phase per epoch, in ratings, with the
 epoch, the running loss and the last internal-validation NDCG@10.
