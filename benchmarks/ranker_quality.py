@@ -194,7 +194,7 @@ def fold_in_quality(data, categories, seed: int, light_share: float = 0.2) -> di
 
 
 def main() -> None:
-    from quality import load_dataset
+    from quality_models import load_dataset
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", default="ml-100k,gift_cards")

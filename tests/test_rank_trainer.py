@@ -225,3 +225,93 @@ def test_fold_in_scores_equal_direct_evaluation_of_the_model() -> None:
     np.testing.assert_allclose(
         model.score_vectors(again)[0], model.score_users(np.array([user]))[0], rtol=1e-5, atol=1e-5
     )
+
+
+def _trainer(data: RatingData, *, row_step: bool, use_user_embedding: bool = False, **params):
+    from recsys.model.rank_network import normalise_text
+    from recsys.model.rank_trainer import RankerTrainer
+
+    options = {"dim": 16, "batch_users": 8, "full_softmax_max": 0, "sampled_negatives": 30}
+    model = RankerRecommender(**{**options, "use_user_embedding": use_user_embedding, **params})
+    model.text = normalise_text(data.text, data.n_products)
+    model.params["text_path"] = True
+    return RankerTrainer(model, data, 0, row_step=row_step)
+
+
+@pytest.mark.parametrize("use_user_embedding", [False, True])
+def test_row_step_trains_like_the_reference_step(use_user_embedding) -> None:
+    """The row step (rows gathered once, per-row gradients, apply_rows) gives the reference
+    step's losses, weights and weight averages, epoch after epoch, on a small catalogue."""
+    data = _data(n_users=60, n_products=80, per_user=15)
+    row = _trainer(data, row_step=True, use_user_embedding=use_user_embedding)
+    reference = _trainer(data, row_step=False, use_user_embedding=use_user_embedding)
+    assert row.row_step and not reference.row_step
+    for epoch in (1, 2, 3):
+        np.testing.assert_allclose(
+            row.run_epoch(epoch, 3, {}), reference.run_epoch(epoch, 3, {}), rtol=1e-5
+        )
+    pairs = list(zip(row.variables, reference.variables, strict=True))
+    pairs += list(zip(row.optimizer.averages(), reference.optimizer.averages(), strict=True))
+    for a, b in pairs:
+        a, b = np.asarray(a), np.asarray(b)
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    # the weights moved: the comparison is not between two untrained towers
+    start = _trainer(data, row_step=True, use_user_embedding=use_user_embedding)
+    moved = [
+        np.abs(np.asarray(a) - np.asarray(b)).max()
+        for a, b in zip(row.variables, start.variables, strict=True)
+    ]
+    assert min(moved) > 1e-4
+
+
+def test_row_step_is_only_for_the_sampled_mode() -> None:
+    data = _data()
+    assert _trainer(data, row_step=True, full_softmax_max=1000).row_step is False
+    assert _trainer(data, row_step=None).row_step is True
+
+
+def test_row_index_names_every_entry_once_per_table() -> None:
+    from recsys.model.rank_trainer import row_index
+
+    data = _data()
+    batch = make_batch(
+        np.random.default_rng(5),
+        rating_matrix(data, 4.0),
+        np.arange(0, 40, 2),
+        input_dropout=0.5,
+        id_dropout=0.0,
+        n_sampled=25,
+    )
+    index = row_index(batch)
+    assert len(np.unique(index.history_rows)) == len(index.history_rows)
+    assert len(np.unique(index.product_rows)) == len(index.product_rows)
+    np.testing.assert_array_equal(index.history_rows[index.input_at], batch.input_items)
+    np.testing.assert_array_equal(index.product_rows[index.target_at], batch.target_items)
+    np.testing.assert_array_equal(index.product_rows[index.negative_at], batch.negatives)
+
+
+@pytest.mark.parametrize("use_user_embedding", [False, True])
+def test_validation_equals_the_ndcg_of_the_precomputed_model(use_user_embedding) -> None:
+    """The trainer's validation (sampled users' vectors only, TensorFlow scores) gives the
+    NDCG@10 of the model precomputed with the averaged weights, and leaves the weights."""
+    from recsys.evaluation.tuning import internal_rank_split, validation_ndcg
+
+    data = _data(n_users=60, n_products=80, per_user=15)
+    fit_part, val_part = internal_rank_split(data)
+    trainer = _trainer(
+        fit_part, row_step=True, use_user_embedding=use_user_embedding, validation_users=25
+    )
+    for epoch in (1, 2):
+        trainer.run_epoch(epoch, 2, {})
+    before = [v.numpy().copy() for v in trainer.variables]
+    got = trainer.validate(val_part)
+    for value, variable in zip(before, trainer.variables, strict=True):
+        np.testing.assert_array_equal(value, variable.numpy())
+    raw = trainer.use_weights(trainer.optimizer.averages())
+    trainer.model._precompute(trainer.tower, trainer.ratings_binary())
+    trainer.use_weights(raw)
+    sample = trainer._validation_sample(val_part)
+    assert len(np.unique(sample.users)) == 25
+    expected = validation_ndcg(trainer.model, fit_part, sample)
+    assert expected > 0
+    np.testing.assert_allclose(got, expected, rtol=1e-6)

@@ -19,8 +19,18 @@ A fit is ``epochs`` passes over the users who rated something. Each batch of use
    catalogue. Both keep an exponential moving average of the weights (the weights that score);
    the lazy one brings a row's average up to date only when the row changes, which gives the
    same average as updating every row every step, because an untouched row keeps its value.
+   The sampled mode trains with the ROW STEP (:meth:`RankerTrainer._compile_row_step`): each
+   table's touched rows (:func:`row_index`, computed in numpy) are gathered once, each
+   product is projected once however many targets and negatives name it
+   (:func:`row_loss_parts`), and the per-row gradients go to :meth:`LazyAdamW.apply_rows`;
+   the same loss and update as the reference step (:func:`sparse_loss` with the tape's
+   gradients, which full mode uses), with fewer operations per step.
 4. :meth:`RankerTrainer.check_stop` after every batch: ``should_stop()`` true raises
    :class:`~recsys.errors.TrainingInterrupted` within the batch, not at the end of the epoch.
+
+The epoch search's internal validation (:meth:`RankerTrainer.validate`) pools only the sampled
+validation users and scores them with TensorFlow (:class:`TowerScores`): the NDCG@10 of the
+model precomputed with the averaged weights, without precomputing every user.
 
 Progress goes to a :mod:`recsys.progress` sink: one phase per epoch, in ratings, with the
 epoch, the running loss and the last internal-validation NDCG@10.
@@ -226,6 +236,103 @@ def batch_tensors(batch: Batch) -> tuple:
     )
 
 
+@dataclass(frozen=True)
+class RowIndex:
+    """The embedding-table rows one :class:`Batch` touches, each once (see :func:`row_index`)."""
+
+    history_rows: np.ndarray
+    """int32 ``[Uh]``: the batch's input products, sorted, each once."""
+    input_at: np.ndarray
+    """int32: position in ``history_rows`` of each input entry."""
+    product_rows: np.ndarray
+    """int32 ``[Up]``: the target and negative products, sorted, each once."""
+    target_at: np.ndarray
+    """int32: position in ``product_rows`` of each target entry."""
+    negative_at: np.ndarray
+    """int32: position in ``product_rows`` of each negative."""
+
+
+def row_index(batch: Batch) -> RowIndex:
+    """The :class:`RowIndex` of ``batch`` (numpy, before the step)."""
+    history_rows, input_at = np.unique(batch.input_items, return_inverse=True)
+    product_rows, at = np.unique(
+        np.concatenate([batch.target_items, batch.negatives]), return_inverse=True
+    )
+    n_targets = len(batch.target_items)
+    return RowIndex(
+        history_rows=history_rows.astype(np.int32),
+        input_at=input_at.reshape(-1).astype(np.int32),
+        product_rows=product_rows.astype(np.int32),
+        target_at=at[:n_targets].astype(np.int32),
+        negative_at=at[n_targets:].astype(np.int32),
+    )
+
+
+def row_tensors(batch: Batch) -> tuple:
+    """The arguments of :meth:`RankerTrainer`'s row step: what :func:`row_loss_parts` takes
+    after the gathered rows, then the table rows to gather (``users``, ``history_rows``,
+    ``product_rows``)."""
+    index = row_index(batch)
+    return (
+        batch.input_rows,
+        index.input_at,
+        batch.target_rows,
+        index.target_at,
+        index.negative_at,
+        batch.valid,
+        batch.correction,
+        batch.users,
+        index.history_rows,
+        index.product_rows,
+        batch.id_keep,
+    )
+
+
+def row_loss_parts(
+    tower,
+    history,
+    product,
+    product_bias,
+    user,
+    in_rows,
+    in_at,
+    t_rows,
+    t_at,
+    n_at,
+    valid,
+    corr,
+    n_rows,
+    product_text,
+    product_keep,
+):
+    """:func:`sparse_loss_parts` from each table's rows gathered once (a :class:`RowIndex`).
+
+    ``history`` ``[Uh, dim]``, ``product`` ``[Up, dim]``, ``product_bias`` ``[Up, 1]`` and
+    ``user`` (``[n_rows, dim]`` or None) are the rows of the history, product, product-bias and
+    user tables; ``product_text`` and ``product_keep`` the text rows and id-dropout mask of
+    ``product_rows``. Each product's vector is projected once, however many targets and
+    negatives name it, and the gradients with respect to the gathered rows are the per-row
+    sums that an embedding update needs. The same loss as :func:`sparse_loss_parts` on the
+    same batch.
+    """
+    import tensorflow as tf
+
+    pooled = tf.math.unsorted_segment_sum(tf.gather(history, in_at), in_rows, n_rows)
+    count = tf.math.unsorted_segment_sum(tf.ones_like(in_rows, dtype=pooled.dtype), in_rows, n_rows)
+    users = pooled / tf.sqrt(tf.maximum(count, 1.0))[:, None]
+    if user is not None:
+        users = users + user
+    vectors = product * product_keep[:, None] + tower.text_projection(product_text)
+    biases = product_bias[:, 0] * product_keep + tower.text_bias(product_text)[:, 0]
+    t_vec, t_bias = tf.gather(vectors, t_at), tf.gather(biases, t_at)
+    target_logits = tf.reduce_sum(tf.gather(users, t_rows) * t_vec, axis=1) + t_bias
+    n_vec, n_bias = tf.gather(vectors, n_at), tf.gather(biases, n_at)
+    logits = tf.matmul(users, n_vec, transpose_b=True) + n_bias[None, :]
+    masked = tf.where(valid > 0, logits, tf.fill(tf.shape(logits), -1e9))
+    lse = tf.reduce_logsumexp(masked, axis=1) + corr
+    return _per_user_parts(lse, target_logits, t_rows, n_rows)
+
+
 class LazyAdamW:
     """AdamW that updates only the embedding rows a step touched, with a lazy weight average.
 
@@ -267,38 +374,91 @@ class LazyAdamW:
         ]
 
     def apply(self, grads: list) -> None:
-        """One step (inside a ``tf.function``)."""
+        """One step (inside a ``tf.function``): ``grads`` as the tape gives them, one per
+        variable (``tf.IndexedSlices`` for a gathered table, dense or None otherwise)."""
         import tensorflow as tf
 
-        self.step.assign_add(1)
-        t = tf.cast(self.step, tf.float32)
-        alpha = self.lr * tf.sqrt(1.0 - self.b2**t) / (1.0 - self.b1**t)
-        for i, (var, grad) in enumerate(zip(self.variables, grads, strict=True)):
+        alpha = self._next_step()
+        for i, grad in enumerate(grads):
             if grad is None:
                 continue
             if isinstance(grad, tf.IndexedSlices):
                 rows, position = tf.unique(grad.indices)
                 values = tf.math.unsorted_segment_sum(grad.values, position, tf.shape(rows)[0])
+                self._update_rows(i, rows, values, alpha)
             else:
-                rows = tf.range(tf.shape(var, out_type=tf.int64)[0], dtype=tf.int64)
-                values = grad
-            rows = tf.cast(rows, tf.int64)
-            w = tf.gather(var, rows)
-            shape = [-1] + [1] * (len(var.shape) - 1)
-            # the average up to the previous step, while the row still had the value ``w``
-            gap = tf.cast(self.step - 1 - tf.gather(self.last[i], rows), tf.float32)
-            keep = tf.reshape(self.decay**gap, shape)
-            avg = keep * tf.gather(self.avg[i], rows) + (1.0 - keep) * w
-            m = self.b1 * tf.gather(self.m[i], rows) + (1.0 - self.b1) * values
-            v = self.b2 * tf.gather(self.v[i], rows) + (1.0 - self.b2) * tf.square(values)
-            w = w - self.lr * self.wd * w
-            w = w - alpha * m / (tf.sqrt(v) + self.eps)
-            avg = self.decay * avg + (1.0 - self.decay) * w
-            self.m[i].scatter_nd_update(rows[:, None], m)
-            self.v[i].scatter_nd_update(rows[:, None], v)
-            var.scatter_nd_update(rows[:, None], w)
-            self.avg[i].scatter_nd_update(rows[:, None], avg)
-            self.last[i].scatter_nd_update(rows[:, None], tf.fill(tf.shape(rows), self.step))
+                self._update_all(i, grad, alpha)
+
+    def apply_rows(self, rows: dict, dense: dict) -> None:
+        """One step (inside a ``tf.function``) from per-row gradients already summed:
+        ``rows`` maps a variable's position to ``(row indices, each once; their gradient)``,
+        ``dense`` a variable's position to its whole gradient. The same update as
+        :meth:`apply` given the same gradients as ``tf.IndexedSlices``."""
+        alpha = self._next_step()
+        for i, (indices, values) in rows.items():
+            self._update_rows(i, indices, values, alpha)
+        for i, grad in dense.items():
+            self._update_all(i, grad, alpha)
+
+    def _next_step(self):
+        """Advance the step counter; the step's bias-corrected learning rate."""
+        import tensorflow as tf
+
+        self.step.assign_add(1)
+        t = tf.cast(self.step, tf.float32)
+        return self.lr * tf.sqrt(1.0 - self.b2**t) / (1.0 - self.b1**t)
+
+    def _adam(self, i: int, w, avg, m, v, values, gap, alpha):
+        """(w, avg, m, v) after the step, from their values before it (see the class)."""
+        import tensorflow as tf
+
+        shape = [-1] + [1] * (len(self.variables[i].shape) - 1)
+        # the average up to the previous step, while the row still had the value ``w``
+        keep = tf.reshape(self.decay ** tf.cast(gap, tf.float32), shape)
+        avg = keep * avg + (1.0 - keep) * w
+        m = self.b1 * m + (1.0 - self.b1) * values
+        v = self.b2 * v + (1.0 - self.b2) * tf.square(values)
+        w = w - self.lr * self.wd * w
+        w = w - alpha * m / (tf.sqrt(v) + self.eps)
+        avg = self.decay * avg + (1.0 - self.decay) * w
+        return w, avg, m, v
+
+    def _update_rows(self, i: int, rows, values, alpha) -> None:
+        """Update the rows ``rows`` (each once) of variable ``i`` with gradient ``values``."""
+        import tensorflow as tf
+
+        var = self.variables[i]
+        gap = self.step - 1 - tf.gather(self.last[i], rows)
+        w, avg, m, v = self._adam(
+            i,
+            tf.gather(var, rows),
+            tf.gather(self.avg[i], rows),
+            tf.gather(self.m[i], rows),
+            tf.gather(self.v[i], rows),
+            values,
+            gap,
+            alpha,
+        )
+        at = rows[:, None]
+        self.m[i].scatter_nd_update(at, m)
+        self.v[i].scatter_nd_update(at, v)
+        var.scatter_nd_update(at, w)
+        self.avg[i].scatter_nd_update(at, avg)
+        self.last[i].scatter_nd_update(at, tf.fill(tf.shape(rows), self.step))
+
+    def _update_all(self, i: int, grad, alpha) -> None:
+        """Update every row of variable ``i`` with the dense gradient ``grad``."""
+        import tensorflow as tf
+
+        var = self.variables[i]
+        w, avg, m, v = self._adam(
+            i, var, self.avg[i], self.m[i], self.v[i], grad, self.step - 1 - self.last[i], alpha
+        )
+        self.m[i].assign(m)
+        self.v[i].assign(v)
+        var.assign(w)
+        self.avg[i].assign(avg)
+        self.last[i].assign(tf.fill(tf.shape(self.last[i]), self.step))
 
     def averages(self) -> list[np.ndarray]:
         """Every weight's moving average, brought up to the current step."""
@@ -355,6 +515,43 @@ class TrainedTower:
     """True when the time budget (``deadline``) ended the epochs before ``epochs``/patience."""
 
 
+class TowerScores:
+    """``score_users`` of a tower's current weights for a fixed, sorted set of users.
+
+    The users' vectors pool their binary ``history`` rows exactly as the ranker's
+    precomputation does (``E[u] + x_u H / sqrt(|x_u|)``); the product vectors and biases come
+    from the tower, and a batch's scores are one ``U[users] @ V.T + b`` in TensorFlow.
+    """
+
+    def __init__(self, tower: Any, text: np.ndarray, users: np.ndarray, history) -> None:
+        import tensorflow as tf
+        from scipy import sparse
+
+        counts = np.asarray(history.sum(axis=1)).ravel()
+        scale = sparse.diags(1.0 / np.sqrt(np.maximum(counts, 1.0))).astype(np.float32)
+        h = np.asarray(tower.history_embedding.embeddings.numpy(), dtype=np.float32)
+        vectors = np.asarray((scale @ history) @ h, dtype=np.float32)
+        if tower.use_user_embedding:
+            vectors = vectors + tower.user_embedding.embeddings.numpy()[users]
+        product, bias = tower.product_vectors(text)
+        self.users = np.asarray(users, dtype=np.int64)
+        self.vectors = tf.constant(vectors.astype(np.float32))
+        self.product = tf.convert_to_tensor(product)
+        self.bias = tf.convert_to_tensor(bias)
+
+    def score_users(self, users: np.ndarray) -> np.ndarray:
+        """float32 ``[len(users), n_products]``; every user must be one of ``self.users``."""
+        import tensorflow as tf
+
+        at = np.searchsorted(self.users, np.asarray(users, dtype=np.int64))
+        if np.any(at >= len(self.users)) or np.any(
+            self.users[np.minimum(at, len(self.users) - 1)] != users
+        ):
+            raise ValueError("TowerScores: a user outside the prepared set")
+        user = tf.gather(self.vectors, at)
+        return (tf.matmul(user, self.product, transpose_b=True) + self.bias[None, :]).numpy()
+
+
 class RankerTrainer:
     """One ranking-tower fit of a :class:`~recsys.model.ranker.RankerRecommender`.
 
@@ -367,6 +564,8 @@ class RankerTrainer:
         should_stop: polled after every batch; true raises ``TrainingInterrupted``.
         label: the progress phase's name.
         clock: monotonic seconds (what :meth:`run`'s ``deadline`` is measured on).
+        row_step: in sampled mode, train with the row step (None or True, the default) or the
+            reference step (False); full mode always uses the reference step.
     """
 
     def __init__(
@@ -379,6 +578,7 @@ class RankerTrainer:
         should_stop: Callable[[], bool] | None = None,
         label: str = "train ranker",
         clock: Callable[[], float] = time.monotonic,
+        row_step: bool | None = None,
     ) -> None:
         from recsys.model.keras_models import set_determinism
 
@@ -402,6 +602,8 @@ class RankerTrainer:
             "decay": float(self.params["weight_average"]),
         }
         self.optimizer = (DenseAdamW if self.full else LazyAdamW)(self.variables, **options)
+        # the row step needs the lazy AdamW (sampled mode); ``row_step`` False: the reference
+        self.row_step = (not self.full) if row_step is None else bool(row_step) and not self.full
         self.active = np.flatnonzero(np.diff(self.ratings.indptr) > 0)
         self._step = self._compile_step()
 
@@ -416,6 +618,11 @@ class RankerTrainer:
         return threshold
 
     def _compile_step(self):
+        """The training step: the row step (:meth:`_compile_row_step`) with the lazy AdamW,
+        else the reference step (:func:`sparse_loss`, gradients as the tape gives them)."""
+        return self._compile_row_step() if self.row_step else self._compile_reference_step()
+
+    def _compile_reference_step(self):
         import tensorflow as tf
 
         tower, variables, optimizer = self.tower, self.variables, self.optimizer
@@ -433,7 +640,80 @@ class RankerTrainer:
             optimizer.apply(tape.gradient(loss, variables))
             return loss
 
-        return step
+        return lambda batch: step(*batch_tensors(batch))
+
+    def _compile_row_step(self):
+        """The step on each table's touched rows, gathered once (:func:`row_loss_parts`).
+
+        The history, product, product-bias (and user) rows are gathered once, before the tape,
+        and differentiated as tensors: each gradient is a ``[rows, dim]`` block summed per
+        row, which goes to :meth:`LazyAdamW.apply_rows` with the rows (no ``unique`` over the
+        entries in the step, no second gather of a table); the text projections are dense
+        variables. The same loss and update as the reference step.
+        """
+        import tensorflow as tf
+
+        tower, optimizer = self.tower, self.optimizer
+        text = tf.constant(self.model.text)
+        position = {id(v): i for i, v in enumerate(self.variables)}
+
+        def at(variable) -> int | None:
+            return position.get(id(variable))
+
+        history_i = at(tower.history_embedding.embeddings)
+        product_i = at(tower.product_embedding.embeddings)
+        bias_i = at(tower.product_bias.embeddings)
+        user_i = at(tower.user_embedding.embeddings) if tower.use_user_embedding else None
+        tables = {history_i, product_i, bias_i, user_i} - {None}
+        dense = [i for i in range(len(self.variables)) if i not in tables]
+        if None in (history_i, product_i, bias_i):
+            raise RuntimeError("the row step needs trainable history, product and bias tables")
+        tf_vars = optimizer.variables  # the TensorFlow variables, in the same order
+
+        ints = tf.TensorSpec([None], tf.int32)
+        floats = tf.TensorSpec([None], tf.float32)
+        signature = [ints] * 5 + [tf.TensorSpec([None, None], tf.float32), floats] + [ints] * 3
+        signature += [floats]
+
+        @tf.function(input_signature=signature, autograph=False)
+        def step(in_rows, in_at, t_rows, t_at, n_at, valid, corr, users, h_rows, p_rows, keep):
+            history = tf.gather(tf_vars[history_i], h_rows)
+            product = tf.gather(tf_vars[product_i], p_rows)
+            bias = tf.gather(tf_vars[bias_i], p_rows)
+            user = None if user_i is None else tf.gather(tf_vars[user_i], users)
+            product_text, product_keep = tf.gather(text, p_rows), tf.gather(keep, p_rows)
+            rows = [history, product, bias] + ([] if user is None else [user])
+            with tf.GradientTape() as tape:
+                tape.watch(rows)
+                total, n_users = row_loss_parts(
+                    tower,
+                    history,
+                    product,
+                    bias,
+                    user,
+                    in_rows,
+                    in_at,
+                    t_rows,
+                    t_at,
+                    n_at,
+                    valid,
+                    corr,
+                    tf.shape(users)[0],
+                    product_text,
+                    product_keep,
+                )
+                loss = total / tf.maximum(n_users, 1.0)
+            grads = tape.gradient(loss, rows + [self.variables[i] for i in dense])
+            # a gathered block's gradient, summed per row ([rows, dim], no unique needed)
+            grads = [tf.convert_to_tensor(g) for g in grads]
+            updates = {history_i: (h_rows, grads[0]), product_i: (p_rows, grads[1])}
+            updates[bias_i] = (p_rows, grads[2])
+            if user_i is not None:
+                updates[user_i] = (users, grads[3])
+            optimizer.apply_rows(updates, dict(zip(dense, grads[len(rows) :], strict=True)))
+            return loss
+
+        return lambda batch: step(*row_tensors(batch))
 
     # --- named steps ---------------------------------------------------------------------
 
@@ -460,7 +740,7 @@ class RankerTrainer:
         )
 
     def train_step(self, batch: Batch) -> float:
-        return float(self._step(*batch_tensors(batch)))
+        return float(self._step(batch))
 
     def check_stop(self, epoch: int) -> None:
         """Raise TrainingInterrupted now when a stop was requested."""
@@ -497,13 +777,25 @@ class RankerTrainer:
         return raw
 
     def validate(self, validation: RatingData) -> float:
-        """Internal-validation NDCG@10 of the averaged weights (the weights that would score)."""
+        """Internal-validation NDCG@10 of the averaged weights (the weights that would score).
+
+        The figure :func:`~recsys.evaluation.tuning.validation_ndcg` gives for the model
+        precomputed with those weights, from the vectors of the sampled validation users only
+        (:class:`TowerScores`: one TensorFlow matmul per batch of users), so an evaluation
+        neither pools every user nor leaves the model's own precomputation changed.
+        """
         from recsys.evaluation.tuning import validation_ndcg
 
+        sample = self._validation_sample(validation)
+        users = np.unique(sample.users)
+        history = self.ratings[users]
+        history.data[:] = 1.0
         raw = self.use_weights(self.optimizer.averages())
-        self.model._precompute(self.tower, self.ratings_binary())
-        self.use_weights(raw)
-        return validation_ndcg(self.model, self.train, self._validation_sample(validation))
+        try:
+            scores = TowerScores(self.tower, self.model.text, users, history)
+        finally:
+            self.use_weights(raw)
+        return validation_ndcg(scores, self.train, sample)
 
     def _validation_sample(self, validation: RatingData) -> RatingData:
         """At most ``validation_users`` validation users (seeded), so an evaluation stays cheap."""
