@@ -63,6 +63,7 @@ def test_each_fold_is_scored_at_the_epoch_the_other_folds_pick() -> None:
     assert [u[0] for u in used] == [15, 5, 5]  # each fold's ranker scored at its epoch
 
 
+@pytest.mark.slow
 def test_the_curve_keeps_the_weights_of_every_evaluated_epoch() -> None:
     data = planted_clusters()
     fit_part, held_out = internal_folds(data, 1)[0]
@@ -98,6 +99,7 @@ def _members(data, folds, epochs=(4, 6, 5)):
     return members
 
 
+@pytest.mark.slow
 def test_a_bagged_ranker_scores_the_mean_of_its_members_and_round_trips() -> None:
     data = planted_clusters()
     folds = internal_folds(data, 3)
@@ -132,6 +134,7 @@ def test_a_bagged_ranker_scores_the_mean_of_its_members_and_round_trips() -> Non
         np.testing.assert_array_equal(back.score_users(users), bag.score_users(users))
 
 
+@pytest.mark.slow
 def test_bagged_needs_members_of_one_shape() -> None:
     data = planted_clusters()
     with pytest.raises(RecsysError, match="at least one member"):
@@ -145,6 +148,7 @@ def test_bagged_needs_members_of_one_shape() -> None:
         RankerRecommender.bagged([a, b], data)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("serving", ["refit", "bag"])
 def test_auto_serves_the_ranker_trained_by_the_measured_rule(serving: str) -> None:
     """With epoch curves the served ranker trains for the curves' epoch count (refit), or is
