@@ -14,7 +14,7 @@ from test_anyshop import planted_clusters
 
 from recsys.errors import RecsysError
 from recsys.model import catalog
-from recsys.model.auto import internal_folds
+from recsys.model.auto import internal_folds, leave_one_out
 from recsys.model.ranker import RankerRecommender, curve_epoch, mean_curve
 
 TINY = {"dim": 8, "batch_users": 16, "learning_rate": 0.01, "rating_head": False}
@@ -59,8 +59,23 @@ def test_each_fold_is_scored_at_the_epoch_the_other_folds_pick() -> None:
     assert auto.curve["epochs"] == 15
     assert auto.curve["fold_epochs"] == [15, 5, 5]
     assert scores == pytest.approx([0.20, 0.10, 0.10])
-    assert blends == []  # no EASE ran
-    assert [u[0] for u in used] == [15, 5, 5]  # each fold's ranker scored at its epoch
+    assert blends is None  # no EASE ran: no blend
+    assert used == [[], [], []]  # the curves' values are the scores: no weights reloaded
+
+
+def test_leave_one_out_scores_each_fold_at_the_others_choice() -> None:
+    """The blend's (epochs, weight) pair is chosen like the ranker's epochs."""
+    keys = [(5, 0.2), (5, 0.8), (10, 0.2), (10, 0.8)]
+    tables = [
+        {(5, 0.2): 0.9, (5, 0.8): 0.1, (10, 0.2): 0.3, (10, 0.8): 0.3},
+        {(5, 0.2): 0.1, (5, 0.8): 0.2, (10, 0.2): 0.4, (10, 0.8): 0.5},
+        {(5, 0.2): 0.1, (5, 0.8): 0.2, (10, 0.2): 0.5, (10, 0.8): 0.3},
+    ]
+    served, chosen, scores = leave_one_out(tables, keys)
+    assert served == (10, 0.2)  # means 0.367, 0.167, 0.4, 0.367
+    assert chosen == [(10, 0.2), (5, 0.2), (5, 0.2)]  # fold 0 is not scored at its own 0.9
+    assert scores == pytest.approx([0.3, 0.1, 0.1])
+    assert leave_one_out(tables[:1], keys) == ((5, 0.2), [(5, 0.2)], [0.9])
 
 
 @pytest.mark.slow
@@ -163,6 +178,7 @@ def test_auto_serves_the_ranker_trained_by_the_measured_rule(serving: str) -> No
     auto.fit(data)
     curve = auto.selection["ranker_epochs"]
     assert auto.selection["chosen"] == "ranker"
+    assert "blend_epochs" not in curve  # no EASE: no blend
     assert curve["epochs"] in (5, 10, 15) and len(curve["fold_epochs"]) == 5
     means = dict(curve["mean_curve"])
     assert means[curve["epochs"]] == max(means.values())
@@ -189,3 +205,22 @@ def test_given_epochs_or_one_fold_keep_the_single_search() -> None:
     assert auto._use_curves(data, ["ranker", "ease"], 5)
     with pytest.raises(RecsysError, match="ranker_serving"):
         catalog.create("auto", ranker_serving="vote")
+
+
+@pytest.mark.slow
+def test_the_blend_chooses_its_rankers_epochs_and_weight_over_the_folds() -> None:
+    data = planted_clusters()
+    auto = catalog.create(
+        "auto",
+        candidates=["ranker", "ease"],
+        params={"ranker": {**TINY, "max_epochs": 10, "eval_every": 5}},
+    )
+    auto.fit(data)
+    curve = auto.selection["ranker_epochs"]
+    blend = next(c for c in auto.selection["candidates"] if c["model"] == "blend")
+    assert (blend["epochs"], blend["weight"]) == (curve["blend_epochs"], curve["blend_weight"])
+    assert curve["blend_epochs"] in (5, 10) and len(curve["blend_fold_choices"]) == 5
+    assert blend["ndcg@10"] == pytest.approx(np.mean(blend["folds"]), abs=1e-6)
+    if auto.selection["chosen"] == "blend":
+        assert auto.chosen.ranker.params["epochs"] == curve["blend_epochs"]
+        assert auto.chosen.params["weight"] == curve["blend_weight"]

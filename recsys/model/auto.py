@@ -110,6 +110,9 @@ DEFAULT_SELECTION_RATINGS = 250_000
 """The contest's fitting budget per candidate, in ratings (:func:`selection_folds`)."""
 DEFAULT_MAX_FOLDS = 5
 """The most internal folds of the contest."""
+SIMPLER_FIRST = ("popularity", "ease", "als", "ranker", BLEND)
+"""The candidates from the simplest (fewest fitted settings, no training noise) to the most
+complex: the order of the one-standard-error rule (:func:`one_standard_error`)."""
 CURVE_PATIENCE = 6
 """With several folds, the ranker's epoch curve on each fold stops after this many evaluations
 without gain (``eval_every`` epochs apart)."""
@@ -149,6 +152,60 @@ def internal_folds(train: RatingData, n_folds: int) -> list[tuple[RatingData, Ra
     Fold 0 is the split the ranker tunes its epochs on; each fold draws its own 20% per user.
     """
     return [internal_split(train, seed=INTERNAL_SEED + k) for k in range(max(1, int(n_folds)))]
+
+
+def one_standard_error(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """The contest's winner: the simplest candidate within one standard error of the best.
+
+    ``results`` carry each candidate's mean internal NDCG@10 (``ndcg@10``) and per-fold values
+    (``folds``). The best mean wins outright with one fold. With more, a candidate whose mean
+    is below the best's by at most the standard error of their per-fold differences (paired:
+    the same held-out users) cannot be told apart from it on these folds, and the simplest
+    of those (:data:`SIMPLER_FIRST`; others after, in catalogue order) is chosen: on a shop
+    so small that the folds cannot separate the candidates, the choice falls to the one whose
+    fit varies least. Ties of the mean: the simpler.
+    """
+    from recsys.model import catalog
+
+    order = {n: i for i, n in enumerate(SIMPLER_FIRST)}
+    for i, n in enumerate(catalog.SPECS):
+        order.setdefault(n, len(SIMPLER_FIRST) + i)
+    best = max(results, key=lambda r: (r["ndcg@10"], -order.get(r["model"], 99)))
+    folds = np.asarray(best.get("folds") or [], dtype=np.float64)
+    if len(folds) < 2:
+        return best
+    close = []
+    for r in results:
+        other = np.asarray(r.get("folds") or [], dtype=np.float64)
+        if len(other) != len(folds):
+            continue
+        gap = folds - other
+        error = float(gap.std(ddof=1) / np.sqrt(len(gap)))
+        if float(gap.mean()) <= error:
+            close.append(r)
+    return min(close or [best], key=lambda r: order.get(r["model"], 99))
+
+
+def leave_one_out(tables: list[dict[Any, float]], keys: list[Any]) -> tuple[Any, list, list]:
+    """(served key, each fold's key, each fold's score) of a setting chosen over folds.
+
+    ``tables[k][key]`` is fold k's internal NDCG@10 with setting ``key``. The served key has
+    the best mean over all the folds; fold k is scored at the key with the best mean over the
+    OTHER folds (so no fold is scored at the setting it chose; one fold: its own best). Ties:
+    the first key in ``keys``.
+    """
+
+    def best(rows: list[dict[Any, float]]) -> Any:
+        means = {key: float(np.mean([r[key] for r in rows])) for key in keys}
+        top = max(means.values())
+        return next(key for key in keys if means[key] == top)
+
+    served = best(tables)
+    chosen = [
+        best(tables[:k] + tables[k + 1 :]) if len(tables) > 1 else served
+        for k in range(len(tables))
+    ]
+    return served, chosen, [float(t[key]) for t, key in zip(tables, chosen, strict=True)]
 
 
 def internal_ndcg(model: Any, fit_part: RatingData, held_out: RatingData) -> float:
@@ -387,42 +444,43 @@ class AutoRecommender:
         folds: list[tuple[RatingData, RatingData]],
         contests: list[RatingData],
         weights: list[float],
-    ) -> tuple[list[float], list[dict[float, float]]]:
-        """The ranker's contest scores from its epoch curves, and the blend's per fold.
+    ) -> tuple[list[float], list[float] | None]:
+        """The ranker's and the blend's contest scores per fold, from the epoch curves.
 
         The served ranker trains for the epoch count with the best mean NDCG@10 over every
         fold's curve (:func:`recsys.model.ranker.curve_epoch`), so the contest measures that
         rule: fold ``k`` scores its ranker at the epoch count the OTHER folds' mean curve
-        picks (no fold chooses its own epochs), and the blend on fold ``k`` mixes that ranker
-        with the fold's EASE. Returns (the ranker's score per fold, the blend's NDCG@10 per
-        weight per fold where EASE ran).
+        picks (no fold chooses its own epochs). The blend chooses its ranker's epoch count and
+        its weight the same way: on every fold, the blend of the fold's ranker at each
+        evaluated epoch count with the fold's EASE is scored at each weight; the served pair
+        is the best mean over the folds and fold ``k`` is scored at the other folds' best.
+        Returns (the ranker's score per fold, the blend's per fold or None without EASE).
         """
         from recsys.model.blend import BlendRecommender
-        from recsys.model.ranker import curve_epoch, mean_curve
+        from recsys.model.ranker import mean_curve
 
         rankers = [d["ranker"] for d in deferred]
         all_curves = [[tuple(p) for p in r.params["curve"]] for r in rankers]
-        common = set(mean_curve(all_curves))
-        served = curve_epoch(all_curves)
-        scores: list[float] = []
-        fold_epochs: list[int] = []
-        blends: list[dict[float, float]] = []
-        for k, d in enumerate(deferred):
-            others = [[p for p in c if p[0] in common] for j, c in enumerate(all_curves) if j != k]
-            epoch = curve_epoch(others) or served
-            fold_epochs.append(int(epoch))
-            scores.append(dict(all_curves[k])[epoch])
+        epochs = sorted(mean_curve(all_curves))
+        tables = [{e: v for e, v in c if e in epochs} for c in all_curves]
+        served, fold_epochs, scores = leave_one_out(tables, epochs)
+        blend_tables: list[dict[tuple[int, float], float]] = []
+        for d in deferred:
+            if d["ease"] is None:
+                continue
             fit_part = folds[d["fold"]][0]
-            ranker = d["ranker"]
-            ranker.use_epoch(epoch, fit_part)
-            if d["ease"] is not None:
+            cells: dict[tuple[int, float], float] = {}
+            for e in epochs:
+                d["ranker"].use_epoch(e, fit_part)
                 _, by_weight = BlendRecommender.choose_weight(
-                    ranker, d["ease"], fit_part, contests[d["fold"]], weights
+                    d["ranker"], d["ease"], fit_part, contests[d["fold"]], weights
                 )
-                blends.append(by_weight)
+                cells.update({(e, w): by_weight[w] for w in weights})
+            blend_tables.append(cells)
+        for d in deferred:
             if self.params["ranker_serving"] == "bag":
-                ranker.use_epoch(served, fit_part)
-            ranker.drop_snapshots()
+                d["ranker"].use_epoch(served, folds[d["fold"]][0])
+            d["ranker"].drop_snapshots()
         self.members = rankers if self.params["ranker_serving"] == "bag" else []
         self.curve = {
             "epochs": int(served),
@@ -430,13 +488,23 @@ class AutoRecommender:
             "mean_curve": [[e, round(v, 6)] for e, v in mean_curve(all_curves).items()],
             "serving": self.params["ranker_serving"],
         }
+        blend_scores = None
+        if blend_tables and len(blend_tables) == len(deferred):
+            keys = [(e, w) for e in epochs for w in weights]
+            (blend_epochs, weight), fold_keys, blend_scores = leave_one_out(blend_tables, keys)
+            self.curve.update(
+                blend_epochs=int(blend_epochs),
+                blend_weight=float(weight),
+                blend_fold_choices=[[int(e), float(w)] for e, w in fold_keys],
+            )
         _log.info(
             "auto: the ranker's epoch curves pick %d epochs (each fold scored at the others' "
-            "pick: %s)",
+            "pick: %s); the blend's (epochs, weight): %s",
             served,
             fold_epochs,
+            (self.curve.get("blend_epochs"), self.curve.get("blend_weight")),
         )
-        return scores, blends
+        return scores, blend_scores
 
     # --- Recommender ----------------------------------------------------------------------
 
@@ -559,15 +627,11 @@ class AutoRecommender:
             if k == 0:
                 first_fitted = fitted
             del fitted
+        blend_curve: list[float] | None = None
         if curves and "ranker" in per_fold and "ranker" not in failed:
             started = time.perf_counter()
-            per_fold["ranker"], by_weight_folds = self._curve_scores(
-                deferred, folds, contests, weights
-            )
+            per_fold["ranker"], blend_curve = self._curve_scores(deferred, folds, contests, weights)
             blend_seconds += time.perf_counter() - started
-            for values in by_weight_folds:
-                for w in weights:
-                    blend_folds[w].append(values[w])
         deferred.clear()
         fit_part = folds[0][0]
         results: list[dict[str, Any]] = [
@@ -582,7 +646,19 @@ class AutoRecommender:
         ]
         blend_weight = None
         both = {"ranker", "ease"} <= set(per_fold) and not {"ranker", "ease"} & failed
-        if both and all(len(v) == n_folds for v in blend_folds.values()):
+        if both and blend_curve is not None:
+            blend_weight = self.curve["blend_weight"]
+            results.append(
+                {
+                    "model": BLEND,
+                    "ndcg@10": float(np.mean(blend_curve)),
+                    "fit_seconds": round(seconds["ranker"] + seconds["ease"] + blend_seconds, 3),
+                    "weight": blend_weight,
+                    "epochs": self.curve["blend_epochs"],
+                    "folds": [round(float(v), 6) for v in blend_curve],
+                }
+            )
+        elif both and all(len(v) == n_folds for v in blend_folds.values()):
             mean_by_weight = {w: float(np.mean(v)) for w, v in blend_folds.items()}
             blend_weight = max(weights, key=lambda w: mean_by_weight[w])
             results.append(
@@ -601,8 +677,7 @@ class AutoRecommender:
                 + "; ".join(f"{s['model']}: {s['reason']}" for s in skipped)
                 + ")"
             )
-        order = {n: i for i, n in enumerate(catalog.SPECS)}
-        best = max(results, key=lambda r: (r["ndcg@10"], -order.get(r["model"], 99)))
+        best = one_standard_error(results)
         self.chosen_name = best["model"]
         if self.chosen_name == BLEND:
             self.chosen_params = {
@@ -623,7 +698,7 @@ class AutoRecommender:
             elif self.chosen_name == BLEND:
                 self.chosen_params["ranker"] = {
                     **self.chosen_params["ranker"],
-                    "epochs": self.curve["epochs"],
+                    "epochs": self.curve["blend_epochs"],
                 }
         popularity = next((r["ndcg@10"] for r in results if r["model"] == POPULARITY), None)
         if popularity is None:
