@@ -23,10 +23,14 @@
    The served epoch count is the one with the best MEAN over the folds' curves
    (:func:`recsys.model.ranker.curve_epoch`). The contest measures that rule without letting a
    fold pick its own epochs: fold ``k`` scores its ranker (and the blend on fold ``k`` mixes
-   it) at the epoch count the mean curve of the OTHER folds picks. With one fold (large data,
+   it) at the epoch count the mean curve of the OTHER folds picks; the blend's ranker epoch
+   count and weight are chosen as one pair the same way (:func:`leave_one_out`). With one
+   fold (large data,
    or under a budget) the ranker tunes its epochs on a split of the first fold's fitting part
    and reuses that count on later folds.
-3. The winner (highest mean; ties: the first in catalogue order) is refitted on all the
+3. The winner (:func:`one_standard_error`: the simplest candidate, in the order of
+   :data:`SIMPLER_FIRST`, whose mean is within one standard error of the paired per-fold
+   differences from the best mean; with one fold the best mean) is refitted on all the
    training data; that is the model that is saved and served (its own ``recommender.json``).
    A ranker chosen with epoch curves (alone or in the blend) trains for the curves' epoch
    count (``ranker_serving="refit"``), or is served as the mean of the folds' rankers at that
