@@ -275,7 +275,8 @@ class AutoRecommender:
         max_folds: the most internal folds the contest uses.
         ranker_serving: with epoch curves, "refit" (the ranker refitted on all training data
             for the curves' epoch count) or "bag" (the mean of the folds' rankers at it, users
-            pooled from all training ratings; see :meth:`RankerRecommender.bagged`).
+            pooled from all training ratings; see :meth:`RankerRecommender.bagged`; inside
+            the blend too, at the ranker's epoch count).
     """
 
     name = "auto"
