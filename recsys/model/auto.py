@@ -32,9 +32,9 @@
    :data:`SIMPLER_FIRST`, whose mean is within one standard error of the paired per-fold
    differences from the best mean; with one fold the best mean) is refitted on all the
    training data; that is the model that is saved and served (its own ``recommender.json``).
-   A ranker chosen with epoch curves (alone or in the blend) trains for the curves' epoch
-   count (``ranker_serving="refit"``), or is served as the mean of the folds' rankers at that
-   count, user vectors pooled from all training ratings (``"bag"``,
+   A ranker chosen with epoch curves trains for the curves' epoch count (the blend's ranker:
+   for its pair's count) (``ranker_serving="refit"``), or is served as the mean of the folds'
+   rankers at the ranker's count, user vectors pooled from all training ratings (``"bag"``,
    :meth:`recsys.model.ranker.RankerRecommender.bagged`: one ranker of width K x ``dim``).
 
 Time budget (``time_budget_s``, default :data:`DEFAULT_TIME_BUDGET_S`; None or 0: none),
