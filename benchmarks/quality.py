@@ -76,12 +76,16 @@ def list_metrics(
     discounts = 1.0 / np.log2(np.arange(2, k + 2))
     recall = ndcg = 0.0
     listed: set[int] = set()
+    per_user: dict[int, list[float]] = {}
     for u, rel in relevant.items():
         items = lists.get(u, [])[:k]
         hits = np.array([p in rel for p in items], dtype=bool)
         ideal = min(k, len(rel))
-        recall += hits.sum() / ideal
-        ndcg += float((hits * discounts[: len(hits)]).sum()) / float(discounts[:ideal].sum())
+        user_recall = float(hits.sum() / ideal)
+        user_ndcg = float((hits * discounts[: len(hits)]).sum()) / float(discounts[:ideal].sum())
+        recall += user_recall
+        ndcg += user_ndcg
+        per_user[int(u)] = [round(user_recall, 6), round(user_ndcg, 6)]
         listed.update(items)
     n = max(1, len(relevant))
     return {
@@ -89,6 +93,7 @@ def list_metrics(
         "ndcg@10": ndcg / n,
         "coverage@10": len(listed) / max(1, n_training),
         "n_eval_users": len(relevant),
+        "per_user": per_user,
     }
 
 

@@ -109,3 +109,28 @@ def test_the_ranker_epochs_are_the_median_of_the_folds_best(monkeypatch) -> None
     seen.clear()
     single = RankerRecommender(rating_head=False)  # the default: one search, on fold 0
     assert single._search_epochs(data, 0, {}) == 30 and len(seen) == 1
+
+
+def test_the_simplest_candidate_within_one_standard_error_wins() -> None:
+    from recsys.model.auto import one_standard_error
+
+    def result(model: str, folds: list[float]) -> dict:
+        return {"model": model, "ndcg@10": float(np.mean(folds)), "folds": folds}
+
+    # the ranker's lead over EASE (0.004) is below the standard error of their paired
+    # per-fold differences (about 0.02): EASE, the simpler, is chosen
+    noisy = [
+        result("ranker", [0.20, 0.16, 0.22, 0.15, 0.21]),
+        result("ease", [0.17, 0.19, 0.18, 0.20, 0.18]),
+        result("popularity", [0.10, 0.09, 0.11, 0.10, 0.10]),
+    ]
+    assert one_standard_error(noisy)["model"] == "ease"
+    # the same lead on every fold is beyond its (zero) standard error: the ranker wins
+    steady = [
+        result("ranker", [0.184, 0.194, 0.174, 0.204, 0.184]),
+        result("ease", [0.180, 0.190, 0.170, 0.200, 0.180]),
+    ]
+    assert one_standard_error(steady)["model"] == "ranker"
+    # one fold: the best mean, ties to the simpler
+    assert one_standard_error([result("ranker", [0.3]), result("ease", [0.2])])["model"] == "ranker"
+    assert one_standard_error([result("blend", [0.3]), result("ease", [0.3])])["model"] == "ease"

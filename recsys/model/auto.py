@@ -12,13 +12,30 @@
    default at most 5 folds and at most 250,000 fitted ratings per candidate beyond one
    fold), because a single 20% hold-out of a small shop is too noisy to rank candidates
    that differ by a few thousandths. Each candidate tunes its own hyper-parameters on a
-   split of a fold's fitting part, never on a held-out part (the ranker tunes its epochs on
-   the first fold and reuses that count on later folds, and trains no rating head in the
-   contest: ranking never reads it); the blend's weight is the one with the best mean NDCG@10
-   over the folds from the fold's fitted ranker and EASE (its pure ends are the two
+   split of a fold's fitting part, never on a held-out part (the ranker trains no rating head
+   in the contest: ranking never reads it); the blend's weight is the one with the best mean
+   NDCG@10 over the folds from the fold's fitted ranker and EASE (its pure ends are the two
    candidates themselves), so the blend wins only where a mix beats both.
-3. The winner (highest mean; ties: the first in catalogue order) is refitted on all the
+   **The ranker's epochs** with two folds or more (and no time budget, no given epochs): on
+   every fold the ranker trains up to ``max_epochs`` and its NDCG@10 on the fold's held-out
+   part is measured every ``eval_every`` epochs, stopping after :data:`CURVE_PATIENCE`
+   evaluations without gain (its epoch curve; the weights of every evaluated epoch are kept).
+   The served epoch count is the one with the best MEAN over the folds' curves
+   (:func:`recsys.model.ranker.curve_epoch`). The contest measures that rule without letting a
+   fold pick its own epochs: fold ``k`` scores its ranker (and the blend on fold ``k`` mixes
+   it) at the epoch count the mean curve of the OTHER folds picks; the blend's ranker epoch
+   count and weight are chosen as one pair the same way (:func:`leave_one_out`). With one
+   fold (large data,
+   or under a budget) the ranker tunes its epochs on a split of the first fold's fitting part
+   and reuses that count on later folds.
+3. The winner (:func:`one_standard_error`: the simplest candidate, in the order of
+   :data:`SIMPLER_FIRST`, whose mean is within one standard error of the paired per-fold
+   differences from the best mean; with one fold the best mean) is refitted on all the
    training data; that is the model that is saved and served (its own ``recommender.json``).
+   A ranker chosen with epoch curves trains for the curves' epoch count (the blend's ranker:
+   for its pair's count) (``ranker_serving="refit"``), or is served as the mean of the folds'
+   rankers at the ranker's count, user vectors pooled from all training ratings (``"bag"``,
+   :meth:`recsys.model.ranker.RankerRecommender.bagged`: one ranker of width K x ``dim``).
 
 Time budget (``time_budget_s``, default :data:`DEFAULT_TIME_BUDGET_S`; None or 0: none),
 for training data of at least ``budget_min_ratings`` ratings (default
@@ -97,6 +114,18 @@ DEFAULT_SELECTION_RATINGS = 250_000
 """The contest's fitting budget per candidate, in ratings (:func:`selection_folds`)."""
 DEFAULT_MAX_FOLDS = 5
 """The most internal folds of the contest."""
+SIMPLER_FIRST = ("popularity", "ease", "als", "ranker", BLEND)
+"""The candidates from the simplest (fewest fitted settings, no training noise) to the most
+complex: the order of the one-standard-error rule (:func:`one_standard_error`)."""
+CURVE_PATIENCE = 6
+"""With several folds, the ranker's epoch curve on each fold stops after this many evaluations
+without gain (``eval_every`` epochs apart)."""
+CURVE_MEMORY_MB = 1024
+"""The most memory the ranker's kept epoch weights may take over all folds (else the contest
+falls back to the single epoch search)."""
+RANKER_SERVING = ("refit", "bag")
+"""How a ranker chosen with epoch curves is served: refitted on all training data for the
+curves' epoch count, or the mean of the folds' rankers at that epoch count."""
 # (the same defaults as recsys.evaluation.tuning.FOLD_RATINGS / MAX_FOLDS)
 
 
@@ -127,6 +156,60 @@ def internal_folds(train: RatingData, n_folds: int) -> list[tuple[RatingData, Ra
     Fold 0 is the split the ranker tunes its epochs on; each fold draws its own 20% per user.
     """
     return [internal_split(train, seed=INTERNAL_SEED + k) for k in range(max(1, int(n_folds)))]
+
+
+def one_standard_error(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """The contest's winner: the simplest candidate within one standard error of the best.
+
+    ``results`` carry each candidate's mean internal NDCG@10 (``ndcg@10``) and per-fold values
+    (``folds``). The best mean wins outright with one fold. With more, a candidate whose mean
+    is below the best's by at most the standard error of their per-fold differences (paired:
+    the same held-out users) cannot be told apart from it on these folds, and the simplest
+    of those (:data:`SIMPLER_FIRST`; others after, in catalogue order) is chosen: on a shop
+    so small that the folds cannot separate the candidates, the choice falls to the one whose
+    fit varies least. Ties of the mean: the simpler.
+    """
+    from recsys.model import catalog
+
+    order = {n: i for i, n in enumerate(SIMPLER_FIRST)}
+    for i, n in enumerate(catalog.SPECS):
+        order.setdefault(n, len(SIMPLER_FIRST) + i)
+    best = max(results, key=lambda r: (r["ndcg@10"], -order.get(r["model"], 99)))
+    folds = np.asarray(best.get("folds") or [], dtype=np.float64)
+    if len(folds) < 2:
+        return best
+    close = []
+    for r in results:
+        other = np.asarray(r.get("folds") or [], dtype=np.float64)
+        if len(other) != len(folds):
+            continue
+        gap = folds - other
+        error = float(gap.std(ddof=1) / np.sqrt(len(gap)))
+        if float(gap.mean()) <= error:
+            close.append(r)
+    return min(close or [best], key=lambda r: order.get(r["model"], 99))
+
+
+def leave_one_out(tables: list[dict[Any, float]], keys: list[Any]) -> tuple[Any, list, list]:
+    """(served key, each fold's key, each fold's score) of a setting chosen over folds.
+
+    ``tables[k][key]`` is fold k's internal NDCG@10 with setting ``key``. The served key has
+    the best mean over all the folds; fold k is scored at the key with the best mean over the
+    OTHER folds (so no fold is scored at the setting it chose; one fold: its own best). Ties:
+    the first key in ``keys``.
+    """
+
+    def best(rows: list[dict[Any, float]]) -> Any:
+        means = {key: float(np.mean([r[key] for r in rows])) for key in keys}
+        top = max(means.values())
+        return next(key for key in keys if means[key] == top)
+
+    served = best(tables)
+    chosen = [
+        best(tables[:k] + tables[k + 1 :]) if len(tables) > 1 else served
+        for k in range(len(tables))
+    ]
+    return served, chosen, [float(t[key]) for t, key in zip(tables, chosen, strict=True)]
 
 
 def internal_ndcg(model: Any, fit_part: RatingData, held_out: RatingData) -> float:
@@ -190,6 +273,10 @@ class AutoRecommender:
         selection_ratings: the contest's fitting budget in ratings per candidate; it sets the
             number of internal folds (:func:`selection_folds`).
         max_folds: the most internal folds the contest uses.
+        ranker_serving: with epoch curves, "refit" (the ranker refitted on all training data
+            for the curves' epoch count) or "bag" (the mean of the folds' rankers at it, users
+            pooled from all training ratings; see :meth:`RankerRecommender.bagged`; inside
+            the blend too, at the ranker's epoch count).
     """
 
     name = "auto"
@@ -206,6 +293,7 @@ class AutoRecommender:
         clock: Any = time.monotonic,
         selection_ratings: int = DEFAULT_SELECTION_RATINGS,
         max_folds: int = DEFAULT_MAX_FOLDS,
+        ranker_serving: str = "refit",
     ) -> None:
         self.params: dict[str, Any] = {
             "candidates": None if candidates is None else list(candidates),
@@ -216,7 +304,12 @@ class AutoRecommender:
             "contest_users": int(contest_users),
             "selection_ratings": int(selection_ratings),
             "max_folds": int(max_folds),
+            "ranker_serving": str(ranker_serving),
         }
+        if self.params["ranker_serving"] not in RANKER_SERVING:
+            raise RecsysError(
+                f"ranker_serving must be one of {', '.join(RANKER_SERVING)}, got {ranker_serving}"
+            )
         self.clock = clock
         self.deadline: float | None = None
         self.final: str | None = None
@@ -227,6 +320,10 @@ class AutoRecommender:
         self.chosen_params: dict[str, Any] = {}
         self.selection: dict[str, Any] = {}
         self.internal: dict[str, Any] = {}
+        self.curve: dict[str, Any] = {}
+        """With epoch curves: the served epoch count, each fold's, the mean curve."""
+        self.members: list[Any] = []
+        """With ``ranker_serving="bag"``: the folds' rankers at the served epoch count."""
 
     # --- which candidates ---------------------------------------------------------------
 
@@ -317,6 +414,103 @@ class AutoRecommender:
                 params["epochs"] = int(epochs)
         return catalog.create(name, **params)
 
+    # --- the ranker's epoch curves ----------------------------------------------------------
+
+    def _use_curves(self, train: RatingData, names: list[str], n_folds: int) -> bool:
+        """Whether the contest trains the ranker as epoch curves (see :meth:`_curve_scores`).
+
+        With two or more folds and no time budget, unless the ranker's epochs are given, its
+        tower trains elsewhere (a tower runner keeps no epoch weights) or the kept weights
+        would exceed :data:`CURVE_MEMORY_MB`.
+        """
+        from recsys.model import catalog
+        from recsys.model.ranker import TOWER_RUNNER
+
+        if n_folds < 2 or self.deadline is not None or "ranker" not in names:
+            return False
+        given = {**catalog.RankerConfig().model_dump(), **self.params["params"].get("ranker", {})}
+        if given.get("epochs") is not None or TOWER_RUNNER.get() is not None:
+            return False
+        dim = int(given.get("embedding_dim") or given["dim"])
+        rows = 2 * train.n_products + (train.n_users if given["use_user_embedding"] else 0)
+        evaluations = max(1, int(given["max_epochs"]) // max(1, int(given["eval_every"])))
+        needed_mb = rows * dim * 4 * evaluations * n_folds / 2**20
+        if needed_mb > CURVE_MEMORY_MB:
+            _log.info(
+                "auto: the ranker's epoch weights would take %.0f MiB; one epoch search instead",
+                needed_mb,
+            )
+            return False
+        return True
+
+    def _curve_scores(
+        self,
+        deferred: list[dict[str, Any]],
+        folds: list[tuple[RatingData, RatingData]],
+        contests: list[RatingData],
+        weights: list[float],
+    ) -> tuple[list[float], list[float] | None]:
+        """The ranker's and the blend's contest scores per fold, from the epoch curves.
+
+        The served ranker trains for the epoch count with the best mean NDCG@10 over every
+        fold's curve (:func:`recsys.model.ranker.curve_epoch`), so the contest measures that
+        rule: fold ``k`` scores its ranker at the epoch count the OTHER folds' mean curve
+        picks (no fold chooses its own epochs). The blend chooses its ranker's epoch count and
+        its weight the same way: on every fold, the blend of the fold's ranker at each
+        evaluated epoch count with the fold's EASE is scored at each weight; the served pair
+        is the best mean over the folds and fold ``k`` is scored at the other folds' best.
+        Returns (the ranker's score per fold, the blend's per fold or None without EASE).
+        """
+        from recsys.model.blend import BlendRecommender
+        from recsys.model.ranker import mean_curve
+
+        rankers = [d["ranker"] for d in deferred]
+        all_curves = [[tuple(p) for p in r.params["curve"]] for r in rankers]
+        epochs = sorted(mean_curve(all_curves))
+        tables = [{e: v for e, v in c if e in epochs} for c in all_curves]
+        served, fold_epochs, scores = leave_one_out(tables, epochs)
+        blend_tables: list[dict[tuple[int, float], float]] = []
+        for d in deferred:
+            if d["ease"] is None:
+                continue
+            fit_part = folds[d["fold"]][0]
+            cells: dict[tuple[int, float], float] = {}
+            for e in epochs:
+                d["ranker"].use_epoch(e, fit_part)
+                _, by_weight = BlendRecommender.choose_weight(
+                    d["ranker"], d["ease"], fit_part, contests[d["fold"]], weights
+                )
+                cells.update({(e, w): by_weight[w] for w in weights})
+            blend_tables.append(cells)
+        for d in deferred:
+            if self.params["ranker_serving"] == "bag":
+                d["ranker"].use_epoch(served, folds[d["fold"]][0])
+            d["ranker"].drop_snapshots()
+        self.members = rankers if self.params["ranker_serving"] == "bag" else []
+        self.curve = {
+            "epochs": int(served),
+            "fold_epochs": fold_epochs,
+            "mean_curve": [[e, round(v, 6)] for e, v in mean_curve(all_curves).items()],
+            "serving": self.params["ranker_serving"],
+        }
+        blend_scores = None
+        if blend_tables and len(blend_tables) == len(deferred):
+            keys = [(e, w) for e in epochs for w in weights]
+            (blend_epochs, weight), fold_keys, blend_scores = leave_one_out(blend_tables, keys)
+            self.curve.update(
+                blend_epochs=int(blend_epochs),
+                blend_weight=float(weight),
+                blend_fold_choices=[[int(e), float(w)] for e, w in fold_keys],
+            )
+        _log.info(
+            "auto: the ranker's epoch curves pick %d epochs (each fold scored at the others' "
+            "pick: %s); the blend's (epochs, weight): %s",
+            served,
+            fold_epochs,
+            (self.curve.get("blend_epochs"), self.curve.get("blend_weight")),
+        )
+        return scores, blend_scores
+
     # --- Recommender ----------------------------------------------------------------------
 
     def fit(
@@ -343,6 +537,7 @@ class AutoRecommender:
 
         if len(train) == 0:
             raise DataError("no training ratings")
+        self.curve, self.members = {}, []
         budget = self.params["time_budget_s"]
         if len(train) < self.params["budget_min_ratings"]:
             budget = None
@@ -364,6 +559,8 @@ class AutoRecommender:
         failed: set[str] = set()
         ranker_epochs: int | None = None
         first_fitted: dict[str, Any] = {}
+        curves = self._use_curves(train, names, n_folds)
+        deferred: list[dict[str, Any]] = []  # with curves: each fold's ranker and EASE
         for k, ((fit_part, _), contest) in enumerate(zip(folds, contests, strict=True)):
             fitted: dict[str, Any] = {}
             n_contest = len(np.unique(contest.users))
@@ -389,29 +586,42 @@ class AutoRecommender:
                         progress.start(
                             f"auto: fit {name} ({position}/{len(names)}{fold})", 1, "fits"
                         )
-                    history = model.fit(fit_part, seed=seed, **hooks)
+                    if curves and name == "ranker":
+                        # scored after every fold's curve (see _curve_scores)
+                        history = model.fit_curve(
+                            fit_part, contest, seed=seed, patience=CURVE_PATIENCE, **hooks
+                        )
+                    else:
+                        history = model.fit(fit_part, seed=seed, **hooks)
                     if k == 0:
                         histories[name] = history
                     seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - started
                     if "progress" not in hooks:
                         progress.update(1)
                         progress.finish()
-                    progress.start(f"auto: contest NDCG@10 of {name}{fold}", n_contest, "users")
-                    score = internal_ndcg(model, fit_part, contest)
-                    progress.update(n_contest, ndcg=score)
-                    progress.finish()
+                    if curves and name == "ranker":
+                        score = float(max(v for _, v in model.params["curve"]))
+                    else:
+                        progress.start(f"auto: contest NDCG@10 of {name}{fold}", n_contest, "users")
+                        score = internal_ndcg(model, fit_part, contest)
+                        progress.update(n_contest, ndcg=score)
+                        progress.finish()
                 except RecsysError as err:
                     _log.warning("auto: candidate %s failed: %s", name, err)
                     skipped.append({"model": name, "reason": str(err).splitlines()[0][:200]})
                     failed.add(name)
                     per_fold.pop(name, None)
                     continue
-                if name == "ranker" and ranker_epochs is None:
+                if name == "ranker" and ranker_epochs is None and not curves:
                     ranker_epochs = model.params.get("tuned_epochs") or model.params["epochs"]
                 fitted[name] = model
                 per_fold.setdefault(name, []).append(score)
                 _log.info("auto: fold %d/%d %s internal NDCG@10 %.4f", k + 1, n_folds, name, score)
-            if "ranker" in fitted and "ease" in fitted:
+            if curves:
+                deferred.append(
+                    {"ranker": fitted.get("ranker"), "ease": fitted.get("ease"), "fold": k}
+                )
+            elif "ranker" in fitted and "ease" in fitted:
                 started = time.perf_counter()
                 _, by_weight = BlendRecommender.choose_weight(
                     fitted["ranker"], fitted["ease"], fit_part, contest, weights
@@ -422,6 +632,12 @@ class AutoRecommender:
             if k == 0:
                 first_fitted = fitted
             del fitted
+        blend_curve: list[float] | None = None
+        if curves and "ranker" in per_fold and "ranker" not in failed:
+            started = time.perf_counter()
+            per_fold["ranker"], blend_curve = self._curve_scores(deferred, folds, contests, weights)
+            blend_seconds += time.perf_counter() - started
+        deferred.clear()
         fit_part = folds[0][0]
         results: list[dict[str, Any]] = [
             {
@@ -435,7 +651,19 @@ class AutoRecommender:
         ]
         blend_weight = None
         both = {"ranker", "ease"} <= set(per_fold) and not {"ranker", "ease"} & failed
-        if both and all(len(v) == n_folds for v in blend_folds.values()):
+        if both and blend_curve is not None:
+            blend_weight = self.curve["blend_weight"]
+            results.append(
+                {
+                    "model": BLEND,
+                    "ndcg@10": float(np.mean(blend_curve)),
+                    "fit_seconds": round(seconds["ranker"] + seconds["ease"] + blend_seconds, 3),
+                    "weight": blend_weight,
+                    "epochs": self.curve["blend_epochs"],
+                    "folds": [round(float(v), 6) for v in blend_curve],
+                }
+            )
+        elif both and all(len(v) == n_folds for v in blend_folds.values()):
             mean_by_weight = {w: float(np.mean(v)) for w, v in blend_folds.items()}
             blend_weight = max(weights, key=lambda w: mean_by_weight[w])
             results.append(
@@ -454,8 +682,7 @@ class AutoRecommender:
                 + "; ".join(f"{s['model']}: {s['reason']}" for s in skipped)
                 + ")"
             )
-        order = {n: i for i, n in enumerate(catalog.SPECS)}
-        best = max(results, key=lambda r: (r["ndcg@10"], -order.get(r["model"], 99)))
+        best = one_standard_error(results)
         self.chosen_name = best["model"]
         if self.chosen_name == BLEND:
             self.chosen_params = {
@@ -470,6 +697,14 @@ class AutoRecommender:
             self.chosen_params = dict(self.params["params"].get(self.chosen_name, {}))
             if self.chosen_name == "ease":
                 self.chosen_params.setdefault("memory_mb", self.params["ease_memory_mb"])
+        if self.curve:  # the served ranker trains as the contest measured it
+            if self.chosen_name == "ranker":
+                self.chosen_params["epochs"] = self.curve["epochs"]
+            elif self.chosen_name == BLEND:
+                self.chosen_params["ranker"] = {
+                    **self.chosen_params["ranker"],
+                    "epochs": self.curve["blend_epochs"],
+                }
         popularity = next((r["ndcg@10"] for r in results if r["model"] == POPULARITY), None)
         if popularity is None:
             values = []
@@ -486,6 +721,8 @@ class AutoRecommender:
             "contest_users": int(len(np.unique(contests[0].users))),
             "folds": n_folds,
         }
+        if self.curve:
+            self.selection["ranker_epochs"] = self.curve
         self.internal = {
             "ndcg@10": float(best["ndcg@10"]),
             "popularity_ndcg@10": float(popularity),
@@ -545,6 +782,8 @@ class AutoRecommender:
             spent = seconds.get("ranker", 0.0) + seconds.get("ease", 0.0)
         projected = (spent or 0.0) * len(train) / max(len(fit_part), 1)
         params = dict(self.chosen_params)
+        if self.members and name in ("ranker", BLEND):
+            return self._serve_bag(train, params, seed, progress, stop)
         if left is None or projected <= left:
             self.final = "refit"
             _log.info("auto: refitting %s on all %d ratings", name, len(train))
@@ -624,6 +863,53 @@ class AutoRecommender:
         )
         self.chosen = catalog.create(name, **params)
         return self.chosen.fit(train, seed=seed, **_hooks(self.chosen, progress, stop))
+
+    def _serve_bag(
+        self,
+        train: RatingData,
+        params: dict[str, Any],
+        seed: int,
+        progress: ProgressSink,
+        stop: Callable[[], bool] | None,
+    ) -> FitHistory:
+        """The ranker (or the blend's ranker) served as the mean of the folds' rankers."""
+        from recsys.model import catalog
+        from recsys.model.ranker import RankerRecommender
+
+        ranker_params = params.get("ranker", {}) if self.chosen_name == BLEND else params
+        wanted = ranker_params.get("rating_head", catalog.RankerConfig().rating_head)
+        if self.chosen_name == BLEND:
+            wanted = False  # the blend predicts no ratings
+        self.final = "bagged"
+        _log.info(
+            "auto: serving the mean of the %d folds' rankers at %d epochs, users pooled from "
+            "all %d ratings",
+            len(self.members),
+            self.curve["epochs"],
+            len(train),
+        )
+        ranker = RankerRecommender.bagged(
+            self.members,
+            train,
+            seed=seed,
+            rating_head=bool(wanted),
+            progress=progress,
+            should_stop=stop,
+        )
+        self.members = []
+        reason = f"mean of {ranker.params['bagged']} fold rankers, {self.curve['epochs']} epochs"
+        if self.chosen_name == BLEND:
+            from recsys.model.blend import BlendRecommender
+
+            ease = catalog.create("ease", **params.get("ease", {}))
+            ease.fit(train, seed=seed)
+            self.chosen = BlendRecommender.from_parts(ranker, ease, float(params["weight"]))
+            reason += f"; blend weight {params['weight']:g}"
+        else:
+            self.chosen = ranker
+        return FitHistory(
+            train_loss=[], best_epoch=int(self.curve["epochs"]), stopped_reason=reason
+        )
 
     def _check(self) -> Any:
         if self.chosen is None:

@@ -159,6 +159,8 @@ class AutoConfig(_Config):
     """The contest's fitting budget per candidate in ratings: it sets the internal folds."""
     max_folds: int = 5
     """The most internal folds the contest uses."""
+    ranker_serving: str = "refit"
+    """With epoch curves: "refit" or "bag" (the mean of the folds' rankers; recsys.model.auto)."""
 
 
 @dataclass(frozen=True)

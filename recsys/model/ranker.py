@@ -65,6 +65,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import inspect
 import json
 import logging
 import time
@@ -226,6 +227,8 @@ class RankerRecommender:
         self.predicts_ratings = self.params["rating_head"]
         self.tower = None
         self.rating_model = None
+        self._capture: list[list[np.ndarray]] | None = None
+        self._snapshots: dict[int, list[np.ndarray]] = {}
         self.mu = 0.0
         self.text: np.ndarray | None = None
         self.history = None
@@ -293,6 +296,9 @@ class RankerRecommender:
         self.product_bias = np.asarray(bias, dtype=np.float32)
         self.tower = tower
         self.history = history
+        if self._capture is not None:
+            # the epoch search evaluates the weights it precomputes: keep a copy (fit_curve)
+            self._capture.append([np.array(w) for w in tower.get_weights()])
 
     # --- rating head ----------------------------------------------------------------------
 
@@ -501,6 +507,162 @@ class RankerRecommender:
                 train, seed, deadline=deadline, progress=progress, should_stop=should_stop
             )
 
+    def fit_curve(
+        self,
+        train: RatingData,
+        validation: RatingData,
+        *,
+        seed: int = 0,
+        patience: int | None = None,
+        progress: ProgressSink = NO_PROGRESS,
+        should_stop: Callable[[], bool] | None = None,
+        label: str = "ranker epoch curve",
+    ) -> FitHistory:
+        """Train on ``train`` and measure NDCG@10 on ``validation`` every ``eval_every`` epochs.
+
+        The search of :meth:`fit` with a stop after ``patience`` evaluations without gain
+        (None: ``params["patience"]``), on every ``validation`` user (``validation_users`` is
+        not applied), and no rating head. The weights of every evaluated epoch are kept, so
+        :meth:`use_epoch` can serve any of them; the curve, ``[(epoch, ndcg)]``, is the
+        history's ``val_ndcg`` and ``params["curve"]``. Holds the best evaluated epoch after.
+
+        Raises:
+            RecsysError: the tower trained elsewhere (a tower runner keeps no epoch weights).
+        """
+        from recsys.model.rank_network import normalise_text
+
+        if len(train) == 0:
+            raise DataError("no training ratings")
+        started = time.perf_counter()
+        self.n_users, self.n_products = train.n_users, train.n_products
+        self.text = normalise_text(train.text, train.n_products)
+        self.text_dim = self.text.shape[1]
+        self.params["text_path"] = bool(np.any(self.text))
+        self.params["rating_head"] = False
+        self.predicts_ratings = False
+        saved = {k: self.params[k] for k in ("patience", "validation_users")}
+        if patience is not None:
+            self.params["patience"] = int(patience)
+        self.params["validation_users"] = 0
+        self._capture = []
+        try:
+            result = self._train_tower(
+                train,
+                self.params["max_epochs"],
+                seed,
+                validation,
+                progress=progress,
+                should_stop=should_stop,
+                label=label,
+            )
+            captured = self._capture
+        finally:
+            self._capture = None
+            self.params.update(saved)
+        evaluations = [(int(e), float(v)) for e, v in result.validation]
+        if len(captured) != len(evaluations):
+            raise RecsysError("the ranker's epoch weights were not kept (tower trained elsewhere)")
+        self._snapshots = {e: w for (e, _), w in zip(evaluations, captured, strict=True)}
+        self.params["curve"] = [[e, round(v, 6)] for e, v in evaluations]
+        self.params["tuned_epochs"] = int(result.epochs)
+        self._precompute(result.tower, history_matrix(train))
+        return FitHistory(
+            train_loss=result.losses,
+            best_epoch=int(result.epochs),
+            stopped_reason=f"epoch curve to epoch {len(result.losses)}",
+            epoch_seconds=[time.perf_counter() - started],
+            val_ndcg=[[e, v] for e, v in evaluations],
+        )
+
+    def use_epoch(self, epoch: int, train: RatingData) -> None:
+        """Score with the weights :meth:`fit_curve` evaluated at ``epoch``, users from ``train``.
+
+        Raises:
+            RecsysError: ``epoch`` was not evaluated by the last :meth:`fit_curve`.
+        """
+        if int(epoch) not in self._snapshots:
+            raise RecsysError(f"the ranker has no weights of epoch {epoch}")
+        self._check()
+        self.tower.set_weights(self._snapshots[int(epoch)])
+        self._precompute(self.tower, history_matrix(train))
+        self.params["epochs"] = int(epoch)
+
+    def drop_snapshots(self) -> None:
+        """Free the epoch weights :meth:`fit_curve` kept."""
+        self._snapshots = {}
+
+    @classmethod
+    def bagged(
+        cls,
+        members: list[RankerRecommender],
+        train: RatingData,
+        *,
+        seed: int = 0,
+        rating_head: bool = False,
+        progress: ProgressSink = NO_PROGRESS,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> RankerRecommender:
+        """One ranker whose scores are the mean of the ``members``' scores, users from ``train``.
+
+        The towers are linear in their factors, so the mean of K towers of width d is one tower
+        of width K d: the history (and user) embeddings side by side, the product embeddings
+        and text projections side by side divided by K, the biases averaged. It is an ordinary
+        ranker (``dim`` K d): it saves, loads, folds in, explains and scores by one matrix
+        product. User vectors are pooled from ``train``'s histories (a superset of what the
+        members were fitted on, in the same index space); ``rating_head`` trains the rating
+        head on ``train``.
+
+        Raises:
+            RecsysError: no members, or members of other sizes or settings.
+        """
+        from recsys.model.rank_network import normalise_text
+
+        if not members:
+            raise RecsysError("a bagged ranker needs at least one member")
+        first = members[0]
+
+        def shape(m: RankerRecommender) -> tuple:
+            return (m.n_users, m.n_products, m.text_dim, m.tower.use_user_embedding)
+
+        for m in members:
+            m._check()
+            if shape(m) != shape(first):
+                raise RecsysError("bagged ranker members differ in size or settings")
+        if (train.n_users, train.n_products) != (first.n_users, first.n_products):
+            raise RecsysError("a bagged ranker needs the members' users and products")
+        k = len(members)
+        params = {key: value for key, value in first.params.items() if key != "curve"}
+        params.update(dim=first.params["dim"] * k, rating_head=bool(rating_head), bagged=k)
+        params["member_epochs"] = [int(m.params.get("epochs") or 0) for m in members]
+        accepted = inspect.signature(cls.__init__).parameters
+        model = cls(**{key: v for key, v in params.items() if key in accepted})
+        model.params.update(params)
+        model.n_users, model.n_products = first.n_users, first.n_products
+        model.text = normalise_text(train.text, train.n_products)
+        model.text_dim = model.text.shape[1]
+        tower = model._new_tower(model.n_users, model.n_products, model.text_dim)
+        towers = [m.tower for m in members]
+
+        def side_by_side(layer: str, scale: float) -> np.ndarray:
+            parts = [np.asarray(getattr(t, layer).get_weights()[0]) for t in towers]
+            return (np.concatenate(parts, axis=1) * np.float32(scale)).astype(np.float32)
+
+        def mean(layer: str) -> np.ndarray:
+            parts = [np.asarray(getattr(t, layer).get_weights()[0]) for t in towers]
+            return np.mean(parts, axis=0).astype(np.float32)
+
+        tower.user_embedding.set_weights([side_by_side("user_embedding", 1.0)])
+        tower.history_embedding.set_weights([side_by_side("history_embedding", 1.0)])
+        tower.product_embedding.set_weights([side_by_side("product_embedding", 1.0 / k)])
+        tower.text_projection.set_weights([side_by_side("text_projection", 1.0 / k)])
+        tower.product_bias.set_weights([mean("product_bias")])
+        tower.text_bias.set_weights([mean("text_bias")])
+        model._precompute(tower, history_matrix(train))
+        model.predicts_ratings = bool(rating_head)
+        if rating_head:
+            model._train_rating_head(train, seed, progress=progress, should_stop=should_stop)
+        return model
+
     def _search_epochs(self, train: RatingData, seed: int, hooks: dict[str, Any]) -> int:
         """The epoch count: the median of the best epochs of searches on internal folds.
 
@@ -656,6 +818,7 @@ class RankerRecommender:
 
         self._check()
         clone = copy.copy(self)
+        clone._snapshots = {}
         embeddings = np.asarray(self.tower.history_embedding.embeddings.numpy(), dtype=np.float32)
         clone.tower = None
         clone.rating_model = None
@@ -721,8 +884,6 @@ class RankerRecommender:
 
     @classmethod
     def load(cls, directory: Path) -> RankerRecommender:
-        import inspect
-
         import keras
         from scipy import sparse
 
@@ -748,6 +909,28 @@ class RankerRecommender:
 
 SEARCH_SHARE = 0.7
 """With a time budget and a rating head, the share of the budget the ranking head may use."""
+
+
+def mean_curve(curves: list[list[tuple[int, float]]]) -> dict[int, float]:
+    """The mean NDCG@10 per epoch over epoch curves, on the epochs that every curve evaluated."""
+    if not curves:
+        return {}
+    common = set.intersection(*({int(e) for e, _ in c} for c in curves))
+    values = [{int(e): float(v) for e, v in c} for c in curves]
+    return {e: float(np.mean([c[e] for c in values])) for e in sorted(common)}
+
+
+def curve_epoch(curves: list[list[tuple[int, float]]]) -> int | None:
+    """The epoch count with the best mean NDCG@10 over the curves (ties: the earliest).
+
+    Only the epochs that every curve evaluated count (a curve that stopped early stopped
+    after ``patience`` evaluations without gain); None when there is none.
+    """
+    mean = mean_curve(curves)
+    if not mean:
+        return None
+    best = max(mean.values())
+    return min(e for e, v in mean.items() if v == best)
 
 
 def _batch_size(smallest: int, n: int, max_steps: int) -> int:
