@@ -556,8 +556,8 @@ class RankerTrainer:
     """One ranking-tower fit of a :class:`~recsys.model.ranker.RankerRecommender`.
 
     Args:
-        model: the recommender (its ``params``, ``text`` and ``_new_tower``; ``_precompute``
-            for the internal-validation NDCG).
+        model: the recommender (its ``params``, ``text`` and ``_new_tower``; each
+            internal-validation evaluation is reported to its ``evaluated``).
         train: the ratings to fit.
         seed: seeds the batches, masks and initial weights.
         progress: a :mod:`recsys.progress` sink.
@@ -792,6 +792,7 @@ class RankerTrainer:
         history.data[:] = 1.0
         raw = self.use_weights(self.optimizer.averages())
         try:
+            self.model.evaluated(self.tower)
             scores = TowerScores(self.tower, self.model.text, users, history)
         finally:
             self.use_weights(raw)

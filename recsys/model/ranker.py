@@ -296,8 +296,11 @@ class RankerRecommender:
         self.product_bias = np.asarray(bias, dtype=np.float32)
         self.tower = tower
         self.history = history
+
+    def evaluated(self, tower) -> None:
+        """The trainer evaluates ``tower`` with the weights now loaded: within
+        :meth:`fit_curve`, keep a copy of them (one per evaluation of the curve)."""
         if self._capture is not None:
-            # the epoch search evaluates the weights it precomputes: keep a copy (fit_curve)
             self._capture.append([np.array(w) for w in tower.get_weights()])
 
     # --- rating head ----------------------------------------------------------------------
