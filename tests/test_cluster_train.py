@@ -158,13 +158,8 @@ def _scores(settings: Settings, run_id: int) -> np.ndarray:
 def test_two_workers_train_the_in_process_model_and_register_the_run(
     ray_cluster: LocalCluster, loaded: Settings, caplog
 ) -> None:
-    from recsys.cluster.train import RAY_TRAIN_STORAGE
     from recsys.model.train import train_run
 
-    def run_folders() -> set[str]:
-        return set(os.listdir(RAY_TRAIN_STORAGE)) if RAY_TRAIN_STORAGE.is_dir() else set()
-
-    before = run_folders()
     settings = loaded
     env = {
         "RECSYS_DATABASE_URL": settings.database_url,
@@ -184,7 +179,6 @@ def test_two_workers_train_the_in_process_model_and_register_the_run(
     assert status == "succeeded" and model_type == "ranker", status
 
     assert "training the tower on 2 Ray workers" in caplog.text
-    assert run_folders() <= before  # Ray Train's run folder went with the training
     # the same fit with the in-process trainer
     local_run = train_run(engine, settings, _config()).run_id
     with engine.connect() as conn:
@@ -214,26 +208,58 @@ def test_a_failed_worker_is_named_by_its_own_error() -> None:
     assert _root_cause(WorkerGroupError()) == "ValueError: x"
 
 
+def test_more_workers_than_the_cluster_has_cpus_is_one_clear_error(
+    ray_cluster: LocalCluster,
+) -> None:
+    from recsys.cluster.engine import ClusterError, EngineOptions
+    from recsys.cluster.train import training_on
+
+    options = EngineOptions(engine="ray", ray_address=ray_cluster.address)
+    with pytest.raises(ClusterError, match="needs 3 workers with one CPU each .* has 2 CPUs"):
+        with training_on(options, "ranker", workers=3):
+            pass
+
+
 @pytest.mark.slow
 @pytest.mark.subprocess
 def test_a_training_that_does_not_finish_in_time_is_one_clear_error(
     ray_cluster: LocalCluster, loaded: Settings
 ) -> None:
-    """The driver does not wait forever (here: 3 workers asked of a 2-CPU cluster)."""
+    """The driver does not wait forever (here: every CPU of the cluster is held by an actor),
+    and the connection stays usable for the training it gave up on until that ends."""
+    import ray
+
+    from recsys.cluster import engine as cluster_engine
     from recsys.cluster.engine import ClusterError, EngineOptions
     from recsys.cluster.train import training_on
     from recsys.model.train import train_run
 
+    @ray.remote(num_cpus=1)
+    class Blocker:
+        def ready(self) -> bool:
+            return True
+
     options = EngineOptions(engine="ray", ray_address=ray_cluster.address, task_timeout_s=5)
     engine = sa.create_engine(loaded.database_url)
+    ray.init(address=ray_cluster.address, namespace="recsys-test", log_to_driver=False)
     try:
+        blockers = [Blocker.remote() for _ in range(2)]  # one CPU on each of the two nodes
+        assert ray.get([b.ready.remote() for b in blockers], timeout=60)
         with pytest.raises(ClusterError, match="did not finish within 5 s"):
-            with training_on(options, "ranker", workers=3):
+            with training_on(options, "ranker"):
                 train_run(engine, loaded, _config())
         with engine.connect() as conn:
             status = conn.execute(
                 sa.text("SELECT status FROM model_runs ORDER BY id DESC LIMIT 1")
             ).scalar()
         assert status == "failed"
+        running = [t for t in cluster_engine._STILL_RUNNING if t.is_alive()]
+        assert running  # the given-up training is known, so no connection closes under it
+        for blocker in blockers:  # now it gets its CPUs and ends on its own
+            ray.kill(blocker)
+        for thread in running:
+            thread.join(timeout=300)
+        assert not any(t.is_alive() for t in running)
     finally:
+        ray.shutdown()
         engine.dispose()

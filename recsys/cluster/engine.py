@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
+import threading
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -140,13 +141,25 @@ def check_engine(options: EngineOptions) -> EngineOptions:
     return options
 
 
+_STILL_RUNNING: list[threading.Thread] = []
+"""Threads of this process that still use the Ray connection after their caller gave up on
+them (a training past its timeout): :func:`connected` does not close the connection under
+them, since Ray ends the whole process when a thread uses a connection that was shut down."""
+
+
+def keep_connected_while(thread: threading.Thread) -> None:
+    """Keep this process's Ray connection open while ``thread`` runs (see :func:`connected`)."""
+    _STILL_RUNNING.append(thread)
+
+
 @contextlib.contextmanager
 def connected(options: EngineOptions) -> Iterator[Any]:
     """The ``ray`` module, connected to the cluster at ``options.ray_address`` for the block.
 
     Probes the address first and raises one clear :class:`ClusterUnavailable` if it cannot
-    connect; a connection made here is closed on exit (one that already existed is kept). The
-    cluster itself keeps running.
+    connect; a connection made here is closed on exit (one that already existed is kept), unless
+    a thread given to :func:`keep_connected_while` still runs: then it stays open, with a
+    warning, and the next :func:`connected` reuses it. The cluster itself keeps running.
     """
     ray = require_ray()
     host, port = probe(options.ray_address)
@@ -166,7 +179,14 @@ def connected(options: EngineOptions) -> Iterator[Any]:
     try:
         yield ray
     finally:
-        if started_here:
+        _STILL_RUNNING[:] = [t for t in _STILL_RUNNING if t.is_alive()]
+        if started_here and _STILL_RUNNING:
+            _log.warning(
+                "the Ray connection stays open: %d training(s) given up on still run on the "
+                "cluster",
+                len(_STILL_RUNNING),
+            )
+        elif started_here:
             ray.shutdown()
 
 

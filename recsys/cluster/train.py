@@ -54,6 +54,7 @@ from recsys.cluster.engine import (
     EngineOptions,
     _one_line,
     connected,
+    keep_connected_while,
 )
 
 _log = logging.getLogger(__name__)
@@ -62,8 +63,9 @@ COLLECTIVE_TIMEOUT_S = 120.0
 """Longest wait of one all-reduce for the other workers (a lost peer fails, not hangs)."""
 
 RAY_TRAIN_STORAGE = Path(tempfile.gettempdir()) / "recsys-ray-train"
-"""Ray Train's ``storage_path`` on the driver; each training's run folder there is removed when
-the training ends (its weights come back in memory, nothing is checkpointed)."""
+"""Ray Train's ``storage_path`` on the driver. Each training's run folder there is removed when
+the training ends (its weights come back in memory, nothing is checkpointed); best effort: Ray
+Train's controller may still write its final state into it afterwards."""
 
 CLUSTER_MODELS = ("ranker",)
 """Models whose training runs on the cluster with ``--engine ray``."""
@@ -250,7 +252,13 @@ class RayTowerRunner:
     def __init__(self, ray: Any, options: EngineOptions, workers: int | None = None) -> None:
         self.ray = ray
         self.options = options
-        self.workers = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+        cpus = int(ray.cluster_resources().get("CPU", 0))
+        self.workers = workers or max(1, cpus)
+        if self.workers > cpus:  # Ray Train would wait for them forever
+            raise ClusterError(
+                f"the ranker's training needs {self.workers} workers with one CPU each and the "
+                f"Ray cluster at {options.ray_address} has {cpus} CPUs"
+            )
         self.last: dict[str, Any] | None = None
         """The last training's figures (``world``, ``seconds``, ``epoch_seconds``)."""
 
@@ -331,6 +339,7 @@ class RayTowerRunner:
         if not thread.is_alive():  # Ray Train's run folder: results came back in memory
             shutil.rmtree(RAY_TRAIN_STORAGE / name, ignore_errors=True)
         if thread.is_alive():
+            keep_connected_while(thread)  # it still uses Ray: see connected()
             raise ClusterError(
                 f"the ranker's training on the cluster did not finish within "
                 f"{self.options.task_timeout_s:g} s (RECSYS_RAY_TASK_TIMEOUT_S; are there "
