@@ -191,16 +191,8 @@ def _staged_lines(rows: Iterable[tuple[int, ProductRow | Plain]]) -> Iterator[by
         yield b"%d\t%s" % (line_no, _staged(row, raw))
 
 
-PRODUCTS_COLUMNS = (
-    "external_id",
-    "title",
-    "brand",
-    "description",
-    "feature_text",
-    "categories",
-    "main_category",
-    "raw",
-)
+PRODUCTS_COLUMNS = PRODUCT_COLUMNS[1:]
+"""The staged columns without ``line_no``: what a first load COPYs into ``products``."""
 
 
 _EMPTY = sa.text("SELECT NOT EXISTS (SELECT 1 FROM products)")

@@ -239,6 +239,18 @@ class RankerRecommender:
 
     # --- ranking head ---------------------------------------------------------------------
 
+    def _take_shapes(self, train: RatingData) -> None:
+        """Sizes and normalised text of ``train``; ``text_path`` off when no product has text
+        (ids only: the zero text column contributes nothing)."""
+        from recsys.model.rank_network import normalise_text
+
+        if len(train) == 0:
+            raise DataError("no training ratings")
+        self.n_users, self.n_products = train.n_users, train.n_products
+        self.text = normalise_text(train.text, train.n_products)
+        self.text_dim = self.text.shape[1]
+        self.params["text_path"] = bool(np.any(self.text))
+
     def _new_tower(self, n_users: int, n_products: int, text_dim: int):
         from recsys.model.rank_network import RankingTower
 
@@ -388,16 +400,8 @@ class RankerRecommender:
             progress: a :mod:`recsys.progress` sink (epoch, loss, ratings/s, validation NDCG).
             should_stop: polled after every batch; true raises ``TrainingInterrupted``.
         """
-        from recsys.model.rank_network import normalise_text
-
-        if len(train) == 0:
-            raise DataError("no training ratings")
         started = time.perf_counter()
-        self.n_users, self.n_products = train.n_users, train.n_products
-        self.text = normalise_text(train.text, train.n_products)
-        self.text_dim = self.text.shape[1]
-        # no product text at all: ids only (the zero text column contributes nothing)
-        self.params["text_path"] = bool(np.any(self.text))
+        self._take_shapes(train)
         if not self.params["text_path"]:
             _log.info("ranker: no product text; training on ids only")
         hooks = {"progress": progress, "should_stop": should_stop}
@@ -532,15 +536,8 @@ class RankerRecommender:
         Raises:
             RecsysError: the tower trained elsewhere (a tower runner keeps no epoch weights).
         """
-        from recsys.model.rank_network import normalise_text
-
-        if len(train) == 0:
-            raise DataError("no training ratings")
         started = time.perf_counter()
-        self.n_users, self.n_products = train.n_users, train.n_products
-        self.text = normalise_text(train.text, train.n_products)
-        self.text_dim = self.text.shape[1]
-        self.params["text_path"] = bool(np.any(self.text))
+        self._take_shapes(train)
         self.params["rating_head"] = False
         self.predicts_ratings = False
         saved = {k: self.params[k] for k in ("patience", "validation_users")}
