@@ -9,6 +9,7 @@ import pytest
 from test_anyshop import planted_clusters
 
 from recsys.model import catalog
+from recsys.model.als import implicit_available
 from recsys.model.auto import internal_folds, selection_folds
 from recsys.model.baselines import PopularityRecommender
 from recsys.model.ease import EASERecommender
@@ -134,3 +135,54 @@ def test_the_simplest_candidate_within_one_standard_error_wins() -> None:
     # one fold: the best mean, ties to the simpler
     assert one_standard_error([result("ranker", [0.3]), result("ease", [0.2])])["model"] == "ranker"
     assert one_standard_error([result("blend", [0.3]), result("ease", [0.3])])["model"] == "ease"
+
+
+@pytest.mark.skipif(not implicit_available(), reason="needs the peers extra (implicit)")
+def test_als_settings_are_searched_over_the_folds_and_each_fold_scored_at_the_others_pick(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from recsys.model.als import ALSRecommender
+    from recsys.model.auto import leave_one_out
+
+    data = planted_clusters()  # 960 ratings: 3 folds under a 3,000-rating budget
+    grid = [(4, 30.0, 10.0), (8, 1.0, 3.0), (8, 0.1, 1.0)]
+    fitted: list[tuple[int, tuple]] = []
+    original = ALSRecommender.fit_setting
+
+    def recording(self, train, *setting, **kwargs):
+        fitted.append((len(train), tuple(setting)))
+        return original(self, train, *setting, **kwargs)
+
+    monkeypatch.setattr(ALSRecommender, "fit_setting", recording)
+    auto = catalog.create(
+        "auto",
+        candidates=["popularity", "als"],
+        selection_ratings=3_000,
+        params={"als": {"grid": grid, "iterations": 3}},
+    )
+    auto.fit(data)
+    search = auto.selection["als_search"]
+    tables = [{} for _ in range(3)]
+    # every setting fitted once on each fold's fitting part (no split nested in a fold)
+    contest = fitted[: 3 * len(grid)]
+    assert [s for _, s in contest] == [s for s in grid for _ in range(3)]
+    assert all(n < len(data) for n, _ in contest)
+    assert [tuple(s[:3]) for s in search["searched"]] == grid
+    als = next(c for c in auto.selection["candidates"] if c["model"] == "als")
+    # rebuild the folds' tables from the per-fold scores the search recorded
+    folds = internal_folds(data, 3)
+    from recsys.model.auto import contest_sample, internal_ndcg
+
+    for k, (fit_part, held_out) in enumerate(folds):
+        for setting in grid:
+            model = ALSRecommender(iterations=3)
+            original(model, fit_part, *setting, seed=0)
+            tables[k][setting] = internal_ndcg(model, fit_part, contest_sample(held_out, 5_000))
+    served, picks, scores = leave_one_out(tables, grid)
+    assert tuple(search["setting"]) == served
+    assert [tuple(p) for p in search["fold_settings"]] == picks
+    np.testing.assert_allclose(als["folds"], scores, atol=1e-6)
+    # the planted clusters beat popularity: ALS is served, refitted on all data at its setting
+    assert auto.selection["chosen"] == "als"
+    assert fitted[-1] == (len(data), served) and len(fitted) == 3 * len(grid) + 1
+    assert auto.chosen.params["fitted"] == list(served)

@@ -10,7 +10,7 @@ from recsys.evaluation.metrics import ranking_metrics
 from recsys.evaluation.splits import rank_split
 from recsys.evaluation.tuning import internal_rank_split
 from recsys.model import catalog
-from recsys.model.als import ALSRecommender
+from recsys.model.als import ALSRecommender, implicit_available
 from recsys.model.base import RatingData
 from recsys.model.ease import EASERecommender
 from recsys.model.lightfm import PEERS, LightFMPeer
@@ -88,6 +88,31 @@ def test_ease_tunes_lambda_on_a_train_internal_split() -> None:
     fit_part, val_part = internal_rank_split(data)
     assert len(fit_part) + len(val_part) == len(data)
     assert len(val_part) == sum(max(1, round(0.2 * 8)) for _ in range(120))
+
+
+@pytest.mark.skipif(not implicit_available(), reason="needs the peers extra (implicit)")
+def test_als_searches_alpha_and_regularization_then_factors() -> None:
+    from recsys.model import als
+
+    data = _blocks()
+    model = ALSRecommender(iterations=3)
+    model.fit(data)
+    searched = {tuple(s[:3]): s[3] for s in model.params["searched"]}
+    stage1 = [
+        (als.SEARCH_FACTORS, reg, alpha)
+        for alpha in als.SEARCH_ALPHAS
+        for reg in als.SEARCH_REGULARIZATIONS
+    ]
+    assert list(searched)[:12] == stage1
+    best1 = max(stage1, key=searched.get)
+    stage2 = [(best1[0], best1[1] * f, best1[2]) for f in (als.REFINE_STEP, 1 / als.REFINE_STEP)]
+    assert list(searched)[12:14] == stage2
+    best2 = max(stage1 + stage2, key=searched.get)
+    assert list(searched)[14:] == [(f, best2[1], best2[2]) for f in als.SEARCH_FACTOR_CHOICES]
+    # the served setting is the best one searched (the first of equal scores), refitted
+    assert tuple(model.params["tuned"]) == max(searched, key=searched.get)
+    assert model.params["fitted"] == list(model.params["tuned"])
+    assert model.user_factors.shape == (data.n_users, model.params["tuned"][0])
 
 
 @pytest.mark.parametrize(

@@ -2,10 +2,21 @@
 
 Fitted by ``implicit.cpu.als.AlternatingLeastSquares`` on the binary user x product matrix
 (confidence ``alpha`` on rated products, 1 elsewhere); score ``U_u . V_i``. Factors,
-regularization and alpha come from a small grid scored on a TRAIN-INTERNAL split (20% of each
-user's training ratings, another seed) and the best setting is refitted on the whole training
-part. Needs the optional ``recsys[peers]`` extra to FIT; a saved model loads, scores and folds
-in with numpy alone.
+regularization and alpha come from a staged search scored by NDCG@10 on a TRAIN-INTERNAL split
+(20% of each user's training ratings, another seed), and the best setting is refitted on the
+whole training part:
+
+1. every (alpha, regularization) of :data:`SEARCH_ALPHAS` x :data:`SEARCH_REGULARIZATIONS`
+   at :data:`SEARCH_FACTORS` factors (12 fits);
+2. the best regularization times and divided by :data:`REFINE_STEP` (2 fits);
+3. :data:`SEARCH_FACTOR_CHOICES` factors at the best pair (3 fits).
+
+implicit's regularization is absolute, while the data term of a user grows with alpha times
+their rating count, so the useful regularization depends on the shop's ratings per user: small
+shops (a handful of ratings a user) need tens, large ones fractions of one. The search
+therefore spans three decades of it and alpha together; ties keep the earlier setting. Under a
+time budget the search stops at the budget with the best setting so far. Needs the optional
+``recsys[peers]`` extra to FIT; a saved model loads, scores and folds in with numpy alone.
 
 Fold-in (:meth:`ALSRecommender.score_histories`): a user known only by a history row gets the
 exact least-squares user vector that implicit's ``recalculate_user`` computes (its
@@ -20,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -30,16 +42,17 @@ from recsys.model.ease import ArrayModel, interaction_matrix
 
 _log = logging.getLogger(__name__)
 
-DEFAULT_GRID: tuple[tuple[int, float, float], ...] = (
-    (32, 0.05, 1.0),
-    (32, 0.05, 5.0),
-    (64, 0.05, 1.0),
-    (64, 0.5, 5.0),
-    (128, 0.5, 1.0),
-    (128, 5.0, 5.0),
-    (64, 5.0, 20.0),
-)
-"""(factors, regularization, alpha) candidates tried on the train-internal split."""
+SEARCH_FACTORS = 32
+"""The factor count of the search's first two stages."""
+SEARCH_ALPHAS = (10.0, 3.0, 30.0, 1.0)
+SEARCH_REGULARIZATIONS = (3.0, 30.0, 0.3)
+"""Stage 1 of the search: every (alpha, regularization) pair at :data:`SEARCH_FACTORS` factors,
+in this order (a time budget keeps the best of those tried, so the middle of the range comes
+first)."""
+REFINE_STEP = 10**0.5
+"""Stage 2: the best stage-1 regularization times and divided by this step."""
+SEARCH_FACTOR_CHOICES = (16, 64, 128)
+"""Stage 3: these factor counts at the best (regularization, alpha)."""
 
 
 def require(module: str, extra: str = "peers"):
@@ -60,6 +73,57 @@ def implicit_available() -> bool:
     import importlib.util
 
     return importlib.util.find_spec("implicit") is not None
+
+
+Setting = tuple[int, float, float]
+"""(factors, regularization, alpha)."""
+
+
+def staged_search(
+    score: Callable[[Setting], float | None], grid: list | tuple | None = None
+) -> dict[Setting, float]:
+    """The settings scored, in the order tried, by the staged search of the module docstring.
+
+    Args:
+        score: NDCG@10 of one setting (higher is better); None stops the search (a budget).
+        grid: settings to try instead of the stages.
+
+    Returns:
+        {setting: score} of every setting scored; the best is ``max(result, key=result.get)``
+        (the first of equal scores).
+    """
+    scores: dict[Setting, float] = {}
+
+    def tried(candidate) -> bool:
+        candidate = (int(candidate[0]), float(candidate[1]), float(candidate[2]))
+        if candidate not in scores:
+            value = score(candidate)
+            if value is None:
+                return False
+            scores[candidate] = float(value)
+        return True
+
+    def best() -> Setting:
+        return max(scores, key=scores.get)
+
+    if grid is not None:
+        stages = [lambda: list(grid)]
+    else:
+        stages = [
+            lambda: [
+                (SEARCH_FACTORS, reg, alpha)
+                for alpha in SEARCH_ALPHAS
+                for reg in SEARCH_REGULARIZATIONS
+            ],
+            lambda: [
+                (best()[0], best()[1] * step, best()[2]) for step in (REFINE_STEP, 1 / REFINE_STEP)
+            ],
+            lambda: [(f, best()[1], best()[2]) for f in SEARCH_FACTOR_CHOICES],
+        ]
+    for stage in stages:
+        if not all(tried(c) for c in stage()):
+            break
+    return scores
 
 
 class FactorModel(ArrayModel):
@@ -86,7 +150,8 @@ class ALSRecommender(FactorModel):
     Args:
         factors, regularization, alpha: a fixed setting; any None tunes all three over ``grid``.
         iterations: ALS sweeps.
-        grid: (factors, regularization, alpha) candidates.
+        grid: (factors, regularization, alpha) candidates tried instead of the staged search
+            (None: the search in the module docstring).
         time_budget_s: wall seconds the fit may take (None or 0: no limit): the grid stops
             before a setting that, with the refit after it, would end past the budget at the
             mean setting time so far, and keeps the best setting so far (at least one is tried);
@@ -102,7 +167,7 @@ class ALSRecommender(FactorModel):
         regularization: float | None = None,
         alpha: float | None = None,
         iterations: int = 15,
-        grid: tuple[tuple[int, float, float], ...] | list = DEFAULT_GRID,
+        grid: tuple[tuple[int, float, float], ...] | list | None = None,
         time_budget_s: float | None = None,
     ) -> None:
         self.params: dict[str, Any] = {
@@ -110,13 +175,14 @@ class ALSRecommender(FactorModel):
             "regularization": regularization,
             "alpha": alpha,
             "iterations": int(iterations),
-            "grid": [list(g) for g in grid],
+            "grid": None if grid is None else [list(g) for g in grid],
             "time_budget_s": float(time_budget_s) if time_budget_s else None,
         }
 
-    def _fit_setting(
-        self, train: RatingData, factors: int, reg: float, alpha: float, seed: int
-    ) -> None:
+    def fit_setting(
+        self, train: RatingData, factors: int, reg: float, alpha: float, seed: int = 0
+    ) -> FitHistory:
+        """Fit one (factors, regularization, alpha) setting, no search."""
         require("implicit")
         from implicit.cpu.als import AlternatingLeastSquares
         from threadpoolctl import threadpool_limits
@@ -137,6 +203,7 @@ class ALSRecommender(FactorModel):
         self.user_factors = np.asarray(model.user_factors, dtype=np.float32)
         self.product_factors = np.asarray(model.item_factors, dtype=np.float32)
         self.params["fitted"] = [int(factors), float(reg), float(alpha)]
+        return FitHistory(stopped_reason="closed form")
 
     def fit(
         self, train: RatingData, *, validation: RatingData | None = None, seed: int = 0
@@ -155,20 +222,25 @@ class ALSRecommender(FactorModel):
 
                 val_part = contest_sample(val_part, DEFAULT_CONTEST_USERS)
             started = time.monotonic()
-            scores = {}
-            for candidate in self.params["grid"]:
+            scores: dict[tuple, float] = {}
+
+            def score(candidate: tuple) -> float | None:
                 mean = (time.monotonic() - started) / max(len(scores), 1)
                 # one more setting and the refit on all of ``train`` (about one more setting)
                 if budget and scores and time.monotonic() + 2 * mean > started + budget:
-                    _log.info("als: time budget: grid stopped after %d settings", len(scores))
+                    _log.info("als: time budget: search stopped after %d settings", len(scores))
                     self.params["budget_stop"] = True
-                    break
-                self._fit_setting(fit_part, *candidate, seed=seed)
-                scores[tuple(candidate)] = validation_ndcg(self, fit_part, val_part)
+                    return None
+                self.fit_setting(fit_part, *candidate, seed=seed)
+                scores[candidate] = validation_ndcg(self, fit_part, val_part)
+                return scores[candidate]
+
+            staged_search(score, self.params["grid"])
             setting = max(scores, key=scores.get)
             _log.info("als: validation NDCG@10 %s -> %s", scores, setting)
             self.params["tuned"] = list(setting)
-        self._fit_setting(train, *setting, seed=seed)
+            self.params["searched"] = [[*k, v] for k, v in scores.items()]
+        self.fit_setting(train, *setting, seed=seed)
         return FitHistory(stopped_reason="closed form")
 
     def fold_in(self, histories) -> np.ndarray:

@@ -28,6 +28,10 @@
    fold (large data,
    or under a budget) the ranker tunes its epochs on a split of the first fold's fitting part
    and reuses that count on later folds.
+   **ALS's setting** with two folds or more (no time budget, no given setting) is searched on
+   the folds themselves the same way (:meth:`AutoRecommender._als_fold_scores`): the staged
+   search of :mod:`recsys.model.als` fits each setting on every fold and follows the best
+   mean; the served setting is the best mean, fold ``k`` is scored at the OTHER folds' pick.
 3. The winner (:func:`one_standard_error`: the simplest candidate, in the order of
    :data:`SIMPLER_FIRST`, whose mean is within one standard error of the paired per-fold
    differences from the best mean; with one fold the best mean) is refitted on all the
@@ -324,6 +328,8 @@ class AutoRecommender:
         """With epoch curves: the served epoch count, each fold's, the mean curve."""
         self.members: list[Any] = []
         """With ``ranker_serving="bag"``: the folds' rankers at the served epoch count."""
+        self.als_search: dict[str, Any] = {}
+        """With ALS searched over the folds: the served setting, each fold's, every mean."""
 
     # --- which candidates ---------------------------------------------------------------
 
@@ -413,6 +419,68 @@ class AutoRecommender:
             if name == "ranker" and epochs is not None and params.get("epochs") is None:
                 params["epochs"] = int(epochs)
         return catalog.create(name, **params)
+
+    # --- ALS searched over the folds -------------------------------------------------------
+
+    def _search_als_over_folds(self, names: list[str], n_folds: int) -> bool:
+        """Whether ALS's settings are searched over the contest's folds (see :meth:`fit`).
+
+        With two or more folds and no time budget, unless its setting is given.
+        """
+        given = self.params["params"].get("als", {})
+        fixed = all(given.get(k) is not None for k in ("factors", "regularization", "alpha"))
+        return "als" in names and n_folds >= 2 and self.deadline is None and not fixed
+
+    def _als_fold_scores(
+        self,
+        folds: list[tuple[RatingData, RatingData]],
+        contests: list[RatingData],
+        seed: int,
+        progress: ProgressSink,
+    ) -> list[float]:
+        """ALS's contest score per fold, its settings searched on the folds themselves.
+
+        The staged search of :mod:`recsys.model.als` runs once over all the folds: each
+        setting is fitted on every fold's fitting part and scored on its held-out part, and a
+        stage continues from the setting with the best MEAN over the folds. The served setting
+        is the best mean; fold ``k`` is scored at the setting the OTHER folds' mean picks
+        (:func:`leave_one_out`, as the ranker's epochs), so no fold is scored at its own
+        choice. This replaces a search nested inside each fold (a split of the fold's fitting
+        part), which tunes on 64% of the ratings and one noisy hold-out. The stages that are
+        tried follow all the folds' means, so fold ``k`` has a say in which settings are
+        tried, never in which one it is scored at.
+        """
+        from recsys.model import als as als_module
+
+        probe = self._create("als", contest=True)
+        grid = probe.params.get("grid")
+        tables: list[dict[tuple, float]] = [{} for _ in folds]
+        planned = (len(grid) if grid is not None else 17) * len(folds)
+        progress.start("auto: ALS settings over the folds", planned, "fits")
+
+        def score(setting: tuple) -> float:
+            for k, ((fit_part, _), contest) in enumerate(zip(folds, contests, strict=True)):
+                model = self._create("als", contest=True)
+                model.fit_setting(fit_part, *setting, seed=seed)
+                tables[k][setting] = internal_ndcg(model, fit_part, contest)
+                progress.update(1)
+            return float(np.mean([t[setting] for t in tables]))
+
+        searched = als_module.staged_search(score, grid)
+        progress.finish()
+        keys = list(searched)
+        served, picks, scores = leave_one_out(tables, keys)
+        self.als_search = {
+            "setting": [int(served[0]), float(served[1]), float(served[2])],
+            "fold_settings": [[int(f), float(r), float(a)] for f, r, a in picks],
+            "searched": [[*key, round(value, 6)] for key, value in searched.items()],
+        }
+        _log.info(
+            "auto: ALS over the folds picks %s (each fold scored at the others' pick: %s)",
+            served,
+            picks,
+        )
+        return scores
 
     # --- the ranker's epoch curves ----------------------------------------------------------
 
@@ -537,7 +605,7 @@ class AutoRecommender:
 
         if len(train) == 0:
             raise DataError("no training ratings")
-        self.curve, self.members = {}, []
+        self.curve, self.members, self.als_search = {}, [], {}
         budget = self.params["time_budget_s"]
         if len(train) < self.params["budget_min_ratings"]:
             budget = None
@@ -560,12 +628,13 @@ class AutoRecommender:
         ranker_epochs: int | None = None
         first_fitted: dict[str, Any] = {}
         curves = self._use_curves(train, names, n_folds)
+        als_over_folds = self._search_als_over_folds(names, n_folds)
         deferred: list[dict[str, Any]] = []  # with curves: each fold's ranker and EASE
         for k, ((fit_part, _), contest) in enumerate(zip(folds, contests, strict=True)):
             fitted: dict[str, Any] = {}
             n_contest = len(np.unique(contest.users))
             for position, name in enumerate(names, 1):
-                if name in failed:
+                if name in failed or (name == "als" and als_over_folds):
                     continue
                 reason = self.skip_reason(name)
                 if reason is not None:
@@ -632,6 +701,15 @@ class AutoRecommender:
             if k == 0:
                 first_fitted = fitted
             del fitted
+        if als_over_folds:
+            started = time.perf_counter()
+            try:
+                per_fold["als"] = self._als_fold_scores(folds, contests, seed, progress)
+            except RecsysError as err:
+                _log.warning("auto: candidate als failed: %s", err)
+                skipped.append({"model": "als", "reason": str(err).splitlines()[0][:200]})
+                failed.add("als")
+            seconds["als"] = time.perf_counter() - started
         blend_curve: list[float] | None = None
         if curves and "ranker" in per_fold and "ranker" not in failed:
             started = time.perf_counter()
@@ -697,6 +775,11 @@ class AutoRecommender:
             self.chosen_params = dict(self.params["params"].get(self.chosen_name, {}))
             if self.chosen_name == "ease":
                 self.chosen_params.setdefault("memory_mb", self.params["ease_memory_mb"])
+            if self.chosen_name == "als" and self.als_search:
+                factors, regularization, alpha = self.als_search["setting"]
+                self.chosen_params.update(
+                    factors=factors, regularization=regularization, alpha=alpha
+                )
         if self.curve:  # the served ranker trains as the contest measured it
             if self.chosen_name == "ranker":
                 self.chosen_params["epochs"] = self.curve["epochs"]
@@ -723,6 +806,8 @@ class AutoRecommender:
         }
         if self.curve:
             self.selection["ranker_epochs"] = self.curve
+        if self.als_search:
+            self.selection["als_search"] = self.als_search
         self.internal = {
             "ndcg@10": float(best["ndcg@10"]),
             "popularity_ndcg@10": float(popularity),

@@ -113,15 +113,8 @@ class ALSConfig(_Config):
     regularization: float | None = None
     alpha: float | None = None
     iterations: int = 15
-    grid: tuple[tuple[int, float, float], ...] = (
-        (32, 0.05, 1.0),
-        (32, 0.05, 5.0),
-        (64, 0.05, 1.0),
-        (64, 0.5, 5.0),
-        (128, 0.5, 1.0),
-        (128, 5.0, 5.0),
-        (64, 5.0, 20.0),
-    )
+    grid: tuple[tuple[int, float, float], ...] | None = None
+    """Settings tried instead of the staged search of :mod:`recsys.model.als` (None: search)."""
     time_budget_s: float | None = None
 
 
