@@ -140,7 +140,7 @@ def main() -> None:
         f"{loop_rate:,.0f} products/s on {len(docs):,} products: "
         f"{fast_rate / loop_rate:.1f}x"
     )
-    target = 600.0
+    target = 300.0  # the Electronics issue: a features build of 786k products in 5 minutes
     print(
         f"target 786k in {target:.0f} s: projected {786_000 / rate:.0f} s at this rate"
         " (linear extrapolation when the run was smaller)"

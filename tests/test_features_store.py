@@ -435,3 +435,14 @@ def test_migration_downgrade_and_upgrade(engine, settings, toy_vectors):
     db.migrate(engine)
     summary = store.build_features(engine, settings, word_vectors=str(toy_vectors))
     assert summary.n_embedded == 2
+
+
+def test_index_build_workers_fit_this_machines_cores(engine, monkeypatch):
+    from recsys.features import records
+
+    with engine.begin() as conn:
+        configured = int(conn.execute(sa.text("SHOW max_parallel_maintenance_workers")).scalar())
+        # the test server runs here (Unix socket): at most cores - 1, never above its setting
+        for cores, expected in ((1, 0), (2, min(configured, 1)), (64, configured)):
+            monkeypatch.setattr(records, "local_cores", lambda c=cores: c)
+            assert records.build_workers(conn) == expected

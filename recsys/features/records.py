@@ -4,6 +4,7 @@ indexes, the current set and pruning (see :mod:`recsys.features.store`)."""
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -327,13 +328,44 @@ def hnsw_memory_mb(n_rows: int, dim: int) -> int:
     return int(min(4096, max(64, estimate)))
 
 
+def local_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def build_workers(conn: sa.Connection) -> int | None:
+    """``max_parallel_maintenance_workers`` for an index build on this server, or None to keep
+    the server's own.
+
+    pgvector builds an HNSW graph in parallel with the leader and that many workers, each a
+    busy process. On a server on this machine (reached over a Unix socket or the loopback
+    address) more processes than cores only contend, so the build gets at most cores - 1
+    workers (never more than the server's setting); a remote server's cores are unknown.
+    """
+    row = conn.execute(
+        sa.text(
+            "SELECT inet_server_addr() IS NULL OR inet_server_addr() <<= '127.0.0.0/8'::inet "
+            "OR inet_server_addr() = '::1'::inet, "
+            "current_setting('max_parallel_maintenance_workers')::int"
+        )
+    ).one()
+    local, configured = bool(row[0]), int(row[1])
+    if not local:
+        return None
+    return max(0, min(configured, local_cores() - 1))
+
+
 def create_index(
     conn: sa.Connection, feature_set_id: int, dim: int, n_rows: int | None = None
 ) -> bool:
     """The set's HNSW cosine index (partial, on ``vector::vector(dim)``); False above 2000-d.
 
     ``maintenance_work_mem`` is raised for this transaction to fit the graph (see
-    :func:`hnsw_memory_mb`; ``n_rows`` defaults to the set's vectors).
+    :func:`hnsw_memory_mb`; ``n_rows`` defaults to the set's vectors), and the parallel
+    workers of the build are capped to the machine's cores (see :func:`build_workers`).
     """
     if dim > HNSW_MAX_DIM:
         _log.warning(
@@ -361,6 +393,11 @@ def create_index(
             "SELECT set_config('maintenance_work_mem', %s, true)",
             (f"{hnsw_memory_mb(int(n_rows), dim)}MB",),
         )
+        workers = build_workers(conn)
+        if workers is not None:
+            cur.execute(
+                "SELECT set_config('max_parallel_maintenance_workers', %s, true)", (str(workers),)
+            )
         cur.execute(statement)
     return True
 
