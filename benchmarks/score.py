@@ -151,6 +151,7 @@ def publish_speed(engine, n_rows: int) -> dict:
     import sqlalchemy as sa
 
     from recsys.scoring.publish import (
+        COPY_SQL,
         RunWriter,
         ScoreBatch,
         batch_to_copy_binary,
@@ -179,6 +180,16 @@ def publish_speed(engine, n_rows: int) -> dict:
     publish_s = time.perf_counter() - t0
     with engine.begin() as conn:
         conn.execute(sa.text("DELETE FROM recommendations WHERE run_id = :r"), {"r": run_id})
+    # the same rows COPYed raw into the same table (encoded beforehand): PostgreSQL's own share
+    data = batch_to_copy_binary(run_id, batch)
+    with engine.begin() as conn:
+        raw = conn.connection.driver_connection
+        t0 = time.perf_counter()
+        with raw.cursor() as cur, cur.copy(COPY_SQL) as copy:
+            copy.write(data)
+        same_table_s = time.perf_counter() - t0
+    with engine.begin() as conn:
+        conn.execute(sa.text("DELETE FROM recommendations WHERE run_id = :r"), {"r": run_id})
         conn.execute(sa.text("DELETE FROM recommendation_runs WHERE id = :r"), {"r": run_id})
     with engine.begin() as conn:
         conn.execute(
@@ -204,6 +215,7 @@ def publish_speed(engine, n_rows: int) -> dict:
         "rows": len(batch),
         "publish_rows_per_s": len(batch) / publish_s,
         "raw_copy_rows_per_s": len(batch) / raw_s,
+        "same_table_rows_per_s": len(batch) / same_table_s,
     }
 
 
@@ -454,34 +466,50 @@ def kernel_columns(n_products: int, rules: bool, seed: int = 3):
     )
 
 
-def kernel_speed(n_users: int, n_products: int, dim: int, rules: bool, k: int = 10) -> dict:
-    """The local loop's kernel on one core's worth of blocks: dot_scores + score_block.
+def kernel_speed(
+    n_users: int, n_products: int, dim: int, rules: bool, k: int = 10, threads: int = 1
+) -> dict:
+    """The local loop's kernel: dot_scores + score_block on every block of users.
 
-    Every block masks 20 rated products per user; with ``rules`` also 2 exclusions per user.
-    FLOP/s counts the matmul's 2 x (dim + 1) FLOP per user x product pair.
+    ``threads`` 1: one block at a time, the BLAS threaded; more: that many blocks at a time,
+    each with a one-thread BLAS, as the local runner scores a dot-product model
+    (``recsys.scoring.score.ordered_in_threads``). Every block masks 20 rated products per
+    user; with ``rules`` also 2 exclusions per user. FLOP/s counts the matmul's 2 x (dim + 1)
+    FLOP per user x product pair.
     """
+    import threading
+
     from recsys.scoring.block import augment_products, dot_scores, score_block, users_per_block
+    from recsys.scoring.score import ordered_in_threads
 
     model = DotModel(n_users, n_products, dim)
     columns = kernel_columns(n_products, rules)
     products = augment_products(model.V, model.b, columns.offset)
     block = users_per_block(n_products)
-    buffer = np.empty(block * n_products, dtype=np.float32)
     rng = np.random.default_rng(4)
+    starts = list(range(0, n_users, block))
+    masks = {}
+    for start in starts:
+        n = min(n_users, start + block) - start
+        masks[start] = (
+            (np.repeat(np.arange(n), 20), rng.integers(0, n_products, n * 20)),
+            (np.repeat(np.arange(n), 2), rng.integers(0, n_products, n * 2)),
+        )
+    local = threading.local()
+
+    def one(start: int) -> int:
+        if not hasattr(local, "buffer"):
+            local.buffer = np.empty(block * n_products, dtype=np.float32)
+        users = np.arange(start, min(n_users, start + block))
+        scores = dot_scores(model.U[users], products, out=local.buffer)
+        rated, excluded = masks[start]
+        result = score_block(scores, columns, k, rated=rated, excluded=excluded if rules else None)
+        return len(result.rows)
 
     def run() -> int:
-        rows_out = 0
-        for start in range(0, n_users, block):
-            users = np.arange(start, min(n_users, start + block))
-            scores = dot_scores(model.U[users], products, out=buffer)
-            n = len(users)
-            rated = (np.repeat(np.arange(n), 20), rng.integers(0, n_products, n * 20))
-            excluded = (np.repeat(np.arange(n), 2), rng.integers(0, n_products, n * 2))
-            result = score_block(
-                scores, columns, k, rated=rated, excluded=excluded if rules else None
-            )
-            rows_out += len(result.rows)
-        return rows_out
+        if threads > 1:
+            return sum(ordered_in_threads(one, iter(starts), threads))
+        return sum(one(start) for start in starts)
 
     run()  # warm up
     t0 = time.perf_counter()
@@ -624,7 +652,12 @@ def main() -> None:
     parser.add_argument("--products", type=int, default=50_000)
     parser.add_argument("--hidden", type=int, default=1024)
     parser.add_argument("--batch", type=int, default=512, help="users per timed score_users call")
-    parser.add_argument("--publish-rows", type=int, default=1_000_000)
+    parser.add_argument(
+        "--publish-rows",
+        type=int,
+        default=1_000_000,
+        help="rows of the publish measurement (0: skip)",
+    )
     parser.add_argument("--full", action="store_true", help="score and publish all users")
     parser.add_argument("--full-ratings", type=int, default=3_300_000)
     parser.add_argument(
@@ -680,18 +713,25 @@ def main() -> None:
             f"tensorflow {flops['tensorflow'] / 1e9:.1f} GFLOP/s; reference: numpy"
         )
         shape = (args.kernel_users, args.kernel_products, args.kernel_dim)
-        off = kernel_speed(*shape, rules=False)
-        on = kernel_speed(*shape, rules=True)
+        from recsys.blas import local_cores
+
+        cores = local_cores()
+        for threads in sorted({1, cores}):
+            off = kernel_speed(*shape, rules=False, threads=threads)
+            on = kernel_speed(*shape, rules=True, threads=threads)
+            how = "one block at a time" if threads == 1 else f"{threads} blocks at a time"
+            print(
+                f"scoring kernel (dot_scores + score_block, {shape[0]:,} users x {shape[1]:,} "
+                f"products, d={shape[2]}, blocks of {off['block']} users, {how}): rules off "
+                f"{off['flops'] / 1e9:.1f} GFLOP/s = {off['flops'] / reference:.2f} of numpy's "
+                f"matmul, {off['flops'] / flops['tensorflow']:.2f} of TensorFlow's "
+                f"({off['users_per_s']:,.0f} users/s); all rules on "
+                f"{on['flops'] / 1e9:.1f} GFLOP/s = {on['flops'] / reference:.2f} of numpy's "
+                f"({on['users_per_s']:,.0f} users/s); rules on / off "
+                f"{on['users_per_s'] / off['users_per_s']:.2f}"
+            )
         whole = whole_row_speed(*shape)
         after = matmul_flops()["numpy"]
-        print(
-            f"scoring kernel (dot_scores + score_block, {shape[0]:,} users x {shape[1]:,} "
-            f"products, d={shape[2]}, blocks of {off['block']} users): rules off "
-            f"{off['flops'] / 1e9:.1f} GFLOP/s = {off['flops'] / reference:.2f} of matmul "
-            f"({off['users_per_s']:,.0f} users/s); all rules on {on['flops'] / 1e9:.1f} GFLOP/s "
-            f"= {on['flops'] / reference:.2f} of matmul ({on['users_per_s']:,.0f} users/s); "
-            f"rules on / off {on['users_per_s'] / off['users_per_s']:.2f}"
-        )
         print(
             f"  for scale: whole-row argpartition top-k {whole['flops'] / 1e9:.1f} GFLOP/s = "
             f"{whole['flops'] / reference:.2f} of matmul; matmul measured again after the "
@@ -723,13 +763,16 @@ def main() -> None:
         )
 
     engine, _ = database_engine(home)
-    pub = publish_speed(engine, args.publish_rows)
-    print(
-        f"publish: {pub['publish_rows_per_s'] / 1e6:.2f} M rows/s into recommendations vs raw "
-        f"COPY {pub['raw_copy_rows_per_s'] / 1e6:.2f} M rows/s into an unindexed temp table "
-        f"(ratio {pub['publish_rows_per_s'] / pub['raw_copy_rows_per_s']:.2f}; "
-        f"{pub['rows']:,} rows)"
-    )
+    if args.publish_rows:
+        pub = publish_speed(engine, args.publish_rows)
+        print(
+            f"publish: {pub['publish_rows_per_s'] / 1e6:.2f} M rows/s into recommendations vs "
+            f"raw COPY {pub['raw_copy_rows_per_s'] / 1e6:.2f} M rows/s into an unindexed temp "
+            f"table (ratio {pub['publish_rows_per_s'] / pub['raw_copy_rows_per_s']:.2f}; "
+            f"{pub['rows']:,} rows); raw COPY of the same rows into recommendations itself "
+            f"{pub['same_table_rows_per_s'] / 1e6:.2f} M rows/s (ratio "
+            f"{pub['publish_rows_per_s'] / pub['same_table_rows_per_s']:.2f})"
+        )
 
     if args.rules_users:
         res = rules_full_run(

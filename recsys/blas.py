@@ -1,4 +1,5 @@
-"""The OpenBLAS kernels numpy and scipy use, chosen before either loads.
+"""The OpenBLAS kernels numpy and scipy use, chosen before either loads, and the cores a
+process may use.
 
 The OpenBLAS inside numpy's and scipy's wheels picks its kernels from the CPU when it loads. On
 AMD CPUs with AVX-512 (Zen 4 and later) it picks its AVX2 ``Haswell`` kernels, so every float32
@@ -59,3 +60,11 @@ def prefer_avx512_kernels() -> str | None:
     if coretype:
         os.environ["OPENBLAS_CORETYPE"] = coretype
     return coretype
+
+
+def local_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1

@@ -444,5 +444,5 @@ def test_index_build_workers_fit_this_machines_cores(engine, monkeypatch):
         configured = int(conn.execute(sa.text("SHOW max_parallel_maintenance_workers")).scalar())
         # the test server runs here (Unix socket): at most cores - 1, never above its setting
         for cores, expected in ((1, 0), (2, min(configured, 1)), (64, configured)):
-            monkeypatch.setattr(records, "local_cores", lambda c=cores: c)
+            monkeypatch.setattr(records, "local_cores", lambda c=cores: c)  # imported there
             assert records.build_workers(conn) == expected

@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from hypothesis import given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
-from test_nightly_support import NumpyMF, add_catalogue, trained_model
+from test_nightly_support import NumpyMF, add_catalogue, rating_data, trained_model
 
 from recsys.errors import DataError, RecsysError
 from recsys.scoring.publish import STRATEGIES
@@ -131,6 +131,60 @@ def test_batch_size_does_not_change_the_lists(catalogue: sa.Engine) -> None:
         )
 
     assert len(small) > len(large) and flat(small) == flat(large)
+
+
+class _Dot:
+    """A dot-product model (``score_factors``), the form scored block by block in threads."""
+
+    name = "dot"
+    scores_are_ratings = False
+
+    def __init__(self, n_users: int, n_products: int) -> None:
+        rng = np.random.default_rng(7)
+        # few distinct values: many tied scores, so the tie-break is exercised too
+        self.u = rng.integers(-2, 3, (n_users, 4)).astype(np.float32)
+        self.v = rng.integers(-2, 3, (n_products, 4)).astype(np.float32)
+        self.b = rng.integers(0, 2, n_products).astype(np.float32)
+
+    def score_factors(self):
+        return self.u, self.v, self.b
+
+    def score_users(self, users: np.ndarray) -> np.ndarray:
+        return self.u[users] @ self.v.T + self.b
+
+
+def test_blocks_scored_in_threads_give_the_same_rows(catalogue: sa.Engine, monkeypatch) -> None:
+    from recsys.scoring import score as score_module
+
+    threaded: list[int] = []
+    original = score_module.ordered_in_threads
+
+    def counting(task, items, threads):
+        threaded.append(threads)
+        yield from original(task, items, threads)
+
+    monkeypatch.setattr(score_module, "ordered_in_threads", counting)
+    with catalogue.connect() as conn:
+        data = rating_data(conn)
+        model = ScoringModel(
+            _Dot(data.n_users, data.n_products), data.user_ids, data.product_ids, None, "dot"
+        )
+
+        def rows(threads: int) -> list[tuple]:
+            options = ScoreOptions(k=5, batch_users=3, threads=threads)
+            return [
+                (int(u), int(r), int(p), float(sc), int(st))
+                for b in score_batches(conn, model, options)
+                for u, r, p, sc, st in zip(
+                    b.user_ids, b.ranks, b.product_ids, b.scores, b.strategies, strict=True
+                )
+            ]
+
+        one = rows(1)
+        assert threaded == []  # one block at a time
+        three = rows(3)
+    assert threaded == [3]
+    assert len(one) == 5 * data.n_users and three == one  # same rows, in the same order
 
 
 def test_unknown_users_get_category_then_popularity_fallback(catalogue: sa.Engine) -> None:

@@ -4,7 +4,6 @@ indexes, the current set and pruning (see :mod:`recsys.features.store`)."""
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -14,6 +13,7 @@ import numpy as np
 import sqlalchemy as sa
 from psycopg import sql
 
+from recsys.blas import local_cores
 from recsys.db.copy import binary_body, driver_connection, encode_binary
 from recsys.db.locks import FEATURES_LOCK  # noqa: F401 (the build takes it)
 from recsys.errors import DataError, InputError
@@ -326,14 +326,6 @@ def hnsw_memory_mb(n_rows: int, dim: int) -> int:
     """
     estimate = n_rows * (4 * dim + 1024) * 1.25 / 2**20
     return int(min(4096, max(64, estimate)))
-
-
-def local_cores() -> int:
-    """CPU cores this process may run on (its affinity mask where the OS has one)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
 
 
 def build_workers(conn: sa.Connection) -> int | None:

@@ -51,6 +51,7 @@ the rows always come back here and are written by COPY, so both engines write th
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -60,6 +61,7 @@ import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from recsys.blas import local_cores
 from recsys.data.topk import top_k
 from recsys.errors import DataError, Interrupted, RecsysError
 from recsys.scoring import reads, reasons
@@ -153,6 +155,9 @@ class ScoreOptions:
     """Apply availability, exclusions and boosts (False only to measure their cost)."""
     reasons: bool = True
     """Compute the reason of every row."""
+    threads: int = 0
+    """Blocks of a dot-product model scored at once in this process, each with a one-thread
+    BLAS (0: one per core the process may use; 1: one block at a time, the BLAS threaded)."""
 
     def __post_init__(self) -> None:
         if self.k < 1:
@@ -564,6 +569,9 @@ def _fallback_rows(
     return n
 
 
+_CONTRIBUTIONS_LOCK = threading.Lock()
+
+
 def _model_reasons(
     model: ScoringModel,
     run: _Run,
@@ -588,10 +596,11 @@ def _model_reasons(
     by_text = cold
     if warm.any():
         if hasattr(model.recommender, "history_contributions"):
-            if run.contributions is None:
-                run.contributions = reasons.ContributionReasons(
-                    model.recommender, run.folded_history, run.n_model_users
-                )
+            with _CONTRIBUTIONS_LOCK:  # blocks may be scored on several threads
+                if run.contributions is None:
+                    run.contributions = reasons.ContributionReasons(
+                        model.recommender, run.folded_history, run.n_model_users
+                    )
             top = run.contributions.top(user_index, rows[warm], cols[warm])
             because[warm] = np.where(top >= 0, model.product_ids[np.maximum(top, 0)], -1)
         else:
@@ -783,13 +792,67 @@ def _fallback_block(part: ScoringPart, block: UserBlock) -> BlockRows:
 
 
 def local_blocks(part: ScoringPart, blocks: Iterator[UserBlock]) -> Iterator[BlockRows]:
-    """The one-process runner: :func:`score_user_block` on each block, one scores buffer."""
+    """The one-process runner: :func:`score_user_block` on each block, in block order.
+
+    A dot-product model's blocks (``run.products``) are scored ``options.threads`` at a time
+    (:func:`in_threads`): the matmul is threaded by the BLAS anyway, but the top-k, the rules
+    and the reasons of a block run on one core, so one block at a time leaves the other cores
+    idle for about half of the block. Each thread keeps its own scores buffer; the rows are
+    the same as one block at a time (each block is computed alone, by the same code).
+    """
+    threads = part.options.threads or local_cores()
+    if part.run.products is not None and threads > 1:
+        yield from in_threads(part, blocks, threads)
+        return
     buffer = None
     for block in blocks:
         if buffer is None and part.run.products is not None and block.user_index is not None:
             size = len(block.user_ids) * len(part.run.candidate_ids)
             buffer = np.empty(size, dtype=np.float32)
         yield score_user_block(part, block, buffer)
+
+
+def ordered_in_threads(
+    task: Callable[[Any], Any], items: Iterator[Any], threads: int
+) -> Iterator[Any]:
+    """``task(item)`` for every item on ``threads`` threads, results in the order of ``items``.
+
+    The BLAS is limited to one thread meanwhile (the threads are the parallelism); at most
+    ``2 * threads`` items are read ahead of the result being yielded. ``items`` is consumed
+    in the calling thread only (it may read the database).
+    """
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1, "blas"), ThreadPoolExecutor(threads) as pool:
+        pending: deque = deque()
+        try:
+            for item in items:
+                pending.append(pool.submit(task, item))
+                if len(pending) >= 2 * threads:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for future in pending:
+                future.cancel()
+
+
+def in_threads(part: ScoringPart, blocks: Iterator[UserBlock], threads: int) -> Iterator[BlockRows]:
+    """:func:`score_user_block` on ``threads`` threads, one scores buffer per thread."""
+    local = threading.local()
+    size = users_per_block(len(part.run.candidate_ids)) * len(part.run.candidate_ids)
+
+    def task(block: UserBlock) -> BlockRows:
+        buffer = getattr(local, "buffer", None)
+        needed = len(block.user_ids) * len(part.run.candidate_ids)
+        if block.user_index is not None and (buffer is None or buffer.size < needed):
+            buffer = local.buffer = np.empty(max(size, needed), dtype=np.float32)
+        return score_user_block(part, block, buffer)
+
+    yield from ordered_in_threads(task, blocks, threads)
 
 
 def _pairs(
