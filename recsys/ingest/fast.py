@@ -616,41 +616,40 @@ _SORT_CHUNK = 1 << 18
 def byte_order(strings: pa.Array) -> np.ndarray:
     """The permutation that sorts ``strings`` (no nulls) by their UTF-8 bytes, as int64 indices.
 
-    Each string is zero-padded to a multiple of 8 bytes and read as big-endian 64-bit words, then
-    sorted word by word from the last (a stable sort per word, least significant first), which is
-    byte order for strings without NUL bytes (the loader rejects those). It gives the order of
-    ``pyarrow.compute.sort_indices`` for distinct strings, without comparing strings.
+    Each string is zero-padded to a multiple of 8 bytes and read as big-endian 64-bit words,
+    then sorted by its words, the first the most significant (``np.lexsort``: a stable sort per
+    word from the last), which is byte order for strings without NUL bytes (the loader rejects
+    those). It gives the order of ``pyarrow.compute.sort_indices`` for distinct strings,
+    without comparing strings. Memory: the words (8 bytes a string per word) and the order;
+    the lengths and offsets are read as the int32 they are.
     """
     n = len(strings)
     if n < 2:
         return np.arange(n, dtype=np.int64)
     if pa.types.is_large_string(strings.type):
         return pc.sort_indices(strings).to_numpy()
-    lengths = pc.binary_length(strings).to_numpy(zero_copy_only=False).astype(np.int64)
+    lengths = pc.binary_length(strings).to_numpy(zero_copy_only=False).astype(np.int32)
     width = max(8, -(-int(lengths.max()) // 8) * 8)
     offsets = np.frombuffer(strings.buffers()[1], dtype=np.int32)[
         strings.offset : strings.offset + n + 1
-    ].astype(np.int64)
+    ]
     data = np.frombuffer(strings.buffers()[2], dtype=np.uint8)
     words = np.empty((width // 8, n), dtype=np.uint64)
     same_length = bool((lengths == lengths[0]).all())
     for start in range(0, n, _SORT_CHUNK):
         stop = min(n, start + _SORT_CHUNK)
         piece = data[offsets[start] : offsets[stop]]
+        matrix = np.zeros((stop - start, width), dtype=np.uint8)
         if same_length:
-            matrix = np.zeros((stop - start, width), dtype=np.uint8)
             matrix[:, : lengths[0]] = piece.reshape(stop - start, int(lengths[0]))
         else:
             size = lengths[start:stop]
-            matrix = np.zeros((stop - start, width), dtype=np.uint8)
             rows = np.repeat(np.arange(stop - start), size)
             columns = np.arange(len(piece)) - np.repeat(offsets[start:stop] - offsets[start], size)
             matrix[rows, columns] = piece
         words[:, start:stop] = matrix.view(">u8").astype(np.uint64).T
-    order = np.argsort(words[-1])
-    for k in range(len(words) - 2, -1, -1):
-        order = order[np.argsort(words[k][order], kind="stable")]
-    return order
+    del lengths
+    return np.lexsort(words[::-1]).astype(np.int64, copy=False)
 
 
 def _map_ids(
