@@ -126,6 +126,17 @@ def test_als_saved_loaded_and_folded_in_like_implicit(tmp_path: Path) -> None:
     rows = interaction_matrix(data)[users]
     expected = reference.recalculate_user(users, rows)
     np.testing.assert_allclose(loaded.fold_in(rows), expected, rtol=1e-3, atol=1e-4)
+    # the scorer's dot-product form: the factors with a zero bias, and the same fold-in from
+    # (row, product) entries (a duplicate counts once)
+    u, v, b = loaded.score_factors()
+    np.testing.assert_array_equal(b, 0)
+    np.testing.assert_allclose(u[users] @ v.T + b, model.score_users(users), rtol=1e-6)
+    entries = rows.tocoo()
+    items = np.concatenate([entries.col, entries.col[:3]])
+    owners = np.concatenate([entries.row, entries.row[:3]])
+    np.testing.assert_allclose(
+        loaded.user_vectors_for(items, owners, len(users)), loaded.fold_in(rows), rtol=1e-6
+    )
 
 
 @pytest.mark.slow

@@ -15,21 +15,31 @@ from recsys.config import Settings
 pytestmark = pytest.mark.slow
 
 
-def test_users_outside_the_filter_are_folded_in(
-    engine: sa.Engine, settings: Settings, tmp_path: Path
-) -> None:
+def _trained_on_filtered_sample(engine: sa.Engine, settings: Settings, tmp_path: Path, config):
+    """A model trained by ``config`` on a loaded sample (with features), loaded for scoring."""
     from recsys.features.store import build_features
     from recsys.ingest.load import load_files
     from recsys.ingest.sample import write_sample
-    from recsys.model.train import TrainConfig, train_run
-    from recsys.scoring.score import ScoreOptions, load_model, score_and_write
+    from recsys.model.train import train_run
+    from recsys.scoring.score import load_model
 
     files = write_sample(tmp_path / "sample", users=100, products=40, ratings=1600, seed=5)
     load_files(engine, settings, ratings=[files.ratings_path], metadata=[files.metadata_path])
     build_features(engine, settings, dim=8, epochs=1, min_count=1)
-    result = train_run(
+    result = train_run(engine, settings, config)
+    return load_model(engine, settings, result.run_id)
+
+
+def test_users_outside_the_filter_are_folded_in(
+    engine: sa.Engine, settings: Settings, tmp_path: Path
+) -> None:
+    from recsys.model.train import TrainConfig
+    from recsys.scoring.score import ScoreOptions, score_and_write
+
+    model = _trained_on_filtered_sample(
         engine,
         settings,
+        tmp_path,
         TrainConfig(
             model="ranker",
             epochs=3,
@@ -40,7 +50,6 @@ def test_users_outside_the_filter_are_folded_in(
             params={"rating_head": False},
         ),
     )
-    model = load_model(engine, settings, result.run_id)
     model_products = set(model.product_ids.tolist())
     with engine.begin() as conn:
         # one user who rated only a product the model does not know: fallback
@@ -103,3 +112,58 @@ def test_users_outside_the_filter_are_folded_in(
     listed = [(int(p), float(s)) for u, p, s, _, _ in rows if int(u) == user]
     assert [p for p, _ in listed] == model.product_ids[order].tolist()
     np.testing.assert_allclose([s for _, s in listed], scores[order], rtol=1e-5)
+
+
+def test_als_folds_in_through_its_dot_product_form(
+    engine: sa.Engine, settings: Settings, tmp_path: Path
+) -> None:
+    pytest.importorskip("implicit")
+    from recsys.model.train import TrainConfig
+    from recsys.scoring.score import ScoreOptions, score_and_write
+
+    model = _trained_on_filtered_sample(
+        engine,
+        settings,
+        tmp_path,
+        TrainConfig(
+            model="als",
+            min_ratings=15,
+            evaluate=False,
+            min_train_ratings=10,
+            params={"factors": 8, "regularization": 3.0, "alpha": 10.0},
+        ),
+    )
+    with engine.connect() as conn:
+        pairs = np.array(conn.execute(sa.text("SELECT user_id, product_id FROM ratings")).all())
+    columns = {int(p): i for i, p in enumerate(model.product_ids)}
+    folded = sorted({int(u) for u, p in pairs if int(p) in columns} - set(model.user_ids.tolist()))
+    assert folded, "the filter should have dropped users who rated model products"
+    from recsys.scoring.score import user_vectors_of
+
+    assert user_vectors_of(model) is not None  # scored in blocks as a dot-product model
+    summary = score_and_write(engine, model, ScoreOptions(k=5), publish=False)
+    assert summary.counts["model"] == len(model.user_ids) + len(folded)
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.text(
+                "SELECT user_id, product_id, score FROM recommendations "
+                "WHERE run_id = :r ORDER BY user_id, rank"
+            ),
+            {"r": summary.run_id},
+        ).all()
+    # each folded-in user's list is the exact top-5 of ALS's own history scores
+    from scipy import sparse
+
+    for user in folded[:5]:
+        rated = {int(p) for u, p in pairs if int(u) == user}
+        history = sorted(columns[p] for p in rated if p in columns)
+        row = sparse.csr_matrix(
+            (np.ones(len(history)), (np.zeros(len(history), int), history)),
+            shape=(1, len(model.product_ids)),
+        )
+        scores = model.recommender.score_histories(row)[0]
+        scores[history] = -np.inf
+        order = np.lexsort((model.product_ids, -scores))[:5]
+        listed = [(int(p), float(s)) for u, p, s in rows if int(u) == user]
+        assert [p for p, _ in listed] == model.product_ids[order].tolist()
+        np.testing.assert_allclose([s for _, s in listed], scores[order], rtol=1e-5, atol=1e-6)

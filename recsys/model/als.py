@@ -18,9 +18,10 @@ therefore spans three decades of it and alpha together; ties keep the earlier se
 time budget the search stops at the budget with the best setting so far. Needs the optional
 ``recsys[peers]`` extra to FIT; a saved model loads, scores and folds in with numpy alone.
 
-Fold-in (:meth:`ALSRecommender.score_histories`): a user known only by a history row gets the
-exact least-squares user vector that implicit's ``recalculate_user`` computes (its
-``user_linear_equation``)::
+Fold-in (:meth:`ALSRecommender.fold_in`; the scorer asks :meth:`ALSRecommender.user_vectors_for`
+and scores ALS in its dot-product blocks through :meth:`ALSRecommender.score_factors`): a user
+known only by a history row gets the exact least-squares user vector that implicit's
+``recalculate_user`` computes (its ``user_linear_equation``)::
 
     u = (V^T V + reg I + (alpha - 1) V_I^T V_I)^-1  alpha sum_{i in I} V_i
 
@@ -266,6 +267,29 @@ class ALSRecommender(FactorModel):
             a = base + (alpha - 1.0) * (vi.T @ vi)
             out[r] = np.linalg.solve(a, alpha * vi.sum(axis=0))
         return out
+
+    folds_in = True
+    """Users outside the training data are scored from their history (:meth:`fold_in`)."""
+
+    def score_factors(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(user factors, product factors, zero bias): the dot-product form the nightly scorer
+        computes in blocks (``score = U_u . V_i``)."""
+        if self.user_factors is None or self.product_factors is None:
+            raise RecsysError("the ALS model is not trained")
+        bias = np.zeros(len(self.product_factors), dtype=np.float32)
+        return self.user_factors, self.product_factors, bias
+
+    def user_vectors_for(self, items: np.ndarray, rows: np.ndarray, n_rows: int) -> np.ndarray:
+        """Folded-in user vectors (:meth:`fold_in`) of histories given as (row, model product
+        index) entries; duplicates within a row count once."""
+        from scipy import sparse
+
+        histories = sparse.csr_matrix(
+            (np.ones(len(items), dtype=np.float32), (np.asarray(rows), np.asarray(items))),
+            shape=(int(n_rows), len(self.product_factors)),
+        )
+        histories.data[:] = 1.0
+        return self.fold_in(histories)
 
     def score_histories(self, histories) -> np.ndarray:
         """Fold-in scores: the folded user vectors times the product factors."""

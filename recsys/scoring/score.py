@@ -10,10 +10,10 @@ reason (:mod:`recsys.scoring.reasons`).
 
 Users the model does not know (filtered out by ``--min-ratings``, or new since training) but
 who rated at least one product it knows are FOLDED IN when the model can pool a user vector
-from a history (``recommender.user_vectors_for``, the ranker): their exact model list comes from
-their database ratings of the model's products (strategy ``model``; the count is recorded as
+from a history (``recommender.user_vectors_for``: the ranker, ALS): their exact model list comes
+from their database ratings of the model's products (strategy ``model``; the count is recorded as
 ``params["folded_in"]`` of the run; no cold-start products for them). Models that score a
-history row directly (``recommender.score_histories``: EASE, ALS) fold in the same way. Folded-in
+history row directly (``recommender.score_histories``: EASE) fold in the same way. Folded-in
 users go through the same block, rules and reasons as the model's own users. The others get a
 fallback list instead: the most rated products (``popularity``), or, with
 ``fallback="category"``, the most rated products in the categories of the products they rated
@@ -294,8 +294,8 @@ def fold_in_users(
     """Fold in the users the model does not know who rated at least one product it knows.
 
     Their history (every database rating of a model product) becomes a user vector
-    (``recommender.user_vectors_for``, the ranker) or is scored as a history row
-    (``recommender.score_histories``: EASE, ALS). They get user indices after the model's own
+    (``recommender.user_vectors_for``: the ranker, ALS) or is scored as a history row
+    (``recommender.score_histories``: EASE). They get user indices after the model's own
     users, so the scoring loop treats them like any other model user.
 
     Returns:
