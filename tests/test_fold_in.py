@@ -30,6 +30,18 @@ def _trained_on_filtered_sample(engine: sa.Engine, settings: Settings, tmp_path:
     return load_model(engine, settings, result.run_id)
 
 
+def _run_rows(engine: sa.Engine, run_id: int) -> list:
+    """(user_id, product_id, score, strategy, rank) of a run's rows, by user then rank."""
+    with engine.connect() as conn:
+        return conn.execute(
+            sa.text(
+                "SELECT user_id, product_id, score, strategy, rank FROM recommendations "
+                "WHERE run_id = :r ORDER BY user_id, rank"
+            ),
+            {"r": run_id},
+        ).all()
+
+
 def test_users_outside_the_filter_are_folded_in(
     engine: sa.Engine, settings: Settings, tmp_path: Path
 ) -> None:
@@ -78,14 +90,8 @@ def test_users_outside_the_filter_are_folded_in(
     expected_folded = rates_known - in_model
     assert expected_folded, "the filter should have dropped users who rated model products"
     summary = score_and_write(engine, model, ScoreOptions(k=5), publish=False)
+    rows = _run_rows(engine, summary.run_id)
     with engine.connect() as conn:
-        rows = conn.execute(
-            sa.text(
-                "SELECT user_id, product_id, score, strategy, rank FROM recommendations "
-                "WHERE run_id = :r ORDER BY user_id, rank"
-            ),
-            {"r": summary.run_id},
-        ).all()
         params = conn.execute(
             sa.text("SELECT params FROM recommendation_runs WHERE id = :r"), {"r": summary.run_id}
         ).scalar()
@@ -143,14 +149,7 @@ def test_als_folds_in_through_its_dot_product_form(
     assert user_vectors_of(model) is not None  # scored in blocks as a dot-product model
     summary = score_and_write(engine, model, ScoreOptions(k=5), publish=False)
     assert summary.counts["model"] == len(model.user_ids) + len(folded)
-    with engine.connect() as conn:
-        rows = conn.execute(
-            sa.text(
-                "SELECT user_id, product_id, score FROM recommendations "
-                "WHERE run_id = :r ORDER BY user_id, rank"
-            ),
-            {"r": summary.run_id},
-        ).all()
+    rows = _run_rows(engine, summary.run_id)
     # each folded-in user's list is the exact top-5 of ALS's own history scores
     from scipy import sparse
 
@@ -164,6 +163,6 @@ def test_als_folds_in_through_its_dot_product_form(
         scores = model.recommender.score_histories(row)[0]
         scores[history] = -np.inf
         order = np.lexsort((model.product_ids, -scores))[:5]
-        listed = [(int(p), float(s)) for u, p, s in rows if int(u) == user]
+        listed = [(int(p), float(s)) for u, p, s, _, _ in rows if int(u) == user]
         assert [p for p, _ in listed] == model.product_ids[order].tolist()
         np.testing.assert_allclose([s for _, s in listed], scores[order], rtol=1e-5, atol=1e-6)
