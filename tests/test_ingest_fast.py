@@ -66,13 +66,19 @@ def _reset(engine: sa.Engine) -> None:
         )
 
 
-def _outcome(engine, settings, batches, fast_path: bool):
-    """Load each batch of (files, format, max_reject_rate) in turn; summaries or the error."""
+def _outcome(engine, settings, batches, fast_path: bool, dump=_dump):
+    """Load each batch of (files, format, max_reject_rate[, "ratings" | "metadata"]) in turn;
+    the summaries or the error of each, then ``dump`` of the database."""
     results = []
-    for files, fmt, rate in batches:
+    for files, fmt, rate, *kind in batches:
         try:
             summaries = load_files(
-                engine, settings, ratings=files, fmt=fmt, max_reject_rate=rate, fast_path=fast_path
+                engine,
+                settings,
+                **{kind[0] if kind else "ratings": files},
+                fmt=fmt,
+                max_reject_rate=rate,
+                fast_path=fast_path,
             )
         except InputError as err:
             results.append(("error", str(err)))
@@ -84,7 +90,7 @@ def _outcome(engine, settings, batches, fast_path: bool):
                 for s in summaries
             ]
         )
-    return results, _dump(engine)
+    return results, dump(engine)
 
 
 def _same_both_ways(engine, settings, batches, caplog=None) -> tuple:

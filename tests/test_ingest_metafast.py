@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from test_ingest_fast import _outcome as load_outcome
+from test_ingest_fast import _reset
 
 from recsys.config import Settings
-from recsys.errors import InputError
 from recsys.ingest import metafast
 from recsys.ingest.detect import get_format
-from recsys.ingest.load import load_files
 
 _DUMP = {
     "products": (
@@ -47,42 +47,12 @@ def _dump(engine: sa.Engine) -> dict[str, list[tuple]]:
         return {k: [tuple(r) for r in c.execute(sa.text(q)).all()] for k, q in _DUMP.items()}
 
 
-def _reset(engine: sa.Engine) -> None:
-    with engine.begin() as c:
-        c.execute(
-            sa.text(
-                "TRUNCATE rejected_rows, loads, ratings, users, products RESTART IDENTITY CASCADE"
-            )
-        )
-
-
 Batch = tuple[list[Path], str | None, float | None, str]
 """Files, forced format, max reject rate, and ``metadata`` or ``ratings``."""
 
 
 def _outcome(engine, settings, batches: list[Batch], fast_path: bool):
-    results = []
-    for files, fmt, rate, kind in batches:
-        try:
-            summaries = load_files(
-                engine,
-                settings,
-                **{kind: files},
-                fmt=fmt,
-                max_reject_rate=rate,
-                fast_path=fast_path,
-            )
-        except InputError as err:
-            results.append(("error", str(err)))
-            continue
-        results.append(
-            [
-                (s.status, s.rows_read, s.rows_loaded, s.rows_merged, s.rows_rejected, s.message)
-                + tuple((r.line_no, r.reason, r.raw_line) for r in s.rejects)
-                for s in summaries
-            ]
-        )
-    return results, _dump(engine)
+    return load_outcome(engine, settings, batches, fast_path, dump=_dump)
 
 
 @pytest.fixture
