@@ -54,6 +54,8 @@ REFINE_STEP = 10**0.5
 """Stage 2: the best stage-1 regularization times and divided by this step."""
 SEARCH_FACTOR_CHOICES = (16, 64, 128)
 """Stage 3: these factor counts at the best (regularization, alpha)."""
+SEARCH_SETTINGS = len(SEARCH_ALPHAS) * len(SEARCH_REGULARIZATIONS) + 2 + len(SEARCH_FACTOR_CHOICES)
+"""Settings the staged search fits (fewer when a stage repeats one already tried)."""
 
 
 def require(module: str, extra: str = "peers"):
@@ -223,20 +225,21 @@ class ALSRecommender(FactorModel):
 
                 val_part = contest_sample(val_part, DEFAULT_CONTEST_USERS)
             started = time.monotonic()
-            scores: dict[tuple, float] = {}
+            fitted = 0
 
             def score(candidate: tuple) -> float | None:
-                mean = (time.monotonic() - started) / max(len(scores), 1)
+                nonlocal fitted
+                mean = (time.monotonic() - started) / max(fitted, 1)
                 # one more setting and the refit on all of ``train`` (about one more setting)
-                if budget and scores and time.monotonic() + 2 * mean > started + budget:
-                    _log.info("als: time budget: search stopped after %d settings", len(scores))
+                if budget and fitted and time.monotonic() + 2 * mean > started + budget:
+                    _log.info("als: time budget: search stopped after %d settings", fitted)
                     self.params["budget_stop"] = True
                     return None
                 self.fit_setting(fit_part, *candidate, seed=seed)
-                scores[candidate] = validation_ndcg(self, fit_part, val_part)
-                return scores[candidate]
+                fitted += 1
+                return validation_ndcg(self, fit_part, val_part)
 
-            staged_search(score, self.params["grid"])
+            scores = staged_search(score, self.params["grid"])
             setting = max(scores, key=scores.get)
             _log.info("als: validation NDCG@10 %s -> %s", scores, setting)
             self.params["tuned"] = list(setting)

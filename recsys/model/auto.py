@@ -455,7 +455,7 @@ class AutoRecommender:
         probe = self._create("als", contest=True)
         grid = probe.params.get("grid")
         tables: list[dict[tuple, float]] = [{} for _ in folds]
-        planned = (len(grid) if grid is not None else 17) * len(folds)
+        planned = (len(grid) if grid is not None else als_module.SEARCH_SETTINGS) * len(folds)
         progress.start("auto: ALS settings over the folds", planned, "fits")
 
         def score(setting: tuple) -> float:
