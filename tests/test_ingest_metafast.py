@@ -8,15 +8,14 @@ the summaries with their first rejected lines and every row of ``rejected_rows``
 
 from __future__ import annotations
 
-import gzip
 import json
 import random
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from test_ingest_fast import _file, _reset
 from test_ingest_fast import _outcome as load_outcome
-from test_ingest_fast import _reset
 
 from recsys.config import Settings
 from recsys.ingest import metafast
@@ -94,12 +93,6 @@ def _same_both_ways(engine, settings, batches: list[Batch], seen: list[int] | No
     for key in _DUMP:
         assert quick[1][key] == general[1][key], key
     return quick
-
-
-def _file(path: Path, lines: list[bytes], *, gz: bool = False, end: bytes = b"\n") -> Path:
-    data = end.join(lines) + end
-    path.write_bytes(gzip.compress(data) if gz else data)
-    return path
 
 
 def _j(record: object, **dumps) -> bytes:
