@@ -117,7 +117,13 @@ def test_block_contributions_without_factors_ask_user_by_user() -> None:
 def test_block_text_reasons_equal_most_similar(n_products, dim, n, seed) -> None:
     rng = np.random.default_rng(seed)
     ids = rng.permutation(1000)[:n_products].astype(np.int64) + 1
-    vectors = rng.integers(-2, 3, (n_products, dim)).astype(np.float32)
+    # 1 or 4 nonzero entries of one magnitude a row: the norms divide exactly (to entries of
+    # +-1 or +-0.5), so every cosine is exact in any summation order and a tie is a real tie
+    vectors = np.zeros((n_products, dim), dtype=np.float32)
+    for row in range(n_products):
+        k = 4 if dim >= 4 and rng.random() < 0.5 else 1
+        cols = rng.choice(dim, k, replace=False)
+        vectors[row, cols] = rng.choice([-1.0, 1.0], k) * rng.integers(1, 4)
     vectors[rng.random(n_products) < 0.3] = vectors[0]  # equal vectors: ties by id
     has_vector = rng.random(n_products) < 0.8
     text = reasons.TextReasons(ids[has_vector], vectors[has_vector])
