@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
-from recsys.data.topk import top_k, top_k_indices
+from recsys.data.topk import chunk_columns, chunk_maxima, top_k, top_k_indices
 from recsys.scoring.block import (
     Columns,
     GroupCap,
@@ -131,3 +131,20 @@ def test_top_k_indices_is_the_evaluation_cut() -> None:
     assert top_k_indices(scores, 3).tolist() == [[1, 2, 4], [2, -1, -1]]
     rows, ranks, cols, _ = top_k(scores.astype(np.float32), 2, np.array([5, 4, 3, 2, 1]))
     assert cols[rows == 0].tolist() == [4, 2]
+
+
+@hsettings(max_examples=60, deadline=None)
+@given(st.integers(1, 4), st.integers(1, 300), st.integers(0, 2**31 - 1), st.booleans())
+def test_chunk_maxima_cover_every_column_once(n, p, seed, strided) -> None:
+    rng = np.random.default_rng(seed)
+    wide = rng.normal(size=(n, 2 * p)).astype(np.float32)
+    wide[rng.random(wide.shape) < 0.2] = -np.inf
+    scores = wide[:, ::2] if strided else np.ascontiguousarray(wide[:, :p])
+    maxima = chunk_maxima(scores)
+    cols = chunk_columns(np.arange(maxima.shape[1]), p)
+    real = cols[cols < p]
+    assert sorted(real.tolist()) == list(range(p))  # a partition of the columns
+    for c in range(maxima.shape[1]):
+        members = cols[c][cols[c] < p]
+        assert len(members) > 0
+        np.testing.assert_array_equal(maxima[:, c], scores[:, members].max(axis=1))

@@ -7,10 +7,15 @@ lets evaluation import it without depending on anything above data.
 
 Method (exact, ties broken by a key ascending, e.g. the product id):
 
-1. Columns are grouped in chunks of :data:`CHUNK`; each chunk's maximum is one cheap pass.
+1. Columns are grouped in chunks of at most :data:`CHUNK`; each chunk's maximum is one cheap
+   pass. A chunk is strided, not a run: with ``S = ceil(P / CHUNK)`` columns per slab, chunk c
+   holds columns ``c, c + S, c + 2S, ...``, so the maxima of all chunks are the elementwise
+   maximum of the row's CHUNK slabs, a contiguous streaming pass (a reduction over runs of 32
+   columns would work on 32-element pieces, an order of magnitude slower).
 2. The m-th largest chunk maximum ``t`` is a lower bound of the m-th largest score (the m
    chunks holding those maxima hold m scores >= ``t``), so every score that can be in the top
-   m lies in a chunk whose maximum is >= ``t``. Only those chunks are read again.
+   m lies in a chunk whose maximum is >= ``t``. Only those chunks are read again. This holds
+   for any grouping of the columns, so the lists do not depend on the chunks' shape.
 3. The few candidates are ordered by (score descending, key ascending) and cut at m.
 
 ``-inf`` marks a column that must never be returned; a row with fewer finite scores than k
@@ -26,31 +31,44 @@ CHUNK = 32
 maxima are a small second array."""
 
 
+def slab_width(n_cols: int, chunk: int = CHUNK) -> int:
+    """Columns per slab, ``ceil(n_cols / chunk)``: chunk c holds columns c, c + S, c + 2S, ..."""
+    return -(-n_cols // chunk)
+
+
 def chunk_maxima(scores: np.ndarray, chunk: int = CHUNK) -> np.ndarray:
-    """Maximum of each run of ``chunk`` columns, float32 [n, ceil(P / chunk)].
+    """Maximum of each strided chunk, float32 [n, ceil(P / chunk)].
+
+    Chunk c is the columns ``c + j * S`` (``S`` = :func:`slab_width`, ``j < chunk``) that
+    exist; chunk c's maximum is column c of the result.
 
     Args:
         scores: float32 [n, P], C-contiguous or not.
-        chunk: columns per chunk.
+        chunk: (at most) columns per chunk.
     """
     n, p = scores.shape
-    full = p // chunk
-    parts = []
-    if full:
-        parts.append(_halving_max(scores[:, : full * chunk].reshape(n, full, chunk)))
-    if p % chunk:
-        parts.append(scores[:, full * chunk :].max(axis=1, keepdims=True))
-    return np.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
+    width = slab_width(p, chunk)
+    if width == 0:
+        return np.zeros((n, 0), dtype=scores.dtype)
+    full = p // width
+    slabs = np.lib.stride_tricks.as_strided(
+        scores,
+        shape=(n, full, width),
+        strides=(scores.strides[0], width * scores.strides[1], scores.strides[1]),
+        writeable=False,
+    )
+    maxima = np.maximum.reduce(slabs, axis=1)
+    rest = p - full * width
+    if rest:
+        np.maximum(maxima[:, :rest], scores[:, full * width :], out=maxima[:, :rest])
+    return maxima
 
 
-def _halving_max(blocks: np.ndarray) -> np.ndarray:
-    """Maximum over the last axis of ``blocks`` [n, c, w]: while w is even, the elementwise
-    maximum of its two halves (wide vectorised passes; numpy's reduction over a short last axis
-    is slower), then a reduction over what is left."""
-    while blocks.shape[-1] > 1 and blocks.shape[-1] % 2 == 0:
-        half = blocks.shape[-1] // 2
-        blocks = np.maximum(blocks[..., :half], blocks[..., half:])
-    return blocks.max(axis=-1)
+def chunk_columns(chunks: np.ndarray, n_cols: int, chunk: int = CHUNK) -> np.ndarray:
+    """The columns of each chunk, int64 [len(chunks), chunk]; ``>= n_cols`` where a chunk is
+    short (the last slab is partial)."""
+    width = slab_width(n_cols, chunk)
+    return chunks[:, None] + np.arange(chunk)[None, :] * width
 
 
 def kth_largest(values: np.ndarray, m: np.ndarray | int) -> np.ndarray:
@@ -83,7 +101,7 @@ def candidates(
     """
     n, p = scores.shape
     sel_rows, sel_chunks = np.nonzero(maxima >= threshold[:, None])
-    cols = sel_chunks[:, None] * chunk + np.arange(chunk)[None, :]
+    cols = chunk_columns(sel_chunks, p, chunk)
     inside = cols < p
     safe = np.minimum(cols, p - 1)
     values = scores[sel_rows[:, None], safe]

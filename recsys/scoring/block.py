@@ -22,8 +22,9 @@ Counts of what each rule removed are returned with the lists (see :class:`BlockR
 
 For dot-product models (``score = u . v + b``), :func:`dot_scores` computes a block of
 scores as one float32 matmul with the bias folded in as an extra dimension, written into a
-buffer that is reused from block to block; :func:`users_per_block` sizes blocks so that one
-block of scores stays in the last-level cache while the top-k reads it.
+buffer that is reused from block to block; :func:`users_per_block` sizes blocks so that the
+matmul has enough user rows to run near the BLAS's peak. The top-k reads a block's scores in
+one streaming pass (the chunk maxima) plus a few gathers, so a block need not fit in cache.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from recsys.data.topk import CHUNK, chunk_maxima, kth_largest, order_candidates
+from recsys.data.topk import CHUNK, chunk_columns, chunk_maxima, kth_largest, order_candidates
 
 RULE_COUNT_KEYS = (
     "unavailable",
@@ -44,10 +45,10 @@ RULE_COUNT_KEYS = (
 )
 """Keys of ``recommendation_runs.rule_counts``."""
 
-CACHE_BYTES = 16 << 20
-"""Score bytes per block: half of a 32 MB last-level cache, so a block of scores written by
-the matmul is still in cache when the top-k reads it, with enough user rows (>= 64) for the
-matmul to run near its peak."""
+BLOCK_BYTES = 64 << 20
+"""Score bytes per block (one buffer per scoring thread). The BLAS's float32 matmul runs
+well below its peak with fewer than a few hundred user rows (benchmarks/RESULTS.md, "strided
+chunks"), so blocks are sized by memory, not by the cache."""
 
 
 @dataclass(frozen=True)
@@ -118,41 +119,46 @@ class BlockResult:
     was open; ``boosted`` counts list rows of boosted products."""
 
 
-def users_per_block(n_columns: int, cache_bytes: int = CACHE_BYTES) -> int:
-    """Users per block so that a block of float32 scores fits ``cache_bytes`` (64..1024)."""
-    return int(max(64, min(1024, cache_bytes // (4 * max(1, n_columns)))))
+def users_per_block(n_columns: int, block_bytes: int = BLOCK_BYTES) -> int:
+    """Users per block so that a block of float32 scores fits ``block_bytes`` (64..1024)."""
+    return int(max(64, min(1024, block_bytes // (4 * max(1, n_columns)))))
 
 
 def augment_products(
     vectors: np.ndarray, bias: np.ndarray, offset: np.ndarray | None = None
 ) -> np.ndarray:
-    """``[V, b + offset]``: product factors with the bias as one more dimension, float32."""
+    """``[V, b + offset].T``: product factors with the bias as one more dimension, transposed
+    and C-contiguous, float32 [d + 1, P] (the BLAS multiplies a contiguous right-hand side
+    faster than a transposed view)."""
     total = np.asarray(bias, dtype=np.float32)
     if offset is not None:
         total = total + offset.astype(np.float32)
-    return np.ascontiguousarray(
-        np.concatenate([np.asarray(vectors, dtype=np.float32), total[:, None]], axis=1)
-    )
+    vectors = np.asarray(vectors, dtype=np.float32)
+    out = np.empty((vectors.shape[1] + 1, len(vectors)), dtype=np.float32)
+    out[:-1] = vectors.T
+    out[-1] = total
+    return out
 
 
 def dot_scores(
     user_vectors: np.ndarray, products: np.ndarray, out: np.ndarray | None = None
 ) -> np.ndarray:
-    """``[U, 1] @ products.T``: a block of dot-product scores (bias folded), float32.
+    """``[U, 1] @ products``: a block of dot-product scores (bias folded), float32.
 
     Args:
         user_vectors: float32 [n, d].
-        products: :func:`augment_products` output, float32 [P, d + 1].
+        products: :func:`augment_products` output, float32 [d + 1, P].
         out: a reusable float32 buffer with at least n * P elements.
     """
     n = len(user_vectors)
-    users = np.empty((n, products.shape[1]), dtype=np.float32)
+    n_products = products.shape[1]
+    users = np.empty((n, products.shape[0]), dtype=np.float32)
     users[:, :-1] = user_vectors
     users[:, -1] = 1.0
-    if out is not None and out.size >= n * len(products):
-        target = out.reshape(-1)[: n * len(products)].reshape(n, len(products))
-        return np.matmul(users, products.T, out=target)
-    return users @ products.T
+    if out is not None and out.size >= n * n_products:
+        target = out.reshape(-1)[: n * n_products].reshape(n, n_products)
+        return np.matmul(users, products, out=target)
+    return users @ products
 
 
 def _count_before(accepted: np.ndarray, order: np.ndarray, start: np.ndarray) -> np.ndarray:
@@ -273,7 +279,7 @@ def _select(
         sub_max = maxima[active]
         threshold = kth_largest(sub_max, m[active])
         sel_rows, sel_chunks = np.nonzero(sub_max >= threshold[:, None])
-        cols = sel_chunks[:, None] * CHUNK + np.arange(CHUNK)[None, :]
+        cols = chunk_columns(sel_chunks, p)
         inside = cols < p
         values = scores[active[sel_rows][:, None], np.minimum(cols, p - 1)]
         keep = inside & np.isfinite(values) & (values >= threshold[sel_rows][:, None])
