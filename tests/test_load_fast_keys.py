@@ -17,6 +17,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 import sqlalchemy as sa
+from hypothesis import given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
 from recsys.ingest import fast
 from recsys.ingest.load import load_files
@@ -137,3 +140,38 @@ def test_byte_order_is_pyarrows_string_order(values):
     if len(values) > 3:  # an array that starts inside its buffers
         part = strings.slice(2, len(values) - 3)
         assert fast.byte_order(part).tolist() == pc.sort_indices(part).to_numpy().tolist()
+
+
+@hsettings(max_examples=150, deadline=None)
+@given(
+    st.sets(st.text(alphabet="ab\u00e9z", max_size=12), max_size=60),
+    st.sampled_from(["", "A", "A000", "pr\u00e9fix-"]),
+    st.integers(1, 9),
+)
+def test_byte_order_in_small_batches_of_buckets(values, prefix, chunk):
+    """Batches of a few strings, shared prefixes and strings that end inside the bucket key:
+    the same order as pyarrow's sort."""
+    strings = pa.array(sorted(prefix + v for v in values)[::-1], type=pa.string())
+    before = fast._SORT_CHUNK, fast._KEY_ROWS
+    fast._SORT_CHUNK, fast._KEY_ROWS = chunk, chunk + 2  # bucketed in pieces too
+    try:
+        got = fast.byte_order(strings).tolist()
+    finally:
+        fast._SORT_CHUNK, fast._KEY_ROWS = before
+    assert got == pc.sort_indices(strings).to_numpy().tolist()
+
+
+def test_sorted_table_inserts_in_place_like_a_sorted_dict(monkeypatch):
+    monkeypatch.setattr(fast, "_MOVE_ROWS", 7)  # many chunks per move
+    rng = np.random.default_rng(3)
+    table, expected = fast._SortedTable(), {}
+    for _ in range(200):
+        wanted = np.unique(rng.integers(0, 3000, rng.integers(0, 50)).astype(np.uint64))
+        at = np.searchsorted(table.keys, wanted)
+        found = at < table.n
+        found[found] = table.keys[at[found]] == wanted[found]
+        values = rng.integers(0, 2**31 - 1, int((~found).sum())).astype(np.int32)
+        table.insert(at[~found], wanted[~found], values)
+        expected.update(zip(wanted[~found].tolist(), values.tolist(), strict=True))
+        assert table.keys.tolist() == sorted(expected)
+        assert table.values.tolist() == [expected[k] for k in sorted(expected)]

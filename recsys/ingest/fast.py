@@ -78,6 +78,12 @@ _COPY_ROWS = 1_000_000
 _PG_EPOCH = 946_684_800  # 2000-01-01 in unix seconds: the zero of PostgreSQL's timestamps
 
 
+_RELEASE_BLOCKS = 8
+"""The read hands freed memory back every this many blocks: the C heap keeps each block's
+freed temporaries between the small arrays the file is held in, and would otherwise grow by
+about as much as the held file itself over a long read."""
+
+
 def release_memory() -> None:
     """Hand memory freed by pyarrow's pool and by the C heap back to the operating system.
 
@@ -350,7 +356,7 @@ def hash64(strings: pa.Array) -> np.ndarray:
 
 
 class _Strings:
-    """A string array that grows at its end (its buffers doubled when full)."""
+    """A string array that grows at its end (its buffers grown in place, see :func:`_grown`)."""
 
     def __init__(self) -> None:
         self._data = np.zeros(1 << 16, dtype=np.uint8)
@@ -358,18 +364,24 @@ class _Strings:
         self.length = 0
 
     def extend(self, strings: pa.Array) -> None:
+        """Append ``strings``. No :meth:`array` of this object may be alive (its buffers move)."""
         offsets, data = _string_parts(strings)
         used = int(self._offsets[self.length])
         if used + len(data) >= 2**31:
             raise FastPathUnsupported("more than 2 GB of distinct ids")
-        self._data = _room(self._data, used, len(data))
-        self._offsets = _room(self._offsets, self.length + 1, len(offsets) - 1)
+        self._data = _grown(self._data, used + len(data))
+        self._offsets = _grown(self._offsets, self.length + len(offsets))
         self._data[used : used + len(data)] = data
         self._offsets[self.length + 1 : self.length + len(offsets)] = offsets[1:] + used
         self.length += len(offsets) - 1
 
+    def trim(self) -> None:
+        """Give back the room beyond the strings (before the last :meth:`array`)."""
+        self._data.resize(max(1, int(self._offsets[self.length])), refcheck=False)
+        self._offsets.resize(self.length + 1, refcheck=False)
+
     def array(self) -> pa.Array:
-        """The strings so far (a view: valid while this object lives)."""
+        """The strings so far (a view: valid while this object lives and does not grow)."""
         used = int(self._offsets[self.length])
         return pa.StringArray.from_buffers(
             self.length,
@@ -378,28 +390,81 @@ class _Strings:
         )
 
 
-def _room(array: np.ndarray, used: int, more: int) -> np.ndarray:
-    if used + more <= len(array):
-        return array
-    grown = np.zeros(max(2 * len(array), used + more), dtype=array.dtype)
-    grown[:used] = array[:used]
-    return grown
+def _grown(array: np.ndarray, needed: int) -> np.ndarray:
+    """``array`` with room for ``needed`` entries, resized in place by a quarter at least.
+
+    ``ndarray.resize`` is ``realloc``, which moves a large buffer without copying it, so no
+    second buffer is held while the first is copied (doubling into a new array would hold
+    three times the data at each growth). It zero-fills the new room, so the room is kept to
+    a quarter. No view of ``array`` may be alive: its memory may move.
+    """
+    if needed > len(array):
+        array.resize(max(needed, len(array) + len(array) // 4, 1 << 12), refcheck=False)
+    return array
+
+
+_MOVE_ROWS = 1 << 20
+"""Entries of a :class:`_SortedTable` moved at a time when new ones are inserted."""
+
+
+class _SortedTable:
+    """Sorted distinct uint64 keys, each with an int32 value, grown in place.
+
+    An insertion moves the existing entries to their new places from the end, a chunk at a
+    time, inside buffers grown in place (:func:`_grown`); ``np.insert`` would build a whole new
+    table per insertion and hold the old one meanwhile. No view of :attr:`keys` or
+    :attr:`values` may be alive across an insertion.
+    """
+
+    def __init__(self) -> None:
+        self._keys = np.zeros(0, dtype=np.uint64)
+        self._values = np.zeros(0, dtype=np.int32)
+        self.n = 0
+
+    @property
+    def keys(self) -> np.ndarray:
+        return self._keys[: self.n]
+
+    @property
+    def values(self) -> np.ndarray:
+        return self._values[: self.n]
+
+    def insert(self, at: np.ndarray, keys: np.ndarray, values: np.ndarray) -> None:
+        """Insert sorted ``keys`` (none present) at ``at = searchsorted(self.keys, keys)``."""
+        k, n = len(keys), self.n
+        if not k:
+            return
+        self._keys = _grown(self._keys, n + k)
+        self._values = _grown(self._values, n + k)
+        placed = at + np.arange(k)  # the new keys' final positions, ascending
+        top, moved_to, pending = n + k, n, k  # invariant: top - moved_to == pending
+        while pending:  # windows of final positions, from the end: nothing unread is hit
+            bottom = max(0, top - _MOVE_ROWS)
+            first = int(np.searchsorted(placed[:pending], bottom))
+            old = (top - bottom) - (pending - first)
+            keep = np.ones(top - bottom, dtype=bool)
+            keep[placed[first:pending] - bottom] = False
+            self._keys[bottom:top][keep] = self._keys[moved_to - old : moved_to].copy()
+            self._values[bottom:top][keep] = self._values[moved_to - old : moved_to].copy()
+            self._keys[placed[first:pending]] = keys[first:pending]
+            self._values[placed[first:pending]] = values[first:pending]
+            top, moved_to, pending = bottom, moved_to - old, first
+        self.n = n + k
 
 
 class _Codes:
     """External ids as integer codes into one dictionary, built block by block (a block's new
     ids get the next codes, in the order of their hashes).
 
-    The ids seen so far are kept as a sorted array of their 64-bit hashes with each one's code,
-    so a block's ids are looked up with a binary search (no hash table rebuilt per block). Every
-    id is compared with the dictionary's string for its code, so a hash collision cannot mix two
-    ids: it sends the file to the general path.
+    The ids seen so far are kept as a sorted table of their 64-bit hashes with each one's code
+    (:class:`_SortedTable`), so a block's ids are looked up with a binary search (no hash table
+    rebuilt per block). Every id is compared with the dictionary's string for its code, so a
+    hash collision cannot mix two ids: it sends the file to the general path.
     """
 
     def __init__(self) -> None:
         self._strings = _Strings()
-        self._hashes = np.zeros(0, dtype=np.uint64)
-        self._codes_of_hash = np.zeros(0, dtype=np.int32)
+        self._table = _SortedTable()
         self._codes: list[np.ndarray] = []
 
     @property
@@ -420,11 +485,13 @@ class _Codes:
             and not pc.all(pc.equal(values, representative.take(pa.array(inverse)))).as_py()
         ):
             raise FastPathUnsupported("two ids with one hash")
-        at = np.searchsorted(self._hashes, unique)
-        found = at < len(self._hashes)
-        found[found] = self._hashes[at[found]] == unique[found]
+        table = self._table.keys
+        at = np.searchsorted(table, unique)
+        found = at < len(table)
+        found[found] = table[at[found]] == unique[found]
+        del table  # a view: the table may move when it grows below
         codes = np.empty(len(unique), dtype=np.int32)
-        codes[found] = self._codes_of_hash[at[found]]
+        codes[found] = self._table.values[at[found]]
         if found.any():
             known = self._strings.array().take(pa.array(codes[found]))
             if not pc.all(pc.equal(representative.filter(pa.array(found)), known)).as_py():
@@ -435,14 +502,13 @@ class _Codes:
                 raise FastPathUnsupported("too many distinct ids")
             codes[new] = self._strings.length + np.arange(len(new), dtype=np.int32)
             self._strings.extend(representative.take(pa.array(new)))
-            self._hashes = np.insert(self._hashes, at[new], unique[new])
-            self._codes_of_hash = np.insert(self._codes_of_hash, at[new], codes[new])
+            self._table.insert(at[new], unique[new], codes[new])
         self._codes.append(codes[inverse])
 
     def finish(self) -> list[np.ndarray]:
-        """The codes of each block added, in order."""
-        self._hashes = np.zeros(0, dtype=np.uint64)
-        self._codes_of_hash = np.zeros(0, dtype=np.int32)
+        """The codes of each block added, in order (no more ids may be added)."""
+        self._table = _SortedTable()
+        self._strings.trim()
         codes, self._codes = self._codes, []
         return codes
 
@@ -557,6 +623,8 @@ def read_ratings(
             halves.append(half)
             stamps.append(ts.astype(np.uint32))  # < MAX_EPOCH_SECONDS < 2**32
             base += n_lines
+            if len(halves) % _RELEASE_BLOCKS == 0:
+                release_memory()
             if base > MAX_ROWS:
                 raise FastPathUnsupported(f"more than {MAX_ROWS:,} lines")
             progress.update(counts.read, blocks.bytes_read)
@@ -579,15 +647,20 @@ def _csv_chunks(
 ) -> Iterator[bytes]:
     """``id,external_id`` lines as COPY CSV (pyarrow quotes every string).
 
-    ``ids[i]`` goes with ``external[index[i]]`` (``external[i]`` without ``index``).
+    Without ``index``, ``ids[i]`` goes with ``external[i]``; with it, line i is
+    ``ids[index[i]]`` with ``external[index[i]]`` (gathered a chunk at a time).
     """
     options = pacsv.WriteOptions(include_header=False)
-    for start in range(0, len(ids), _COPY_ROWS):
+    n = len(ids) if index is None else len(index)
+    for start in range(0, n, _COPY_ROWS):
         if index is None:
             names = external.slice(start, _COPY_ROWS)
+            chunk = ids[start : start + _COPY_ROWS]
         else:
-            names = external.take(pa.array(index[start : start + _COPY_ROWS]))
-        table = pa.table({"id": pa.array(ids[start : start + _COPY_ROWS]), "external_id": names})
+            at = index[start : start + _COPY_ROWS]
+            names = external.take(pa.array(at))
+            chunk = ids[at]
+        table = pa.table({"id": pa.array(chunk), "external_id": names})
         sink = io.BytesIO()
         pacsv.write_csv(table, sink, options)
         yield sink.getvalue()
@@ -609,47 +682,109 @@ def _copy_out(conn: sa.Connection, statement: str) -> bytes:
     return out.getvalue()
 
 
-_SORT_CHUNK = 1 << 18
-"""Strings packed into sort words at a time (bounds the temporary byte matrix)."""
+_SORT_CHUNK = 1 << 16
+"""Strings sorted by their words at a time (bounds the words and the byte matrix)."""
+
+
+def _common_prefix(offsets: np.ndarray, data: np.ndarray, lengths: np.ndarray) -> int:
+    """The number of leading bytes every string shares."""
+    starts = offsets[:-1]
+    first = data[starts[0] : starts[0] + int(lengths.min())]
+    for at, byte in enumerate(first.tolist()):
+        if not (data[starts + at] == byte).all():
+            return at
+    return len(first)
+
+
+def _words(
+    offsets: np.ndarray, data: np.ndarray, lengths: np.ndarray, index: np.ndarray, skip: int
+) -> np.ndarray:
+    """The bytes of ``strings[index]`` from byte ``skip`` on, zero-padded to a multiple of 8
+    and read as big-endian uint64 words: uint64 [words, len(index)]."""
+    size = lengths[index] - skip
+    width = max(8, -(-int(size.max()) // 8) * 8)
+    m = len(index)
+    rows = np.repeat(np.arange(m, dtype=np.int32), size)
+    within = np.arange(len(rows), dtype=np.int32)
+    within -= np.repeat(np.cumsum(size, dtype=np.int32) - size, size)
+    source = np.repeat(offsets[index] + skip, size)
+    source += within
+    matrix = np.zeros((m, width), dtype=np.uint8)
+    matrix[rows, within] = data[source]
+    return matrix.view(">u8").astype(np.uint64).T
+
+
+_KEY_ROWS = 1 << 20
+"""Strings bucketed at a time (bounds the bucketing's temporaries)."""
+
+
+def _bucket_order(
+    offsets: np.ndarray, data: np.ndarray, lengths: np.ndarray, at: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """A stable order of the strings by their two bytes from byte ``at`` (missing bytes are 0),
+    int32, and the end of each non-empty bucket in it, without any whole-array int64 index."""
+    n = len(lengths)
+    key = np.zeros(n, dtype=np.uint16)
+    for start in range(0, n, _KEY_ROWS):
+        stop = min(n, start + _KEY_ROWS)
+        size, first = lengths[start:stop], offsets[start:stop]
+        for byte, shift in ((0, 8), (1, 0)):
+            has = size > at + byte
+            position = np.where(has, first + (at + byte), 0)
+            key[start:stop] |= np.where(has, data[position], 0).astype(np.uint16) << shift
+    counts = np.bincount(key, minlength=1 << 16)
+    ends = np.cumsum(counts)
+    filled = ends - counts  # per key: where its next string goes
+    order = np.empty(n, dtype=np.int32)
+    for start in range(0, n, _KEY_ROWS):
+        piece = key[start : start + _KEY_ROWS]
+        local = np.argsort(piece, kind="stable")
+        keys = piece[local]
+        rank = np.arange(len(keys)) - np.searchsorted(keys, keys, side="left")
+        order[filled[keys] + rank] = local + start
+        filled += np.bincount(piece, minlength=1 << 16)
+    return order, ends[np.flatnonzero(counts)]
 
 
 def byte_order(strings: pa.Array) -> np.ndarray:
-    """The permutation that sorts ``strings`` (no nulls) by their UTF-8 bytes, as int64 indices.
+    """The permutation that sorts ``strings`` (no nulls) by their UTF-8 bytes, as int32 indices.
 
-    Each string is zero-padded to a multiple of 8 bytes and read as big-endian 64-bit words,
-    then sorted by its words, the first the most significant (``np.lexsort``: a stable sort per
-    word from the last), which is byte order for strings without NUL bytes (the loader rejects
-    those). It gives the order of ``pyarrow.compute.sort_indices`` for distinct strings,
-    without comparing strings. Memory: the words (8 bytes a string per word) and the order;
-    the lengths and offsets are read as the int32 they are.
+    The strings are bucketed by the two bytes after the prefix they all share (a stable
+    argsort of one uint16 key; a string that ends there counts its missing bytes as 0), then
+    sorted a few buckets at a time: each string zero-padded to a multiple of 8 bytes and read
+    as big-endian 64-bit words, sorted by its words, the first the most significant
+    (``np.lexsort``). That is byte order for strings without NUL bytes (the loader rejects
+    those), the order of ``pyarrow.compute.sort_indices`` for distinct strings, without
+    comparing strings. Memory: the key, the order and one batch's words, instead of every
+    string's words at once.
     """
     n = len(strings)
     if n < 2:
-        return np.arange(n, dtype=np.int64)
-    if pa.types.is_large_string(strings.type):
+        return np.arange(n, dtype=np.int32)
+    if pa.types.is_large_string(strings.type) or n >= 2**31:
         return pc.sort_indices(strings).to_numpy()
-    lengths = pc.binary_length(strings).to_numpy(zero_copy_only=False).astype(np.int32)
-    width = max(8, -(-int(lengths.max()) // 8) * 8)
+    lengths = pc.binary_length(strings).to_numpy(zero_copy_only=False).astype(np.int32, copy=False)
     offsets = np.frombuffer(strings.buffers()[1], dtype=np.int32)[
         strings.offset : strings.offset + n + 1
     ]
-    data = np.frombuffer(strings.buffers()[2], dtype=np.uint8)
-    words = np.empty((width // 8, n), dtype=np.uint64)
-    same_length = bool((lengths == lengths[0]).all())
-    for start in range(0, n, _SORT_CHUNK):
-        stop = min(n, start + _SORT_CHUNK)
-        piece = data[offsets[start] : offsets[stop]]
-        matrix = np.zeros((stop - start, width), dtype=np.uint8)
-        if same_length:
-            matrix[:, : lengths[0]] = piece.reshape(stop - start, int(lengths[0]))
-        else:
-            size = lengths[start:stop]
-            rows = np.repeat(np.arange(stop - start), size)
-            columns = np.arange(len(piece)) - np.repeat(offsets[start:stop] - offsets[start], size)
-            matrix[rows, columns] = piece
-        words[:, start:stop] = matrix.view(">u8").astype(np.uint64).T
-    del lengths
-    return np.lexsort(words[::-1]).astype(np.int64, copy=False)
+    buffer = strings.buffers()[2]
+    data = np.frombuffer(buffer, dtype=np.uint8) if buffer is not None else np.zeros(1, np.uint8)
+    prefix = _common_prefix(offsets, data, lengths)
+    order, ends = _bucket_order(offsets, data, lengths, prefix)
+    start = 0
+    while start < n:
+        # whole buckets, about _SORT_CHUNK strings (one bucket when it alone is larger)
+        last = max(
+            np.searchsorted(ends, start + _SORT_CHUNK, side="right") - 1,
+            np.searchsorted(ends, start, side="right"),
+        )
+        stop = int(ends[last])
+        index = order[start:stop]
+        if stop - start > 1:
+            words = _words(offsets, data, lengths, index, prefix)
+            order[start:stop] = index[np.lexsort(words[::-1])]
+        start = stop
+    return order
 
 
 def _map_ids(
@@ -686,6 +821,7 @@ def _map_ids(
         new = byte_order(external)
     else:
         new = new[byte_order(external.take(pa.array(new)))]
+    new = new.astype(np.int32)  # n < 2**31 (read_ratings); held until the rows are written
     sequence = conn.execute(
         sa.text("SELECT pg_get_serial_sequence(:t, 'id')"), {"t": table}
     ).scalar_one()
@@ -704,7 +840,7 @@ def _map_ids(
         _copy_in(
             conn,
             f"COPY {table} (id, external_id) FROM STDIN (FORMAT csv)",
-            _csv_chunks(ids[new], external, new),
+            _csv_chunks(ids, external, new),
         )
         external = pa.array([], type=pa.string())  # the caller may free the dictionary now
         for ddl in restore:
@@ -792,7 +928,10 @@ def _user_ranges(parsed: ParsedRatings, user_ids: np.ndarray) -> list[np.ndarray
     bounds = np.unique(sample[step::step])
     del sample
     dtype = np.uint8 if len(bounds) < 2**8 else np.uint16 if len(bounds) < 2**16 else np.uint32
-    of_user = np.searchsorted(bounds, user_ids, side="right").astype(dtype)
+    of_user = np.empty(len(user_ids), dtype=dtype)
+    for start in range(0, len(user_ids), _KEY_ROWS):  # no whole-array int64 temporary
+        stop = start + _KEY_ROWS
+        of_user[start:stop] = np.searchsorted(bounds, user_ids[start:stop], side="right")
     return [of_user[block.user_codes] for block in parsed.blocks]
 
 
