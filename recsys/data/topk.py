@@ -92,19 +92,28 @@ def kth_largest(values: np.ndarray, m: np.ndarray | int) -> np.ndarray:
 
 
 def candidates(
-    scores: np.ndarray, threshold: np.ndarray, maxima: np.ndarray, chunk: int = CHUNK
+    scores: np.ndarray,
+    threshold: np.ndarray,
+    maxima: np.ndarray,
+    chunk: int = CHUNK,
+    score_rows: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every finite score >= its row's threshold, read only from chunks that can hold one.
 
+    Args:
+        score_rows: the row of ``scores`` of each row of ``maxima`` and ``threshold`` (a
+            subset of the rows without copying them); default: the same rows.
+
     Returns:
-        (rows, columns, values), flat, in no particular order.
+        (rows, columns, values), flat, in no particular order; ``rows`` index ``maxima``.
     """
     n, p = scores.shape
     sel_rows, sel_chunks = np.nonzero(maxima >= threshold[:, None])
     cols = chunk_columns(sel_chunks, p, chunk)
     inside = cols < p
     safe = np.minimum(cols, p - 1)
-    values = scores[sel_rows[:, None], safe]
+    read_rows = sel_rows if score_rows is None else score_rows[sel_rows]
+    values = scores[read_rows[:, None], safe]
     keep = inside & np.isfinite(values) & (values >= threshold[sel_rows][:, None])
     rows = np.broadcast_to(sel_rows[:, None], cols.shape)[keep]
     return rows, cols[keep], values[keep]

@@ -821,7 +821,7 @@ def _map_ids(
         new = byte_order(external)
     else:
         new = new[byte_order(external.take(pa.array(new)))]
-    new = new.astype(np.int32)  # n < 2**31 (read_ratings); held until the rows are written
+    new = new.astype(np.int32, copy=False)  # n < 2**31 (read_ratings); held until written
     sequence = conn.execute(
         sa.text("SELECT pg_get_serial_sequence(:t, 'id')"), {"t": table}
     ).scalar_one()

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from recsys.data.topk import CHUNK, chunk_columns, chunk_maxima, kth_largest, order_candidates
+from recsys.data.topk import CHUNK, candidates, chunk_maxima, kth_largest, order_candidates
 
 RULE_COUNT_KEYS = (
     "unavailable",
@@ -278,13 +278,7 @@ def _select(
     while len(active):
         sub_max = maxima[active]
         threshold = kth_largest(sub_max, m[active])
-        sel_rows, sel_chunks = np.nonzero(sub_max >= threshold[:, None])
-        cols = chunk_columns(sel_chunks, p)
-        inside = cols < p
-        values = scores[active[sel_rows][:, None], np.minimum(cols, p - 1)]
-        keep = inside & np.isfinite(values) & (values >= threshold[sel_rows][:, None])
-        local = np.broadcast_to(sel_rows[:, None], cols.shape)[keep]
-        cols, values = cols[keep], values[keep]
+        local, cols, values = candidates(scores, threshold, sub_max, score_rows=active)
         gone_rows = gone_values = None
         if never is not None:
             banned = never[cols]
