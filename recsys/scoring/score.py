@@ -3,7 +3,9 @@
 For each block of users known to the model the loop gets the model's scores (a dot-product
 model's factors through :func:`recsys.scoring.block.dot_scores`, any other model through
 ``recommender.score_users``) and hands them to :func:`recsys.scoring.block.score_block`, the
-pure kernel that applies every rule before the exact top-k cut. Every product the user has
+pure kernel that applies every rule before the exact top-k cut (a dot-product model's blocks
+go through :func:`recsys.scoring.bound.score_by_bound`, which hands the kernel only the
+prefixes of the catalogue that can hold each user's list). Every product the user has
 rated *in the database* is masked, not only those seen in training. Rows the rules left short
 are backfilled from the fallback (:mod:`recsys.scoring.fallback`), and every row gets its
 reason (:mod:`recsys.scoring.reasons`).
@@ -64,7 +66,7 @@ from sqlalchemy.engine import Engine
 from recsys.blas import local_cores
 from recsys.data.topk import top_k
 from recsys.errors import DataError, Interrupted, RecsysError
-from recsys.scoring import reads, reasons
+from recsys.scoring import bound, reads, reasons
 from recsys.scoring.block import (
     RULE_COUNT_KEYS,
     Columns,
@@ -158,6 +160,10 @@ class ScoreOptions:
     threads: int = 0
     """Blocks of a dot-product model scored at once in this process, each with a one-thread
     BLAS (0: one per core the process may use; 1: one block at a time, the BLAS threaded)."""
+    prune: bool = True
+    """Score a dot-product model's blocks by prefixes of the catalogue in bound order
+    (:mod:`recsys.scoring.bound`): the same lists and counts, from fewer products. False: every
+    product for every user (to measure the difference)."""
 
     def __post_init__(self) -> None:
         if self.k < 1:
@@ -257,6 +263,8 @@ class _Run:
     """Every exclusion in force (None: rules off)."""
     contributions: reasons.ContributionReasons | None = None
     """The model's per-history-product contributions (built at the first block that needs them)."""
+    bound_order: bound.BoundOrder | None = None
+    """The products in bound order when blocks are scored by prefixes (``options.prune``)."""
 
 
 def model_users(model: ScoringModel, db_users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -415,6 +423,8 @@ def _setup(conn: sa.Connection, model: ScoringModel, options: ScoreOptions) -> _
         + tuple(f"{reasons.POPULAR_IN} {name}" for name in groups.category_names),
         fallback_boosted=set(fallback.product_ids[fallback.boosted].tolist()),
     )
+    if options.prune and products is not None:
+        run.bound_order = bound.plan(products, columns, user_vectors)
     if options.rules:
         run.exclusions = reads.all_excluded_pairs(conn)
         unknown = reads.exclusions_for_unknown_users(conn)
@@ -700,20 +710,25 @@ def score_user_block(
     user_index, user_ids = block.user_index, block.user_ids
     rated_u, rated_p = block.rated
     ex_u, ex_p = block.excluded
-    scores = _model_scores(model, state, user_index, buffer)
     row_of = _IdIndex(user_ids)
     columns_of = _IdIndex(state.candidate_ids)
     r_rows, r_cols = row_of.positions(rated_u), columns_of.positions(rated_p)
     hit = (r_rows >= 0) & (r_cols >= 0)
     e_rows, e_cols = row_of.positions(ex_u), columns_of.positions(ex_p)
     e_hit = (e_rows >= 0) & (e_cols >= 0)
-    result = score_block(
-        scores,
-        state.columns,
-        k,
-        rated=(r_rows[hit], r_cols[hit]),
-        excluded=(e_rows[e_hit], e_cols[e_hit]),
-    )
+    rated, excluded = (r_rows[hit], r_cols[hit]), (e_rows[e_hit], e_cols[e_hit])
+    if state.bound_order is not None:
+        result = bound.score_by_bound(
+            state.user_vectors[user_index],
+            state.bound_order,
+            k,
+            rated=rated,
+            excluded=excluded,
+            buffer=buffer,
+        )
+    else:
+        scores = _model_scores(model, state, user_index, buffer)
+        result = score_block(scores, state.columns, k, rated=rated, excluded=excluded)
     for key, value in result.counts.items():
         counts[key] += value
     rows = _Rows(state.reason_texts)
@@ -807,9 +822,17 @@ def local_blocks(part: ScoringPart, blocks: Iterator[UserBlock]) -> Iterator[Blo
     buffer = None
     for block in blocks:
         if buffer is None and part.run.products is not None and block.user_index is not None:
-            size = len(block.user_ids) * len(part.run.candidate_ids)
-            buffer = np.empty(size, dtype=np.float32)
+            buffer = np.empty(_buffer_size(part, block), dtype=np.float32)
         yield score_user_block(part, block, buffer)
+
+
+def _buffer_size(part: ScoringPart, block: UserBlock) -> int:
+    """Scores a block's buffer holds: the whole block, or with bound prefixes the largest piece
+    of a long prefix (:func:`recsys.scoring.bound.score_by_bound`)."""
+    n_columns = len(part.run.candidate_ids)
+    if part.run.bound_order is not None:
+        return users_per_block(n_columns) * n_columns
+    return len(block.user_ids) * n_columns
 
 
 def ordered_in_threads(
@@ -847,7 +870,7 @@ def in_threads(part: ScoringPart, blocks: Iterator[UserBlock], threads: int) -> 
 
     def task(block: UserBlock) -> BlockRows:
         buffer = getattr(local, "buffer", None)
-        needed = len(block.user_ids) * len(part.run.candidate_ids)
+        needed = _buffer_size(part, block)
         if block.user_index is not None and (buffer is None or buffer.size < needed):
             buffer = local.buffer = np.empty(max(size, needed), dtype=np.float32)
         return score_user_block(part, block, buffer)
@@ -916,6 +939,8 @@ def score_batches(
     n_columns = len(state.candidate_ids)
     if options.batch_users:
         batch = options.batch_users
+    elif state.bound_order is not None:
+        batch = bound.BLOCK_USERS
     elif state.products is not None:
         batch = users_per_block(n_columns)
     else:

@@ -1,0 +1,184 @@
+"""Benchmark: exact lists by bound-ordered prefixes against scoring every product (not a test).
+
+    .venv/bin/python benchmarks/score_bound.py --model-dir W/home/models/1
+    .venv/bin/python benchmarks/score_bound.py --synthetic --products 50000
+
+``--model-dir``: a trained dot-product model's run folder (``model/`` inside), e.g. the one
+``benchmarks/electronics.py --size notebook --workdir W`` leaves in ``W/home/models/1``;
+``--synthetic``: random Gaussian factors and biases (no structure in the norms: the case where
+the bound leaves out least).
+
+In the same run, on the same users (20 random rated products masked per user; two blocks at a
+time, each with a one-thread BLAS, as the local runner scores; blocks of ``users_per_block``
+users for every product, of ``bound.BLOCK_USERS`` for prefixes, as the nightly run sizes them):
+
+1. numpy's 2048^2 float32 matmul, the machine's reference;
+2. ``dot_scores`` + ``score_block`` over every product;
+3. ``score_by_bound`` (``recsys.scoring.bound``).
+
+Prints users/s of both, their ratio, the share of user x product pairs the bound path scored,
+and both as "full-equivalent" FLOP/s (2 (d + 1) FLOP for every user x product pair, scored or
+not) against the matmul reference. Checks that both paths give the same lists.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def numpy_matmul_flops(n: int = 2048) -> float:
+    rng = np.random.default_rng(0)
+    a = rng.random((n, n), dtype=np.float32)
+    b = rng.random((n, n), dtype=np.float32)
+    a @ b
+    best = float("inf")
+    for _ in range(3):
+        t0 = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best
+
+
+def factors(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    if args.model_dir is not None:
+        from recsys.model import catalog
+
+        recommender = catalog.load(args.model_dir / "model")
+        users, products, bias = recommender.score_factors()
+        return (np.asarray(a, dtype=np.float32) for a in (users, products, bias))
+    rng = np.random.default_rng(0)
+    users = rng.normal(size=(args.users, args.dim)).astype(np.float32)
+    products = rng.normal(size=(args.products, args.dim)).astype(np.float32) / np.sqrt(args.dim)
+    bias = rng.normal(size=args.products).astype(np.float32)
+    return users, products, bias
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model-dir", type=Path)
+    source.add_argument("--synthetic", action="store_true")
+    parser.add_argument("--users", type=int, default=20_000, help="users scored (a sample)")
+    parser.add_argument("--products", type=int, default=50_000, help="--synthetic only")
+    parser.add_argument("--dim", type=int, default=200, help="--synthetic only")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--k", type=int, default=10)
+    args = parser.parse_args()
+
+    from recsys.scoring import bound
+    from recsys.scoring.block import (
+        Columns,
+        augment_products,
+        dot_scores,
+        score_block,
+        users_per_block,
+    )
+    from recsys.scoring.score import ordered_in_threads
+
+    all_users, vectors, bias = factors(args)
+    rng = np.random.default_rng(1)
+    pick = np.sort(rng.choice(len(all_users), min(args.users, len(all_users)), replace=False))
+    users = all_users[pick]
+    n_users, (n_products, dim) = len(users), vectors.shape
+    none = np.zeros(n_products, dtype=bool)
+    columns = Columns(np.arange(1, n_products + 1, dtype=np.int64), none, none.copy())
+    products = augment_products(vectors, bias)
+    t0 = time.perf_counter()
+    plan = bound.plan(products, columns, all_users)
+    plan_s = time.perf_counter() - t0
+    if plan is None:
+        sys.exit(f"{n_products} products: too few for prefixes (at least {bound.MIN_PRODUCTS})")
+    block = users_per_block(n_products)
+    rated_of = (
+        np.repeat(np.arange(n_users), 20),
+        rng.integers(0, n_products, n_users * 20),
+    )  # 20 per user
+
+    def rated(start: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+        rows = slice(start * 20, (start + size) * 20)
+        return rated_of[0][rows] - start, rated_of[1][rows]
+
+    local = threading.local()
+
+    def whole(start: int):
+        if not hasattr(local, "buffer"):
+            local.buffer = np.empty(block * n_products, dtype=np.float32)
+        rows = users[start : start + block]
+        scores = dot_scores(rows, products, out=local.buffer)
+        result = score_block(scores, columns, args.k, rated=rated(start, len(rows)))
+        return result.rows + start, result.ranks, result.cols
+
+    def pruned(start: int):
+        if not hasattr(local, "buffer"):
+            local.buffer = np.empty(block * n_products, dtype=np.float32)
+        rows = users[start : start + bound.BLOCK_USERS]
+        result = bound.score_by_bound(
+            rows, plan, args.k, rated=rated(start, len(rows)), buffer=local.buffer
+        )
+        return result.rows + start, result.ranks, result.cols
+
+    def scored_pairs() -> int:
+        total = 0
+        for start in range(0, n_users, bound.BLOCK_USERS):
+            rows = users[start : start + bound.BLOCK_USERS]
+            aug = np.concatenate([rows, np.ones((len(rows), 1), np.float32)], axis=1)
+            head = aug @ plan.products[:, : plan.levels[0]]
+            r, c = rated(start, len(rows))
+            lengths = bound.prefix_lengths(
+                head, bound.row_norms(rows), plan, args.k, ((r, plan.position[c]),)
+            )
+            levels = np.asarray(plan.levels)
+            level = levels[np.searchsorted(levels, lengths)]
+            extra = int(np.where(level > levels[0], level, 0).sum())
+            if extra > bound.WHOLE_SHARE * len(rows) * n_products:  # scored whole
+                extra = len(rows) * n_products
+            total += len(rows) * plan.levels[0] + extra
+        return total
+
+    def timed(task, size: int) -> tuple[float, list]:
+        starts = list(range(0, n_users, size))
+        list(ordered_in_threads(task, iter(starts[:2]), args.threads))  # warm up
+        t0 = time.perf_counter()
+        out = list(ordered_in_threads(task, iter(starts), args.threads))
+        return time.perf_counter() - t0, [np.concatenate(a) for a in zip(*out, strict=True)]
+
+    reference = numpy_matmul_flops()
+    whole_s, whole_lists = timed(whole, block)
+    pruned_s, pruned_lists = timed(pruned, bound.BLOCK_USERS)
+    same = all(np.array_equal(a, b) for a, b in zip(whole_lists, pruned_lists, strict=True))
+    scored = scored_pairs()
+    pairs = n_users * n_products
+    flop = pairs * 2 * (dim + 1)
+    source = args.model_dir if args.model_dir is not None else "synthetic Gaussian factors"
+    print(f"model: {source}; {n_users:,} of {len(all_users):,} users x {n_products:,} products")
+    print(
+        f"plan (bound order): {plan_s:.2f} s; levels {plan.levels}; blocks of {block} users "
+        f"(every product) and {bound.BLOCK_USERS} (bound prefixes)"
+    )
+    print(f"numpy 2048^2 matmul: {reference / 1e9:.1f} GFLOP/s")
+    print(
+        f"every product: {whole_s:.2f} s, {n_users / whole_s:,.0f} users/s, "
+        f"{flop / whole_s / 1e9:.1f} GFLOP/s = {flop / whole_s / reference:.2f} of matmul"
+    )
+    print(
+        f"bound prefixes: {pruned_s:.2f} s, {n_users / pruned_s:,.0f} users/s, "
+        f"{flop / pruned_s / 1e9:.1f} full-equivalent GFLOP/s = "
+        f"{flop / pruned_s / reference:.2f} of matmul; pairs scored "
+        f"{scored / pairs:.3f} of all"
+    )
+    print(f"ratio bound / every product: {whole_s / pruned_s:.2f}x; same lists: {same}")
+    if not same:
+        sys.exit("the lists differ")
+
+
+if __name__ == "__main__":
+    main()
