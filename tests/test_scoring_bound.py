@@ -112,15 +112,18 @@ def test_caps_factors_and_small_catalogues_are_scored_whole() -> None:
 
 
 class _SkewedDot:
-    """A dot-product model whose products' norms spread widely (exact integer scores)."""
+    """A dot-product model with one product in twenty a star, larger in norm and bias (exact
+    integer scores)."""
 
     name = "dot"
     scores_are_ratings = False
 
     def __init__(self, n_users: int, n_products: int) -> None:
-        self.u, self.v, self.b = _integer_factors(
-            np.random.default_rng(11), n_users, n_products, 4, 6
-        )
+        rng = np.random.default_rng(11)
+        self.u = rng.integers(-3, 4, (n_users, 4)).astype(np.float32)
+        stars = np.where(rng.random((n_products, 1)) < 0.05, 4, 1).astype(np.float32)
+        self.v = rng.integers(-2, 3, (n_products, 4)).astype(np.float32) * stars
+        self.b = 3 * stars[:, 0] + rng.integers(-1, 2, n_products).astype(np.float32)
 
     def score_factors(self):
         return self.u, self.v, self.b
@@ -131,17 +134,17 @@ class _SkewedDot:
 
 @pytest.fixture
 def small_bound(monkeypatch) -> None:
-    """Prefixes at the test catalogue's size (60 products)."""
-    monkeypatch.setattr(bound, "HEAD", 4)
-    monkeypatch.setattr(bound, "STEP", 2)
-    monkeypatch.setattr(bound, "MIN_PRODUCTS", 8)
+    """Prefixes at the test catalogue's size (400 products)."""
+    monkeypatch.setattr(bound, "HEAD", 16)
+    monkeypatch.setattr(bound, "STEP", 4)
+    monkeypatch.setattr(bound, "MIN_PRODUCTS", 32)
 
 
 def test_the_nightly_scorer_publishes_the_same_rows_with_and_without_prefixes(
     engine: sa.Engine, small_bound, monkeypatch
 ) -> None:
     with engine.begin() as conn:
-        add_catalogue(conn, n_users=40, n_products=60, n_ratings=500, seed=1)
+        add_catalogue(conn, n_users=40, n_products=400, n_ratings=800, seed=1)
         conn.execute(sa.text("UPDATE products SET available = false WHERE id % 9 = 0"))
     with engine.connect() as conn:
         data = rating_data(conn)
@@ -182,3 +185,9 @@ def test_the_nightly_scorer_publishes_the_same_rows_with_and_without_prefixes(
     assert len(rows(pruned)) == 5 * data.n_users and rows(pruned) == rows(whole)
     summary = score_and_write(engine, model, ScoreOptions(k=5, threads=2), publish=True)
     assert summary.n_rows == 5 * data.n_users
+    with engine.connect() as conn:
+        share = conn.execute(
+            sa.text("SELECT params->>'pairs_scored_share' FROM recommendation_runs WHERE id = :r"),
+            {"r": summary.run_id},
+        ).scalar_one()
+    assert 0 < float(share) < 1  # the skewed norms leave products out

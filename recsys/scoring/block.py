@@ -117,6 +117,8 @@ class BlockResult:
     scored at least as high as the last product of the row's list (they would have been in
     it); ``category_cap`` / ``brand_cap`` count candidates skipped by the cap while the list
     was open; ``boosted`` counts list rows of boosted products."""
+    pairs_scored: int = 0
+    """User x product pairs whose score the lists were cut from."""
 
 
 def users_per_block(n_columns: int, block_bytes: int = BLOCK_BYTES) -> int:
@@ -384,4 +386,4 @@ def score_block(
         "brand_cap": int(skipped.get("brand_cap", 0)),
         "boosted": int(columns.boosted[cols].sum()),
     }
-    return BlockResult(rows, ranks, cols, values.astype(np.float32), filled, counts)
+    return BlockResult(rows, ranks, cols, values.astype(np.float32), filled, counts, n * p)

@@ -263,6 +263,7 @@ def score_by_bound(
     out_rows, out_ranks, out_cols, out_values = [], [], [], []
     filled = np.zeros(n, dtype=np.int64)
     counts: dict[str, int] = {}
+    pairs = n * head
     for level in np.unique(level_of).tolist():
         length = plan.levels[level]
         group = np.flatnonzero(level_of == level)
@@ -276,6 +277,8 @@ def score_by_bound(
                 np.matmul(users[rows], plan.products[:, :length], out=scores)
             else:
                 scores = users[rows] @ plan.products[:, :length]
+            if level:
+                pairs += len(rows) * length
             local = np.full(n, -1, dtype=np.int64)
             local[rows] = np.arange(len(rows))
             result = score_block(
@@ -301,4 +304,5 @@ def score_by_bound(
         values=np.concatenate(out_values)[order],
         filled=filled,
         counts=counts,
+        pairs_scored=pairs,
     )

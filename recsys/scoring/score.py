@@ -657,6 +657,8 @@ class BlockRows:
     """Users whose list stayed shorter than k (the catalogue under the rules ran out)."""
     n_users: int
     """Users of the block (with or without rows)."""
+    pairs_scored: int = 0
+    """User x product pairs the model scored (0: a fallback block)."""
 
 
 @dataclass(frozen=True)
@@ -774,7 +776,7 @@ def score_user_block(
             )
             if filled + got < k:
                 short_users += 1
-    return BlockRows(rows.batch(), counts, short_users, len(user_ids))
+    return BlockRows(rows.batch(), counts, short_users, len(user_ids), result.pairs_scored)
 
 
 def _fallback_block(part: ScoringPart, block: UserBlock) -> BlockRows:
@@ -968,12 +970,14 @@ def score_batches(
             yield UserBlock(user_ids, None, rated, excluded)
 
     done = 0
+    pairs_scored = 0
     results = (runner or local_blocks)(ScoringPart(model, state, options), blocks())
     try:
         for result in results:
             for key, value in result.counts.items():
                 state.counts[key] += value
             state.short_users += result.short_users
+            pairs_scored += result.pairs_scored
             yield result.batch
             done += result.n_users
             if progress is not None:
@@ -983,6 +987,16 @@ def score_batches(
         close = getattr(results, "close", None)
         if close is not None:
             close()
+    all_pairs = len(known) * n_columns
+    if all_pairs:
+        # the share of the model users x products matrix scored (below 1: bound prefixes)
+        state.notes["pairs_scored_share"] = round(pairs_scored / all_pairs, 4)
+        _log.info(
+            "scored %d of the %d model user x product pairs (%.1f%%)",
+            pairs_scored,
+            all_pairs,
+            100 * pairs_scored / all_pairs,
+        )
     if run is not None:
         run["short_users"] = state.short_users
         run["users_total"] = total
