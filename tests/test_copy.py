@@ -10,6 +10,7 @@ from recsys.db.copy import (
     COPY_HEADER,
     COPY_TRAILER,
     binary_body,
+    copy_bigint_arrays,
     driver_connection,
     encode_binary,
     header_length,
@@ -67,3 +68,25 @@ def test_header_and_body_are_checked() -> None:
         header_length(b"id\tvalue\n1\t2\n" * 3)
     with pytest.raises(ValueError, match="trailer"):
         binary_body(COPY_HEADER + b"\x00\x01")
+
+
+def test_bigint_arrays_of_one_row_come_back_as_int64(conn: sa.Connection) -> None:
+    values = [2**40 + 3, -7, 0, 5]
+    users, products, empty = copy_bigint_arrays(
+        conn,
+        "SELECT array_agg(v), array_agg(-v ORDER BY v), NULL::bigint[] "
+        "FROM unnest(%(v)s::bigint[]) v",
+        {"v": values},
+    )
+    assert users.dtype == np.int64 and sorted(users.tolist()) == sorted(values)
+    assert products.tolist() == [-v for v in sorted(values)] and empty.tolist() == []
+    none, also = copy_bigint_arrays(
+        conn, "SELECT array_agg(v), '{}'::bigint[] FROM unnest(%(v)s::bigint[]) v", {"v": []}
+    )
+    assert none.tolist() == [] and also.tolist() == []
+    with pytest.raises(ValueError, match="bigint"):
+        copy_bigint_arrays(conn, "SELECT ARRAY[1, NULL]::bigint[]")
+    with pytest.raises(ValueError, match="bigint"):
+        copy_bigint_arrays(conn, "SELECT ARRAY[1, 2]::int[]")
+    with pytest.raises(ValueError, match="one row"):
+        copy_bigint_arrays(conn, "SELECT ARRAY[v]::bigint[] FROM generate_series(1, 2) v")

@@ -8,7 +8,8 @@ Table and column names go through ``psycopg.sql.Identifier``, never f-strings.
 For numeric arrays, the binary format: callers lay out fixed-size tuples as a numpy structured
 array (field count, then per column an int32 length and the big-endian value);
 :func:`encode_binary` frames them as a complete stream (header and trailer) and
-:func:`binary_body` returns the tuples of a stream read with ``COPY ... TO STDOUT``.
+:func:`binary_body` returns the tuples of a stream read with ``COPY ... TO STDOUT``;
+:func:`copy_bigint_arrays` reads a query's bigint[] columns that way.
 """
 
 from __future__ import annotations
@@ -72,6 +73,61 @@ def binary_body(stream: bytes | bytearray | memoryview) -> memoryview:
     if bytes(view[-len(COPY_TRAILER) :]) != COPY_TRAILER:
         raise ValueError("COPY BINARY stream without its trailer")
     return view[header_length(view) : len(view) - len(COPY_TRAILER)]
+
+
+_BIGINT_ELEMENT = np.dtype([("length", ">i4"), ("value", ">i8")])
+_INT8_OID = 20
+
+
+def _bigint_array(field: memoryview) -> np.ndarray:
+    """One bigint[] value in PostgreSQL's binary array format (one dimension, no NULLs)."""
+    ndim, has_null, oid = np.frombuffer(field[:12], dtype=">i4")
+    if oid != _INT8_OID or has_null or ndim > 1:
+        raise ValueError("not a one-dimensional bigint[] without NULLs")
+    if ndim == 0:
+        return np.zeros(0, dtype=np.int64)
+    size = int(np.frombuffer(field[12:16], dtype=">i4")[0])
+    elements = np.frombuffer(field[20:], dtype=_BIGINT_ELEMENT)
+    if len(elements) != size or (elements["length"] != 8).any():
+        raise ValueError("bigint[] with elements of the wrong size")
+    return elements["value"].astype(np.int64)
+
+
+def copy_bigint_arrays(
+    conn: sa.Connection, query: str, params: dict | None = None
+) -> list[np.ndarray]:
+    """The ``bigint[]`` columns of a one-row ``query`` as int64 arrays, by one COPY BINARY.
+
+    A query that aggregates its rows into arrays (``array_agg``) comes back as one COPY message
+    instead of one per row, and is parsed by numpy (a NULL array reads as empty).
+
+    Args:
+        conn: the caller's connection (same transaction and snapshot).
+        query: a SELECT of one row of bigint[] columns, with psycopg ``%(name)s`` placeholders
+            (bound by psycopg on the client: COPY takes no server-side parameters).
+
+    Raises:
+        ValueError: the stream is not one row of one-dimensional bigint[] without NULLs.
+    """
+    buffer = bytearray()
+    statement = f"COPY ({query}) TO STDOUT (FORMAT BINARY)"
+    with driver_connection(conn).cursor() as cur, cur.copy(statement, params) as copy:
+        for chunk in copy:
+            buffer += chunk
+    body = binary_body(buffer)
+    n_fields = int.from_bytes(body[:2], "big", signed=True)
+    arrays, at = [], 2
+    for _ in range(n_fields):
+        length = int.from_bytes(body[at : at + 4], "big", signed=True)
+        at += 4
+        if length < 0:
+            arrays.append(np.zeros(0, dtype=np.int64))
+            continue
+        arrays.append(_bigint_array(body[at : at + length]))
+        at += length
+    if at != len(body):
+        raise ValueError("COPY stream is not one row")
+    return arrays
 
 
 def _copy_statement(table: str, columns: Sequence[str]) -> sql.Composed:
