@@ -14,7 +14,7 @@ position, which only falls along the order.
 2. A product whose bound, plus a margin far above float32 rounding (:data:`MARGIN`), is below
    ``t`` scores below the list's k-th product: it can be neither in the list nor tie with its
    last product. So a user needs only the prefix of the order up to the first position whose
-   bound is below their ``t``. The users are grouped by that length, rounded up to ``head * 4**j``
+   bound is below their ``t``. The users are grouped by that length, rounded up to ``head * 2**j``
    (the last group is the whole catalogue), and each group's prefix is cut by
    :func:`recsys.scoring.block.score_block`, as the whole catalogue would be.
 
@@ -67,7 +67,7 @@ class BoundOrder:
     products: np.ndarray
     """float32 [d + 1, P]: the augmented product matrix, columns in bound order."""
     levels: tuple[int, ...]
-    """Prefix lengths a user can be given: ``head, 4 head, ...``, the last one P."""
+    """Prefix lengths a user can be given: ``head, 2 head, 4 head, ...``, the last one P."""
     columns: tuple[Columns, ...]
     """The run's columns over each level's prefix, in bound order."""
     step: int
@@ -145,7 +145,7 @@ def plan(
     suffix_bias = np.maximum.accumulate(bias[order][::-1])[::-1][::step].copy()
     levels = [head]
     while levels[-1] < p:
-        levels.append(min(p, 4 * levels[-1]))
+        levels.append(min(p, 2 * levels[-1]))
     ordered = Columns(
         keys=columns.keys[order],
         blocked=np.asarray(columns.blocked, dtype=bool)[order],
