@@ -45,10 +45,14 @@ _DUMP = {
         " JOIN loads l ON l.id = r.load_id ORDER BY l.id, r.line_no"
     ),
     "constraints": (
-        "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint"
-        " WHERE conrelid = 'ratings'::regclass ORDER BY 1"
+        "SELECT conrelid::regclass::text, conname, pg_get_constraintdef(oid), convalidated"
+        " FROM pg_constraint WHERE conrelid IN ('ratings'::regclass, 'users'::regclass)"
+        " ORDER BY 1, 2"
     ),
-    "indexes": "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'ratings' ORDER BY 1",
+    "indexes": (
+        "SELECT tablename, indexname, indexdef FROM pg_indexes"
+        " WHERE tablename IN ('ratings', 'users') ORDER BY 1, 2"
+    ),
 }
 
 

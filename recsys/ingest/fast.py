@@ -837,9 +837,12 @@ def _map_ids(
         nonlocal external
         for ddl in drop:
             conn.execute(sa.text(ddl))
+        if rebuild_keys:  # a new, empty file for the table in this transaction: frozen rows
+            conn.execute(sa.text(f"TRUNCATE {table}"))
         _copy_in(
             conn,
-            f"COPY {table} (id, external_id) FROM STDIN (FORMAT csv)",
+            f"COPY {table} (id, external_id) FROM STDIN "
+            f"(FORMAT csv{', FREEZE' if rebuild_keys else ''})",
             _csv_chunks(ids, external, new),
         )
         external = pa.array([], type=pa.string())  # the caller may free the dictionary now
@@ -1161,7 +1164,12 @@ def write_ratings(conn: sa.Connection, parsed: ParsedRatings) -> int:
     _log.debug("ratings copied: %.1fs", time.perf_counter() - started)
     if empty:
         for ddl in restore:
+            if " FOREIGN KEY " in ddl:
+                # validated by a merge of the two key indexes (index-only: the rows are
+                # frozen) instead of a hash of the referenced table
+                conn.execute(sa.text("SET LOCAL enable_hashjoin = off"))
             conn.execute(sa.text(ddl))
+        conn.execute(sa.text("SET LOCAL enable_hashjoin TO DEFAULT"))
     else:
         merge_ratings(
             conn,
