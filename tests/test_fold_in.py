@@ -42,11 +42,16 @@ def _run_rows(engine: sa.Engine, run_id: int) -> list:
         ).all()
 
 
+@pytest.mark.parametrize("fold_rows", [None, 3])
 def test_users_outside_the_filter_are_folded_in(
-    engine: sa.Engine, settings: Settings, tmp_path: Path
+    engine: sa.Engine, settings: Settings, tmp_path: Path, monkeypatch, fold_rows
 ) -> None:
     from recsys.model.train import TrainConfig
+    from recsys.scoring import score as score_module
     from recsys.scoring.score import ScoreOptions, score_and_write
+
+    if fold_rows is not None:  # folded-in vectors pooled a few users at a time
+        monkeypatch.setattr(score_module, "_FOLD_ROWS", fold_rows)
 
     model = _trained_on_filtered_sample(
         engine,

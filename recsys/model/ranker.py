@@ -730,7 +730,8 @@ class RankerRecommender:
         counts = np.asarray(x.sum(axis=1)).ravel()
         h = np.asarray(self.tower.history_embedding.embeddings.numpy(), dtype=np.float32)
         pooled = np.asarray(x @ h, dtype=np.float32)
-        return pooled / np.sqrt(np.maximum(counts, 1.0)).astype(np.float32)[:, None]
+        pooled /= np.sqrt(np.maximum(counts, 1.0)).astype(np.float32)[:, None]
+        return pooled
 
     def score_vectors(self, vectors: np.ndarray) -> np.ndarray:
         """Exact scores of user vectors (from :meth:`user_vectors_for`) against every product."""

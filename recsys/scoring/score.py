@@ -325,13 +325,52 @@ def fold_in_users(
     run.n_model_users = len(model.user_ids)
     run.folded_history = _grouped(rows, items[known], np.arange(len(folded_ids)))
     if by_vector:
-        vectors = np.asarray(vectors_for(items[known], rows, len(folded_ids)), dtype=np.float32)
+        _fold_in_vectors(run, vectors_for, items[known], rows, len(folded_ids))
+    return folded_ids, run.n_model_users + np.arange(len(folded_ids))
+
+
+_FOLD_ROWS = 1 << 18
+"""Folded-in users whose vectors are pooled at a time."""
+
+
+def _fold_in_vectors(
+    run: _Run, vectors_for: Callable, items: np.ndarray, rows: np.ndarray, n_rows: int
+) -> None:
+    """The folded-in users' vectors, pooled :data:`_FOLD_ROWS` users at a time.
+
+    With a dot-product model they are written straight after the model's own users in one
+    array (``run.folded_vectors`` is a view of its tail), so the run holds every user vector
+    once and never a second copy of them while it is built.
+    """
+    order = np.argsort(rows, kind="stable")
+    rows, items = rows[order], items[order]
+    del order
+    first = run.n_model_users
+    if run.user_vectors is not None:
+        out = np.empty((first + n_rows, run.user_vectors.shape[1]), dtype=np.float32)
+        out[:first] = run.user_vectors
+    else:
+        out = None
+    pieces = []
+    for start in range(0, n_rows, _FOLD_ROWS):
+        stop = min(n_rows, start + _FOLD_ROWS)
+        lo, hi = np.searchsorted(rows, [start, stop])
+        vectors = np.asarray(
+            vectors_for(items[lo:hi], rows[lo:hi] - start, stop - start), dtype=np.float32
+        )
         if not np.isfinite(vectors).all():
             raise DataError("the model's folded-in user vectors are not finite")
-        run.folded_vectors = vectors
-        if run.user_vectors is not None:
-            run.user_vectors = np.concatenate([run.user_vectors, vectors])
-    return folded_ids, run.n_model_users + np.arange(len(folded_ids))
+        if out is not None:
+            out[first + start : first + stop] = vectors
+        else:
+            pieces.append(vectors)
+    if out is not None:
+        run.user_vectors = out
+        run.folded_vectors = out[first:]
+    else:
+        run.folded_vectors = (
+            np.concatenate(pieces) if pieces else np.zeros((0, 0), dtype=np.float32)
+        )
 
 
 def _setup(conn: sa.Connection, model: ScoringModel, options: ScoreOptions) -> _Run:
