@@ -142,6 +142,15 @@ def augment_products(
     return out
 
 
+def augment_users(user_vectors: np.ndarray) -> np.ndarray:
+    """``[U, 1]``: user vectors with the 1 that multiplies the bias row of
+    :func:`augment_products`, float32 [n, d + 1]."""
+    users = np.empty((len(user_vectors), user_vectors.shape[1] + 1), dtype=np.float32)
+    users[:, :-1] = user_vectors
+    users[:, -1] = 1.0
+    return users
+
+
 def dot_scores(
     user_vectors: np.ndarray, products: np.ndarray, out: np.ndarray | None = None
 ) -> np.ndarray:
@@ -154,9 +163,7 @@ def dot_scores(
     """
     n = len(user_vectors)
     n_products = products.shape[1]
-    users = np.empty((n, products.shape[0]), dtype=np.float32)
-    users[:, :-1] = user_vectors
-    users[:, -1] = 1.0
+    users = augment_users(user_vectors)
     if out is not None and out.size >= n * n_products:
         target = out.reshape(-1)[: n * n_products].reshape(n, n_products)
         return np.matmul(users, products, out=target)

@@ -34,7 +34,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from recsys.data.topk import kth_largest
-from recsys.scoring.block import BlockResult, Columns, score_block, users_per_block
+from recsys.scoring.block import (
+    BlockResult,
+    Columns,
+    augment_users,
+    score_block,
+    users_per_block,
+)
 
 HEAD = 512
 """Products every user of a block is scored against first."""
@@ -95,14 +101,13 @@ def row_norms(vectors: np.ndarray) -> np.ndarray:
     return np.sqrt(np.einsum("ij,ij->i", rows, rows))
 
 
-def _prefix(columns: Columns, length: int) -> Columns:
+def _taken(columns: Columns, index: np.ndarray | slice) -> Columns:
+    """The columns at ``index`` (an order or a prefix), without caps or factors."""
     return Columns(
-        keys=columns.keys[:length],
-        blocked=columns.blocked[:length],
-        unavailable=columns.unavailable[:length],
-        offset=None if columns.offset is None else columns.offset[:length],
-        factor=None,
-        caps=(),
+        keys=columns.keys[index],
+        blocked=np.asarray(columns.blocked, dtype=bool)[index],
+        unavailable=np.asarray(columns.unavailable, dtype=bool)[index],
+        offset=None if columns.offset is None else columns.offset[index],
         offset_folded=columns.offset_folded,
     )
 
@@ -146,32 +151,19 @@ def plan(
     levels = [head]
     while levels[-1] < p:
         levels.append(min(p, 2 * levels[-1]))
-    ordered = Columns(
-        keys=columns.keys[order],
-        blocked=np.asarray(columns.blocked, dtype=bool)[order],
-        unavailable=np.asarray(columns.unavailable, dtype=bool)[order],
-        offset=None if columns.offset is None else columns.offset[order],
-        offset_folded=columns.offset_folded,
-    )
+    ordered = _taken(columns, order)
     return BoundOrder(
         order=order,
         position=position,
         products=np.ascontiguousarray(products[:, order]),
         levels=tuple(levels),
-        columns=tuple(_prefix(ordered, length) for length in levels),
+        columns=tuple(_taken(ordered, slice(0, length)) for length in levels),
         step=step,
         suffix_norm=suffix_norm,
         suffix_bias=suffix_bias,
         max_norm=float(norms.max()),
         max_bias=float(np.abs(bias).max()),
     )
-
-
-def _augmented(user_vectors: np.ndarray) -> np.ndarray:
-    users = np.empty((len(user_vectors), user_vectors.shape[1] + 1), dtype=np.float32)
-    users[:, :-1] = user_vectors
-    users[:, -1] = 1.0
-    return users
 
 
 def _pairs(pairs: tuple[np.ndarray, np.ndarray] | None, plan: BoundOrder):
@@ -249,7 +241,7 @@ def score_by_bound(
     ex_rows, ex_pos = _pairs(excluded, plan)
     if n == 0:
         return score_block(np.zeros((0, plan.levels[-1]), np.float32), plan.columns[-1], k)
-    users = _augmented(user_vectors)
+    users = augment_users(user_vectors)
     head = plan.levels[0]
     first = users @ plan.products[:, :head]
     lengths = prefix_lengths(
