@@ -42,16 +42,14 @@ def _run_rows(engine: sa.Engine, run_id: int) -> list:
         ).all()
 
 
-@pytest.mark.parametrize("fold_rows", [None, 3])
+@pytest.mark.parametrize("batch_users", [None, 3])
 def test_users_outside_the_filter_are_folded_in(
-    engine: sa.Engine, settings: Settings, tmp_path: Path, monkeypatch, fold_rows
+    engine: sa.Engine, settings: Settings, tmp_path: Path, batch_users
 ) -> None:
+    """With ``batch_users=3`` the folded-in users' vectors are pooled 3 users at a time, and
+    one block holds trained and folded-in users together (unless the model's users divide)."""
     from recsys.model.train import TrainConfig
-    from recsys.scoring import score as score_module
     from recsys.scoring.score import ScoreOptions, score_and_write
-
-    if fold_rows is not None:  # folded-in vectors pooled a few users at a time
-        monkeypatch.setattr(score_module, "_FOLD_ROWS", fold_rows)
 
     model = _trained_on_filtered_sample(
         engine,
@@ -94,7 +92,9 @@ def test_users_outside_the_filter_are_folded_in(
     rates_known = {int(u) for u, p in pairs if int(p) in model_products}
     expected_folded = rates_known - in_model
     assert expected_folded, "the filter should have dropped users who rated model products"
-    summary = score_and_write(engine, model, ScoreOptions(k=5), publish=False)
+    summary = score_and_write(
+        engine, model, ScoreOptions(k=5, batch_users=batch_users), publish=False
+    )
     rows = _run_rows(engine, summary.run_id)
     with engine.connect() as conn:
         params = conn.execute(

@@ -259,8 +259,7 @@ class ALSRecommender(FactorModel):
             raise RecsysError("the ALS model is not trained")
         _, reg, alpha = self.params["fitted"]
         rows = sparse.csr_matrix(histories)
-        v = self.product_factors.astype(np.float64)
-        base = v.T @ v + reg * np.eye(v.shape[1])
+        v, base = self._fold_base(reg)
         out = np.zeros((rows.shape[0], v.shape[1]), dtype=np.float32)
         for r in range(rows.shape[0]):
             items = rows.indices[rows.indptr[r] : rows.indptr[r + 1]]
@@ -270,6 +269,16 @@ class ALSRecommender(FactorModel):
             a = base + (alpha - 1.0) * (vi.T @ vi)
             out[r] = np.linalg.solve(a, alpha * vi.sum(axis=0))
         return out
+
+    def _fold_base(self, reg: float) -> tuple[np.ndarray, np.ndarray]:
+        """(product factors in float64, ``V^T V + reg I``), computed once per set of factors
+        (the scorer folds users in block by block)."""
+        cached = getattr(self, "_fold_cache", None)
+        if cached is None or cached[0] is not self.product_factors or cached[1] != reg:
+            v = self.product_factors.astype(np.float64)
+            cached = (self.product_factors, reg, v, v.T @ v + reg * np.eye(v.shape[1]))
+            self._fold_cache = cached
+        return cached[2], cached[3]
 
     folds_in = True
     """Users outside the training data are scored from their history (:meth:`fold_in`)."""

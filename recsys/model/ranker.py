@@ -699,7 +699,7 @@ class RankerRecommender:
     @property
     def folds_in(self) -> bool:
         """Whether users outside the training data can be scored from their history."""
-        return self.tower is not None and not self.tower.use_user_embedding
+        return self.user_vectors is not None and not self.params["use_user_embedding"]
 
     def user_vectors_for(self, items: np.ndarray, rows: np.ndarray, n_rows: int) -> np.ndarray:
         """User vectors pooled from histories of MODEL product indices (fold-in).
@@ -720,7 +720,7 @@ class RankerRecommender:
         from scipy import sparse
 
         self._check()
-        if self.tower.use_user_embedding:
+        if self.params["use_user_embedding"]:
             raise RecsysError("this ranker uses per-user embeddings; it cannot fold in users")
         x = sparse.csr_matrix(
             (np.ones(len(items), dtype=np.float32), (np.asarray(rows), np.asarray(items))),
@@ -728,8 +728,7 @@ class RankerRecommender:
         )
         x.data[:] = 1.0  # a product rated twice counts once, as in training
         counts = np.asarray(x.sum(axis=1)).ravel()
-        h = np.asarray(self.tower.history_embedding.embeddings.numpy(), dtype=np.float32)
-        pooled = np.asarray(x @ h, dtype=np.float32)
+        pooled = np.asarray(x @ self._history_table(), dtype=np.float32)
         pooled /= np.sqrt(np.maximum(counts, 1.0)).astype(np.float32)[:, None]
         return pooled
 
@@ -811,9 +810,9 @@ class RankerRecommender:
 
         It keeps the user and product vectors, the biases, the training history and the
         history embeddings, so :meth:`score_users`, :meth:`score_factors`,
-        :meth:`score_vectors` and :meth:`history_contributions` give exactly this model's
-        values; it drops the Keras towers, so it cannot train, fold in, predict ratings or
-        score new products by text.
+        :meth:`score_vectors`, :meth:`user_vectors_for` and :meth:`history_contributions` give
+        exactly this model's values; it drops the Keras towers, so it cannot train, predict
+        ratings or score new products by text.
         """
         import copy
 

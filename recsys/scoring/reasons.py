@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from recsys.scoring.histories import Histories
+
 BECAUSE_RATED = "because you rated"
 SIMILAR_TO = "similar to"
 POPULAR = "popular"
@@ -225,20 +227,25 @@ class ContributionReasons:
     Args:
         recommender: the model.
         folded: per folded-in user, the model product indices they rated (duplicates count
-            once); folded-in user f has user index ``first_folded + f``.
+            once; a :class:`~recsys.scoring.histories.Histories` or a list of arrays);
+            folded-in user f has user index ``first_folded + f``.
         first_folded: the first folded-in user index (the model's number of users).
     """
 
     def __init__(
         self,
         recommender: Any,
-        folded: list[np.ndarray] | None = None,
+        folded: Histories | list[np.ndarray] | None = None,
         first_folded: int | None = None,
     ) -> None:
         from scipy import sparse
 
         self.recommender = recommender
-        self.folded_list = folded or []
+        if folded is None:
+            folded = Histories.empty()
+        elif not isinstance(folded, Histories):
+            folded = Histories.from_list(folded)
+        self.folded_list = folded
         self.first_folded = first_folded if first_folded is not None else 0
         self.factors = None
         self.folded = None
@@ -246,12 +253,8 @@ class ContributionReasons:
             history, table, vectors = recommender.contribution_factors()
             self.factors = (sparse.csr_matrix(history), table, vectors)
             n_products = self.factors[0].shape[1]
-            lengths = np.fromiter(map(len, self.folded_list), np.int64, len(self.folded_list))
-            items = (
-                np.concatenate(self.folded_list).astype(np.int64)
-                if int(lengths.sum())
-                else np.zeros(0, dtype=np.int64)
-            )
+            lengths = folded.lengths()
+            items = folded.indices
             rows = np.repeat(np.arange(len(lengths)), lengths)
             folded_csr = sparse.csr_matrix(
                 (np.ones(len(items), dtype=np.float32), (rows, items)),
@@ -325,7 +328,7 @@ class ContributionReasons:
             sel = order[bounds[i] : bounds[i + 1]]
             user = int(user_index[i])
             history = None
-            if self.folded_list and user >= self.first_folded:
+            if len(self.folded_list) and user >= self.first_folded:
                 history = self.folded_list[user - self.first_folded]
             out[sel] = top_contributors(self.recommender, user, products[sel], history=history)
         return out

@@ -77,6 +77,7 @@ from recsys.scoring.block import (
     users_per_block,
 )
 from recsys.scoring.fallback import Fallback
+from recsys.scoring.histories import Histories
 from recsys.scoring.publish import (
     STRATEGIES,
     RunWriter,
@@ -255,10 +256,11 @@ class _Run:
     notes: dict[str, Any] = field(default_factory=dict)
     n_model_users: int = 0
     """Users the model was trained with; user indices from here on are folded-in users."""
-    folded_history: list[np.ndarray] = field(default_factory=list)
+    folded_history: Histories = field(default_factory=Histories.empty)
     """Per folded-in user, the model product indices they rated."""
-    folded_vectors: np.ndarray | None = None
-    """Per folded-in user, the user vector pooled from that history (``user_vectors_for``)."""
+    fold_by_vector: bool = False
+    """Folded-in users are scored through user vectors pooled from their history, block by
+    block (``recommender.user_vectors_for``); False: as history rows (``score_histories``)."""
     exclusions: reads.UserPairs | None = None
     """Every exclusion in force (None: rules off)."""
     contributions: reasons.ContributionReasons | None = None
@@ -301,10 +303,14 @@ def fold_in_users(
 ) -> tuple[np.ndarray, np.ndarray] | None:
     """Fold in the users the model does not know who rated at least one product it knows.
 
-    Their history (every database rating of a model product) becomes a user vector
-    (``recommender.user_vectors_for``: the ranker, ALS) or is scored as a history row
-    (``recommender.score_histories``: EASE). They get user indices after the model's own
-    users, so the scoring loop treats them like any other model user.
+    Their history (every database rating of a model product) is kept in the run
+    (``run.folded_history``); each block pools their user vectors from it
+    (``recommender.user_vectors_for``: the ranker, ALS; see :func:`block_user_vectors`) or
+    scores it as history rows (``recommender.score_histories``: EASE). So the run never holds
+    every folded-in user's vector at once: a block's vectors are computed when it is scored,
+    by the same function on the same history, whichever block or process scores it. They get
+    user indices after the model's own users, so the scoring loop treats them like any other
+    model user.
 
     Returns:
         (their ``users.id``, their user indices), or None when nobody folds in.
@@ -318,59 +324,48 @@ def fold_in_users(
     rated_u, rated_p = reads.rated_pairs(conn, unknown)
     items = _IdIndex(np.asarray(model.product_ids, dtype=np.int64)).positions(rated_p)
     known = items >= 0
-    folded_ids = np.unique(rated_u[known])
+    rated_u, items = rated_u[known], items[known]
+    del rated_p, known
+    folded_ids = np.unique(rated_u)
     if not len(folded_ids):
         return None
-    rows = _IdIndex(folded_ids).positions(rated_u[known])
+    rows = _IdIndex(folded_ids).positions(rated_u)
+    del rated_u
     run.n_model_users = len(model.user_ids)
-    run.folded_history = _grouped(rows, items[known], np.arange(len(folded_ids)))
-    if by_vector:
-        _fold_in_vectors(run, vectors_for, items[known], rows, len(folded_ids))
+    run.folded_history = Histories.grouped(rows, items, len(folded_ids))
+    run.fold_by_vector = by_vector
     return folded_ids, run.n_model_users + np.arange(len(folded_ids))
 
 
-_FOLD_ROWS = 1 << 18
-"""Folded-in users whose vectors are pooled at a time."""
+def block_user_vectors(model: ScoringModel, run: _Run, user_index: np.ndarray) -> np.ndarray:
+    """The user vectors of a block (model user indices, folded-in users after the model's own):
+    the model's vectors for its users, vectors pooled from the history for folded-in users.
 
-
-def _fold_in_vectors(
-    run: _Run, vectors_for: Callable, items: np.ndarray, rows: np.ndarray, n_rows: int
-) -> None:
-    """The folded-in users' vectors, pooled :data:`_FOLD_ROWS` users at a time.
-
-    With a dot-product model they are written straight after the model's own users in one
-    array (``run.folded_vectors`` is a view of its tail), so the run holds every user vector
-    once and never a second copy of them while it is built.
+    Raises:
+        DataError: the model's pooled vectors are not finite.
     """
-    order = np.argsort(rows, kind="stable")
-    rows, items = rows[order], items[order]
-    del order
-    first = run.n_model_users
-    if run.user_vectors is not None:
-        out = np.empty((first + n_rows, run.user_vectors.shape[1]), dtype=np.float32)
-        out[:first] = run.user_vectors
-    else:
-        out = None
-    pieces = []
-    for start in range(0, n_rows, _FOLD_ROWS):
-        stop = min(n_rows, start + _FOLD_ROWS)
-        lo, hi = np.searchsorted(rows, [start, stop])
-        vectors = np.asarray(
-            vectors_for(items[lo:hi], rows[lo:hi] - start, stop - start), dtype=np.float32
-        )
-        if not np.isfinite(vectors).all():
-            raise DataError("the model's folded-in user vectors are not finite")
-        if out is not None:
-            out[first + start : first + stop] = vectors
-        else:
-            pieces.append(vectors)
-    if out is not None:
-        run.user_vectors = out
-        run.folded_vectors = out[first:]
-    else:
-        run.folded_vectors = (
-            np.concatenate(pieces) if pieces else np.zeros((0, 0), dtype=np.float32)
-        )
+    folded = user_index >= run.n_model_users if len(run.folded_history) else None
+    if folded is None or not folded.any():
+        return run.user_vectors[user_index]
+    vectors = _pooled(model, run, user_index[folded] - run.n_model_users)
+    if folded.all():
+        return vectors
+    out = np.empty((len(user_index), run.user_vectors.shape[1]), dtype=np.float32)
+    out[~folded] = run.user_vectors[user_index[~folded]]
+    out[folded] = vectors
+    return out
+
+
+def _pooled(model: ScoringModel, run: _Run, folded: np.ndarray) -> np.ndarray:
+    """Vectors of folded-in users (indices into ``run.folded_history``) pooled from their
+    histories."""
+    items, rows = run.folded_history.entries(folded)
+    vectors = np.asarray(
+        model.recommender.user_vectors_for(items, rows, len(folded)), dtype=np.float32
+    )
+    if vectors.ndim != 2 or len(vectors) != len(folded) or not np.isfinite(vectors).all():
+        raise DataError("the model's folded-in user vectors are not finite")
+    return vectors
 
 
 def _setup(conn: sa.Connection, model: ScoringModel, options: ScoreOptions) -> _Run:
@@ -478,8 +473,8 @@ def _model_scores(
 ) -> np.ndarray:
     """The block's scores against every candidate column (fresh or in ``buffer``)."""
     if run.products is not None:
-        return dot_scores(run.user_vectors[user_index], run.products, out=buffer)
-    folded = user_index >= run.n_model_users if run.folded_history else None
+        return dot_scores(block_user_vectors(model, run, user_index), run.products, out=buffer)
+    folded = user_index >= run.n_model_users if len(run.folded_history) else None
     if folded is None or not folded.any():
         return _trained_scores(model, run, user_index)
     scores = np.full((len(user_index), len(run.candidate_ids)), -np.inf, dtype=np.float32)
@@ -515,14 +510,14 @@ def _trained_scores(model: ScoringModel, run: _Run, user_index: np.ndarray) -> n
 def _folded_scores(model: ScoringModel, run: _Run, folded: np.ndarray) -> np.ndarray:
     """Scores of folded-in users (indices into ``run.folded_history``) on the model's products."""
     recommender = model.recommender
-    if run.folded_vectors is not None:
-        scores = recommender.score_vectors(run.folded_vectors[folded])
+    if run.fold_by_vector:
+        scores = recommender.score_vectors(_pooled(model, run, folded))
     else:
         from scipy import sparse
 
-        histories = [run.folded_history[int(i)] for i in folded]
-        indptr = np.cumsum([0] + [len(h) for h in histories])
-        indices = np.concatenate(histories) if histories else np.zeros(0, dtype=np.int64)
+        indices, _ = run.folded_history.entries(folded)
+        indptr = np.zeros(len(folded) + 1, dtype=np.int64)
+        np.cumsum(run.folded_history.lengths()[folded], out=indptr[1:])
         rows = sparse.csr_matrix(
             (np.ones(len(indices), dtype=np.float32), indices, indptr),
             shape=(len(folded), run.n_model_products),
@@ -760,7 +755,7 @@ def score_user_block(
     rated, excluded = (r_rows[hit], r_cols[hit]), (e_rows[e_hit], e_cols[e_hit])
     if state.bound_order is not None:
         result = bound.score_by_bound(
-            state.user_vectors[user_index],
+            block_user_vectors(model, state, user_index),
             state.bound_order,
             k,
             rated=rated,
