@@ -39,6 +39,7 @@ Runs recorded before the step had this name list it as ``evaluate``.
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
 import traceback
@@ -1026,6 +1027,9 @@ def run(
                     "(published recommendations unchanged; traceback in the log)"
                 ) from err
             seconds = time.perf_counter() - t0
+            # what a step left in reference cycles (TensorFlow's traced functions hold some)
+            # is freed before the next step allocates its own
+            gc.collect()
             run_records.finish_step(engine, step_id, "succeeded", seconds, detail=detail)
             results.append(StepResult(step.name, "succeeded", seconds, detail))
             if on_step:

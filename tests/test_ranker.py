@@ -129,6 +129,25 @@ def test_scores_equal_the_keras_model_and_round_trip(sample, tmp_path: Path) -> 
     np.testing.assert_allclose(
         loaded.predict(pairs_u, pairs_p), model.predict(pairs_u, pairs_p), rtol=1e-6
     )
+    # the unused per-user table is one row; files that hold a full one (as written before it
+    # shrank, without "user_rows" in the meta) load with the same scores
+    assert model.tower.user_embedding.embeddings.shape[0] == 1
+    import json
+
+    from recsys.model.base import META_FILE
+
+    full = model._new_tower(data.n_users, data.n_products, model.text_dim, data.n_users)
+    weights = model.tower.get_weights()
+    weights[0] = np.ones((data.n_users, model.params["dim"]), dtype=np.float32)
+    full.set_weights(weights)
+    old = tmp_path / "ranker"
+    full.save_weights(old / "ranking.weights.h5")
+    meta = json.loads((old / META_FILE).read_text())
+    del meta["user_rows"]
+    (old / META_FILE).write_text(json.dumps(meta))
+    reloaded = catalog.load(old)
+    assert reloaded.tower.user_embedding.embeddings.shape[0] == data.n_users
+    np.testing.assert_array_equal(reloaded.score_users(users), fast)
 
 
 def test_rating_head_beats_the_global_mean_and_fit_is_deterministic(sample) -> None:

@@ -55,15 +55,26 @@ def top_k(scores: np.ndarray, k: int) -> np.ndarray:
     return top_k_indices(scores, k)
 
 
+BATCH_SCORES = 1 << 24
+"""Scores one batch of :func:`ranking_metrics` holds at most (64 MiB of float32), unless one
+user's row is longer."""
+
+
 def ranking_metrics(
     score_users: Callable[[np.ndarray], np.ndarray],
     train: RatingData,
     test: RatingData,
     *,
     k: int = 10,
-    batch_size: int = 512,
+    batch_size: int | None = None,
 ) -> dict[str, float]:
-    """Recall@k, NDCG@k, coverage@k and popularity percentile of a model's top-k lists."""
+    """Recall@k, NDCG@k, coverage@k and popularity percentile of a model's top-k lists.
+
+    ``batch_size``: users scored at a time (None: up to 512, fewer on a large catalogue, so a
+    batch's scores stay within :data:`BATCH_SCORES`).
+    """
+    if batch_size is None:
+        batch_size = max(1, min(512, BATCH_SCORES // max(1, train.n_products)))
     relevant = test.ratings >= RELEVANT_RATING
     eval_users = np.unique(test.users[relevant])
     popularity = np.bincount(train.products, minlength=train.n_products)

@@ -39,6 +39,9 @@ class RankingTower(keras.Model):
         dim: embedding width.
         use_user_embedding: include the free per-user embedding E (else the user vector is the
             history part only, which also serves users whose embedding never trained).
+        user_rows: rows of E (None: ``n_users`` with ``use_user_embedding``, else 1: an unused
+            table is kept as one row, not one per user; weights saved with a full unused table
+            load with ``user_rows=n_users``).
     """
 
     def __init__(
@@ -48,6 +51,7 @@ class RankingTower(keras.Model):
         text_dim: int,
         dim: int = 64,
         use_user_embedding: bool = True,
+        user_rows: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -56,9 +60,14 @@ class RankingTower(keras.Model):
         self.text_dim = int(text_dim)
         self.dim = int(dim)
         self.use_user_embedding = bool(use_user_embedding)
+        if user_rows is None:
+            user_rows = self.n_users if self.use_user_embedding else 1
+        self.user_rows = int(user_rows)
+        if self.use_user_embedding and self.user_rows != self.n_users:
+            raise ValueError("a tower with the per-user embedding needs one row per user")
         init = keras.initializers.RandomNormal(stddev=0.05)
         self.user_embedding = keras.layers.Embedding(
-            self.n_users, self.dim, embeddings_initializer=init, name="user_embedding"
+            self.user_rows, self.dim, embeddings_initializer=init, name="user_embedding"
         )
         self.history_embedding = keras.layers.Embedding(
             self.n_products, self.dim, embeddings_initializer=init, name="history_embedding"
@@ -152,6 +161,7 @@ class RankingTower(keras.Model):
             "text_dim": self.text_dim,
             "dim": self.dim,
             "use_user_embedding": self.use_user_embedding,
+            "user_rows": self.user_rows,
             "name": self.name,
         }
 

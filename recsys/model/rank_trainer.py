@@ -467,7 +467,9 @@ class LazyAdamW:
         for var, avg, last in zip(self.variables, self.avg, self.last, strict=True):
             gap = (step - last.numpy()).astype(np.float64)
             keep = (self.decay**gap).astype(np.float32).reshape((-1,) + (1,) * (len(var.shape) - 1))
-            out.append(keep * avg.numpy() + (1.0 - keep) * var.numpy())
+            value = keep * avg.numpy()  # a new array: then added to in place, one temporary
+            value += (1.0 - keep) * var.numpy()
+            out.append(value)
         return out
 
 
@@ -741,6 +743,16 @@ class RankerTrainer:
 
     def train_step(self, batch: Batch) -> float:
         return float(self._step(batch))
+
+    def release(self) -> None:
+        """Drop the optimizer's state (moments and averages: three copies of every trained
+        weight), the compiled step and the ratings, once :meth:`run` has returned. The compiled
+        step refers back to this trainer, so without this the state would wait for Python's
+        cycle collector; the tower keeps its weights."""
+        self._step = None
+        self.optimizer = None
+        self.variables = []
+        self.ratings = None
 
     def check_stop(self, epoch: int) -> None:
         """Raise TrainingInterrupted now when a stop was requested."""

@@ -65,6 +65,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import gc
 import inspect
 import json
 import logging
@@ -251,7 +252,9 @@ class RankerRecommender:
         self.text_dim = self.text.shape[1]
         self.params["text_path"] = bool(np.any(self.text))
 
-    def _new_tower(self, n_users: int, n_products: int, text_dim: int):
+    def _new_tower(
+        self, n_users: int, n_products: int, text_dim: int, user_rows: int | None = None
+    ):
         from recsys.model.rank_network import RankingTower
 
         return RankingTower(
@@ -260,6 +263,7 @@ class RankerRecommender:
             text_dim,
             dim=self.params["dim"],
             use_user_embedding=self.params["use_user_embedding"],
+            user_rows=user_rows,
             name="ranking_tower",
         )
 
@@ -288,7 +292,11 @@ class RankerRecommender:
         trainer = RankerTrainer(
             self, train, seed, progress=progress, should_stop=should_stop, label=label
         )
-        return trainer.run(epochs, validation, deadline=deadline)
+        try:
+            return trainer.run(epochs, validation, deadline=deadline)
+        finally:
+            trainer.release()
+            gc.collect()  # the compiled step's own reference cycles hold the optimizer state
 
     def _precompute(self, tower, history) -> None:
         """Exact precomputation: user vectors, product vectors and biases as numpy arrays."""
@@ -622,7 +630,7 @@ class RankerRecommender:
         first = members[0]
 
         def shape(m: RankerRecommender) -> tuple:
-            return (m.n_users, m.n_products, m.text_dim, m.tower.use_user_embedding)
+            return (m.n_users, m.n_products, m.text_dim, m.tower.use_user_embedding, m.tower.user_rows)
 
         for m in members:
             m._check()
@@ -640,7 +648,9 @@ class RankerRecommender:
         model.n_users, model.n_products = first.n_users, first.n_products
         model.text = normalise_text(train.text, train.n_products)
         model.text_dim = model.text.shape[1]
-        tower = model._new_tower(model.n_users, model.n_products, model.text_dim)
+        tower = model._new_tower(
+            model.n_users, model.n_products, model.text_dim, first.tower.user_rows
+        )
         towers = [m.tower for m in members]
 
         def side_by_side(layer: str, scale: float) -> np.ndarray:
@@ -879,6 +889,7 @@ class RankerRecommender:
             "mu": self.mu,
             "n_users": self.n_users,
             "n_products": self.n_products,
+            "user_rows": self.tower.user_rows,
         }
         (directory / META_FILE).write_text(json.dumps(meta))
 
@@ -899,7 +910,9 @@ class RankerRecommender:
         model.n_users, model.n_products = int(meta["n_users"]), int(meta["n_products"])
         model.text = np.load(directory / "text.npy")
         model.text_dim = model.text.shape[1]
-        tower = model._new_tower(model.n_users, model.n_products, model.text_dim)
+        # files written before the unused per-user table became one row hold a full table
+        user_rows = int(meta.get("user_rows", model.n_users))
+        tower = model._new_tower(model.n_users, model.n_products, model.text_dim, user_rows)
         tower.load_weights(directory / "ranking.weights.h5")
         if (directory / "rating_head.keras").exists():
             model.rating_model = keras.saving.load_model(directory / "rating_head.keras")
