@@ -132,16 +132,28 @@ class RankingTower(keras.Model):
             bias = bias * id_keep
         return ids + self.text_projection(text), bias + self.text_bias(text)[:, 0]
 
-    def product_vectors(self, text: Any, id_keep: Any | None = None) -> Any:
+    def product_vectors(
+        self, text: Any, id_keep: Any | None = None, weight: Any | None = None
+    ) -> Any:
         """``([n_products, dim], [n_products])`` for the catalogue; ``id_keep`` (0/1 per product)
-        drops the id embedding and id bias (product-id dropout)."""
-        ids = self.product_embedding.embeddings
-        bias = self.product_bias.embeddings[:, 0]
+        drops the id embedding and id bias (product-id dropout). ``weight`` (a function from
+        each of this tower's variables to the value to use instead, e.g. an average of it):
+        the same computation on those values, the tower's own weights left as they are."""
+        if weight is None:
+            ids = self.product_embedding.embeddings
+            bias = self.product_bias.embeddings[:, 0]
+            projected = self.text_projection(text)
+            text_bias = self.text_bias(text)
+        else:  # Dense without bias or activation: the layer's own matmul
+            ids = weight(self.product_embedding.embeddings)
+            bias = weight(self.product_bias.embeddings)[:, 0]
+            projected = ops.matmul(text, weight(self.text_projection.kernel))
+            text_bias = ops.matmul(text, weight(self.text_bias.kernel))
         if id_keep is not None:
             ids = ids * id_keep[:, None]
             bias = bias * id_keep
-        vectors = ids + self.text_projection(text)
-        return vectors, bias + self.text_bias(text)[:, 0]
+        vectors = ids + projected
+        return vectors, bias + text_bias[:, 0]
 
     def text_only_vectors(self, text: Any) -> Any:
         """Product vectors and biases of products known only by their text (cold products)."""

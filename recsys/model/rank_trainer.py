@@ -518,24 +518,35 @@ class TrainedTower:
 
 
 class TowerScores:
-    """``score_users`` of a tower's current weights for a fixed, sorted set of users.
+    """``score_users`` of a tower's weights for a fixed, sorted set of users.
 
     The users' vectors pool their binary ``history`` rows exactly as the ranker's
     precomputation does (``E[u] + x_u H / sqrt(|x_u|)``); the product vectors and biases come
     from the tower, and a batch's scores are one ``U[users] @ V.T + b`` in TensorFlow.
+    ``weight`` (variable -> value, as in ``RankingTower.product_vectors``): score those values
+    instead of the tower's current weights, without loading them into it.
     """
 
-    def __init__(self, tower: Any, text: np.ndarray, users: np.ndarray, history) -> None:
+    def __init__(
+        self,
+        tower: Any,
+        text: np.ndarray,
+        users: np.ndarray,
+        history,
+        weight: Callable[[Any], Any] | None = None,
+    ) -> None:
         import tensorflow as tf
         from scipy import sparse
 
+        if weight is None:
+            weight = _current
         counts = np.asarray(history.sum(axis=1)).ravel()
         scale = sparse.diags(1.0 / np.sqrt(np.maximum(counts, 1.0))).astype(np.float32)
-        h = np.asarray(tower.history_embedding.embeddings.numpy(), dtype=np.float32)
+        h = np.asarray(weight(tower.history_embedding.embeddings), dtype=np.float32)
         vectors = np.asarray((scale @ history) @ h, dtype=np.float32)
         if tower.use_user_embedding:
-            vectors = vectors + tower.user_embedding.embeddings.numpy()[users]
-        product, bias = tower.product_vectors(text)
+            vectors = vectors + np.asarray(weight(tower.user_embedding.embeddings))[users]
+        product, bias = tower.product_vectors(text, weight=weight)
         self.users = np.asarray(users, dtype=np.int64)
         self.vectors = tf.constant(vectors.astype(np.float32))
         self.product = tf.convert_to_tensor(product)
@@ -552,6 +563,11 @@ class TowerScores:
             raise ValueError("TowerScores: a user outside the prepared set")
         user = tf.gather(self.vectors, at)
         return (tf.matmul(user, self.product, transpose_b=True) + self.bias[None, :]).numpy()
+
+
+def _current(variable: Any) -> np.ndarray:
+    """A variable's current value."""
+    return variable.numpy()
 
 
 class RankerTrainer:
@@ -788,13 +804,15 @@ class RankerTrainer:
             variable.assign(value)
         return raw
 
-    def validate(self, validation: RatingData) -> float:
+    def validate(self, validation: RatingData, averages: list[np.ndarray] | None = None) -> float:
         """Internal-validation NDCG@10 of the averaged weights (the weights that would score).
 
         The figure :func:`~recsys.evaluation.tuning.validation_ndcg` gives for the model
         precomputed with those weights, from the vectors of the sampled validation users only
         (:class:`TowerScores`: one TensorFlow matmul per batch of users), so an evaluation
-        neither pools every user nor leaves the model's own precomputation changed.
+        neither pools every user nor leaves the model's own precomputation changed. The
+        averages (``averages``: ``optimizer.averages()`` already computed) are scored as they
+        are, never loaded into the tower, so an evaluation holds one extra copy of the weights.
         """
         from recsys.evaluation.tuning import validation_ndcg
 
@@ -802,12 +820,16 @@ class RankerTrainer:
         users = np.unique(sample.users)
         history = self.ratings[users]
         history.data[:] = 1.0
-        raw = self.use_weights(self.optimizer.averages())
-        try:
-            self.model.evaluated(self.tower)
-            scores = TowerScores(self.tower, self.model.text, users, history)
-        finally:
-            self.use_weights(raw)
+        if averages is None:
+            averages = self.optimizer.averages()
+        averaged = {id(v): a for v, a in zip(self.variables, averages, strict=True)}
+
+        def weight(variable: Any) -> Any:
+            value = averaged.get(id(variable))
+            return _current(variable) if value is None else value
+
+        self.model.evaluated(self.tower, [weight(v) for v in self.tower.weights])
+        scores = TowerScores(self.tower, self.model.text, users, history, weight)
         return validation_ndcg(scores, self.train, sample)
 
     def _validation_sample(self, validation: RatingData) -> RatingData:
@@ -882,17 +904,20 @@ class RankerTrainer:
                 if budget_stop:
                     break
                 continue
-            score = self.validate(validation)
+            averages = self.optimizer.averages()
+            score = self.validate(validation, averages)
             evaluations.append((epoch, score))
             fields["ndcg"] = score
+            if score > best[0] + 1e-4:
+                best = (score, epoch, averages)
+            averages = None  # kept only as the best epoch's weights
             _log.info(
                 "ranker epoch %d: loss %.4f, internal validation NDCG@10 %.4f",
                 epoch,
                 losses[-1],
                 score,
             )
-            if score > best[0] + 1e-4:
-                best = (score, epoch, self.optimizer.averages())
+            if best[1] == epoch:
                 without_gain = 0
             else:
                 without_gain += 1

@@ -317,11 +317,11 @@ class RankerRecommender:
         self.tower = tower
         self.history = history
 
-    def evaluated(self, tower) -> None:
-        """The trainer evaluates ``tower`` with the weights now loaded: within
-        :meth:`fit_curve`, keep a copy of them (one per evaluation of the curve)."""
+    def evaluated(self, tower, weights: list[np.ndarray]) -> None:
+        """The trainer evaluates ``tower`` with ``weights`` (in ``tower.get_weights()`` order):
+        within :meth:`fit_curve`, keep a copy of them (one per evaluation of the curve)."""
         if self._capture is not None:
-            self._capture.append([np.array(w) for w in tower.get_weights()])
+            self._capture.append([np.array(w) for w in weights])
 
     # --- rating head ----------------------------------------------------------------------
 
@@ -630,7 +630,13 @@ class RankerRecommender:
         first = members[0]
 
         def shape(m: RankerRecommender) -> tuple:
-            return (m.n_users, m.n_products, m.text_dim, m.tower.use_user_embedding, m.tower.user_rows)
+            return (
+                m.n_users,
+                m.n_products,
+                m.text_dim,
+                m.tower.use_user_embedding,
+                m.tower.user_rows,
+            )
 
         for m in members:
             m._check()
