@@ -49,7 +49,7 @@ def _scripted_trainer(scores: list[float], clock: _Clock, epoch_seconds: float =
         return 1.0 / epoch
 
     trainer.run_epoch = run_epoch
-    trainer.validate = lambda validation: scores[state["epoch"] - 1]
+    trainer.validate = lambda validation, averages=None: scores[state["epoch"] - 1]
     trainer.optimizer.averages = lambda: [
         np.full(v.shape, float(state["epoch"]), dtype=np.float32) for v in trainer.variables
     ]
