@@ -171,3 +171,117 @@ def test_als_folds_in_through_its_dot_product_form(
         listed = [(int(p), float(s)) for u, p, s, _, _ in rows if int(u) == user]
         assert [p for p, _ in listed] == model.product_ids[order].tolist()
         np.testing.assert_allclose([s for _, s in listed], scores[order], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("max_per_category", [None, 1])
+def test_twins_get_the_rows_and_counts_of_scoring_each_one(
+    engine: sa.Engine, settings: Settings, tmp_path: Path, max_per_category
+) -> None:
+    """Folded-in users with the same ratings share one scored list: the run's rows, rule counts
+    and strategies are those of scoring every one of them (twins off)."""
+    from recsys.model.train import TrainConfig
+    from recsys.scoring.score import ScoreOptions, score_and_write
+
+    model = _trained_on_filtered_sample(
+        engine,
+        settings,
+        tmp_path,
+        TrainConfig(
+            model="ranker",
+            epochs=2,
+            embedding_dim=8,
+            min_ratings=15,
+            evaluate=False,
+            min_train_ratings=10,
+            params={"rating_head": False},
+        ),
+    )
+    known = [int(p) for p in model.product_ids[:5]]
+    with engine.begin() as conn:
+        asin = dict(
+            conn.execute(
+                sa.text("SELECT id, external_id FROM products WHERE id = ANY(:p)"), {"p": known}
+            ).all()
+        )
+        outside = conn.execute(
+            sa.text("INSERT INTO products (external_id) VALUES ('TWIN-OUT') RETURNING id")
+        ).scalar()
+        histories = {
+            "T1": [known[0]],
+            "T2": [known[0]],
+            "T3": [known[0]],
+            "T4": [known[0], outside],  # not a twin of T1: a different rating set
+            "T5": [known[0], known[1]],
+            "T6": [known[1], known[0]],
+            "T7": [known[0], known[1]],  # has an exclusion: a list of their own
+            "T8": [known[0], known[1]],
+        }
+        for name, rated in histories.items():
+            user = conn.execute(
+                sa.text("INSERT INTO users (external_id) VALUES (:n) RETURNING id"), {"n": name}
+            ).scalar()
+            for product in rated:
+                conn.execute(
+                    sa.text(
+                        "INSERT INTO ratings (user_id, product_id, rating, rated_at) "
+                        "VALUES (:u, :p, 4, now())"
+                    ),
+                    {"u": user, "p": product},
+                )
+        conn.execute(
+            sa.text("UPDATE products SET available = false WHERE id = :p"), {"p": known[2]}
+        )
+        conn.execute(
+            sa.text("INSERT INTO product_boosts (asin, factor) VALUES (:a, 50)"),
+            {"a": asin[known[3]]},
+        )
+        conn.execute(
+            sa.text("INSERT INTO user_exclusions (user_external_id, asin) VALUES ('T7', :a)"),
+            {"a": asin[known[4]]},
+        )
+
+    def scored(twins: bool):
+        options = ScoreOptions(k=5, max_per_category=max_per_category, twins=twins)
+        summary = score_and_write(engine, model, options, publish=False)
+        with engine.connect() as conn:
+            rows = conn.execute(
+                sa.text(
+                    "SELECT user_id, rank, product_id, score, strategy, reason, "
+                    "because_product_id FROM recommendations WHERE run_id = :r "
+                    "ORDER BY user_id, rank"
+                ),
+                {"r": summary.run_id},
+            ).all()
+            rule_counts, params = conn.execute(
+                sa.text("SELECT rule_counts, params FROM recommendation_runs WHERE id = :r"),
+                {"r": summary.run_id},
+            ).one()
+        return summary, rows, rule_counts, params
+
+    shared, shared_rows, shared_counts, shared_params = scored(True)
+    each, each_rows, each_counts, each_params = scored(False)
+    # T2, T3 copy T1; T6, T8 copy T5; whatever twins the sample's own folded-in users have
+    assert shared_params["twins"] >= 4 and each_params["twins"] == 0
+    assert shared_params["folded_in"] == each_params["folded_in"]
+    assert shared_params["users_total"] == each_params["users_total"]
+    # the same rows; a score may differ in its last bit (blocks of other shapes in the matmul)
+    assert [r[:3] + r[4:] for r in shared_rows] == [r[:3] + r[4:] for r in each_rows]
+    np.testing.assert_allclose(
+        [r[3] for r in shared_rows], [r[3] for r in each_rows], rtol=1e-5, atol=1e-6
+    )
+    assert shared_counts == each_counts
+    assert shared.counts == each.counts and shared.n_rows == each.n_rows
+    assert shared_counts["boosted"] > 0
+    if max_per_category is not None:
+        assert shared_counts["category_cap"] > 0
+    by_user = {}
+    for row in shared_rows:
+        by_user.setdefault(row[0], []).append(row[1:])
+    with engine.connect() as conn:
+        ids = dict(
+            conn.execute(
+                sa.text("SELECT external_id, id FROM users WHERE external_id LIKE 'T_'")
+            ).all()
+        )
+    assert by_user[ids["T2"]] == by_user[ids["T1"]] == by_user[ids["T3"]]
+    assert by_user[ids["T6"]] == by_user[ids["T5"]]

@@ -34,3 +34,20 @@ def test_grouped_entries_are_each_users_values_in_order(case) -> None:
     listed = Histories.from_list([np.array(e, dtype=np.int64) for e in expected])
     assert np.array_equal(listed.indptr, histories.indptr)
     assert np.array_equal(listed.indices, histories.indices)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.lists(st.integers(0, 3), max_size=5), min_size=1, max_size=30),
+    st.integers(1, 4),
+)
+def test_first_identical_is_the_first_user_with_the_same_multiset(histories, max_length) -> None:
+    got = Histories.from_list([np.array(h, dtype=np.int64) for h in histories]).first_identical(
+        max_length
+    )
+    for f, history in enumerate(histories):
+        if not history or len(history) > max_length:
+            assert got[f] == f
+        else:
+            same = [g for g, other in enumerate(histories) if sorted(other) == sorted(history)]
+            assert got[f] == same[0]

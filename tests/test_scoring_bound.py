@@ -191,3 +191,65 @@ def test_the_nightly_scorer_publishes_the_same_rows_with_and_without_prefixes(
             {"r": summary.run_id},
         ).scalar_one()
     assert 0 < float(share) < 1  # the skewed norms leave products out
+
+
+def _repeated(pairs, weight):
+    """(rows, cols) pairs of rows repeated ``weight`` times, in the repeated rows' numbering."""
+    rows, cols = (np.asarray(a, dtype=np.int64) for a in pairs)
+    first = np.cumsum(weight) - weight
+    copy = [j < weight[rows] for j in range(int(weight.max()))]
+    return (
+        np.concatenate([first[rows][m] + j for j, m in enumerate(copy)]),
+        np.concatenate([cols[m] for m in copy]),
+    )
+
+
+@hsettings(max_examples=60, deadline=None)
+@given(
+    st.integers(1, 20),
+    st.integers(32, 300),
+    st.integers(1, 10),
+    st.integers(0, 2**31 - 1),
+    st.booleans(),
+)
+def test_a_weighted_row_counts_as_its_copies(n, p, k, seed, capped) -> None:
+    """A row of weight w gives the list and the rule counts of w identical rows, whole or by
+    bound prefixes (twins share one scored row)."""
+    rng = np.random.default_rng(seed)
+    users, vectors, bias = _integer_factors(rng, n, p, 4, 4)
+    columns = _columns(rng, p, True)
+    if capped:
+        columns = Columns(
+            columns.keys,
+            columns.blocked,
+            columns.unavailable,
+            offset=columns.offset,
+            offset_folded=True,
+            caps=(GroupCap("category_cap", rng.integers(-1, 4, p), 1),),
+        )
+    products = augment_products(vectors, bias, columns.offset)
+    weight = rng.integers(1, 4, n).astype(np.int64)
+    rated = (rng.integers(0, n, 3 * n), rng.integers(0, p, 3 * n))
+    excluded = (rng.integers(0, n, n), rng.integers(0, p, n))
+    copies = np.repeat(np.arange(n), weight)
+    expected = score_block(
+        dot_scores(users[copies], products),
+        columns,
+        k,
+        rated=_repeated(rated, weight),
+        excluded=_repeated(excluded, weight),
+    )
+    got = score_block(
+        dot_scores(users, products), columns, k, rated=rated, excluded=excluded, weight=weight
+    )
+    assert got.counts == expected.counts
+    first = np.cumsum(weight) - weight
+    at_first = np.isin(expected.rows, first)
+    assert got.cols.tolist() == expected.cols[at_first].tolist()
+    assert got.filled.tolist() == expected.filled[first].tolist()
+    if not capped:
+        plan = bound.plan(products, columns, users, head=8, step=4, min_products=16)
+        by_bound = bound.score_by_bound(
+            users, plan, k, rated=rated, excluded=excluded, weight=weight
+        )
+        _same(by_bound, got)

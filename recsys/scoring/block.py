@@ -253,6 +253,7 @@ def _select(
     maxima: np.ndarray,
     columns: Columns,
     k: int,
+    weight: np.ndarray | None = None,
 ) -> tuple[
     np.ndarray,
     np.ndarray,
@@ -269,7 +270,8 @@ def _select(
     is widened like a row that loses them to a cap, so the lists stay exact.
 
     Returns:
-        (rows, ranks, cols, values, filled, skipped per cap, (row, value) of the unavailable
+        (rows, ranks, cols, values, filled, skipped per cap (each row counted ``weight`` times,
+        default once), (row, value) of the unavailable
         candidates of each row's final pass: every unavailable pair scored at least as high as
         the row's k-th product, or every finite one when the row's list is short).
     """
@@ -309,7 +311,10 @@ def _select(
             out_gone_values.append(gone_values[final])
         filled[active[done]] = got[done]
         for name, per_row in skip.items():  # the final pass of each finished row counts
-            skipped[name] += int(per_row[done].sum())
+            if weight is None:
+                skipped[name] += int(per_row[done].sum())
+            else:
+                skipped[name] += int((per_row[done] * weight[active[done]]).sum())
         m[active[~done]] *= 4
         active = active[~done]
     rows = np.concatenate(out_rows) if out_rows else np.zeros(0, dtype=np.int64)
@@ -334,6 +339,7 @@ def score_block(
     *,
     rated: tuple[np.ndarray, np.ndarray] | None = None,
     excluded: tuple[np.ndarray, np.ndarray] | None = None,
+    weight: np.ndarray | None = None,
 ) -> BlockResult:
     """Exact top-k lists of one block of users under every rule.
 
@@ -345,6 +351,8 @@ def score_block(
         k: list length.
         rated: (rows, columns) the users rated: never recommended, not counted.
         excluded: (rows, columns) of per-user exclusions: never recommended, counted.
+        weight: int64 [n], how many users each row stands for in the rule counts (users with
+            the same history and no exclusions share one row; None: one each).
 
     Returns:
         The lists (see :class:`BlockResult`). A row is shorter than k only when no finite
@@ -374,7 +382,9 @@ def score_block(
             empty, empty, empty, np.zeros(0, np.float32), np.zeros(n, np.int64), counts
         )
     maxima = chunk_maxima(scores, CHUNK)
-    rows, ranks, cols, values, filled, skipped, gone = _select(scores, maxima, columns, k)
+    if weight is not None:
+        weight = np.asarray(weight, dtype=np.int64)
+    rows, ranks, cols, values, filled, skipped, gone = _select(scores, maxima, columns, k, weight)
 
     # the score of each row's last product: a masked pair at least this high was displaced
     last = np.full(n, -np.inf, dtype=np.float32)
@@ -385,12 +395,21 @@ def score_block(
     displaced = np.isfinite(ex_values) & (ex_values >= last[ex_rows])
     # an excluded pair of an unavailable product counts under both rules, once under each
     both = displaced & columns.unavailable[ex_cols]
+    gone_counted = gone[1] >= last[gone[0]]
+    both_pairs = np.unique(ex_rows[both] * p + ex_cols[both])
+    if weight is None:
+        unavailable = int(gone_counted.sum()) + len(both_pairs)
+        excluded_count = int(displaced.sum())
+        boosted = int(columns.boosted[cols].sum())
+    else:
+        unavailable = int(weight[gone[0][gone_counted]].sum() + weight[both_pairs // p].sum())
+        excluded_count = int(weight[ex_rows[displaced]].sum())
+        boosted = int(weight[rows[columns.boosted[cols]]].sum())
     counts = {
-        "unavailable": int((gone[1] >= last[gone[0]]).sum())
-        + len(np.unique(ex_rows[both] * p + ex_cols[both])),
-        "excluded": int(displaced.sum()),
+        "unavailable": unavailable,
+        "excluded": excluded_count,
         "category_cap": int(skipped.get("category_cap", 0)),
         "brand_cap": int(skipped.get("brand_cap", 0)),
-        "boosted": int(columns.boosted[cols].sum()),
+        "boosted": boosted,
     }
     return BlockResult(rows, ranks, cols, values.astype(np.float32), filled, counts, n * p)

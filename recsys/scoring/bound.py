@@ -222,6 +222,7 @@ def score_by_bound(
     rated: tuple[np.ndarray, np.ndarray] | None = None,
     excluded: tuple[np.ndarray, np.ndarray] | None = None,
     buffer: np.ndarray | None = None,
+    weight: np.ndarray | None = None,
 ) -> BlockResult:
     """The lists of :func:`recsys.scoring.block.score_block` over the whole catalogue, from
     prefixes of it (see the module).
@@ -232,6 +233,7 @@ def score_by_bound(
         k: list length.
         rated, excluded: (rows, run columns) as for ``score_block``.
         buffer: a reusable float32 buffer for the scores of the longer prefixes.
+        weight: int64 [n], how many users each row stands for in the rule counts (None: one).
 
     Returns:
         The block's lists, columns in the run's order (as ``score_block`` returns them).
@@ -279,6 +281,7 @@ def score_by_bound(
                 k,
                 rated=_within(rated_rows, rated_pos, local, length),
                 excluded=_within(ex_rows, ex_pos, local, length),
+                weight=None if weight is None else weight[rows],
             )
             out_rows.append(rows[result.rows])
             out_ranks.append(result.ranks)

@@ -2,7 +2,9 @@
 
 The scoring run keeps the histories of its folded-in users (millions of users at the
 Electronics shape) in this form: two arrays instead of one small array per user, so they cost
-8 bytes per rating and 8 per user, and a block of users' entries is one gather.
+8 bytes per rating and 8 per user, and a block of users' entries is one gather. It also
+finds users whose histories are the same (:meth:`Histories.first_identical`), who can share one
+scored list.
 """
 
 from __future__ import annotations
@@ -75,3 +77,24 @@ class Histories:
         first = np.cumsum(lengths) - lengths
         at = starts[rows] + (np.arange(len(rows), dtype=np.int64) - first[rows])
         return self.indices[at], rows
+
+    def first_identical(self, max_length: int = 8) -> np.ndarray:
+        """int64 [n]: for each user, the first user (lowest index) whose values are the same
+        multiset; the user itself when none before it is, when its history is empty, or when
+        it holds more than ``max_length`` values (such twins are rare and not looked for)."""
+        n = len(self)
+        first = np.arange(n, dtype=np.int64)
+        lengths = self.lengths()
+        for length in range(1, max_length + 1):
+            users = np.flatnonzero(lengths == length)
+            if len(users) < 2:
+                continue
+            values, _ = self.entries(users)
+            rows = np.sort(values.reshape(len(users), length), axis=1)
+            order = np.lexsort(rows.T[::-1])  # stable: equal rows keep their user order
+            rows = rows[order]
+            starts = np.ones(len(users), dtype=bool)
+            starts[1:] = (rows[1:] != rows[:-1]).any(axis=1)
+            group = np.cumsum(starts) - 1
+            first[users[order]] = users[order[starts]][group]
+        return first

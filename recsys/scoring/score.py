@@ -16,7 +16,10 @@ from a history (``recommender.user_vectors_for``: the ranker, ALS): their exact 
 from their database ratings of the model's products (strategy ``model``; the count is recorded as
 ``params["folded_in"]`` of the run; no cold-start products for them). Models that score a
 history row directly (``recommender.score_histories``: EASE) fold in the same way. Folded-in
-users go through the same block, rules and reasons as the model's own users. The others get a
+users go through the same block, rules and reasons as the model's own users; those with the
+same ratings and no exclusions (TWINS: most of them rated one or two products) are scored once
+and share the rows (``params["twins"]`` counts the copies; see :func:`fold_in_users`). The
+others get a
 fallback list instead: the most rated products (``popularity``), or, with
 ``fallback="category"``, the most rated products in the categories of the products they rated
 (``category_popularity``) topped up from the global list. A product's category is the last
@@ -165,6 +168,10 @@ class ScoreOptions:
     """Score a dot-product model's blocks by prefixes of the catalogue in bound order
     (:mod:`recsys.scoring.bound`): the same lists and counts, from fewer products. False: every
     product for every user (to measure the difference)."""
+    twins: bool = True
+    """Folded-in users with the same ratings and no exclusions share one scored list (the same
+    rows, counts and reasons as scoring each; see :func:`fold_in_users`). False: each is scored
+    (to measure the difference)."""
 
     def __post_init__(self) -> None:
         if self.k < 1:
@@ -258,6 +265,9 @@ class _Run:
     """Users the model was trained with; user indices from here on are folded-in users."""
     folded_history: Histories = field(default_factory=Histories.empty)
     """Per folded-in user, the model product indices they rated."""
+    twins: Histories = field(default_factory=Histories.empty)
+    """Per folded-in user who is scored, the ``users.id`` of the folded-in users who get a copy
+    of their list (the same database ratings, no exclusions; empty: none, or twins off)."""
     fold_by_vector: bool = False
     """Folded-in users are scored through user vectors pooled from their history, block by
     block (``recommender.user_vectors_for``); False: as history rows (``score_histories``)."""
@@ -299,8 +309,13 @@ def user_vectors_of(model: ScoringModel) -> tuple[np.ndarray, np.ndarray, np.nda
 
 
 def fold_in_users(
-    conn: sa.Connection, model: ScoringModel, run: _Run, unknown: np.ndarray
-) -> tuple[np.ndarray, np.ndarray] | None:
+    conn: sa.Connection,
+    model: ScoringModel,
+    run: _Run,
+    unknown: np.ndarray,
+    *,
+    twins: bool = True,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """Fold in the users the model does not know who rated at least one product it knows.
 
     Their history (every database rating of a model product) is kept in the run
@@ -312,8 +327,16 @@ def fold_in_users(
     user indices after the model's own users, so the scoring loop treats them like any other
     model user.
 
+    **Twins.** Most folded-in users rated one or two products, so many of them rated exactly the
+    same ones. Two folded-in users with the same database ratings (the same products, whatever
+    the stars: fold-in pools products, not ratings) and no exclusions in force get the same
+    scores, masks, rules, reasons and backfill, so only the first of them (by user id) is
+    scored and the others get a copy of its rows, counted as their own in every rule count
+    (:func:`score_user_block`). Histories of more than 8 products are not compared.
+
     Returns:
-        (their ``users.id``, their user indices), or None when nobody folds in.
+        (their ``users.id``, their user indices, True where the user is scored: False for a
+        twin that gets a copy), or None when nobody folds in.
     """
     recommender = model.recommender
     vectors_for = getattr(recommender, "user_vectors_for", None)
@@ -324,17 +347,25 @@ def fold_in_users(
     rated_u, rated_p = reads.rated_pairs(conn, unknown)
     items = _IdIndex(np.asarray(model.product_ids, dtype=np.int64)).positions(rated_p)
     known = items >= 0
-    rated_u, items = rated_u[known], items[known]
-    del rated_p, known
-    folded_ids = np.unique(rated_u)
+    folded_ids = np.unique(rated_u[known])
     if not len(folded_ids):
         return None
-    rows = _IdIndex(folded_ids).positions(rated_u)
-    del rated_u
+    n = len(folded_ids)
+    rows = _IdIndex(folded_ids).positions(rated_u)  # -1: a user who rated no model product
     run.n_model_users = len(model.user_ids)
-    run.folded_history = Histories.grouped(rows, items, len(folded_ids))
+    run.folded_history = Histories.grouped(rows[known], items[known], n)
     run.fold_by_vector = by_vector
-    return folded_ids, run.n_model_users + np.arange(len(folded_ids))
+    del items, known
+    scored = np.ones(n, dtype=bool)
+    if twins:
+        compared = rows >= 0
+        if run.exclusions is not None:  # a user with exclusions has a list of their own
+            compared &= ~np.isin(rated_u, run.exclusions.users)
+        first = Histories.grouped(rows[compared], rated_p[compared], n).first_identical()
+        twin = first != np.arange(n)
+        run.twins = Histories.grouped(first[twin], folded_ids[twin], n)
+        scored = ~twin
+    return folded_ids, run.n_model_users + np.arange(n), scored
 
 
 def block_user_vectors(model: ScoringModel, run: _Run, user_index: np.ndarray) -> np.ndarray:
@@ -753,6 +784,8 @@ def score_user_block(
     e_rows, e_cols = row_of.positions(ex_u), columns_of.positions(ex_p)
     e_hit = (e_rows >= 0) & (e_cols >= 0)
     rated, excluded = (r_rows[hit], r_cols[hit]), (e_rows[e_hit], e_cols[e_hit])
+    twins = _block_twins(state, user_index)
+    weight = None if twins is None else twins[0]
     if state.bound_order is not None:
         result = bound.score_by_bound(
             block_user_vectors(model, state, user_index),
@@ -761,10 +794,13 @@ def score_user_block(
             rated=rated,
             excluded=excluded,
             buffer=buffer,
+            weight=weight,
         )
     else:
         scores = _model_scores(model, state, user_index, buffer)
-        result = score_block(scores, state.columns, k, rated=rated, excluded=excluded)
+        result = score_block(
+            scores, state.columns, k, rated=rated, excluded=excluded, weight=weight
+        )
     for key, value in result.counts.items():
         counts[key] += value
     rows = _Rows(state.reason_texts)
@@ -788,13 +824,15 @@ def score_user_block(
     )
     short = np.flatnonzero(result.filled < k)
     if len(short):
-        counts["backfilled_users"] += len(short)
+        counts["backfilled_users"] += len(short) if weight is None else int(weight[short].sum())
         rated_of = _grouped(rated_u, rated_p, user_ids[short])
         excluded_of = _grouped(ex_u, ex_p, user_ids[short])
         listed_of = _grouped(result.rows, state.candidate_ids[cols], short)
         for j, i in enumerate(short.tolist()):
             filled = int(result.filled[i])
             excluded = set(excluded_of[j].tolist())
+            times = 1 if weight is None else int(weight[i])
+            user_counts = counts if times == 1 else dict.fromkeys(RULE_COUNT_KEYS, 0)
             got = _fallback_rows(
                 rows,
                 state,
@@ -806,11 +844,65 @@ def score_user_block(
                 rated=rated_of[j],
                 taken=listed_of[j],
                 options=options,
-                counts=counts,
+                counts=user_counts,
             )
+            if user_counts is not counts:
+                for key, value in user_counts.items():
+                    counts[key] += value * times
             if filled + got < k:
-                short_users += 1
-    return BlockRows(rows.batch(), counts, short_users, len(user_ids), result.pairs_scored)
+                short_users += times
+    batch = rows.batch()
+    n_users = len(user_ids)
+    if twins is not None:
+        batch = _copied_to_twins(batch, user_ids, twins[1], twins[2])
+        n_users += len(twins[1])
+    return BlockRows(batch, counts, short_users, n_users, result.pairs_scored)
+
+
+def _block_twins(
+    run: _Run, user_index: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """(weight per block row: 1 + its twins, the twins' ``users.id``, the block row each twin
+    copies) of a block, or None when no user of the block has a twin (:func:`fold_in_users`)."""
+    if not len(run.twins.indices):
+        return None
+    folded = np.flatnonzero(user_index >= run.n_model_users)
+    if not len(folded):
+        return None
+    members, owner = run.twins.entries(user_index[folded] - run.n_model_users)
+    if not len(members):
+        return None
+    owner_rows = folded[owner]  # non-decreasing: the twins of each row are contiguous
+    weight = 1 + np.bincount(owner_rows, minlength=len(user_index)).astype(np.int64)
+    return weight, members, owner_rows
+
+
+def _copied_to_twins(
+    batch: ScoreBatch, user_ids: np.ndarray, members: np.ndarray, owner_rows: np.ndarray
+) -> ScoreBatch:
+    """``batch`` plus, for each twin, a copy of the rows of the block row it copies, under the
+    twin's own user id."""
+    copies = np.bincount(owner_rows, minlength=len(user_ids))
+    first = np.cumsum(copies) - copies  # where each block row's twins start in ``members``
+    row_of = _IdIndex(user_ids).positions(batch.user_ids)
+    per_row = copies[row_of]
+    source = np.repeat(np.arange(len(batch)), per_row)
+    offset = np.arange(len(source)) - np.repeat(np.cumsum(per_row) - per_row, per_row)
+    twin_ids = members[first[row_of[source]] + offset]
+
+    def both(values: np.ndarray | None) -> np.ndarray | None:
+        return None if values is None else np.concatenate([values, values[source]])
+
+    return ScoreBatch(
+        np.concatenate([batch.user_ids, twin_ids]),
+        both(batch.ranks),
+        both(batch.product_ids),
+        both(batch.scores),
+        both(batch.strategies),
+        both(batch.reasons),
+        both(batch.because_ids),
+        batch.reason_texts,
+    )
 
 
 def _fallback_block(part: ScoringPart, block: UserBlock) -> BlockRows:
@@ -965,13 +1057,18 @@ def score_batches(
         run["state"] = state
     scored_ids, known = model_users(model, db_users)
     unknown = db_users[~np.isin(db_users, scored_ids)]
-    folded = fold_in_users(conn, model, state, unknown)
+    folded = fold_in_users(conn, model, state, unknown, twins=options.twins)
     state.notes["folded_in"] = 0 if folded is None else len(folded[0])
+    twins = 0
     if folded is not None:
-        scored_ids = np.concatenate([scored_ids, folded[0]])
-        known = np.concatenate([known, folded[1]])
-        unknown = unknown[~np.isin(unknown, folded[0])]
-    total = len(known) + len(unknown)
+        folded_ids, folded_index, scored = folded
+        scored_ids = np.concatenate([scored_ids, folded_ids[scored]])
+        known = np.concatenate([known, folded_index[scored]])
+        unknown = unknown[~np.isin(unknown, folded_ids)]
+        twins = int(len(scored) - scored.sum())
+        del folded, folded_ids, folded_index, scored
+    state.notes["twins"] = twins
+    total = len(known) + twins + len(unknown)
     n_columns = len(state.candidate_ids)
     if options.batch_users:
         batch = options.batch_users
@@ -983,10 +1080,11 @@ def score_batches(
         batch = batch_size_for(n_columns, options.memory_mb)
     _log.info(
         "scoring %d users known to the model (batches of %d) against %d products; "
-        "%d fallback users",
+        "%d folded-in users share a list with one of them; %d fallback users",
         len(known),
         batch,
         n_columns,
+        twins,
         len(unknown),
     )
     fallback_batch = max(batch, 2048)
@@ -1021,9 +1119,9 @@ def score_batches(
         close = getattr(results, "close", None)
         if close is not None:
             close()
-    all_pairs = len(known) * n_columns
+    all_pairs = (len(known) + twins) * n_columns
     if all_pairs:
-        # the share of the model users x products matrix scored (below 1: bound prefixes)
+        # the share of the model users x products matrix scored (below 1: bound prefixes, twins)
         state.notes["pairs_scored_share"] = round(pairs_scored / all_pairs, 4)
         _log.info(
             "scored %d of the %d model user x product pairs (%.1f%%)",
