@@ -38,6 +38,14 @@ class ProgressSink(Protocol):
     def finish(self) -> None: ...
 
 
+def set_total(sink: ProgressSink, total: int) -> None:
+    """Correct the running phase's total (an estimate the work has refined) on a sink with a
+    ``set_total`` method (the sinks here); any other sink keeps its first total."""
+    method = getattr(sink, "set_total", None)
+    if method is not None and total > 0:
+        method(total)
+
+
 class _NoProgress:
     """Reports nothing (library defaults and tests)."""
 
@@ -152,6 +160,10 @@ class LogProgress:
             self._last = now
             self.logger.info("%s", phase.line())
 
+    def set_total(self, total: int) -> None:
+        if self._phase is not None:
+            self._phase.total = total
+
     def _close_phase(self) -> None:
         if self._phase is not None:
             self.logger.info("%s (done)", self._phase.line())
@@ -209,6 +221,11 @@ class RichProgress:
             rate=f"{format_rate(phase.rate())} {phase.unit}/s",
             extra=" ".join(f"{k}={_format_field(v)}" for k, v in phase.fields.items()),
         )
+
+    def set_total(self, total: int) -> None:
+        if self._phase is not None and self._task is not None:
+            self._phase.total = total
+            self._bar.update(self._task, total=total)
 
     def _close_phase(self) -> None:
         if self._phase is not None and self._task is not None:

@@ -63,3 +63,24 @@ def test_slow_work_shows_its_rate_not_zero() -> None:
     assert format_rate(1 / 67) == "0.0149"
     assert format_rate(2.5) == "2.5" and format_rate(25) == "25"
     assert format_rate(98_944.4) == "98,944"
+
+
+def test_a_file_estimate_is_refined_as_rows_are_read(caplog) -> None:
+    """The first rows of a file took fewer bytes each than the rest: the total follows the
+    bytes read, so the last line says 100%, not more (the old fixed estimate said 267%)."""
+    from recsys.ingest.stage import FileProgress
+
+    clock = _Clock()
+    sink = LogProgress(interval=30, clock=clock)
+    progress = FileProgress(sink, "load meta.json.gz", size=10_000)
+    with caplog.at_level(logging.INFO, logger="recsys.progress"):
+        progress.update(200, 1_000)  # 5 bytes a row so far: about 2,000 rows
+        clock.now += 30
+        progress.update(600, 5_000)  # 8.3 bytes a row so far: 1,200
+        clock.now += 30
+        progress.update(750, 10_000)  # the whole file: 750 rows
+        progress.finish()
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines[0] == "load meta.json.gz: started (2,000 rows)"
+    assert lines[1].startswith("load meta.json.gz: 600/1,200 rows (50.0%)")
+    assert lines[-1].startswith("load meta.json.gz: 750/750 rows (100.0%)")

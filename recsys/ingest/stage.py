@@ -19,7 +19,7 @@ from recsys.db.copy import copy_rows, copy_text, escape_text
 from recsys.ingest.reader import LineSource, LongLine
 from recsys.ingest.rows import BadLine, Format, LoadLimits, Parser, ProductRow, RatingRow
 from recsys.ingest.summary import Counts, Rejects
-from recsys.progress import ProgressSink
+from recsys.progress import ProgressSink, set_total
 
 _CHUNK_ROWS = 20_000
 
@@ -30,7 +30,9 @@ class FileProgress:
     """Rows/s and an ETA for one file on a :class:`~recsys.progress.ProgressSink`.
 
     The phase starts at the first update, with the file's row count estimated from the stored
-    bytes the rows read so far took (so the ETA holds for gzip files too).
+    bytes the rows read so far took (so the ETA holds for gzip files too); every update refines
+    the estimate from all rows read so far, so a file whose first rows are shorter or longer
+    than the rest does not run past 100%.
     """
 
     def __init__(self, sink: ProgressSink, phase: str, size: int) -> None:
@@ -45,6 +47,8 @@ class FileProgress:
             estimate = round(self.size * rows / bytes_read) if bytes_read else None
             self.sink.start(self.phase, estimate, "rows")
             self._started = True
+        elif bytes_read:
+            set_total(self.sink, max(rows, round(self.size * rows / bytes_read)))
         self.sink.update(rows)
 
     def finish(self) -> None:
