@@ -82,6 +82,7 @@ from recsys.scoring.block import (
 from recsys.scoring.fallback import Fallback
 from recsys.scoring.histories import Histories
 from recsys.scoring.publish import (
+    FLUSH_ROWS,
     STRATEGIES,
     RunWriter,
     ScoreBatch,
@@ -98,6 +99,8 @@ __all__ = [
     "UserBlock",
     "BlockRows",
     "BlockRunner",
+    "TwinCopies",
+    "copied_batches",
     "batch_size_for",
     "local_blocks",
     "load_model",
@@ -724,6 +727,8 @@ class BlockRows:
     """Users of the block (with or without rows)."""
     pairs_scored: int = 0
     """User x product pairs the model scored (0: a fallback block)."""
+    copies: TwinCopies | None = None
+    """The block's twins, whose rows are copies of ``batch``'s (:func:`copied_batches`)."""
 
 
 @dataclass(frozen=True)
@@ -851,12 +856,9 @@ def score_user_block(
                     counts[key] += value * times
             if filled + got < k:
                 short_users += times
-    batch = rows.batch()
-    n_users = len(user_ids)
-    if twins is not None:
-        batch = _copied_to_twins(batch, user_ids, twins[1], twins[2])
-        n_users += len(twins[1])
-    return BlockRows(batch, counts, short_users, n_users, result.pairs_scored)
+    copies = None if twins is None else TwinCopies(user_ids[twins[2]], twins[1])
+    n_users = len(user_ids) + (0 if copies is None else len(copies))
+    return BlockRows(rows.batch(), counts, short_users, n_users, result.pairs_scored, copies)
 
 
 def _block_twins(
@@ -877,32 +879,52 @@ def _block_twins(
     return weight, members, owner_rows
 
 
-def _copied_to_twins(
-    batch: ScoreBatch, user_ids: np.ndarray, members: np.ndarray, owner_rows: np.ndarray
-) -> ScoreBatch:
-    """``batch`` plus, for each twin, a copy of the rows of the block row it copies, under the
-    twin's own user id."""
-    copies = np.bincount(owner_rows, minlength=len(user_ids))
-    first = np.cumsum(copies) - copies  # where each block row's twins start in ``members``
-    row_of = _IdIndex(user_ids).positions(batch.user_ids)
-    per_row = copies[row_of]
-    source = np.repeat(np.arange(len(batch)), per_row)
-    offset = np.arange(len(source)) - np.repeat(np.cumsum(per_row) - per_row, per_row)
-    twin_ids = members[first[row_of[source]] + offset]
+@dataclass(frozen=True)
+class TwinCopies:
+    """The twins of a block's users (:func:`fold_in_users`): each gets a copy of the rows of
+    the scored user it copies, under its own id."""
 
-    def both(values: np.ndarray | None) -> np.ndarray | None:
-        return None if values is None else np.concatenate([values, values[source]])
+    sources: np.ndarray
+    """int64: ``users.id`` of the scored user each twin copies."""
+    twins: np.ndarray
+    """int64: the twins' ``users.id``."""
 
-    return ScoreBatch(
-        np.concatenate([batch.user_ids, twin_ids]),
-        both(batch.ranks),
-        both(batch.product_ids),
-        both(batch.scores),
-        both(batch.strategies),
-        both(batch.reasons),
-        both(batch.because_ids),
-        batch.reason_texts,
-    )
+    def __len__(self) -> int:
+        return len(self.twins)
+
+
+def copied_batches(batch: ScoreBatch, copies: TwinCopies, max_rows: int) -> Iterator[ScoreBatch]:
+    """The twins' rows: for each twin, the rows of its source in ``batch`` (in their order),
+    under the twin's id, in batches of fewer than ``max_rows`` rows plus one twin's rows (a
+    popular product's twins can be hundreds of thousands of users; no twin's rows are split)."""
+    order = np.argsort(batch.user_ids, kind="stable")
+    by_user = batch.user_ids[order]
+    first = np.searchsorted(by_user, copies.sources, side="left")
+    per_twin = np.searchsorted(by_user, copies.sources, side="right") - first
+    starts = np.cumsum(per_twin) - per_twin  # each twin's first row among all copies
+    piece = starts // max(1, max_rows)
+    cuts = np.flatnonzero(np.diff(piece)) + 1
+    for twins in np.split(np.arange(len(per_twin)), cuts):
+        n = per_twin[twins]
+        total = int(n.sum())
+        if not total:
+            continue
+        offset = np.arange(total) - np.repeat(np.cumsum(n) - n, n)
+        rows = order[np.repeat(first[twins], n) + offset]
+
+        def taken(values: np.ndarray | None, rows: np.ndarray = rows) -> np.ndarray | None:
+            return None if values is None else values[rows]
+
+        yield ScoreBatch(
+            np.repeat(copies.twins[twins], n),
+            batch.ranks[rows],
+            batch.product_ids[rows],
+            batch.scores[rows],
+            batch.strategies[rows],
+            taken(batch.reasons),
+            taken(batch.because_ids),
+            batch.reason_texts,
+        )
 
 
 def _fallback_block(part: ScoringPart, block: UserBlock) -> BlockRows:
@@ -1111,6 +1133,8 @@ def score_batches(
             state.short_users += result.short_users
             pairs_scored += result.pairs_scored
             yield result.batch
+            if result.copies is not None:
+                yield from copied_batches(result.batch, result.copies, FLUSH_ROWS)
             done += result.n_users
             if progress is not None:
                 progress(done, total)
