@@ -30,6 +30,21 @@ def _trained_on_filtered_sample(engine: sa.Engine, settings: Settings, tmp_path:
     return load_model(engine, settings, result.run_id)
 
 
+def _ranker(epochs: int):
+    """A small ranker whose filter (15 ratings) leaves most sample users to fold in."""
+    from recsys.model.train import TrainConfig
+
+    return TrainConfig(
+        model="ranker",
+        epochs=epochs,
+        embedding_dim=8,
+        min_ratings=15,
+        evaluate=False,
+        min_train_ratings=10,
+        params={"rating_head": False},
+    )
+
+
 def _run_rows(engine: sa.Engine, run_id: int) -> list:
     """(user_id, product_id, score, strategy, rank) of a run's rows, by user then rank."""
     with engine.connect() as conn:
@@ -48,22 +63,13 @@ def test_users_outside_the_filter_are_folded_in(
 ) -> None:
     """With ``batch_users=3`` the folded-in users' vectors are pooled 3 users at a time, and
     one block holds trained and folded-in users together (unless the model's users divide)."""
-    from recsys.model.train import TrainConfig
     from recsys.scoring.score import ScoreOptions, score_and_write
 
     model = _trained_on_filtered_sample(
         engine,
         settings,
         tmp_path,
-        TrainConfig(
-            model="ranker",
-            epochs=3,
-            embedding_dim=8,
-            min_ratings=15,
-            evaluate=False,
-            min_train_ratings=10,
-            params={"rating_head": False},
-        ),
+        _ranker(epochs=3),
     )
     model_products = set(model.product_ids.tolist())
     with engine.begin() as conn:
@@ -179,22 +185,13 @@ def test_twins_get_the_rows_and_counts_of_scoring_each_one(
 ) -> None:
     """Folded-in users with the same ratings share one scored list: the run's rows, rule counts
     and strategies are those of scoring every one of them (twins off)."""
-    from recsys.model.train import TrainConfig
     from recsys.scoring.score import ScoreOptions, score_and_write
 
     model = _trained_on_filtered_sample(
         engine,
         settings,
         tmp_path,
-        TrainConfig(
-            model="ranker",
-            epochs=2,
-            embedding_dim=8,
-            min_ratings=15,
-            evaluate=False,
-            min_train_ratings=10,
-            params={"rating_head": False},
-        ),
+        _ranker(epochs=2),
     )
     known = [int(p) for p in model.product_ids[:5]]
     with engine.begin() as conn:
