@@ -897,26 +897,23 @@ def copied_batches(batch: ScoreBatch, copies: TwinCopies, max_rows: int) -> Iter
     """The twins' rows: for each twin, the rows of its source in ``batch`` (in their order),
     under the twin's id, in batches of fewer than ``max_rows`` rows plus one twin's rows (a
     popular product's twins can be hundreds of thousands of users; no twin's rows are split)."""
-    order = np.argsort(batch.user_ids, kind="stable")
-    by_user = batch.user_ids[order]
-    first = np.searchsorted(by_user, copies.sources, side="left")
-    per_twin = np.searchsorted(by_user, copies.sources, side="right") - first
+    users, owner = np.unique(batch.user_ids, return_inverse=True)
+    at = _IdIndex(users).positions(copies.sources)
+    at[at < 0] = len(users)  # a source without rows: the empty history after the others
+    rows_of = Histories.grouped(owner, np.arange(len(batch)), len(users) + 1)
+    per_twin = rows_of.lengths()[at]
     starts = np.cumsum(per_twin) - per_twin  # each twin's first row among all copies
-    piece = starts // max(1, max_rows)
-    cuts = np.flatnonzero(np.diff(piece)) + 1
-    for twins in np.split(np.arange(len(per_twin)), cuts):
-        n = per_twin[twins]
-        total = int(n.sum())
-        if not total:
+    cuts = np.flatnonzero(np.diff(starts // max(1, max_rows))) + 1
+    for twins in np.split(np.arange(len(at)), cuts):
+        rows, which = rows_of.entries(at[twins])
+        if not len(rows):
             continue
-        offset = np.arange(total) - np.repeat(np.cumsum(n) - n, n)
-        rows = order[np.repeat(first[twins], n) + offset]
 
         def taken(values: np.ndarray | None, rows: np.ndarray = rows) -> np.ndarray | None:
             return None if values is None else values[rows]
 
         yield ScoreBatch(
-            np.repeat(copies.twins[twins], n),
+            copies.twins[twins][which],
             batch.ranks[rows],
             batch.product_ids[rows],
             batch.scores[rows],
