@@ -157,10 +157,16 @@ class LocalCluster:
         self.worker_ports.append(ports[0])
         return group
 
-    def kill_worker(self, index: int = 0) -> None:
-        """SIGKILL every process of worker node ``index`` (0 = the first worker, not the head)."""
+    def kill_worker(self, index: int = 0, wait_s: float = 10.0) -> None:
+        """SIGKILL every process of worker node ``index`` (0 = the first worker, not the head),
+        and return once they are gone (or after ``wait_s``): nothing of that node runs after."""
         group = self.groups[1 + index]
-        _signal_group(group, signal.SIGKILL)
+        members = _signal_group(group, signal.SIGKILL)
+        try:
+            import psutil
+        except ImportError:
+            return
+        psutil.wait_procs(members, timeout=wait_s)
 
     def stop(self, grace_s: float = 10.0) -> None:
         """Stop every process of this cluster (SIGTERM, then SIGKILL after ``grace_s``)."""
@@ -183,9 +189,10 @@ class LocalCluster:
         self.stop()
 
 
-def _signal_group(group: int, sig: int) -> None:
+def _signal_group(group: int, sig: int) -> list:
     """Signal every process of the group and every descendant of them: the raylet starts its
-    worker processes in process groups of their own."""
+    worker processes in process groups of their own. Returns the psutil processes signalled
+    (empty without psutil)."""
     members = []
     try:
         import psutil
@@ -208,6 +215,7 @@ def _signal_group(group: int, sig: int) -> None:
             process.send_signal(sig)
         except Exception:  # gone already
             continue
+    return members
 
 
 def _alive(group: int) -> bool:
