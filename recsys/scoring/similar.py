@@ -4,8 +4,8 @@
   computed in blocks of products as one float32 matmul each and cut with the project's top-k
   (:mod:`recsys.data.topk`).
 * ``co_rating``: cosine similarity of the products' rater sets, ``|U_i & U_j| /
-  sqrt(|U_i| |U_j|)``, from a sparse user x product matrix; only pairs rated by at least one
-  common user are listed.
+  sqrt(|U_i| |U_j|)``, from a sparse user x product matrix, kept sparse: the cost is the number
+  of co-rated pairs; only pairs rated by at least one common user are listed.
 
 Unavailable products are never listed as similar (the view also hides products that became
 unavailable since the build), a product is never similar to itself, and ties go to the lower
@@ -29,7 +29,7 @@ import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from recsys.data.topk import top_k
+from recsys.data.topk import order_candidates, top_k
 from recsys.progress import NO_PROGRESS, ProgressSink
 from recsys.scoring import reads
 
@@ -114,9 +114,18 @@ def co_rating_lists(
     rating_products: np.ndarray,
     allowed: np.ndarray,
     k: int = K,
+    max_pairs: int = 1 << 22,
 ):
     """(rows, ranks, cols, cosine of rater sets, products done) of each product's top k by
-    co-rating."""
+    co-rating.
+
+    Sparse throughout: a block of products' co-rating counts is ``X_block^T X`` as a sparse
+    matrix, so the cost is the number of co-rated pairs, not ``products x catalogue``. Blocks
+    are cut so that each holds at most ``max_pairs`` pairs, bounded beforehand by the sum of
+    the raters' rating counts of each product (one row alone may exceed it). Each row's k-th
+    best score is found by partition; the entries at or above it are ordered like
+    :func:`recsys.data.topk.top_k` (score descending, then product id), so the lists are
+    those of the dense cosine matrix cut with the project's top-k."""
     from scipy import sparse
 
     users, user_index = np.unique(rating_users, return_inverse=True)
@@ -129,15 +138,32 @@ def co_rating_lists(
     x.data[:] = 1.0
     norms = np.sqrt(np.asarray(x.sum(axis=0)).ravel()).astype(np.float32)
     xt = x.T.tocsr()
-    block = max(64, min(2048, (16 << 20) // (4 * max(1, len(product_ids)))))
-
-    def similarity(a: int, b: int) -> np.ndarray:
-        co = np.asarray((xt[a:b] @ x).todense(), dtype=np.float32)
-        scores = co / np.maximum(norms[a:b, None] * norms[None, :], 1e-12)
-        scores[co <= 0] = -np.inf
-        return scores
-
-    yield from _lists(similarity, len(product_ids), product_ids, allowed, k, block)
+    # pairs of product i's row <= sum over i's raters of their rating counts
+    bound = np.cumsum(xt @ np.diff(x.indptr).astype(np.float64))
+    n = len(product_ids)
+    start = 0
+    while start < n:
+        before = bound[start - 1] if start else 0.0
+        stop = max(start + 1, int(np.searchsorted(bound, before + max_pairs, side="right")))
+        stop = min(n, stop)
+        co = xt[start:stop] @ x
+        rows = np.repeat(np.arange(stop - start), np.diff(co.indptr))
+        c = co.indices.astype(np.int64)
+        values = co.data / np.maximum(norms[rows + start] * norms[c], np.float32(1e-12))
+        keep = allowed[c] & (c != rows + start) & (co.data > 0)
+        rows, c, values = rows[keep], c[keep], values[keep]
+        # rows are in order, so each row's entries are one run
+        per_row = np.bincount(rows, minlength=stop - start)
+        ends = np.cumsum(per_row)
+        threshold = np.full(stop - start, -np.inf, dtype=np.float32)
+        for r in np.flatnonzero(per_row > k):
+            run = values[ends[r] - per_row[r] : ends[r]]
+            threshold[r] = np.partition(run, len(run) - k)[len(run) - k]
+        top = values >= threshold[rows]
+        r, ranks, cc, v = order_candidates(rows[top], c[top], values[top], product_ids)
+        within = ranks <= k
+        yield r[within] + start, ranks[within], cc[within], v[within], stop
+        start = stop
 
 
 def build_similar(

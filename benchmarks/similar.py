@@ -1,0 +1,158 @@
+"""Benchmark: the similar step's co-rating lists, sparse blocks against dense blocks (not a test).
+
+    .venv/bin/python benchmarks/similar.py --size notebook
+    .venv/bin/python benchmarks/similar.py --size full [--no-write]
+
+Rating pairs shaped like ``benchmarks/electronics.py``'s sizes, drawn here with numpy (no
+database): users' rating counts from a log-normal activity (the sample's sigma), products by
+a Zipf(0.9) popularity, without the sample's topics, so co-ratings are spread more evenly than
+in the sample (more distinct pairs per product: the harder case for the sparse path).
+
+In the same run, on the same products:
+
+1. the reference, dense blocks: each block of products' co-rating counts as a dense
+   ``block x catalogue`` array, cut with ``recsys.data.topk.top_k`` (what the similar step did
+   before), on the first ``--reference-s`` seconds' worth of products;
+2. ``recsys.scoring.similar.co_rating_lists`` (sparse blocks) on every product.
+
+Prints products/s of both and their ratio, checks that both give the same lists on the
+products the reference did, and writes the figures to ``benchmarks/RESULTS.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+SIZES = {
+    "notebook": {"users": 165_000, "products": 55_000, "ratings": 3_300_000, "sigma": 1.0},
+    "full": {"users": 9_840_000, "products": 786_000, "ratings": 20_994_353, "sigma": 1.6},
+}
+MARKER = "## Similar products by co-rating: sparse blocks against dense blocks"
+
+
+def pairs(shape: dict, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Unique (user, product) pairs, about ``shape['ratings']`` of them."""
+    rng = np.random.default_rng(seed)
+    users, products = shape["users"], shape["products"]
+    activity = rng.lognormal(0.0, shape["sigma"], users)
+    counts = 1 + rng.multinomial(shape["ratings"] - users, activity / activity.sum())
+    counts = np.minimum(counts, products // 2)
+    popularity = rng.permutation(1.0 / np.arange(1, products + 1) ** 0.9)
+    cdf = np.cumsum(popularity) / popularity.sum()
+    u = np.repeat(np.arange(users, dtype=np.int64), counts)
+    p = np.minimum(np.searchsorted(cdf, rng.random(len(u))), products - 1).astype(np.int64)
+    key = np.unique(u * products + p)
+    return key // products, key % products
+
+
+def dense_lists(product_ids, rating_users, rating_products, allowed, k, stop_after_s):
+    """The reference: dense co-rating blocks cut with top_k, until ``stop_after_s``."""
+    from scipy import sparse
+
+    from recsys.data.topk import top_k
+
+    users, user_index = np.unique(rating_users, return_inverse=True)
+    cols = np.searchsorted(product_ids, rating_products)
+    x = sparse.csr_matrix(
+        (np.ones(len(cols), dtype=np.float32), (user_index, cols)),
+        shape=(len(users), len(product_ids)),
+    )
+    x.data[:] = 1.0
+    norms = np.sqrt(np.asarray(x.sum(axis=0)).ravel()).astype(np.float32)
+    xt = x.T.tocsr()
+    n = len(product_ids)
+    block = max(64, min(2048, (16 << 20) // (4 * max(1, n))))
+    started = time.perf_counter()
+    for start in range(0, n, block):
+        stop = min(n, start + block)
+        co = np.asarray((xt[start:stop] @ x).todense(), dtype=np.float32)
+        scores = co / np.maximum(norms[start:stop, None] * norms[None, :], 1e-12)
+        scores[co <= 0] = -np.inf
+        scores[:, ~allowed] = -np.inf
+        rows = np.arange(stop - start)
+        scores[rows, rows + start] = -np.inf
+        r, ranks, c, values = top_k(scores, k, product_ids)
+        yield r + start, ranks, c, values, stop
+        if time.perf_counter() - started > stop_after_s:
+            return
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--size", choices=sorted(SIZES), default="notebook")
+    parser.add_argument("--reference-s", type=float, default=60.0)
+    parser.add_argument("--no-write", action="store_true")
+    args = parser.parse_args()
+
+    from recsys.scoring.similar import K, co_rating_lists
+
+    t0 = time.perf_counter()
+    users, products = pairs(SIZES[args.size])
+    product_ids = np.unique(products)
+    allowed = np.ones(len(product_ids), dtype=bool)
+    allowed[::50] = False  # a few unavailable products, as in a shop
+    print(
+        f"{len(users):,} pairs, {len(np.unique(users)):,} users, {len(product_ids):,} products "
+        f"({time.perf_counter() - t0:.0f} s)"
+    )
+
+    t0 = time.perf_counter()
+    reference = list(dense_lists(product_ids, users, products, allowed, K, args.reference_s))
+    dense_s = time.perf_counter() - t0
+    done = reference[-1][4]
+    dense_rate = done / dense_s
+    print(f"dense blocks: {done:,} products in {dense_s:.1f} s, {dense_rate:,.0f} products/s")
+
+    t0 = time.perf_counter()
+    sparse_blocks = []
+    rows_done = 0
+    for block in co_rating_lists(product_ids, users, products, allowed, K):
+        if rows_done < done:  # kept to compare with the reference's products
+            sparse_blocks.append(block)
+        rows_done = block[4]
+    sparse_s = time.perf_counter() - t0
+    sparse_rate = len(product_ids) / sparse_s
+    print(
+        f"sparse blocks: {len(product_ids):,} products in {sparse_s:.1f} s, "
+        f"{sparse_rate:,.0f} products/s, {sparse_rate / dense_rate:.1f}x the dense blocks"
+    )
+
+    def cut(blocks, n):
+        parts = [np.concatenate([b[i] for b in blocks]) for i in range(4)]
+        keep = parts[0] < n
+        return [p[keep] for p in parts]
+
+    same = all(
+        np.array_equal(a, b)
+        for a, b in zip(cut(reference, done), cut(sparse_blocks, done), strict=True)
+    )
+    print(f"same lists on the first {done:,} products: {same}")
+    if not same:
+        raise SystemExit("the sparse lists differ from the dense ones")
+    if args.no_write:
+        return
+    from benchmarks.common import replace_section
+
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    text = (
+        f"{MARKER} (`--size {args.size}`)\n\n"
+        f"`benchmarks/similar.py --size {args.size}`, {when}: "
+        f"{len(users):,} pairs, {len(product_ids):,} products, k = {K}.\n\n"
+        "| path | products | seconds | products/s |\n|---|---|---|---|\n"
+        f"| dense blocks (reference) | {done:,} | {dense_s:.1f} | {dense_rate:,.0f} |\n"
+        f"| sparse blocks | {len(product_ids):,} | {sparse_s:.1f} | {sparse_rate:,.0f} |\n\n"
+        f"Ratio {sparse_rate / dense_rate:.1f}x; same lists on the reference's products.\n"
+    )
+    replace_section(text, f"{MARKER} (`--size {args.size}`)")
+
+
+if __name__ == "__main__":
+    main()
