@@ -65,3 +65,34 @@ def test_a_product_whose_raters_rated_only_it_has_no_list() -> None:
     rows = np.concatenate([b[0] for b in blocks])
     cols = np.concatenate([b[2] for b in blocks])
     assert rows.tolist() == [0, 1] and cols.tolist() == [1, 0]
+
+
+@hsettings(max_examples=40, deadline=None)
+@given(
+    n_products=st.integers(0, 40),
+    dim=st.integers(1, 4),
+    k=st.integers(1, 6),
+    share_allowed=st.sampled_from([0.0, 0.5, 1.0]),
+    seed=st.integers(0, 2**16),
+)
+def test_text_lists_equal_the_dense_cosine_matrix_cut_with_top_k(
+    n_products, dim, k, share_allowed, seed
+) -> None:
+    from recsys.scoring.similar import text_lists
+
+    rng = np.random.default_rng(seed)
+    # small integer vectors: many equal cosines, so the tie rule is exercised
+    vectors = rng.integers(-2, 3, (n_products, dim)).astype(np.float32)
+    product_ids = np.sort(rng.choice(10_000, n_products, replace=False)).astype(np.int64)
+    allowed = rng.random(n_products) < share_allowed
+    unit = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    scores = (unit @ unit.T).astype(np.float32)
+    scores[:, ~allowed] = -np.inf
+    np.fill_diagonal(scores, -np.inf)
+    expected = top_k(scores, k, product_ids)
+
+    blocks = list(text_lists(product_ids, vectors, allowed, k))
+    got = [np.concatenate([b[i] for b in blocks] or [np.zeros(0, np.int64)]) for i in range(4)]
+    assert [b[4] for b in blocks][-1:] == ([n_products] if n_products else [])
+    for g, e in zip(got, expected, strict=True):
+        np.testing.assert_array_equal(g, e)
