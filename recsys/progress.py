@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -24,6 +25,10 @@ _log = logging.getLogger("recsys.progress")
 
 LOG_INTERVAL_S = 30.0
 """Without a terminal, the longest gap between two progress lines."""
+ETA_WINDOW_S = 300.0
+"""The ETA uses the rate of about the last this many seconds once a phase is older than that
+(before, the phase's average): a step whose later items are slower (the nightly scores folded-in
+users last) would otherwise be promised too early an end."""
 
 
 class ProgressSink(Protocol):
@@ -96,15 +101,32 @@ class _Phase:
         self.fields: dict[str, Any] = {}
         self._clock = clock
         self.started = clock()
+        self._samples: deque[tuple[float, int]] = deque([(self.started, 0)])
+        """(time, completed): the newest at or before ``now - ETA_WINDOW_S``, and all after."""
 
     def elapsed(self) -> float:
         return max(self._clock() - self.started, 1e-9)
 
     def rate(self) -> float:
+        """The phase's average rate."""
         return self.completed / self.elapsed()
 
+    def set_completed(self, completed: int) -> None:
+        self.completed = completed
+        now = self._clock()
+        if now - self._samples[-1][0] >= 1.0:  # at most one sample a second
+            self._samples.append((now, completed))
+        while len(self._samples) > 1 and self._samples[1][0] <= now - ETA_WINDOW_S:
+            self._samples.popleft()
+
+    def recent_rate(self) -> float:
+        """The rate since the newest sample at least :data:`ETA_WINDOW_S` old (the start while
+        the phase is younger)."""
+        then, done = self._samples[0]
+        return (self.completed - done) / max(self._clock() - then, 1e-9)
+
     def eta(self) -> float | None:
-        rate = self.rate()
+        rate = self.recent_rate()
         if self.total is None or rate <= 0:
             return None
         return max(self.total - self.completed, 0) / rate
@@ -153,7 +175,7 @@ class LogProgress:
         phase = self._phase
         if phase is None:
             return
-        phase.completed = completed
+        phase.set_completed(completed)
         phase.fields.update(fields)
         now = self._clock()
         if now - self._last >= self.interval:
@@ -211,7 +233,7 @@ class RichProgress:
         phase = self._phase
         if phase is None:
             return
-        phase.completed = completed
+        phase.set_completed(completed)
         phase.fields.update(fields)
         count = f"{completed:,}" + (f"/{phase.total:,}" if phase.total else "")
         self._bar.update(

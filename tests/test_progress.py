@@ -84,3 +84,24 @@ def test_a_file_estimate_is_refined_as_rows_are_read(caplog) -> None:
     assert lines[0] == "load meta.json.gz: started (2,000 rows)"
     assert lines[1].startswith("load meta.json.gz: 600/1,200 rows (50.0%)")
     assert lines[-1].startswith("load meta.json.gz: 750/750 rows (100.0%)")
+
+
+def test_the_eta_follows_the_recent_rate_when_the_work_slows_down(caplog) -> None:
+    """Fast items first, slow ones after: once the phase is older than the ETA window, the
+    ETA comes from the last window's rate, not the phase's average."""
+    from recsys.progress import ETA_WINDOW_S
+
+    clock = _Clock()
+    progress = LogProgress(interval=0, clock=clock)
+    with caplog.at_level(logging.INFO, logger="recsys.progress"):
+        progress.start("scoring", 10_000, "users")
+        for _ in range(10):  # 100 users/s for 50 s
+            clock.now += 5
+            progress.advance(500)
+        for _ in range(int(2 * ETA_WINDOW_S) // 10):  # then 1 user/s
+            clock.now += 10
+            progress.advance(10)
+    line = caplog.records[-1].getMessage()
+    left = 10_000 - 5_000 - int(2 * ETA_WINDOW_S)
+    # the average rate (about 8.6 users/s) would say under 10 minutes; the recent one, 1 user/s
+    assert f"ETA {format_duration(left)}" in line, line
