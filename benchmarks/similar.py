@@ -55,19 +55,10 @@ def pairs(shape: dict, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 def dense_lists(product_ids, rating_users, rating_products, allowed, k, stop_after_s):
     """The reference: dense co-rating blocks cut with top_k, until ``stop_after_s``."""
-    from scipy import sparse
-
     from recsys.data.topk import top_k
+    from recsys.scoring.similar import rater_matrices
 
-    users, user_index = np.unique(rating_users, return_inverse=True)
-    cols = np.searchsorted(product_ids, rating_products)
-    x = sparse.csr_matrix(
-        (np.ones(len(cols), dtype=np.float32), (user_index, cols)),
-        shape=(len(users), len(product_ids)),
-    )
-    x.data[:] = 1.0
-    norms = np.sqrt(np.asarray(x.sum(axis=0)).ravel()).astype(np.float32)
-    xt = x.T.tocsr()
+    x, xt, norms = rater_matrices(product_ids, rating_users, rating_products)
     n = len(product_ids)
     block = max(64, min(2048, (16 << 20) // (4 * max(1, n))))
     started = time.perf_counter()

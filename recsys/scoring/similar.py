@@ -108,6 +108,23 @@ def text_lists(product_ids: np.ndarray, vectors: np.ndarray, allowed: np.ndarray
     yield from _lists(lambda a, b: v[a:b] @ v.T, len(v), product_ids, allowed, k, block)
 
 
+def rater_matrices(product_ids: np.ndarray, rating_users: np.ndarray, rating_products: np.ndarray):
+    """``(X, X^T, norms)``: the 0/1 user x product matrix of the ratings and its transpose, both
+    CSR float32 (a CSR block times a CSC matrix converts the whole matrix every block), and each
+    product's ``sqrt(raters)``."""
+    from scipy import sparse
+
+    users, user_index = np.unique(rating_users, return_inverse=True)
+    cols = np.searchsorted(product_ids, rating_products)
+    x = sparse.csr_matrix(
+        (np.ones(len(cols), dtype=np.float32), (user_index, cols)),
+        shape=(len(users), len(product_ids)),
+    )
+    x.data[:] = 1.0
+    norms = np.sqrt(np.asarray(x.sum(axis=0)).ravel()).astype(np.float32)
+    return x, x.T.tocsr(), norms
+
+
 def co_rating_lists(
     product_ids: np.ndarray,
     rating_users: np.ndarray,
@@ -126,18 +143,7 @@ def co_rating_lists(
     best score is found by partition; the entries at or above it are ordered like
     :func:`recsys.data.topk.top_k` (score descending, then product id), so the lists are
     those of the dense cosine matrix cut with the project's top-k."""
-    from scipy import sparse
-
-    users, user_index = np.unique(rating_users, return_inverse=True)
-    cols = np.searchsorted(product_ids, rating_products)
-    # CSR on both sides: a CSR block times a CSC matrix converts the whole matrix every block
-    x = sparse.csr_matrix(
-        (np.ones(len(cols), dtype=np.float32), (user_index, cols)),
-        shape=(len(users), len(product_ids)),
-    )
-    x.data[:] = 1.0
-    norms = np.sqrt(np.asarray(x.sum(axis=0)).ravel()).astype(np.float32)
-    xt = x.T.tocsr()
+    x, xt, norms = rater_matrices(product_ids, rating_users, rating_products)
     # pairs of product i's row <= sum over i's raters of their rating counts
     bound = np.cumsum(xt @ np.diff(x.indptr).astype(np.float64))
     n = len(product_ids)
