@@ -54,24 +54,23 @@ def pairs(shape: dict, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 
 def dense_lists(product_ids, rating_users, rating_products, allowed, k, stop_after_s):
-    """The reference: dense co-rating blocks cut with top_k, until ``stop_after_s``."""
-    from recsys.data.topk import top_k
-    from recsys.scoring.similar import rater_matrices
+    """The reference: dense co-rating blocks, masked and cut with top_k by the similar step's
+    own block loop (the one the text lists use), until ``stop_after_s``."""
+    from recsys.scoring.similar import _lists, rater_matrices
 
     x, xt, norms = rater_matrices(product_ids, rating_users, rating_products)
     n = len(product_ids)
+
+    def similarity(a: int, b: int) -> np.ndarray:
+        co = np.asarray((xt[a:b] @ x).todense(), dtype=np.float32)
+        scores = co / np.maximum(norms[a:b, None] * norms[None, :], 1e-12)
+        scores[co <= 0] = -np.inf
+        return scores
+
     block = max(64, min(2048, (16 << 20) // (4 * max(1, n))))
     started = time.perf_counter()
-    for start in range(0, n, block):
-        stop = min(n, start + block)
-        co = np.asarray((xt[start:stop] @ x).todense(), dtype=np.float32)
-        scores = co / np.maximum(norms[start:stop, None] * norms[None, :], 1e-12)
-        scores[co <= 0] = -np.inf
-        scores[:, ~allowed] = -np.inf
-        rows = np.arange(stop - start)
-        scores[rows, rows + start] = -np.inf
-        r, ranks, c, values = top_k(scores, k, product_ids)
-        yield r + start, ranks, c, values, stop
+    for result in _lists(similarity, n, product_ids, allowed, k, block):
+        yield result
         if time.perf_counter() - started > stop_after_s:
             return
 
