@@ -71,55 +71,6 @@ def test_bound_prefixes_give_the_lists_of_every_product(n, p, k, seed, skew, rul
     _same(got, expected)
 
 
-@hsettings(max_examples=60, deadline=None)
-@given(
-    st.integers(1, 30),
-    st.integers(16, 300),
-    st.integers(0, 2**31 - 1),
-    st.floats(0.01, 100.0),
-)
-def test_each_suffix_bound_is_at_least_every_score_after_it(n, p, seed, scale) -> None:
-    rng = np.random.default_rng(seed)
-    d = 3
-    users = rng.normal(size=(n, d)) * rng.lognormal(0.0, 1.5, (n, 1)) * scale
-    users[rng.random(n) < 0.1] = 0.0
-    vectors = rng.normal(size=(p, d)) * rng.lognormal(0.0, 1.0, (p, 1))
-    bias = rng.normal(size=p) * 3
-    none = np.zeros(p, dtype=bool)
-    columns = Columns(np.arange(1, p + 1, dtype=np.int64), none, none.copy())
-    products = augment_products(vectors.astype(np.float32), bias.astype(np.float32))
-    sample = users[: max(1, n // 2)].astype(np.float32)  # later users can lie beyond its norms
-    plan = bound.plan(products, columns, sample, head=8, step=4, min_products=16)
-    assert plan is not None
-    exact = users @ plan.products[:-1].astype(np.float64) + plan.products[-1].astype(np.float64)
-    after = np.maximum.accumulate(exact[:, ::-1], axis=1)[:, ::-1][:, :: plan.step]
-    got = bound.suffix_bounds(bound.row_norms(users), plan)
-    slack = 1e-9 * (1.0 + np.abs(after))
-    assert (got >= after - slack).all()
-    plain = bound.row_norms(users)[:, None] * plan.suffix_norm + plan.suffix_bias
-    assert (got <= plain + slack).all()  # never looser than Cauchy-Schwarz alone
-
-
-def test_the_envelope_bound_is_tighter_when_norms_and_biases_disagree() -> None:
-    """Half the products have large vectors and low biases, half small ones and high biases:
-    ``|u| max|v| + max b`` adds the two, the envelope does not."""
-    rng = np.random.default_rng(5)
-    p, d = 4000, 8
-    vectors = rng.normal(size=(p, d)).astype(np.float32)
-    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    big = rng.random(p) < 0.5
-    vectors[big] *= 4.0
-    bias = np.where(big, 0.0, 4.0).astype(np.float32)
-    none = np.zeros(p, dtype=bool)
-    columns = Columns(np.arange(1, p + 1, dtype=np.int64), none, none.copy())
-    users = np.full((1, d), 1.0 / np.sqrt(d), dtype=np.float32)  # |u| = 1
-    plan = bound.plan(
-        augment_products(vectors, bias), columns, users, head=64, step=16, min_products=128
-    )
-    got = bound.suffix_bounds(np.array([1.0]), plan)[0, 0]
-    assert got == pytest.approx(5.0)  # max(4 + 0, 1 + 4), not 4 + 4
-
-
 def test_every_product_left_out_scores_below_the_list() -> None:
     rng = np.random.default_rng(3)
     n, p, d, k = 200, 3000, 8, 10

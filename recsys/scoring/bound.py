@@ -3,13 +3,8 @@
 A dot-product model scores ``u . v + b`` (a boost's offset is inside ``b``), which is at most
 ``|u| |v| + b`` (Cauchy-Schwarz). :func:`plan` puts the products in the order of that bound
 for a typical user (the median ``|u|``) and records, from every :data:`STEP`-th position on,
-the largest ``|v|`` and the largest ``b`` still to come, and the suffix envelope
-``f_s(a) = max(a |v| + b)`` over the products from that position on, at a grid of user norms
-``a``. ``f_s`` is convex in ``a`` (a maximum of lines), so between two grid norms it lies under
-the chord of its grid values, and beyond the last one its slope is at most the suffix's largest
-``|v|``: one bound for every product after that position, for a user of norm ``a``, which only
-falls along the order. It is much tighter than ``a max|v| + max b`` when the products with the
-largest norms are not those with the largest biases.
+the largest ``|v|`` and the largest ``b`` still to come: one bound for every product after that
+position, which only falls along the order.
 
 :func:`score_by_bound` then cuts one block of users' lists in two steps:
 
@@ -19,17 +14,15 @@ largest norms are not those with the largest biases.
 2. A product whose bound, plus a margin far above float32 rounding (:data:`MARGIN`), is below
    ``t`` scores below the list's k-th product: it can be neither in the list nor tie with its
    last product. So a user needs only the prefix of the order up to the first position whose
-   bound is below their ``t``. The users are grouped by that length, rounded up to the next
-   level (``head``, then :data:`LEVEL_GROWTH` times longer each, the last one the whole
-   catalogue), and each group's prefix is cut by :func:`recsys.scoring.block.score_block`,
-   as the whole catalogue would be.
+   bound is below their ``t``. The users are grouped by that length, rounded up to ``head * 2**j``
+   (the last group is the whole catalogue), and each group's prefix is cut by
+   :func:`recsys.scoring.block.score_block`, as the whole catalogue would be.
 
 The lists are the lists of scoring every product, and so are the rule counts: a masked pair is
 counted when it scores at least as high as the list's last product, which no product left out
 does. How much is left out depends on the model: the more a catalogue's best products stand out
 by norm and bias, the less is scored; at worst every user needs the whole catalogue and the head
-was scored twice. Users with short vectors (folded in from one or two ratings) have flat scores
-and need long prefixes. Per-group caps can push a list below its k-th unconstrained score and
+was scored twice. Per-group caps can push a list below its k-th unconstrained score and
 multiplicative boosts (rating scores) break the bound, so with either :func:`plan` returns None
 and blocks are scored whole; so it does for catalogues too small for prefixes to pay.
 """
@@ -53,13 +46,6 @@ HEAD = 512
 """Products every user of a block is scored against first."""
 STEP = 256
 """Positions between two recorded suffix bounds (the granularity of a user's prefix)."""
-LEVEL_GROWTH = 2**0.5
-"""Each prefix level is this much longer than the one before (rounded up to :data:`STEP`)."""
-GRID_PER_DOUBLING = 4
-"""Grid norms of the suffix envelope per doubling of the user norm."""
-GRID_RANGE = 2**12
-"""The grid spans the sample's largest user norm down to this many times less (then 0)."""
-_BOUND_ROWS = 256
 MIN_PRODUCTS = 8 * HEAD
 """Catalogues smaller than this are scored whole."""
 BLOCK_USERS = 2048
@@ -87,8 +73,7 @@ class BoundOrder:
     products: np.ndarray
     """float32 [d + 1, P]: the augmented product matrix, columns in bound order."""
     levels: tuple[int, ...]
-    """Prefix lengths a user can be given: ``head``, then :data:`LEVEL_GROWTH` times longer
-    each (multiples of ``step``), the last one P."""
+    """Prefix lengths a user can be given: ``head, 2 head, 4 head, ...``, the last one P."""
     columns: tuple[Columns, ...]
     """The run's columns over each level's prefix, in bound order."""
     step: int
@@ -96,10 +81,6 @@ class BoundOrder:
     """float64 [ceil(P / step)]: the largest ``|v|`` from position ``s * step`` on."""
     suffix_bias: np.ndarray
     """float64 [ceil(P / step)]: the largest ``b`` from position ``s * step`` on."""
-    grid: np.ndarray
-    """float64 [m]: increasing user norms, the first 0."""
-    envelope: np.ndarray
-    """float64 [m, ceil(P / step)]: ``max(grid[j] |v| + b)`` from position ``s * step`` on."""
     max_norm: float
     max_bias: float
     """The largest ``|b|`` (for the margin)."""
@@ -118,40 +99,6 @@ def row_norms(vectors: np.ndarray) -> np.ndarray:
     """float64 [n]: the norm of each row of ``vectors`` [n, d]."""
     rows = np.asarray(vectors, dtype=np.float64)
     return np.sqrt(np.einsum("ij,ij->i", rows, rows))
-
-
-def norm_grid(sample_norms: np.ndarray) -> np.ndarray:
-    """float64 [m]: 0, then user norms spaced :data:`GRID_PER_DOUBLING` per doubling from the
-    sample's largest norm down to :data:`GRID_RANGE` times less (any norm is valid above it)."""
-    top = float(np.max(sample_norms)) if len(sample_norms) else 0.0
-    if not np.isfinite(top) or top <= 0.0:
-        return np.array([0.0, 1.0])
-    points = int(np.log2(GRID_RANGE) * GRID_PER_DOUBLING) + 1
-    return np.concatenate([[0.0], np.geomspace(top / GRID_RANGE, top, points)])
-
-
-def suffix_envelope(grid: np.ndarray, norms: np.ndarray, bias: np.ndarray, step: int) -> np.ndarray:
-    """float64 [len(grid), ceil(P / step)]: ``max(a |v| + b)`` over positions ``s * step`` on,
-    for each grid norm ``a`` (``norms`` and ``bias`` in the order)."""
-    out = np.empty((len(grid), -(-len(norms) // step)), dtype=np.float64)
-    for j, a in enumerate(grid.tolist()):
-        line = a * norms + bias
-        out[j] = np.maximum.accumulate(line[::-1])[::-1][::step]
-    return out
-
-
-def suffix_bounds(norms: np.ndarray, plan: BoundOrder) -> np.ndarray:
-    """float64 [n, ceil(P / step)]: a bound of ``u . v + b`` over every product from position
-    ``s * step`` on, for users of these norms (see the module; without the margin)."""
-    grid, envelope = plan.grid, plan.envelope
-    norms = np.asarray(norms, dtype=np.float64)
-    j = np.clip(np.searchsorted(grid, norms, side="right") - 1, 0, len(grid) - 2)
-    w = np.minimum((norms - grid[j]) / (grid[j + 1] - grid[j]), 1.0)[:, None]
-    chord = envelope[j] * (1.0 - w) + envelope[j + 1] * w
-    beyond = np.maximum(norms - grid[-1], 0.0)[:, None]  # the slope is at most the largest |v|
-    chord += beyond * plan.suffix_norm[None, :]
-    plain = norms[:, None] * plan.suffix_norm[None, :] + plan.suffix_bias[None, :]
-    return np.minimum(chord, plain)
 
 
 def _taken(columns: Columns, index: np.ndarray | slice) -> Columns:
@@ -195,18 +142,15 @@ def plan(
     norms = _column_norms(products[:-1])
     bias = products[-1].astype(np.float64)
     every = max(1, len(user_vectors) // _NORM_SAMPLE)
-    sample = row_norms(user_vectors[::every])
-    typical = float(np.median(sample)) if len(sample) else 1.0
+    typical = float(np.median(row_norms(user_vectors[::every]))) if len(user_vectors) else 1.0
     order = np.lexsort((np.arange(p), -(typical * norms + bias)))
     position = np.empty(p, dtype=np.int64)
     position[order] = np.arange(p)
     suffix_norm = np.maximum.accumulate(norms[order][::-1])[::-1][::step].copy()
     suffix_bias = np.maximum.accumulate(bias[order][::-1])[::-1][::step].copy()
-    grid = norm_grid(sample)
     levels = [head]
     while levels[-1] < p:
-        longer = int(np.ceil(levels[-1] * LEVEL_GROWTH / step)) * step
-        levels.append(min(p, max(longer, levels[-1] + step)))
+        levels.append(min(p, 2 * levels[-1]))
     ordered = _taken(columns, order)
     return BoundOrder(
         order=order,
@@ -217,8 +161,6 @@ def plan(
         step=step,
         suffix_norm=suffix_norm,
         suffix_bias=suffix_bias,
-        grid=grid,
-        envelope=suffix_envelope(grid, norms[order], bias[order], step),
         max_norm=float(norms.max()),
         max_bias=float(np.abs(bias).max()),
     )
@@ -265,12 +207,9 @@ def prefix_lengths(
         allowed[rows[inside], positions[inside]] = -np.inf
     threshold = kth_largest(allowed, k).astype(np.float64)
     margin = MARGIN * (norms * plan.max_norm + plan.max_bias)
-    steps = np.empty(n, dtype=np.int64)
-    for start in range(0, n, _BOUND_ROWS):  # [rows, P / step] float64 arrays, a few at a time
-        rows = slice(start, start + _BOUND_ROWS)
-        bound = suffix_bounds(norms[rows], plan)
-        bound += margin[rows, None]
-        steps[rows] = (bound >= threshold[rows, None]).sum(axis=1)  # the bound falls: a prefix
+    bound = norms[:, None] * plan.suffix_norm[None, :] + plan.suffix_bias[None, :]
+    bound += margin[:, None]
+    steps = (bound >= threshold[:, None]).sum(axis=1)  # the bound falls: a prefix of steps
     p = plan.products.shape[1]
     return np.clip(steps * plan.step, head, p)
 
