@@ -11,9 +11,9 @@ users, users folded in from 2, 3 or 5 products of random trained users' historie
 0.6, 0.3, 0.1; a shop's users outside the training filter), with those products as rated.
 
 In the same run, on the same users (20 random rated products masked per user, or the folded
-users' own; two blocks at a
-time, each with a one-thread BLAS, as the local runner scores; blocks of ``users_per_block``
-users for every product, of ``bound.BLOCK_USERS`` for prefixes, as the nightly run sizes them):
+users' own; two blocks at a time, each with a one-thread BLAS, as the local runner scores;
+blocks of ``users_per_block`` users for every product, of ``bound.BLOCK_USERS`` for prefixes,
+as the nightly run sizes them):
 
 1. numpy's 2048^2 float32 matmul, the machine's reference;
 2. ``dot_scores`` + ``score_block`` over every product;
@@ -30,6 +30,7 @@ scores (recomputed in float64) within 1e-6 of the score scale.
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import threading
 import time
@@ -54,12 +55,17 @@ def numpy_matmul_flops(n: int = 2048) -> float:
     return 2 * n**3 / best
 
 
+@functools.cache
+def _model(model_dir: Path):
+    """The model in ``model_dir/model``, loaded once."""
+    from recsys.model import catalog
+
+    return catalog.load(model_dir / "model")
+
+
 def factors(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     if args.model_dir is not None:
-        from recsys.model import catalog
-
-        recommender = catalog.load(args.model_dir / "model")
-        users, products, bias = recommender.score_factors()
+        users, products, bias = _model(args.model_dir).score_factors()
         return (np.asarray(a, dtype=np.float32) for a in (users, products, bias))
     rng = np.random.default_rng(0)
     users = rng.normal(size=(args.users, args.dim)).astype(np.float32)
@@ -70,9 +76,7 @@ def factors(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray, np.ndarra
 
 def folded_users(model_dir: Path, pick: np.ndarray, rng: np.random.Generator):
     """(vectors, (rows, products)): one folded-in user per picked trained user (see above)."""
-    from recsys.model import catalog
-
-    recommender = catalog.load(model_dir / "model")
+    recommender = _model(model_dir)
     history = recommender.history.tocsr()
     rows, items = [], []
     for row, user in enumerate(pick.tolist()):
@@ -134,12 +138,13 @@ def main() -> None:
     pick = np.sort(rng.choice(len(all_users), min(args.users, len(all_users)), replace=False))
     users = all_users[pick]
     n_users, (n_products, dim) = len(users), vectors.shape
-    rated_of = (
-        np.repeat(np.arange(n_users), 20),
-        rng.integers(0, n_products, n_users * 20),
-    )  # 20 per user
     if args.folded:
         users, rated_of = folded_users(args.model_dir, pick, rng)
+    else:
+        rated_of = (
+            np.repeat(np.arange(n_users), 20),
+            rng.integers(0, n_products, n_users * 20),
+        )  # 20 per user
     none = np.zeros(n_products, dtype=bool)
     columns = Columns(np.arange(1, n_products + 1, dtype=np.int64), none, none.copy())
     products = augment_products(vectors, bias)
