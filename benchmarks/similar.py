@@ -1,7 +1,9 @@
-"""Benchmark: the similar step's co-rating lists, sparse blocks against dense blocks (not a test).
+"""Benchmark: the similar step's co-rating lists, sparse blocks against dense blocks, and its
+text lists, upper-triangle tiles against whole rows (not a test).
 
     .venv/bin/python benchmarks/similar.py --size notebook
     .venv/bin/python benchmarks/similar.py --size full [--no-write]
+    .venv/bin/python benchmarks/similar.py --kind text --size full [--no-write]
 
 Rating pairs shaped like ``benchmarks/electronics.py``'s sizes, drawn here with numpy (no
 database): users' rating counts from a log-normal activity (the sample's sigma), products by
@@ -17,6 +19,13 @@ In the same run, on the same products:
 
 Prints products/s of both and their ratio, checks that both give the same lists on the
 products the reference did, and writes the figures to ``benchmarks/RESULTS.md``.
+
+``--kind text``: 100-dimension vectors for the shape's products, drawn around 200 centres like
+averaged word vectors of a few topics, every 50th product unavailable. The reference is the
+whole-row path (a block of products against the catalogue per matmul, what ``text_lists``
+does for small catalogues and did before the tiles) for ``--reference-s`` seconds; then
+``text_lists`` on every product; same lists required on the reference's products. The
+matmul speed of one 2048 x 2048 tile is printed beside them.
 """
 
 from __future__ import annotations
@@ -36,6 +45,7 @@ SIZES = {
     "full": {"users": 9_840_000, "products": 786_000, "ratings": 20_994_353, "sigma": 1.6},
 }
 MARKER = "## Similar products by co-rating: sparse blocks against dense blocks"
+TEXT_MARKER = "## Similar products by text: upper-triangle tiles against whole rows"
 
 
 def pairs(shape: dict, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -75,12 +85,90 @@ def dense_lists(product_ids, rating_users, rating_products, allowed, k, stop_aft
             return
 
 
+def text_vectors(products: int, seed: int = 0) -> np.ndarray:
+    """float32 [products, 100] around 200 random centres."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((200, 100)).astype(np.float32)
+    noise = rng.standard_normal((products, 100), dtype=np.float32)
+    return centres[rng.integers(0, 200, products)] * np.float32(0.7) + noise
+
+
+def text_main(args: argparse.Namespace) -> None:
+    from recsys.scoring.similar import TILE, K, _lists, text_lists
+
+    n = SIZES[args.size]["products"]
+    vectors = text_vectors(n)
+    product_ids = np.arange(n, dtype=np.int64) * 3 + 1
+    allowed = np.ones(n, dtype=bool)
+    allowed[::50] = False
+    unit = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    rows, cols = np.ascontiguousarray(unit[:TILE]), np.ascontiguousarray(unit[TILE : 2 * TILE])
+    rows @ cols.T  # warm-up; two operands, as the tiles off the diagonal (A @ A.T is syrk)
+    t0 = time.perf_counter()
+    for _ in range(5):
+        rows @ cols.T
+    gflops = 5 * 2 * TILE * TILE * unit.shape[1] / (time.perf_counter() - t0) / 1e9
+    print(f"{n:,} products, dim {unit.shape[1]}; one {TILE}^2 tile matmul: {gflops:.0f} GFLOP/s")
+
+    block = max(64, min(2048, (16 << 20) // (4 * max(1, n))))
+    t0 = time.perf_counter()
+    reference = []
+    for result in _lists(lambda a, b: unit[a:b] @ unit.T, n, product_ids, allowed, K, block):
+        reference.append(result)
+        if time.perf_counter() - t0 > args.reference_s:
+            break
+    whole_s = time.perf_counter() - t0
+    done = reference[-1][4]
+    whole_rate = done / whole_s
+    print(f"whole rows: {done:,} products in {whole_s:.1f} s, {whole_rate:,.0f} products/s")
+
+    t0 = time.perf_counter()
+    kept = []
+    for rows, ranks, cols, values, _done, _pairs in text_lists(product_ids, vectors, allowed, K):
+        mine = rows < done
+        kept.append((rows[mine], ranks[mine], cols[mine], values[mine]))
+    tiled_s = time.perf_counter() - t0
+    tiled_rate = n / tiled_s
+    print(
+        f"tiles: {n:,} products in {tiled_s:.1f} s, {tiled_rate:,.0f} products/s, "
+        f"{tiled_rate / whole_rate:.2f}x whole rows"
+    )
+    expected = [np.concatenate([b[i] for b in reference]) for i in range(4)]
+    got = [np.concatenate([b[i] for b in kept]) for i in range(4)]
+    order = np.lexsort((got[1], got[0]))
+    same = all(np.array_equal(g[order], e) for g, e in zip(got, expected, strict=True))
+    print(f"same lists on the first {done:,} products: {same}")
+    if not same:
+        raise SystemExit("the tiled lists differ from the whole-row ones")
+    if args.no_write:
+        return
+    from benchmarks.common import replace_section
+
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    text = (
+        f"{TEXT_MARKER} (`--size {args.size}`)\n\n"
+        f"`benchmarks/similar.py --kind text --size {args.size}`, {when}: {n:,} products, "
+        f"dim {unit.shape[1]}, every 50th unavailable, k = {K}; one {TILE}^2 tile matmul "
+        f"{gflops:.0f} GFLOP/s in the same run.\n\n"
+        "| path | products | seconds | products/s |\n|---|---|---|---|\n"
+        f"| whole rows, {block} per matmul (reference) | {done:,} | {whole_s:.1f} | "
+        f"{whole_rate:,.0f} |\n"
+        f"| upper-triangle tiles | {n:,} | {tiled_s:.1f} | {tiled_rate:,.0f} |\n\n"
+        f"Ratio {tiled_rate / whole_rate:.2f}x; same lists on the reference's products.\n"
+    )
+    replace_section(text, f"{TEXT_MARKER} (`--size {args.size}`)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--size", choices=sorted(SIZES), default="notebook")
+    parser.add_argument("--kind", choices=["co_rating", "text"], default="co_rating")
     parser.add_argument("--reference-s", type=float, default=60.0)
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
+    if args.kind == "text":
+        text_main(args)
+        return
 
     from recsys.scoring.similar import K, co_rating_lists
 

@@ -96,3 +96,69 @@ def test_text_lists_equal_the_dense_cosine_matrix_cut_with_top_k(
     assert [b[4] for b in blocks][-1:] == ([n_products] if n_products else [])
     for g, e in zip(got, expected, strict=True):
         np.testing.assert_array_equal(g, e)
+
+
+@hsettings(max_examples=60, deadline=None)
+@given(
+    n_products=st.integers(0, 60),
+    k=st.integers(1, 6),
+    tile=st.sampled_from([1, 2, 3, 8, 16]),
+    share_allowed=st.sampled_from([0.0, 0.3, 0.9, 1.0]),
+    shuffled_ids=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_tiled_text_lists_equal_the_dense_cosine_matrix_cut_with_top_k(
+    n_products, k, tile, share_allowed, shuffled_ids, seed
+) -> None:
+    """The upper-triangle tiles, read by rows and by columns, give the dense matrix's lists.
+    Vectors of four +-0.5 entries (or zero) have unit norm and exact dot products, so every
+    tile shape gives bit-equal cosines and the many ties test the tie rule exactly."""
+    from recsys.scoring.similar import text_lists, text_pairs
+
+    rng = np.random.default_rng(seed)
+    vectors = np.zeros((n_products, 8), dtype=np.float32)
+    for row in vectors[: max(0, n_products - 1)]:  # the last one stays zero
+        row[rng.choice(8, 4, replace=False)] = rng.choice([-0.5, 0.5], 4)
+    product_ids = rng.choice(10_000, n_products, replace=False).astype(np.int64)
+    if not shuffled_ids:
+        product_ids.sort()
+    allowed = rng.random(n_products) < share_allowed
+    scores = (vectors @ vectors.T).astype(np.float32)
+    scores[:, ~allowed] = -np.inf
+    np.fill_diagonal(scores, -np.inf)
+    expected = top_k(scores, k, product_ids)
+
+    blocks = list(text_lists(product_ids, vectors, allowed, k, tile=tile, tiled_from=0))
+    got = [np.concatenate([b[i] for b in blocks] or [np.zeros(0, np.int64)]) for i in range(4)]
+    order = np.lexsort((got[1], got[0]))
+    assert [b[4] for b in blocks] == sorted({b[4] for b in blocks})
+    assert [b[4:] for b in blocks][-1:] == (
+        [(n_products, text_pairs(n_products, k, tile, 0))] if n_products else []
+    )
+    for g, e in zip(got, expected, strict=True):
+        np.testing.assert_array_equal(g[order], e)
+
+
+def test_tiled_text_lists_equal_whole_rows_on_word_vector_like_data() -> None:
+    """At the production tile size, float vectors: the same lists, scores and ties as scoring
+    whole rows of the catalogue (one matmul per block of rows, the path for small catalogues)."""
+    from recsys.scoring.similar import TILE, _lists, text_lists
+
+    rng = np.random.default_rng(7)
+    n = 2 * TILE + 300
+    centres = rng.standard_normal((40, 100)).astype(np.float32)
+    vectors = centres[rng.integers(0, 40, n)] + 0.8 * rng.standard_normal((n, 100))
+    vectors = vectors.astype(np.float32)
+    vectors[5] = vectors[9]  # an exact tie
+    product_ids = rng.permutation(np.arange(n, dtype=np.int64) * 3 + 1)
+    allowed = rng.random(n) < 0.95
+    unit = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+
+    whole = list(_lists(lambda a, b: unit[a:b] @ unit.T, n, product_ids, allowed, 20, 256))
+    expected = [np.concatenate([b[i] for b in whole]) for i in range(4)]
+    tiled = list(text_lists(product_ids, vectors, allowed, 20, tiled_from=0))
+    got = [np.concatenate([b[i] for b in tiled]) for i in range(4)]
+    order = np.lexsort((got[1], got[0]))
+    assert len(tiled) == 3  # three row blocks: the tiled path ran
+    for g, e in zip(got, expected, strict=True):
+        np.testing.assert_array_equal(g[order], e)

@@ -1,16 +1,17 @@
 """Item-to-item lists: each product's top 20 by text vector and by co-rating, published atomically.
 
-* ``text``: cosine similarity of the products' text vectors in the newest feature set, exact,
-  computed in blocks of products as one float32 matmul each and cut with the project's top-k
-  (:mod:`recsys.data.topk`).
+* ``text``: cosine similarity of the products' text vectors in the newest feature set, exact:
+  float32 matmuls over the upper triangle of the similarity matrix in square tiles, each tile
+  read by its rows and by its columns into running top-k lists, which end up cut exactly like
+  the project's top-k (:mod:`recsys.data.topk`).
 * ``co_rating``: cosine similarity of the products' rater sets, ``|U_i & U_j| /
   sqrt(|U_i| |U_j|)``, from a sparse user x product matrix, kept sparse: the cost is the number
   of co-rated pairs; only pairs rated by at least one common user are listed.
 
 Unavailable products are never listed as similar (the view also hides products that became
 unavailable since the build), a product is never similar to itself, and ties go to the lower
-product id. Cost: the text part is ``2 x dim x P^2`` FLOP for P products with vectors, so it
-grows with the square of the catalogue (``recsys run --no-similar`` skips it).
+product id. Cost: the text part is ``dim x P^2`` FLOP for P products with vectors (half the
+pairs), so it grows with the square of the catalogue (``recsys run --no-similar`` skips it).
 
 A build is written like a recommendation run: ``similar_product_runs`` row (``building``),
 rows by COPY and the status ``ready`` in one transaction, then the single-row pointer
@@ -29,7 +30,7 @@ import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from recsys.data.topk import order_candidates, top_k
+from recsys.data.topk import candidates, chunk_maxima, kth_largest, order_candidates, top_k
 from recsys.progress import NO_PROGRESS, ProgressSink
 from recsys.scoring import reads
 
@@ -100,12 +101,154 @@ def _lists(similarity_block, n: int, keys: np.ndarray, allowed: np.ndarray, k: i
         yield r + start, ranks, cols, values, stop
 
 
-def text_lists(product_ids: np.ndarray, vectors: np.ndarray, allowed: np.ndarray, k: int = K):
-    """(rows, ranks, cols, cosine, products done) of each product's top k by text vector."""
+_KEY_BITS = 21
+_ROW_SHIFT = np.uint64(32 + _KEY_BITS)
+_LOW = (np.uint64(1) << _ROW_SHIFT) - np.uint64(1)
+_KEY_MASK = np.uint64((1 << _KEY_BITS) - 1)
+TILE = 2048
+"""Products per side of a square tile of the text similarity matrix: 2048 x 2048 float32 is
+16 MB, large enough for the matmul's full speed and small enough to stay in cache."""
+TILED_FROM = 100_000
+"""Products from which the tiles are used: with fewer, each product's list meets few tiles, its
+first ones let many candidates through, and the merges cost more than the halved matmul saves
+(``benchmarks/similar.py --kind text`` measures both paths)."""
+
+
+def _code(values: np.ndarray, key_ranks: np.ndarray) -> np.ndarray:
+    """uint64 codes that sort like (score descending, key ascending): the score's bits turned
+    into an order-preserving unsigned integer and flipped, above the key's rank (< 2**21)."""
+    bits = (values + np.float32(0.0)).view(np.uint32)  # + 0.0 turns -0.0 into 0.0
+    rising = np.where(bits >> np.uint32(31), ~bits, bits | np.uint32(0x80000000))
+    falling = (np.uint32(0xFFFFFFFF) - rising).astype(np.uint64)
+    return (falling << np.uint64(_KEY_BITS)) | key_ranks.astype(np.uint64)
+
+
+def _score(codes: np.ndarray) -> np.ndarray:
+    """The float32 score of each :func:`_code`."""
+    rising = np.uint32(0xFFFFFFFF) - (codes >> np.uint64(_KEY_BITS)).astype(np.uint32)
+    bits = np.where(rising >> np.uint32(31), rising & np.uint32(0x7FFFFFFF), ~rising)
+    return bits.view(np.float32)
+
+
+_EMPTY = _code(np.array([-np.inf], np.float32), np.array([(1 << _KEY_BITS) - 1]))[0]
+
+
+def _merge(best, threshold, row0: int, scores: np.ndarray, col0: int, key_rank, k: int) -> None:
+    """Merge one tile (rows ``row0 ...``, columns ``col0 ...``) into the running lists.
+
+    ``best[i]`` holds row i's best k codes so far, ascending (``_EMPTY`` pads), and
+    ``threshold[i]`` the score of the k-th (``-inf`` while fewer). Only tile scores >= the
+    row's threshold can enter a list, and they are read only from chunks whose maximum reaches
+    it (:func:`recsys.data.topk.candidates`); on a row's first tile the threshold is the k-th
+    largest chunk maximum, a lower bound of the tile's own k-th score."""
+    n_rows, n_cols = scores.shape
+    if n_rows == 0 or n_cols == 0:
+        return
+    maxima = chunk_maxima(scores)
+    floor = threshold[row0 : row0 + n_rows]
+    fresh = np.flatnonzero(floor == -np.inf)
+    if len(fresh):
+        floor = floor.copy()
+        floor[fresh] = kth_largest(maxima[fresh], k)
+    rows, cols, values = candidates(scores, floor, maxima)
+    if len(rows) == 0:
+        return
+    touched = np.unique(rows)
+    new = (rows.astype(np.uint64) << _ROW_SHIFT) | _code(values, key_rank[cols + col0])
+    old = (touched.astype(np.uint64)[:, None] << _ROW_SHIFT) | best[row0 + touched]
+    merged = np.sort(np.concatenate([new, old.ravel()]))
+    row = (merged >> _ROW_SHIFT).astype(np.int64)
+    rank = np.arange(len(merged)) - np.searchsorted(row, row)
+    within = rank < k
+    best[row[within] + row0, rank[within]] = merged[within] & _LOW
+    threshold[row0 + touched] = _score(best[row0 + touched, k - 1])
+
+
+def _tiled_text_lists(product_ids, unit: np.ndarray, allowed: np.ndarray, k: int, tile: int):
+    """The text lists from the upper triangle of the similarity matrix, tile by tile.
+
+    Cosine is symmetric, so each tile ``(i, j)`` with ``j >= i`` is computed once and read
+    twice: by its rows (row block i's lists) and, transposed, by its columns (block j's).
+    Available products are put first, so an available column range is a prefix of each tile
+    and tiles of unavailable products against each other are skipped. Row block i's lists are
+    final once its own tiles are done: every earlier block has already passed its columns."""
+    n = len(unit)
+    perm = np.concatenate([np.flatnonzero(allowed), np.flatnonzero(~allowed)])
+    n_ok = int(np.count_nonzero(allowed))
+    v = np.ascontiguousarray(unit[perm])
+    by_key = np.argsort(np.asarray(product_ids)[perm], kind="stable")
+    key_rank = np.empty(n, dtype=np.int64)
+    key_rank[by_key] = np.arange(n)
+    best = np.full((n, k), _EMPTY, dtype=np.uint64)
+    threshold = np.full(n, -np.inf, dtype=np.float32)
+    pairs = 0
+    for a in range(0, n, tile):
+        b = min(n, a + tile)
+        for c in range(a, n, tile):
+            d = min(n, c + tile)
+            if a >= n_ok and c >= n_ok:
+                break
+            s = v[a:b] @ v[c:d].T
+            if c == a:
+                np.fill_diagonal(s, -np.inf)
+            _merge(best, threshold, a, s[:, : max(0, min(d, n_ok) - c)], c, key_rank, k)
+            if c > a:
+                _merge(best, threshold, c, s[: max(0, min(b, n_ok) - a)].T, a, key_rank, k)
+        pairs += (b - a) * (n - a)  # the row block's part of the triangle, skipped tiles too
+        codes = best[a:b]
+        scores = _score(codes)
+        rows, ranks = np.nonzero(scores > -np.inf)
+        cols = by_key[(codes[rows, ranks] & _KEY_MASK).astype(np.int64)]
+        yield perm[rows + a], ranks + 1, perm[cols], scores[rows, ranks], b, pairs
+
+
+def _tiled(n: int, k: int, tile: int, tiled_from: int) -> bool:
+    return k >= 1 and max(tile, tiled_from - 1) < n < 1 << _KEY_BITS
+
+
+def text_pairs(n: int, k: int = K, tile: int = TILE, tiled_from: int = TILED_FROM) -> int:
+    """The pairs :func:`text_lists` covers for n products (its progress total): the upper
+    triangle of the tiles, or every pair where it scores whole rows."""
+    if not _tiled(n, k, tile, tiled_from):
+        return n * n
+    return sum((min(n, a + tile) - a) * (n - a) for a in range(0, n, tile))
+
+
+def text_lists(
+    product_ids: np.ndarray,
+    vectors: np.ndarray,
+    allowed: np.ndarray,
+    k: int = K,
+    tile: int = TILE,
+    tiled_from: int = TILED_FROM,
+):
+    """(rows, ranks, cols, cosine, products done, pairs done) of each product's top k by text
+    vector, in blocks of products.
+
+    Below ``tiled_from`` products (or ``tile``), and from ``2**21`` products on, where a key's
+    rank no longer fits :func:`_code`, it scores whole rows, a block of products against the
+    catalogue per matmul. Otherwise it computes the upper triangle in square tiles
+    (:func:`_tiled_text_lists`): half the FLOP, each tile at the matmul's full speed, the
+    lists kept as running top-k per product. Either way the lists are those of the whole
+    cosine matrix cut with :func:`recsys.data.topk.top_k` (ties to the lower product id), as
+    long as the BLAS gives a pair the same float32 dot product in a tile as in a whole row;
+    numpy's OpenBLAS does at these shapes (the tests compare both paths bit for bit). A
+    block's rows are in no particular order.
+
+    Raises:
+        ValueError: ``tile`` above 2048 (a tile row must fit the codes' 11 row bits).
+    """
+    if tile > 1 << (64 - int(_ROW_SHIFT)):
+        raise ValueError(f"tile {tile} is above {1 << (64 - int(_ROW_SHIFT))}")
     v = np.asarray(vectors, dtype=np.float32)
     v = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
-    block = max(64, min(2048, (16 << 20) // (4 * max(1, len(v)))))
-    yield from _lists(lambda a, b: v[a:b] @ v.T, len(v), product_ids, allowed, k, block)
+    n = len(v)
+    if _tiled(n, k, tile, tiled_from):
+        yield from _tiled_text_lists(product_ids, v, np.asarray(allowed, dtype=bool), k, tile)
+        return
+    block = max(64, min(2048, (16 << 20) // (4 * max(1, n))))
+    for result in _lists(lambda a, b: v[a:b] @ v.T, n, product_ids, allowed, k, block):
+        yield (*result, result[4] * n)
 
 
 def rater_matrices(product_ids: np.ndarray, rating_users: np.ndarray, rating_products: np.ndarray):
@@ -181,8 +324,9 @@ def build_similar(
         engine: the database.
         keep: builds kept (the published one always is).
         k: products per list.
-        progress: a :mod:`recsys.progress` sink; phases ``similar by text`` and ``similar by
-            co-rating``, in products.
+        progress: a :mod:`recsys.progress` sink; phases ``similar by text``, in product
+            pairs computed (products done as a field), and ``similar by co-rating``, in
+            products.
 
     Returns:
         What was written and which build was served before.
@@ -213,12 +357,14 @@ def build_similar(
                 if text is not None:
                     ids, vectors = text
                     allowed = ~np.isin(ids, unavailable)
-                    progress.start("similar by text", len(ids), "products")
-                    for rows, ranks, cols, values, done in text_lists(ids, vectors, allowed, k):
+                    progress.start("similar by text", text_pairs(len(ids), k), "pairs")
+                    for rows, ranks, cols, values, done, pairs in text_lists(
+                        ids, vectors, allowed, k
+                    ):
                         copy.write(_encode(run_id, "text", ids[rows], ranks, ids[cols], values))
                         n_rows += len(rows)
                         counts["text"] += len(np.unique(rows))
-                        progress.update(done)
+                        progress.update(pairs, products=done)
                 if len(r_users):
                     ids = np.unique(r_products)
                     allowed = ~np.isin(ids, unavailable)
