@@ -4,6 +4,7 @@ the project's top-k: same products, same order, same ties, same scores."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
@@ -139,9 +140,11 @@ def test_tiled_text_lists_equal_the_dense_cosine_matrix_cut_with_top_k(
         np.testing.assert_array_equal(g[order], e)
 
 
-def test_tiled_text_lists_equal_whole_rows_on_word_vector_like_data() -> None:
-    """At the production tile size, float vectors: the same lists, scores and ties as scoring
-    whole rows of the catalogue (one matmul per block of rows, the path for small catalogues)."""
+@pytest.mark.parametrize("threads", [1, 2])
+def test_tiled_text_lists_equal_whole_rows_on_word_vector_like_data(threads: int) -> None:
+    """At the production tile size, float vectors, tiles in this thread (a threaded BLAS) or two
+    at a time (one-thread BLAS each): the same lists, scores and ties as scoring whole rows of
+    the catalogue (one matmul per block of rows, the path for small catalogues)."""
     from recsys.scoring.similar import TILE, _lists, text_lists
 
     rng = np.random.default_rng(7)
@@ -156,7 +159,7 @@ def test_tiled_text_lists_equal_whole_rows_on_word_vector_like_data() -> None:
 
     whole = list(_lists(lambda a, b: unit[a:b] @ unit.T, n, product_ids, allowed, 20, 256))
     expected = [np.concatenate([b[i] for b in whole]) for i in range(4)]
-    tiled = list(text_lists(product_ids, vectors, allowed, 20, tiled_from=0))
+    tiled = list(text_lists(product_ids, vectors, allowed, 20, tiled_from=0, threads=threads))
     got = [np.concatenate([b[i] for b in tiled]) for i in range(4)]
     order = np.lexsort((got[1], got[0]))
     assert len(tiled) == 3  # three row blocks: the tiled path ran

@@ -24,12 +24,14 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from dataclasses import dataclass
 
 import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from recsys.blas import local_cores
 from recsys.data.topk import candidates, chunk_maxima, kth_largest, order_candidates, top_k
 from recsys.progress import NO_PROGRESS, ProgressSink
 from recsys.scoring import reads
@@ -108,7 +110,7 @@ _KEY_MASK = np.uint64((1 << _KEY_BITS) - 1)
 TILE = 2048
 """Products per side of a square tile of the text similarity matrix: 2048 x 2048 float32 is
 16 MB, large enough for the matmul's full speed and small enough to stay in cache."""
-TILED_FROM = 100_000
+TILED_FROM = 40_000
 """Products from which the tiles are used: with fewer, each product's list meets few tiles, its
 first ones let many candidates through, and the merges cost more than the halved matmul saves
 (``benchmarks/similar.py --kind text`` measures both paths)."""
@@ -133,26 +135,36 @@ def _score(codes: np.ndarray) -> np.ndarray:
 _EMPTY = _code(np.array([-np.inf], np.float32), np.array([(1 << _KEY_BITS) - 1]))[0]
 
 
-def _merge(best, threshold, row0: int, scores: np.ndarray, col0: int, key_rank, k: int) -> None:
-    """Merge one tile (rows ``row0 ...``, columns ``col0 ...``) into the running lists.
+def _tile_candidates(threshold, row0: int, scores: np.ndarray, k: int):
+    """The scores of one tile (rows ``row0 ...``) that can enter their rows' lists: those >=
+    the row's threshold (``threshold[i]``, the score of row i's k-th best so far, or any lower
+    bound of it), read only from chunks whose maximum reaches it
+    (:func:`recsys.data.topk.candidates`). On a row without k scores yet the threshold is the
+    k-th largest chunk maximum, a lower bound of the tile's own k-th score. A threshold read
+    while another thread raises it is still a lower bound, so the candidates are complete.
 
-    ``best[i]`` holds row i's best k codes so far, ascending (``_EMPTY`` pads), and
-    ``threshold[i]`` the score of the k-th (``-inf`` while fewer). Only tile scores >= the
-    row's threshold can enter a list, and they are read only from chunks whose maximum reaches
-    it (:func:`recsys.data.topk.candidates`); on a row's first tile the threshold is the k-th
-    largest chunk maximum, a lower bound of the tile's own k-th score."""
+    Returns:
+        (rows, columns, values) within the tile, or None when there are none.
+    """
     n_rows, n_cols = scores.shape
     if n_rows == 0 or n_cols == 0:
-        return
+        return None
     maxima = chunk_maxima(scores)
-    floor = threshold[row0 : row0 + n_rows]
+    floor = threshold[row0 : row0 + n_rows].copy()
     fresh = np.flatnonzero(floor == -np.inf)
     if len(fresh):
-        floor = floor.copy()
         floor[fresh] = kth_largest(maxima[fresh], k)
     rows, cols, values = candidates(scores, floor, maxima)
-    if len(rows) == 0:
+    return (rows, cols, values) if len(rows) else None
+
+
+def _merge(best, threshold, row0: int, col0: int, found, key_rank) -> None:
+    """Merge a tile's candidates (rows ``row0 ...``, columns ``col0 ...``) into the running
+    lists: ``best[i]`` holds row i's best k codes so far, ascending (``_EMPTY`` pads)."""
+    if found is None:
         return
+    rows, cols, values = found
+    k = best.shape[1]
     touched = np.unique(rows)
     new = (rows.astype(np.uint64) << _ROW_SHIFT) | _code(values, key_rank[cols + col0])
     old = (touched.astype(np.uint64)[:, None] << _ROW_SHIFT) | best[row0 + touched]
@@ -164,14 +176,22 @@ def _merge(best, threshold, row0: int, scores: np.ndarray, col0: int, key_rank, 
     threshold[row0 + touched] = _score(best[row0 + touched, k - 1])
 
 
-def _tiled_text_lists(product_ids, unit: np.ndarray, allowed: np.ndarray, k: int, tile: int):
+def _tiled_text_lists(
+    product_ids, unit: np.ndarray, allowed: np.ndarray, k: int, tile: int, threads: int
+):
     """The text lists from the upper triangle of the similarity matrix, tile by tile.
 
     Cosine is symmetric, so each tile ``(i, j)`` with ``j >= i`` is computed once and read
     twice: by its rows (row block i's lists) and, transposed, by its columns (block j's).
     Available products are put first, so an available column range is a prefix of each tile
     and tiles of unavailable products against each other are skipped. Row block i's lists are
-    final once its own tiles are done: every earlier block has already passed its columns."""
+    final once its own tiles are merged: every earlier block has already passed its columns.
+
+    With ``threads`` > 1 the tiles' matmuls and candidate reads run that many at a time, each
+    with a one-thread BLAS (:func:`recsys.scoring.score.ordered_in_threads`), and the merges in
+    this thread, in tile order; the lists do not depend on it."""
+    from recsys.scoring.score import ordered_in_threads
+
     n = len(unit)
     perm = np.concatenate([np.flatnonzero(allowed), np.flatnonzero(~allowed)])
     n_ok = int(np.count_nonzero(allowed))
@@ -181,19 +201,40 @@ def _tiled_text_lists(product_ids, unit: np.ndarray, allowed: np.ndarray, k: int
     key_rank[by_key] = np.arange(n)
     best = np.full((n, k), _EMPTY, dtype=np.uint64)
     threshold = np.full(n, -np.inf, dtype=np.float32)
+    local = threading.local()
+
+    def items():
+        for a in range(0, n, tile):
+            b = min(n, a + tile)
+            for c in range(a, n, tile):
+                if a >= n_ok and c >= n_ok:
+                    break
+                yield a, b, c, min(n, c + tile)
+            yield a, b, None, None  # the row block's end
+
+    def task(item):
+        a, b, c, d = item
+        if c is None:
+            return item, None, None
+        buffer = getattr(local, "buffer", None)
+        if buffer is None:
+            buffer = local.buffer = np.empty(tile * tile, dtype=np.float32)
+        s = np.matmul(v[a:b], v[c:d].T, out=buffer[: (b - a) * (d - c)].reshape(b - a, d - c))
+        if c == a:
+            np.fill_diagonal(s, -np.inf)
+        by_rows = _tile_candidates(threshold, a, s[:, : max(0, min(d, n_ok) - c)], k)
+        by_cols = None
+        if c > a:
+            by_cols = _tile_candidates(threshold, c, s[: max(0, min(b, n_ok) - a)].T, k)
+        return item, by_rows, by_cols
+
+    results = ordered_in_threads(task, items(), threads) if threads > 1 else map(task, items())
     pairs = 0
-    for a in range(0, n, tile):
-        b = min(n, a + tile)
-        for c in range(a, n, tile):
-            d = min(n, c + tile)
-            if a >= n_ok and c >= n_ok:
-                break
-            s = v[a:b] @ v[c:d].T
-            if c == a:
-                np.fill_diagonal(s, -np.inf)
-            _merge(best, threshold, a, s[:, : max(0, min(d, n_ok) - c)], c, key_rank, k)
-            if c > a:
-                _merge(best, threshold, c, s[: max(0, min(b, n_ok) - a)].T, a, key_rank, k)
+    for (a, b, c, _d), by_rows, by_cols in results:
+        if c is not None:
+            _merge(best, threshold, a, c, by_rows, key_rank)
+            _merge(best, threshold, c, a, by_cols, key_rank)
+            continue
         pairs += (b - a) * (n - a)  # the row block's part of the triangle, skipped tiles too
         codes = best[a:b]
         scores = _score(codes)
@@ -221,6 +262,7 @@ def text_lists(
     k: int = K,
     tile: int = TILE,
     tiled_from: int = TILED_FROM,
+    threads: int = 0,
 ):
     """(rows, ranks, cols, cosine, products done, pairs done) of each product's top k by text
     vector, in blocks of products.
@@ -244,7 +286,9 @@ def text_lists(
     v = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
     n = len(v)
     if _tiled(n, k, tile, tiled_from):
-        yield from _tiled_text_lists(product_ids, v, np.asarray(allowed, dtype=bool), k, tile)
+        allowed = np.asarray(allowed, dtype=bool)
+        threads = threads or local_cores()
+        yield from _tiled_text_lists(product_ids, v, allowed, k, tile, threads)
         return
     block = max(64, min(2048, (16 << 20) // (4 * max(1, n))))
     for result in _lists(lambda a, b: v[a:b] @ v.T, n, product_ids, allowed, k, block):
