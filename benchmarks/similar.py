@@ -137,26 +137,45 @@ def text_main(args: argparse.Namespace) -> None:
     got = [np.concatenate([b[i] for b in kept]) for i in range(4)]
     order = np.lexsort((got[1], got[0]))
     same = all(np.array_equal(g[order], e) for g, e in zip(got, expected, strict=True))
+    report(
+        args,
+        same,
+        done,
+        TEXT_MARKER,
+        f"`benchmarks/similar.py --kind text --size {args.size}`, {{when}}: {n:,} products, "
+        f"dim {unit.shape[1]}, every 50th unavailable, k = {K}; one {TILE}^2 tile matmul "
+        f"{gflops:.0f} GFLOP/s in the same run.",
+        [
+            (f"whole rows, {block} per matmul (reference)", done, whole_s),
+            ("upper-triangle tiles", n, tiled_s),
+        ],
+    )
+
+
+def report(args, same: bool, done: int, marker: str, intro: str, rows: list) -> None:
+    """Print whether the lists matched (exit if not) and write the section for ``--size``:
+    ``intro`` (``{when}`` filled in), then the table of (path, products, seconds), reference
+    first, and the ratio of the last path's rate to the reference's."""
     print(f"same lists on the first {done:,} products: {same}")
     if not same:
-        raise SystemExit("the tiled lists differ from the whole-row ones")
+        raise SystemExit("the lists differ from the reference's")
     if args.no_write:
         return
     from benchmarks.common import replace_section
 
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    text = (
-        f"{TEXT_MARKER} (`--size {args.size}`)\n\n"
-        f"`benchmarks/similar.py --kind text --size {args.size}`, {when}: {n:,} products, "
-        f"dim {unit.shape[1]}, every 50th unavailable, k = {K}; one {TILE}^2 tile matmul "
-        f"{gflops:.0f} GFLOP/s in the same run.\n\n"
-        "| path | products | seconds | products/s |\n|---|---|---|---|\n"
-        f"| whole rows, {block} per matmul (reference) | {done:,} | {whole_s:.1f} | "
-        f"{whole_rate:,.0f} |\n"
-        f"| upper-triangle tiles | {n:,} | {tiled_s:.1f} | {tiled_rate:,.0f} |\n\n"
-        f"Ratio {tiled_rate / whole_rate:.2f}x; same lists on the reference's products.\n"
+    table = "".join(
+        f"| {path} | {products:,} | {seconds:.1f} | {products / seconds:,.0f} |\n"
+        for path, products, seconds in rows
     )
-    replace_section(text, f"{TEXT_MARKER} (`--size {args.size}`)")
+    ratio = (rows[-1][1] / rows[-1][2]) / (rows[0][1] / rows[0][2])
+    heading = f"{marker} (`--size {args.size}`)"
+    text = (
+        f"{heading}\n\n{intro.format(when=when)}\n\n"
+        f"| path | products | seconds | products/s |\n|---|---|---|---|\n{table}\n"
+        f"Ratio {ratio:.2f}x; same lists on the reference's products.\n"
+    )
+    replace_section(text, heading)
 
 
 def main() -> None:
@@ -212,24 +231,18 @@ def main() -> None:
         np.array_equal(a, b)
         for a, b in zip(cut(reference, done), cut(sparse_blocks, done), strict=True)
     )
-    print(f"same lists on the first {done:,} products: {same}")
-    if not same:
-        raise SystemExit("the sparse lists differ from the dense ones")
-    if args.no_write:
-        return
-    from benchmarks.common import replace_section
-
-    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    text = (
-        f"{MARKER} (`--size {args.size}`)\n\n"
-        f"`benchmarks/similar.py --size {args.size}`, {when}: "
-        f"{len(users):,} pairs, {len(product_ids):,} products, k = {K}.\n\n"
-        "| path | products | seconds | products/s |\n|---|---|---|---|\n"
-        f"| dense blocks (reference) | {done:,} | {dense_s:.1f} | {dense_rate:,.0f} |\n"
-        f"| sparse blocks | {len(product_ids):,} | {sparse_s:.1f} | {sparse_rate:,.0f} |\n\n"
-        f"Ratio {sparse_rate / dense_rate:.1f}x; same lists on the reference's products.\n"
+    report(
+        args,
+        same,
+        done,
+        MARKER,
+        f"`benchmarks/similar.py --size {args.size}`, {{when}}: "
+        f"{len(users):,} pairs, {len(product_ids):,} products, k = {K}.",
+        [
+            ("dense blocks (reference)", done, dense_s),
+            ("sparse blocks", len(product_ids), sparse_s),
+        ],
     )
-    replace_section(text, f"{MARKER} (`--size {args.size}`)")
 
 
 if __name__ == "__main__":
