@@ -240,6 +240,9 @@ class _SlowModel:
         self.trace = trace
         self.delay = delay
         self.fail = fail
+        self.slow_node: str | None = None
+        """A node whose calls take ``slow_delay`` instead."""
+        self.slow_delay = delay
 
     def score_users(self, users: np.ndarray) -> np.ndarray:
         import ray
@@ -248,7 +251,7 @@ class _SlowModel:
         first = int(users[0])
         with open(self.trace / f"{first}-{node}-{time.monotonic_ns()}.start", "w"):
             pass
-        time.sleep(self.delay)
+        time.sleep(self.slow_delay if node == self.slow_node else self.delay)
         scores = self.inner.score_users(users)
         if self.fail:
             scores[:] = np.nan
@@ -280,7 +283,9 @@ def test_a_worker_node_killed_mid_run_is_retried_on_the_head(
 ) -> None:
     """Ray reruns the lost blocks on the head (max_retries): the run completes and is served,
     with the local engine's lists. The worker node is killed while a block is running on it
-    (the trace shows a start there and no end), and that block then ends on the head."""
+    (the trace shows a start there and no end), and that block then ends on the head. Blocks
+    on the worker node take a minute, so the one running there is still running when the kill
+    lands, however slowly the kill comes on a busy machine."""
     import ray
 
     from recsys.scoring.score import ScoreOptions, score_and_write
@@ -297,6 +302,7 @@ def test_a_worker_node_killed_mid_run_is_retried_on_the_head(
         nodes = {n["NodeManagerPort"]: n["NodeID"] for n in ray.nodes() if n["Alive"]}
         worker = nodes[ray_cluster.worker_ports[0]]
         head = next(node for node in nodes.values() if node != worker)
+        model.recommender.slow_node, model.recommender.slow_delay = worker, 60.0
         killed = []
 
         def on(node: str, suffix: str, before: int | None = None) -> set[str]:
