@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -285,7 +286,8 @@ def test_a_worker_node_killed_mid_run_is_retried_on_the_head(
     with the local engine's lists. The worker node is killed while a block is running on it
     (the trace shows a start there and no end), and that block then ends on the head. Blocks
     on the worker node take a minute, so the one running there is still running when the kill
-    lands, however slowly the kill comes on a busy machine."""
+    lands, however slowly the kill comes on a busy machine; a thread watches the trace for it,
+    whenever it starts."""
     import ray
 
     from recsys.scoring.score import ScoreOptions, score_and_write
@@ -313,17 +315,23 @@ def test_a_worker_node_killed_mid_run_is_retried_on_the_head(
                 if before is None or int(f.stem.split("-")[2]) < before
             }
 
-        def kill_while_the_worker_scores(done: int, total: int) -> None:
-            deadline = time.monotonic() + 5  # else the next block's result tries again
-            while not killed and time.monotonic() < deadline:
+        done = threading.Event()
+
+        def kill_while_the_worker_scores() -> None:
+            while not done.is_set():
                 if on(worker, "start") - on(worker, "end"):  # a block is running there now
                     ray_cluster.kill_worker(0)  # returns once the node's processes are gone
                     killed.append(time.monotonic_ns())
+                    return
                 time.sleep(0.05)
 
-        summary = score_and_write(
-            engine, model, options, force=True, progress=kill_while_the_worker_scores, runner=runner
-        )
+        watcher = threading.Thread(target=kill_while_the_worker_scores, daemon=True)
+        watcher.start()
+        try:
+            summary = score_and_write(engine, model, options, force=True, runner=runner)
+        finally:
+            done.set()
+            watcher.join()
     assert killed and summary.published and summary.n_users == local.n_users
     # a block was running on the worker node when it died, and Ray ran it again on the head.
     # The time is taken after the node's processes are gone, so a block that ended there while
