@@ -108,8 +108,9 @@ _ROW_SHIFT = np.uint64(32 + _KEY_BITS)
 _LOW = (np.uint64(1) << _ROW_SHIFT) - np.uint64(1)
 _KEY_MASK = np.uint64((1 << _KEY_BITS) - 1)
 TILE = 2048
-"""Products per side of a square tile of the text similarity matrix: 2048 x 2048 float32 is
-16 MB, large enough for the matmul's full speed and small enough to stay in cache."""
+"""Products per side of a square tile of the text similarity matrix (2048 x 2048 float32, 16 MB):
+the matmul runs at its full speed at this shape, and a tile row fits the merge codes' 11 row
+bits."""
 TILED_FROM = 40_000
 """Products from which the tiles are used: with fewer, each product's list meets few tiles, its
 first ones let many candidates through, and the merges cost more than the halved matmul saves
