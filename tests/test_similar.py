@@ -165,3 +165,16 @@ def test_tiled_text_lists_equal_whole_rows_on_word_vector_like_data(threads: int
     assert len(tiled) == 3  # three row blocks: the tiled path ran
     for g, e in zip(got, expected, strict=True):
         np.testing.assert_array_equal(g[order], e)
+
+
+def test_the_tiles_start_later_with_one_thread() -> None:
+    """With one core the merges cannot run beside the matmuls, so the tiles start at
+    TILED_FROM_ONE_THREAD products instead of TILED_FROM; the progress total says which path
+    runs (every pair for whole rows, the triangle for tiles)."""
+    from recsys.scoring.similar import TILED_FROM, TILED_FROM_ONE_THREAD, text_pairs
+
+    n = (TILED_FROM + TILED_FROM_ONE_THREAD) // 2
+    assert text_pairs(n, threads=1) == n * n
+    assert text_pairs(n, threads=2) < n * n
+    assert text_pairs(TILED_FROM_ONE_THREAD, threads=1) < TILED_FROM_ONE_THREAD**2
+    assert text_pairs(TILED_FROM - 1, threads=2) == (TILED_FROM - 1) ** 2

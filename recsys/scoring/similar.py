@@ -112,9 +112,11 @@ TILE = 2048
 the matmul runs at its full speed at this shape, and a tile row fits the merge codes' 11 row
 bits."""
 TILED_FROM = 40_000
-"""Products from which the tiles are used: with fewer, each product's list meets few tiles, its
-first ones let many candidates through, and the merges cost more than the halved matmul saves
-(``benchmarks/similar.py --kind text`` measures both paths)."""
+"""Products from which the tiles are used when they run two or more at a time: with fewer, each
+product's list meets few tiles, its first ones let many candidates through, and the merges cost
+more than the halved matmul saves (``benchmarks/similar.py --kind text`` measures both paths)."""
+TILED_FROM_ONE_THREAD = 100_000
+"""The same with one core, where the merges cannot run beside the matmuls."""
 
 
 def _code(values: np.ndarray, key_ranks: np.ndarray) -> np.ndarray:
@@ -244,14 +246,22 @@ def _tiled_text_lists(
         yield perm[rows + a], ranks + 1, perm[cols], scores[rows, ranks], b, pairs
 
 
-def _tiled(n: int, k: int, tile: int, tiled_from: int) -> bool:
+def _threads(threads: int) -> int:
+    return threads or local_cores()
+
+
+def _tiled(n: int, k: int, tile: int, tiled_from: int | None, threads: int) -> bool:
+    if tiled_from is None:
+        tiled_from = TILED_FROM if threads > 1 else TILED_FROM_ONE_THREAD
     return k >= 1 and max(tile, tiled_from - 1) < n < 1 << _KEY_BITS
 
 
-def text_pairs(n: int, k: int = K, tile: int = TILE, tiled_from: int = TILED_FROM) -> int:
+def text_pairs(
+    n: int, k: int = K, tile: int = TILE, tiled_from: int | None = None, threads: int = 0
+) -> int:
     """The pairs :func:`text_lists` covers for n products (its progress total): the upper
     triangle of the tiles, or every pair where it scores whole rows."""
-    if not _tiled(n, k, tile, tiled_from):
+    if not _tiled(n, k, tile, tiled_from, _threads(threads)):
         return n * n
     return sum((min(n, a + tile) - a) * (n - a) for a in range(0, n, tile))
 
@@ -262,15 +272,16 @@ def text_lists(
     allowed: np.ndarray,
     k: int = K,
     tile: int = TILE,
-    tiled_from: int = TILED_FROM,
+    tiled_from: int | None = None,
     threads: int = 0,
 ):
     """(rows, ranks, cols, cosine, products done, pairs done) of each product's top k by text
     vector, in blocks of products.
 
-    Below ``tiled_from`` products (or ``tile``), and from ``2**21`` products on, where a key's
-    rank no longer fits :func:`_code`, it scores whole rows, a block of products against the
-    catalogue per matmul. Otherwise it computes the upper triangle in square tiles
+    Below ``tiled_from`` products (default :data:`TILED_FROM`, or :data:`TILED_FROM_ONE_THREAD`
+    with one thread; ``threads`` 0 = one per core) or ``tile``, and from ``2**21`` products on,
+    where a key's rank no longer fits :func:`_code`, it scores whole rows, a block of products
+    against the catalogue per matmul. Otherwise it computes the upper triangle in square tiles
     (:func:`_tiled_text_lists`): half the FLOP, each tile at the matmul's full speed, the
     lists kept as running top-k per product. Either way the lists are those of the whole
     cosine matrix cut with :func:`recsys.data.topk.top_k` (ties to the lower product id), as
@@ -286,9 +297,9 @@ def text_lists(
     v = np.asarray(vectors, dtype=np.float32)
     v = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
     n = len(v)
-    if _tiled(n, k, tile, tiled_from):
+    threads = _threads(threads)
+    if _tiled(n, k, tile, tiled_from, threads):
         allowed = np.asarray(allowed, dtype=bool)
-        threads = threads or local_cores()
         yield from _tiled_text_lists(product_ids, v, allowed, k, tile, threads)
         return
     block = max(64, min(2048, (16 << 20) // (4 * max(1, n))))
