@@ -119,8 +119,7 @@ def text_main(args: argparse.Namespace) -> None:
             break
     whole_s = time.perf_counter() - t0
     done = reference[-1][4]
-    whole_rate = done / whole_s
-    print(f"whole rows: {done:,} products in {whole_s:.1f} s, {whole_rate:,.0f} products/s")
+    whole_rate = rate_line("whole rows", done, whole_s)
 
     t0 = time.perf_counter()
     kept = []
@@ -128,11 +127,8 @@ def text_main(args: argparse.Namespace) -> None:
         mine = rows < done
         kept.append((rows[mine], ranks[mine], cols[mine], values[mine]))
     tiled_s = time.perf_counter() - t0
-    tiled_rate = n / tiled_s
-    print(
-        f"tiles: {n:,} products in {tiled_s:.1f} s, {tiled_rate:,.0f} products/s, "
-        f"{tiled_rate / whole_rate:.2f}x whole rows"
-    )
+    tiled_rate = rate_line("tiles", n, tiled_s)
+    print(f"{tiled_rate / whole_rate:.2f}x whole rows")
     expected = [np.concatenate([b[i] for b in reference]) for i in range(4)]
     got = [np.concatenate([b[i] for b in kept]) for i in range(4)]
     order = np.lexsort((got[1], got[0]))
@@ -150,6 +146,13 @@ def text_main(args: argparse.Namespace) -> None:
             ("upper-triangle tiles", n, tiled_s),
         ],
     )
+
+
+def rate_line(path: str, products: int, seconds: float) -> float:
+    """Print a path's products, seconds and products/s; return the rate."""
+    rate = products / seconds
+    print(f"{path}: {products:,} products in {seconds:.1f} s, {rate:,.0f} products/s")
+    return rate
 
 
 def report(args, same: bool, done: int, marker: str, intro: str, rows: list) -> None:
@@ -205,8 +208,7 @@ def main() -> None:
     reference = list(dense_lists(product_ids, users, products, allowed, K, args.reference_s))
     dense_s = time.perf_counter() - t0
     done = reference[-1][4]
-    dense_rate = done / dense_s
-    print(f"dense blocks: {done:,} products in {dense_s:.1f} s, {dense_rate:,.0f} products/s")
+    dense_rate = rate_line("dense blocks", done, dense_s)
 
     t0 = time.perf_counter()
     sparse_blocks = []
@@ -216,11 +218,8 @@ def main() -> None:
             sparse_blocks.append(block)
         rows_done = block[4]
     sparse_s = time.perf_counter() - t0
-    sparse_rate = len(product_ids) / sparse_s
-    print(
-        f"sparse blocks: {len(product_ids):,} products in {sparse_s:.1f} s, "
-        f"{sparse_rate:,.0f} products/s, {sparse_rate / dense_rate:.1f}x the dense blocks"
-    )
+    sparse_rate = rate_line("sparse blocks", len(product_ids), sparse_s)
+    print(f"{sparse_rate / dense_rate:.1f}x the dense blocks")
 
     def cut(blocks, n):
         parts = [np.concatenate([b[i] for b in blocks]) for i in range(4)]

@@ -179,9 +179,13 @@ def _merge(best, threshold, row0: int, col0: int, found, key_rank) -> None:
     threshold[row0 + touched] = _score(best[row0 + touched, k - 1])
 
 
-def _tiled_text_lists(
-    product_ids, unit: np.ndarray, allowed: np.ndarray, k: int, tile: int, threads: int
-):
+def _unit(vectors) -> np.ndarray:
+    """float32 rows scaled to unit length (zero rows stay zero)."""
+    v = np.asarray(vectors, dtype=np.float32)
+    return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+
+
+def _tiled_text_lists(product_ids, vectors, allowed: np.ndarray, k: int, tile: int, threads: int):
     """The text lists from the upper triangle of the similarity matrix, tile by tile.
 
     Cosine is symmetric, so each tile ``(i, j)`` with ``j >= i`` is computed once and read
@@ -195,10 +199,10 @@ def _tiled_text_lists(
     this thread, in tile order; the lists do not depend on it."""
     from recsys.scoring.score import ordered_in_threads
 
-    n = len(unit)
+    n = len(vectors)
     perm = np.concatenate([np.flatnonzero(allowed), np.flatnonzero(~allowed)])
     n_ok = int(np.count_nonzero(allowed))
-    v = np.ascontiguousarray(unit[perm])
+    v = _unit(np.asarray(vectors)[perm])  # permuted first: one scaled copy, not two
     by_key = np.argsort(np.asarray(product_ids)[perm], kind="stable")
     key_rank = np.empty(n, dtype=np.int64)
     key_rank[by_key] = np.arange(n)
@@ -294,14 +298,13 @@ def text_lists(
     """
     if tile > 1 << (64 - int(_ROW_SHIFT)):
         raise ValueError(f"tile {tile} is above {1 << (64 - int(_ROW_SHIFT))}")
-    v = np.asarray(vectors, dtype=np.float32)
-    v = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
-    n = len(v)
+    n = len(vectors)
     threads = _threads(threads)
     if _tiled(n, k, tile, tiled_from, threads):
         allowed = np.asarray(allowed, dtype=bool)
-        yield from _tiled_text_lists(product_ids, v, allowed, k, tile, threads)
+        yield from _tiled_text_lists(product_ids, vectors, allowed, k, tile, threads)
         return
+    v = _unit(vectors)
     block = max(64, min(2048, (16 << 20) // (4 * max(1, n))))
     for result in _lists(lambda a, b: v[a:b] @ v.T, n, product_ids, allowed, k, block):
         yield (*result, result[4] * n)
