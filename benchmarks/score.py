@@ -473,14 +473,14 @@ def kernel_speed(
 
     ``threads`` 1: one block at a time, the BLAS threaded; more: that many blocks at a time,
     each with a one-thread BLAS, as the local runner scores a dot-product model
-    (``recsys.scoring.score.ordered_in_threads``). Every block masks 20 rated products per
+    (``recsys.blas.ordered_in_threads``). Every block masks 20 rated products per
     user; with ``rules`` also 2 exclusions per user. FLOP/s counts the matmul's 2 x (dim + 1)
     FLOP per user x product pair.
     """
     import threading
 
+    from recsys.blas import ordered_in_threads
     from recsys.scoring.block import augment_products, dot_scores, score_block, users_per_block
-    from recsys.scoring.score import ordered_in_threads
 
     model = DotModel(n_users, n_products, dim)
     columns = kernel_columns(n_products, rules)

@@ -123,6 +123,7 @@ def main() -> None:
     if args.folded and args.model_dir is None:
         parser.error("--folded needs --model-dir (a ranker's history)")
 
+    from recsys.blas import ordered_in_threads
     from recsys.scoring import bound
     from recsys.scoring.block import (
         Columns,
@@ -131,7 +132,6 @@ def main() -> None:
         score_block,
         users_per_block,
     )
-    from recsys.scoring.score import ordered_in_threads
 
     all_users, vectors, bias = factors(args)
     rng = np.random.default_rng(1)

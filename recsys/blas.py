@@ -1,5 +1,5 @@
-"""The OpenBLAS kernels numpy and scipy use, chosen before either loads, and the cores a
-process may use.
+"""The OpenBLAS kernels numpy and scipy use, chosen before either loads; the cores a process
+may use; and work spread over threads that each run a one-thread BLAS.
 
 The OpenBLAS inside numpy's and scipy's wheels picks its kernels from the CPU when it loads. On
 AMD CPUs with AVX-512 (Zen 4 and later) it picks its AVX2 ``Haswell`` kernels, so every float32
@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable, Iterator
+from typing import Any
 
 AVX512_FLAGS = frozenset({"avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512cd"})
 """CPU flags the ``SkylakeX`` kernels need (Linux ``/proc/cpuinfo`` names)."""
@@ -68,3 +70,31 @@ def local_cores() -> int:
         return len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         return os.cpu_count() or 1
+
+
+def ordered_in_threads(
+    task: Callable[[Any], Any], items: Iterator[Any], threads: int
+) -> Iterator[Any]:
+    """``task(item)`` for every item on ``threads`` threads, results in the order of ``items``.
+
+    The BLAS is limited to one thread meanwhile (the threads are the parallelism); at most
+    ``2 * threads`` items are read ahead of the result being yielded. ``items`` is consumed
+    in the calling thread only (it may read the database).
+    """
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1, "blas"), ThreadPoolExecutor(threads) as pool:
+        pending: deque = deque()
+        try:
+            for item in items:
+                pending.append(pool.submit(task, item))
+                if len(pending) >= 2 * threads:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for future in pending:
+                future.cancel()

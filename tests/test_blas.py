@@ -69,3 +69,47 @@ def test_a_core_type_the_user_set_or_numpy_loaded_first_is_left_alone() -> None:
     assert coretype == "Haswell" and all(a == "Haswell" for a in architectures)
     coretype, _ = _probe({}, before="import numpy\n")
     assert coretype is None
+
+
+def test_work_in_threads_comes_back_in_order_with_a_one_thread_blas() -> None:
+    import threading
+    import time
+
+    import numpy  # noqa: F401  (loads the BLAS that threadpoolctl limits)
+    from threadpoolctl import threadpool_info
+
+    read: list[int] = []
+    seen: list[tuple[int, int]] = []  # (item, items read when its result was yielded)
+    names: set[str] = set()
+
+    def items():
+        for i in range(12):
+            read.append(i)
+            yield i
+
+    def task(i: int) -> tuple[int, list[int]]:
+        time.sleep(0.02 if i % 3 == 0 else 0.0)  # earlier items finish later
+        names.add(threading.current_thread().name)
+        blas_threads = [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"]
+        return i, blas_threads
+
+    for i, blas_threads in blas.ordered_in_threads(task, items(), 2):
+        seen.append((i, len(read)))
+        assert blas_threads and set(blas_threads) == {1}
+    assert [i for i, _ in seen] == list(range(12))
+    assert all(n_read - i <= 1 + 2 * 2 for i, n_read in seen)  # read at most 2 x threads ahead
+    assert threading.current_thread().name not in names and len(names) >= 1
+
+
+def test_work_in_threads_stops_reading_when_the_consumer_stops() -> None:
+    read: list[int] = []
+
+    def items():
+        for i in range(1000):
+            read.append(i)
+            yield i
+
+    results = blas.ordered_in_threads(lambda i: i * i, items(), 2)
+    assert [next(results) for _ in range(3)] == [0, 1, 4]
+    results.close()
+    assert len(read) <= 3 + 2 * 2

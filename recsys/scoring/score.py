@@ -66,7 +66,7 @@ import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from recsys.blas import local_cores
+from recsys.blas import local_cores, ordered_in_threads
 from recsys.data.topk import top_k
 from recsys.errors import DataError, Interrupted, RecsysError
 from recsys.scoring import bound, reads, reasons
@@ -980,34 +980,6 @@ def _buffer_size(part: ScoringPart, block: UserBlock) -> int:
     if part.run.bound_order is not None:
         return users_per_block(n_columns) * n_columns
     return len(block.user_ids) * n_columns
-
-
-def ordered_in_threads(
-    task: Callable[[Any], Any], items: Iterator[Any], threads: int
-) -> Iterator[Any]:
-    """``task(item)`` for every item on ``threads`` threads, results in the order of ``items``.
-
-    The BLAS is limited to one thread meanwhile (the threads are the parallelism); at most
-    ``2 * threads`` items are read ahead of the result being yielded. ``items`` is consumed
-    in the calling thread only (it may read the database).
-    """
-    from collections import deque
-    from concurrent.futures import ThreadPoolExecutor
-
-    from threadpoolctl import threadpool_limits
-
-    with threadpool_limits(1, "blas"), ThreadPoolExecutor(threads) as pool:
-        pending: deque = deque()
-        try:
-            for item in items:
-                pending.append(pool.submit(task, item))
-                if len(pending) >= 2 * threads:
-                    yield pending.popleft().result()
-            while pending:
-                yield pending.popleft().result()
-        finally:
-            for future in pending:
-                future.cancel()
 
 
 def in_threads(part: ScoringPart, blocks: Iterator[UserBlock], threads: int) -> Iterator[BlockRows]:

@@ -31,7 +31,7 @@ import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from recsys.blas import local_cores
+from recsys.blas import local_cores, ordered_in_threads
 from recsys.data.topk import candidates, chunk_maxima, kth_largest, order_candidates, top_k
 from recsys.progress import NO_PROGRESS, ProgressSink
 from recsys.scoring import reads
@@ -195,10 +195,8 @@ def _tiled_text_lists(product_ids, vectors, allowed: np.ndarray, k: int, tile: i
     final once its own tiles are merged: every earlier block has already passed its columns.
 
     With ``threads`` > 1 the tiles' matmuls and candidate reads run that many at a time, each
-    with a one-thread BLAS (:func:`recsys.scoring.score.ordered_in_threads`), and the merges in
+    with a one-thread BLAS (:func:`recsys.blas.ordered_in_threads`), and the merges in
     this thread, in tile order; the lists do not depend on it."""
-    from recsys.scoring.score import ordered_in_threads
-
     n = len(vectors)
     perm = np.concatenate([np.flatnonzero(allowed), np.flatnonzero(~allowed)])
     n_ok = int(np.count_nonzero(allowed))
