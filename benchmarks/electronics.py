@@ -85,10 +85,19 @@ def _watch(command: list[str], env: dict[str, str], log: Path) -> tuple[int, flo
 
 
 def _peak(samples: list, start: datetime | None = None, end: datetime | None = None) -> float:
+    """Peak RSS in MiB of the samples from ``start`` to ``end`` (the whole run without them).
+
+    A step shorter than the polling interval has no sample inside it: its peak is then that of
+    the two samples around it (the last before, the first after), not the whole run's.
+    """
     lo = start.timestamp() if start else float("-inf")
     hi = end.timestamp() if end else float("inf")
     inside = [rss for t, rss in samples if lo <= t <= hi]
-    return max(inside or [rss for _, rss in samples] or [0]) / 2**20
+    if not inside:
+        before = [rss for t, rss in samples if t < lo][-1:]
+        after = [rss for t, rss in samples if t > hi][:1]
+        inside = before + after
+    return max(inside or [0]) / 2**20
 
 
 def _psql() -> str:
