@@ -308,10 +308,12 @@ class RankerRecommender:
         )
         h = np.asarray(tower.history_embedding.embeddings.numpy(), dtype=np.float32)
         users = np.asarray(normalised @ h, dtype=np.float32)
+        del h, normalised
         if tower.use_user_embedding:
-            users = users + tower.user_embedding.embeddings.numpy()
+            users += tower.user_embedding.embeddings.numpy()
         product, bias = tower.product_vectors(self.text)
-        self.user_vectors = users.astype(np.float32)
+        # float32 already: no second copy of every user's vector, the largest array here
+        self.user_vectors = np.asarray(users, dtype=np.float32)
         self.product_vectors = np.asarray(product, dtype=np.float32)
         self.product_bias = np.asarray(bias, dtype=np.float32)
         self.tower = tower
