@@ -107,6 +107,16 @@ def test_scores_equal_the_keras_model_and_round_trip(sample, tmp_path: Path) -> 
     fast = model.score_users(users)
     assert fast.shape == (len(users), data.n_products) and fast.dtype == np.float32
     np.testing.assert_allclose(fast, model.direct_scores(users), rtol=1e-4, atol=1e-4)
+    # in chunks of products (a last chunk shorter than the rest), the tower gives what its
+    # whole-catalogue call gives
+    rows = model.history[users].toarray().astype(np.float32)
+    whole = np.asarray(model.tower((users.astype(np.int32), rows, model.text)))
+    chunked = model.tower.direct_scores(users.astype(np.int32), rows, model.text, chunk=7)
+    np.testing.assert_allclose(chunked, whole, rtol=1e-5, atol=1e-5)
+    vectors, bias = model.tower.catalogue_vectors(model.text, chunk=7)
+    whole_vectors, whole_bias = model.tower.product_vectors(model.text)
+    np.testing.assert_allclose(vectors, np.asarray(whole_vectors), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(bias, np.asarray(whole_bias), rtol=1e-5, atol=1e-6)
     # the scores depend on the product text: replacing the text changes them
     product, bias = model.tower.product_vectors(np.zeros_like(model.text))
     assert not np.allclose(np.asarray(product), model.product_vectors)

@@ -29,6 +29,9 @@ import keras
 import numpy as np
 from keras import ops
 
+CATALOGUE_CHUNK = 65536
+"""Products per step where the tower computes the whole catalogue's vectors or scores."""
+
 
 @keras.saving.register_keras_serializable(package="recsys")
 class RankingTower(keras.Model):
@@ -154,6 +157,42 @@ class RankingTower(keras.Model):
             bias = bias * id_keep
         vectors = ids + projected
         return vectors, bias + text_bias[:, 0]
+
+    def catalogue_vectors(
+        self, text: np.ndarray, chunk: int = CATALOGUE_CHUNK
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`product_vectors` of the whole catalogue as float32 numpy arrays, computed
+        ``chunk`` products at a time, so the tower's intermediates are ``[chunk, dim]`` and not
+        the catalogue's size."""
+        import tensorflow as tf
+
+        vectors = np.empty((self.n_products, self.dim), dtype=np.float32)
+        bias = np.empty(self.n_products, dtype=np.float32)
+        for start in range(0, self.n_products, chunk):
+            stop = min(self.n_products, start + chunk)
+            items = tf.range(start, stop, dtype=tf.int32)
+            part, part_bias = self.gathered_product_vectors(items, text[start:stop])
+            vectors[start:stop] = np.asarray(part)
+            bias[start:stop] = np.asarray(part_bias)
+        return vectors, bias
+
+    def direct_scores(
+        self, users: np.ndarray, history: np.ndarray, text: np.ndarray, chunk: int = CATALOGUE_CHUNK
+    ) -> np.ndarray:
+        """What :meth:`call` returns, float32 ``[len(users), n_products]``, computed ``chunk``
+        products at a time: the same layers, without catalogue-sized intermediates."""
+        import tensorflow as tf
+
+        user = self.user_vectors(users, history)
+        out = np.empty((len(users), self.n_products), dtype=np.float32)
+        for start in range(0, self.n_products, chunk):
+            stop = min(self.n_products, start + chunk)
+            items = tf.range(start, stop, dtype=tf.int32)
+            product, bias = self.gathered_product_vectors(items, text[start:stop])
+            out[:, start:stop] = np.asarray(
+                ops.matmul(user, ops.transpose(product)) + bias[None, :]
+            )
+        return out
 
     def text_only_vectors(self, text: Any) -> Any:
         """Product vectors and biases of products known only by their text (cold products)."""

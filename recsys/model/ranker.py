@@ -311,11 +311,9 @@ class RankerRecommender:
         del h, normalised
         if tower.use_user_embedding:
             users += tower.user_embedding.embeddings.numpy()
-        product, bias = tower.product_vectors(self.text)
         # float32 already: no second copy of every user's vector, the largest array here
         self.user_vectors = np.asarray(users, dtype=np.float32)
-        self.product_vectors = np.asarray(product, dtype=np.float32)
-        self.product_bias = np.asarray(bias, dtype=np.float32)
+        self.product_vectors, self.product_bias = tower.catalogue_vectors(self.text)
         self.tower = tower
         self.history = history
 
@@ -847,8 +845,8 @@ class RankerRecommender:
         """The Keras ranking tower evaluated directly on (users, history rows, text): for tests."""
         self._check()
         users = np.asarray(users, dtype=np.int64)
-        rows = self.history[users].toarray()
-        return np.asarray(self.tower((users.astype(np.int32), rows, self.text)), dtype=np.float32)
+        rows = self.history[users].toarray().astype(np.float32)
+        return self.tower.direct_scores(users.astype(np.int32), rows, self.text)
 
     def score_new_products(self, users: np.ndarray, text: np.ndarray) -> np.ndarray:
         """Products never rated in training, scored through the text path alone."""
