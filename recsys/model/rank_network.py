@@ -158,20 +158,25 @@ class RankingTower(keras.Model):
         vectors = ids + projected
         return vectors, bias + text_bias[:, 0]
 
+    def _catalogue_chunks(self, text: np.ndarray, chunk: int) -> Any:
+        """``(start, stop, vectors, biases)`` of products ``start:stop``, ``chunk`` at a time,
+        through :meth:`gathered_product_vectors` (the same layers as :meth:`product_vectors`)."""
+        import tensorflow as tf
+
+        for start in range(0, self.n_products, chunk):
+            stop = min(self.n_products, start + chunk)
+            items = tf.range(start, stop, dtype=tf.int32)
+            yield (start, stop, *self.gathered_product_vectors(items, text[start:stop]))
+
     def catalogue_vectors(
         self, text: np.ndarray, chunk: int = CATALOGUE_CHUNK
     ) -> tuple[np.ndarray, np.ndarray]:
         """:meth:`product_vectors` of the whole catalogue as float32 numpy arrays, computed
         ``chunk`` products at a time, so the tower's intermediates are ``[chunk, dim]`` and not
         the catalogue's size."""
-        import tensorflow as tf
-
         vectors = np.empty((self.n_products, self.dim), dtype=np.float32)
         bias = np.empty(self.n_products, dtype=np.float32)
-        for start in range(0, self.n_products, chunk):
-            stop = min(self.n_products, start + chunk)
-            items = tf.range(start, stop, dtype=tf.int32)
-            part, part_bias = self.gathered_product_vectors(items, text[start:stop])
+        for start, stop, part, part_bias in self._catalogue_chunks(text, chunk):
             vectors[start:stop] = np.asarray(part)
             bias[start:stop] = np.asarray(part_bias)
         return vectors, bias
@@ -181,14 +186,9 @@ class RankingTower(keras.Model):
     ) -> np.ndarray:
         """What :meth:`call` returns, float32 ``[len(users), n_products]``, computed ``chunk``
         products at a time: the same layers, without catalogue-sized intermediates."""
-        import tensorflow as tf
-
         user = self.user_vectors(users, history)
         out = np.empty((len(users), self.n_products), dtype=np.float32)
-        for start in range(0, self.n_products, chunk):
-            stop = min(self.n_products, start + chunk)
-            items = tf.range(start, stop, dtype=tf.int32)
-            product, bias = self.gathered_product_vectors(items, text[start:stop])
+        for start, stop, product, bias in self._catalogue_chunks(text, chunk):
             out[:, start:stop] = np.asarray(
                 ops.matmul(user, ops.transpose(product)) + bias[None, :]
             )
