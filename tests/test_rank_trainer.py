@@ -315,3 +315,68 @@ def test_validation_equals_the_ndcg_of_the_precomputed_model(use_user_embedding)
     expected = validation_ndcg(trainer.model, fit_part, sample)
     assert expected > 0
     np.testing.assert_allclose(got, expected, rtol=1e-6)
+
+
+def test_averages_in_row_pieces_equal_the_whole_table_expression(monkeypatch) -> None:
+    """LazyAdamW.averages built a few rows at a time gives, bit for bit, the whole-table
+    ``keep * avg + (1 - keep) * w``."""
+    import recsys.model.rank_trainer as rank_trainer
+
+    data = _data(n_users=60, n_products=80, per_user=15)
+    trainer = _trainer(data, row_step=True)
+    for epoch in (1, 2):
+        trainer.run_epoch(epoch, 2, {})
+    optimizer = trainer.optimizer
+    step = int(optimizer.step.numpy())
+    expected = []
+    for var, avg, last in zip(optimizer.variables, optimizer.avg, optimizer.last, strict=True):
+        gap = (step - last.numpy()).astype(np.float64)
+        tail = (1,) * (len(var.shape) - 1)
+        keep = (optimizer.decay**gap).astype(np.float32).reshape((-1,) + tail)
+        value = keep * avg.numpy()
+        value += (1.0 - keep) * var.numpy()
+        expected.append(value)
+    # rows touched at different steps: the gaps differ, so the pieces' keep factors differ
+    assert len(np.unique(step - optimizer.last[1].numpy())) > 1
+    monkeypatch.setattr(rank_trainer, "AVERAGE_CHUNK_BYTES", 3 * 16 * 4)  # 3 rows of dim 16
+    for got, want in zip(optimizer.averages(), expected, strict=True):
+        assert got.dtype == want.dtype and got.shape == want.shape
+        np.testing.assert_array_equal(got, want)
+
+
+def test_best_epoch_weights_spilled_to_disk_train_the_same_tower(monkeypatch, tmp_path) -> None:
+    """With the best epoch's weights kept on disk (every size spills), the epoch search ends
+    with the same weights as with them in memory, and leaves no file behind."""
+    import tempfile
+
+    import recsys.model.rank_trainer as rank_trainer
+    from recsys.evaluation.tuning import internal_rank_split
+
+    data = _data(n_users=60, n_products=80, per_user=15)
+    fit_part, val_part = internal_rank_split(data)
+
+    made: list[str] = []
+    original = rank_trainer.SpilledWeights.__init__
+
+    def recording(self, weights):
+        original(self, weights)
+        made.append(self.folder)
+
+    monkeypatch.setattr(rank_trainer.SpilledWeights, "__init__", recording)
+
+    def search(spill_bytes: int):
+        monkeypatch.setattr(rank_trainer, "SPILL_BYTES", spill_bytes)
+        made.clear()
+        trainer = _trainer(fit_part, row_step=True, eval_every=1, patience=3)
+        result = trainer.run(8, val_part)
+        return result, [v.numpy() for v in trainer.variables], list(made)
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    kept, kept_weights, none_made = search(1 << 40)
+    spilled, spilled_weights, made = search(0)
+    assert none_made == [] and made, "the small run spills nothing, the other every best epoch"
+    assert spilled.epochs == kept.epochs and spilled.validation == kept.validation
+    assert kept.epochs < len(kept.losses), "the best epoch is not the last: the copy matters"
+    for a, b in zip(spilled_weights, kept_weights, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert list(tmp_path.iterdir()) == []

@@ -39,6 +39,8 @@ epoch, the running loss and the last internal-validation NDCG@10.
 from __future__ import annotations
 
 import logging
+import shutil
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -51,6 +53,12 @@ from recsys.model.base import RatingData
 from recsys.progress import NO_PROGRESS, ProgressSink
 
 _log = logging.getLogger(__name__)
+
+AVERAGE_CHUNK_BYTES = 16 << 20
+"""Bytes of a table's rows per piece where :meth:`LazyAdamW.averages` brings them up to date."""
+SPILL_BYTES = 64 << 20
+"""Best-epoch weights larger than this wait on disk during the epoch search
+(:class:`SpilledWeights`), not in memory beside the optimizer's state."""
 
 
 def rating_matrix(data: RatingData, threshold: float | None):
@@ -461,14 +469,26 @@ class LazyAdamW:
         self.last[i].assign(tf.fill(tf.shape(self.last[i]), self.step))
 
     def averages(self) -> list[np.ndarray]:
-        """Every weight's moving average, brought up to the current step."""
+        """Every weight's moving average, brought up to the current step.
+
+        Built in pieces of :data:`AVERAGE_CHUNK_BYTES` rows, so the only whole-table arrays
+        are the results (the same values as the whole-table expression, element by element).
+        """
         out = []
         step = int(self.step.numpy())
         for var, avg, last in zip(self.variables, self.avg, self.last, strict=True):
-            gap = (step - last.numpy()).astype(np.float64)
-            keep = (self.decay**gap).astype(np.float32).reshape((-1,) + (1,) * (len(var.shape) - 1))
-            value = keep * avg.numpy()  # a new array: then added to in place, one temporary
-            value += (1.0 - keep) * var.numpy()
+            rows = int(var.shape[0])
+            value = np.empty(tuple(var.shape), dtype=var.dtype.as_numpy_dtype)
+            row_bytes = max(1, value[:1].nbytes)
+            chunk = max(1, AVERAGE_CHUNK_BYTES // row_bytes)
+            tail = (1,) * (len(var.shape) - 1)
+            for start in range(0, rows, chunk):
+                stop = min(rows, start + chunk)
+                gap = (step - last[start:stop].numpy()).astype(np.float64)
+                keep = (self.decay**gap).astype(np.float32).reshape((-1,) + tail)
+                part = keep * avg[start:stop].numpy()
+                part += (1.0 - keep) * var[start:stop].numpy()
+                value[start:stop] = part
             out.append(value)
         return out
 
@@ -499,6 +519,43 @@ class DenseAdamW:
 
     def averages(self) -> list[np.ndarray]:
         return [a.numpy() for a in self.avg]
+
+
+class SpilledWeights:
+    """A list of weight arrays held in ``.npy`` files of a private temporary folder.
+
+    The epoch search keeps its best epoch's averaged weights until it ends; for a large
+    catalogue they are as large as the tower, so they wait on disk rather than in memory next
+    to the weights, the optimizer's moments and the next evaluation's averages.
+    :meth:`assign` loads them back one array at a time, :meth:`close` removes the folder.
+    """
+
+    def __init__(self, weights: list[np.ndarray]) -> None:
+        self.folder = tempfile.mkdtemp(prefix="recsys-weights-")
+        self.paths = []
+        try:
+            for i, value in enumerate(weights):
+                path = f"{self.folder}/{i}.npy"
+                np.save(path, np.asarray(value), allow_pickle=False)
+                self.paths.append(path)
+        except BaseException:
+            self.close()
+            raise
+
+    def assign(self, variables: list) -> None:
+        """Load the arrays into ``variables`` (same order), one at a time."""
+        for path, variable in zip(self.paths, variables, strict=True):
+            variable.assign(np.load(path, allow_pickle=False))
+
+    def close(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def keep_weights(weights: list[np.ndarray]) -> list[np.ndarray] | SpilledWeights:
+    """``weights`` as they are, or on disk when they exceed :data:`SPILL_BYTES`."""
+    if sum(int(np.asarray(w).nbytes) for w in weights) > SPILL_BYTES:
+        return SpilledWeights(weights)
+    return weights
 
 
 @dataclass(frozen=True)
@@ -800,9 +857,16 @@ class RankerTrainer:
     def use_weights(self, weights: list[np.ndarray]) -> list[np.ndarray]:
         """Load ``weights`` into the tower; returns the weights it held."""
         raw = [v.numpy() for v in self.variables]
+        self.load_weights(weights)
+        return raw
+
+    def load_weights(self, weights: list[np.ndarray] | SpilledWeights) -> None:
+        """Load ``weights`` (arrays, or :func:`keep_weights`'s spilled ones) into the tower."""
+        if isinstance(weights, SpilledWeights):
+            weights.assign(self.variables)
+            return
         for value, variable in zip(weights, self.variables, strict=True):
             variable.assign(value)
-        return raw
 
     def validate(self, validation: RatingData, averages: list[np.ndarray] | None = None) -> float:
         """Internal-validation NDCG@10 of the averaged weights (the weights that would score).
@@ -886,10 +950,25 @@ class RankerTrainer:
         evaluated (when there is ``validation``)
         even off the ``eval_every`` grid, so the best epoch so far is known, and is kept.
         """
+        spilled: list[SpilledWeights] = []
+        try:
+            return self._run(epochs, validation, deadline, spilled)
+        finally:
+            for weights in spilled:
+                weights.close()
+
+    def _run(
+        self,
+        epochs: int,
+        validation: RatingData | None,
+        deadline: float | None,
+        spilled: list[SpilledWeights],
+    ) -> TrainedTower:
+        """:meth:`run`; every spilled best-epoch copy is appended to ``spilled``."""
         losses: list[float] = []
         seconds: list[float] = []
         evaluations: list[tuple[int, float]] = []
-        best: tuple[float, int, list[np.ndarray] | None] = (-1.0, 0, None)
+        best: tuple[float, int, list[np.ndarray] | SpilledWeights | None] = (-1.0, 0, None)
         without_gain = 0
         budget_stop = False
         fields: dict[str, Any] = {}
@@ -909,7 +988,11 @@ class RankerTrainer:
             evaluations.append((epoch, score))
             fields["ndcg"] = score
             if score > best[0] + 1e-4:
-                best = (score, epoch, averages)
+                if isinstance(best[2], SpilledWeights):
+                    best[2].close()
+                best = (score, epoch, keep_weights(averages))
+                if isinstance(best[2], SpilledWeights):
+                    spilled.append(best[2])
             averages = None  # kept only as the best epoch's weights
             _log.info(
                 "ranker epoch %d: loss %.4f, internal validation NDCG@10 %.4f",
@@ -935,9 +1018,9 @@ class RankerTrainer:
             )
         done = len(losses)
         if validation is not None and best[2] is not None:
-            self.use_weights(best[2])
+            self.load_weights(best[2])
             return TrainedTower(
                 self.tower, losses, best[1], evaluations, tuple(seconds), budget_stop
             )
-        self.use_weights(self.optimizer.averages())
+        self.load_weights(self.optimizer.averages())
         return TrainedTower(self.tower, losses, done, evaluations, tuple(seconds), budget_stop)
