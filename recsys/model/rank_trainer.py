@@ -474,6 +474,8 @@ class LazyAdamW:
         Built in pieces of :data:`AVERAGE_CHUNK_BYTES` rows, so the only whole-table arrays
         are the results (the same values as the whole-table expression, element by element).
         """
+        import tensorflow as tf
+
         out = []
         step = int(self.step.numpy())
         for var, avg, last in zip(self.variables, self.avg, self.last, strict=True):
@@ -484,10 +486,13 @@ class LazyAdamW:
             tail = (1,) * (len(var.shape) - 1)
             for start in range(0, rows, chunk):
                 stop = min(rows, start + chunk)
-                gap = (step - last[start:stop].numpy()).astype(np.float64)
+                # a gather reads only these rows; a slice of a scatter-updated variable
+                # copies the whole table first
+                at = tf.range(start, stop)
+                gap = (step - tf.gather(last, at).numpy()).astype(np.float64)
                 keep = (self.decay**gap).astype(np.float32).reshape((-1,) + tail)
-                part = keep * avg[start:stop].numpy()
-                part += (1.0 - keep) * var[start:stop].numpy()
+                part = keep * tf.gather(avg, at).numpy()
+                part += (1.0 - keep) * tf.gather(var, at).numpy()
                 value[start:stop] = part
             out.append(value)
         return out
