@@ -345,8 +345,9 @@ def test_averages_in_row_pieces_equal_the_whole_table_expression(monkeypatch) ->
 
 
 def test_best_epoch_weights_spilled_to_disk_train_the_same_tower(monkeypatch, tmp_path) -> None:
-    """With the best epoch's weights kept on disk (every size spills), the epoch search ends
-    with the same weights as with them in memory, and leaves no file behind."""
+    """With the best epoch's weights kept on disk (every size spills) and read back a few rows
+    at a time, the epoch search ends with the same weights as with them in memory, and leaves
+    no file behind."""
     import tempfile
 
     import recsys.model.rank_trainer as rank_trainer
@@ -372,6 +373,7 @@ def test_best_epoch_weights_spilled_to_disk_train_the_same_tower(monkeypatch, tm
         return result, [v.numpy() for v in trainer.variables], list(made)
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(rank_trainer, "AVERAGE_CHUNK_BYTES", 5 * 16 * 4)  # 5 rows a piece
     kept, kept_weights, none_made = search(1 << 40)
     spilled, spilled_weights, made = search(0)
     assert none_made == [] and made, "the small run spills nothing, the other every best epoch"

@@ -527,30 +527,47 @@ class DenseAdamW:
 
 
 class SpilledWeights:
-    """A list of weight arrays held in ``.npy`` files of a private temporary folder.
+    """A list of weight arrays held in raw files of a private temporary folder.
 
     The epoch search keeps its best epoch's averaged weights until it ends; for a large
     catalogue they are as large as the tower, so they wait on disk rather than in memory next
     to the weights, the optimizer's moments and the next evaluation's averages.
-    :meth:`assign` loads them back one array at a time, :meth:`close` removes the folder.
+    :meth:`assign` writes them back into the variables :data:`AVERAGE_CHUNK_BYTES` of rows at
+    a time, :meth:`close` removes the folder.
     """
 
     def __init__(self, weights: list[np.ndarray]) -> None:
         self.folder = tempfile.mkdtemp(prefix="recsys-weights-")
-        self.paths = []
+        self.files: list[tuple[str, tuple[int, ...], np.dtype]] = []
         try:
             for i, value in enumerate(weights):
-                path = f"{self.folder}/{i}.npy"
-                np.save(path, np.asarray(value), allow_pickle=False)
-                self.paths.append(path)
+                value = np.ascontiguousarray(value)
+                path = f"{self.folder}/{i}.bin"
+                value.tofile(path)
+                self.files.append((path, value.shape, value.dtype))
         except BaseException:
             self.close()
             raise
 
     def assign(self, variables: list) -> None:
-        """Load the arrays into ``variables`` (same order), one at a time."""
-        for path, variable in zip(self.paths, variables, strict=True):
-            variable.assign(np.load(path, allow_pickle=False))
+        """Write the arrays into ``variables`` (same order and shapes), a piece at a time."""
+        import keras
+        import tensorflow as tf
+
+        for (path, shape, dtype), variable in zip(self.files, variables, strict=True):
+            # the TensorFlow variable under a Keras one (scatter updates need it)
+            variable = variable.value if isinstance(variable, keras.Variable) else variable
+            if tuple(variable.shape) != shape:
+                raise ValueError(f"spilled weights of shape {shape} for {tuple(variable.shape)}")
+            rows, row = shape[0], int(np.prod(shape[1:], dtype=np.int64))
+            chunk = max(1, AVERAGE_CHUNK_BYTES // max(1, row * dtype.itemsize))
+            with open(path, "rb") as f:
+                for start in range(0, rows, chunk):
+                    stop = min(rows, start + chunk)
+                    part = np.fromfile(f, dtype=dtype, count=(stop - start) * row)
+                    variable.scatter_nd_update(
+                        tf.range(start, stop)[:, None], part.reshape((stop - start,) + shape[1:])
+                    )
 
     def close(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
