@@ -642,11 +642,15 @@ class TowerScores:
 
 
 def _catalogue(
-    tower: Any, text: np.ndarray, weight: Callable[[Any], Any], chunk: int = 1 << 16
+    tower: Any, text: np.ndarray, weight: Callable[[Any], Any], chunk: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """The tower's product vectors and biases (:meth:`RankingTower.product_vectors`) from the
     values ``weight`` gives, ``chunk`` products at a time into two numpy arrays, so nothing
-    else of the catalogue's size is held beside them."""
+    else of the catalogue's size is held beside them (``chunk``: default the tower's own
+    ``CATALOGUE_CHUNK``)."""
+    from recsys.model.rank_network import CATALOGUE_CHUNK
+
+    chunk = CATALOGUE_CHUNK if chunk is None else chunk
     ids = np.asarray(weight(tower.product_embedding.embeddings), dtype=np.float32)
     id_bias = np.asarray(weight(tower.product_bias.embeddings), dtype=np.float32)[:, 0]
     kernel = np.asarray(weight(tower.text_projection.kernel), dtype=np.float32)
