@@ -468,34 +468,58 @@ class LazyAdamW:
         self.avg[i].assign(avg)
         self.last[i].assign(tf.fill(tf.shape(self.last[i]), self.step))
 
+    def average_pieces(self) -> list[AveragePieces]:
+        """Every weight's moving average, brought up to the current step, as pieces of
+        :data:`AVERAGE_CHUNK_BYTES` of rows (computed when iterated; see :class:`AveragePieces`)."""
+        step = int(self.step.numpy())
+        return [
+            AveragePieces(var, avg, last, step, self.decay)
+            for var, avg, last in zip(self.variables, self.avg, self.last, strict=True)
+        ]
+
     def averages(self) -> list[np.ndarray]:
         """Every weight's moving average, brought up to the current step.
 
         Built in pieces of :data:`AVERAGE_CHUNK_BYTES` rows, so the only whole-table arrays
         are the results (the same values as the whole-table expression, element by element).
         """
+        return [pieces.whole() for pieces in self.average_pieces()]
+
+
+class AveragePieces:
+    """One variable's moving average at ``step`` (``keep * avg + (1 - keep) * w`` with
+    ``keep = decay ** (step - last)`` per row), a piece of rows at a time: iterating yields
+    ``(start, stop, values)`` in row order, each piece computed from the variables then."""
+
+    def __init__(self, var: Any, avg: Any, last: Any, step: int, decay: float) -> None:
+        self.var, self.avg, self.last, self.step, self.decay = var, avg, last, step, decay
+        self.shape = tuple(int(n) for n in var.shape)
+        self.dtype = np.dtype(var.dtype.as_numpy_dtype)
+
+    def __iter__(self):
         import tensorflow as tf
 
-        out = []
-        step = int(self.step.numpy())
-        for var, avg, last in zip(self.variables, self.avg, self.last, strict=True):
-            rows = int(var.shape[0])
-            value = np.empty(tuple(var.shape), dtype=var.dtype.as_numpy_dtype)
-            row_bytes = max(1, value[:1].nbytes)
-            chunk = max(1, AVERAGE_CHUNK_BYTES // row_bytes)
-            tail = (1,) * (len(var.shape) - 1)
-            for start in range(0, rows, chunk):
-                stop = min(rows, start + chunk)
-                # a gather reads only these rows; a slice of a scatter-updated variable
-                # copies the whole table first
-                at = tf.range(start, stop)
-                gap = (step - tf.gather(last, at).numpy()).astype(np.float64)
-                keep = (self.decay**gap).astype(np.float32).reshape((-1,) + tail)
-                part = keep * tf.gather(avg, at).numpy()
-                part += (1.0 - keep) * tf.gather(var, at).numpy()
-                value[start:stop] = part
-            out.append(value)
-        return out
+        rows = self.shape[0]
+        row_bytes = max(1, int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize)
+        chunk = max(1, AVERAGE_CHUNK_BYTES // row_bytes)
+        tail = (1,) * (len(self.shape) - 1)
+        for start in range(0, rows, chunk):
+            stop = min(rows, start + chunk)
+            # a gather reads only these rows; a slice of a scatter-updated variable
+            # copies the whole table first
+            at = tf.range(start, stop)
+            gap = (self.step - tf.gather(self.last, at).numpy()).astype(np.float64)
+            keep = (self.decay**gap).astype(np.float32).reshape((-1,) + tail)
+            part = keep * tf.gather(self.avg, at).numpy()
+            part += (1.0 - keep) * tf.gather(self.var, at).numpy()
+            yield start, stop, part
+
+    def whole(self) -> np.ndarray:
+        """The whole average as one array."""
+        value = np.empty(self.shape, dtype=self.dtype)
+        for start, stop, part in self:
+            value[start:stop] = part
+        return value
 
 
 class DenseAdamW:
@@ -531,50 +555,115 @@ class SpilledWeights:
 
     The epoch search keeps its best epoch's averaged weights until it ends; for a large
     catalogue they are as large as the tower, so they wait on disk rather than in memory next
-    to the weights, the optimizer's moments and the next evaluation's averages.
-    :meth:`assign` writes them back into the variables :data:`AVERAGE_CHUNK_BYTES` of rows at
-    a time, :meth:`close` removes the folder.
+    to the weights, the optimizer's moments and the next evaluation's averages. ``weights``
+    are arrays or :class:`AveragePieces` (written a piece at a time, never whole in memory).
+    :meth:`arrays` reads them back by rows (:class:`SpilledArray`), :meth:`assign` writes them
+    into the variables :data:`AVERAGE_CHUNK_BYTES` of rows at a time, :meth:`close` removes the
+    folder.
     """
 
-    def __init__(self, weights: list[np.ndarray]) -> None:
+    def __init__(self, weights: list[np.ndarray] | list[AveragePieces]) -> None:
         self.folder = tempfile.mkdtemp(prefix="recsys-weights-")
         self.files: list[tuple[str, tuple[int, ...], np.dtype]] = []
         try:
             for i, value in enumerate(weights):
-                value = np.ascontiguousarray(value)
                 path = f"{self.folder}/{i}.bin"
+                if isinstance(value, AveragePieces):
+                    with open(path, "wb") as f:
+                        for _, _, part in value:
+                            np.ascontiguousarray(part, dtype=value.dtype).tofile(f)
+                    self.files.append((path, value.shape, value.dtype))
+                    continue
+                value = np.ascontiguousarray(value)
                 value.tofile(path)
                 self.files.append((path, value.shape, value.dtype))
         except BaseException:
             self.close()
             raise
 
+    def arrays(self) -> list[SpilledArray]:
+        """The weights, each read from its file when used."""
+        return [SpilledArray(path, shape, dtype) for path, shape, dtype in self.files]
+
     def assign(self, variables: list) -> None:
         """Write the arrays into ``variables`` (same order and shapes), a piece at a time."""
         import keras
         import tensorflow as tf
 
-        for (path, shape, dtype), variable in zip(self.files, variables, strict=True):
+        for array, variable in zip(self.arrays(), variables, strict=True):
             # the TensorFlow variable under a Keras one (scatter updates need it)
             variable = variable.value if isinstance(variable, keras.Variable) else variable
-            if tuple(variable.shape) != shape:
-                raise ValueError(f"spilled weights of shape {shape} for {tuple(variable.shape)}")
-            rows, row = shape[0], int(np.prod(shape[1:], dtype=np.int64))
-            chunk = max(1, AVERAGE_CHUNK_BYTES // max(1, row * dtype.itemsize))
-            with open(path, "rb") as f:
-                for start in range(0, rows, chunk):
-                    stop = min(rows, start + chunk)
-                    part = np.fromfile(f, dtype=dtype, count=(stop - start) * row)
-                    variable.scatter_nd_update(
-                        tf.range(start, stop)[:, None], part.reshape((stop - start,) + shape[1:])
-                    )
+            if tuple(variable.shape) != array.shape:
+                raise ValueError(
+                    f"spilled weights of shape {array.shape} for {tuple(variable.shape)}"
+                )
+            for start, stop, part in array.pieces():
+                variable.scatter_nd_update(tf.range(start, stop)[:, None], part)
 
     def close(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
-def keep_weights(weights: list[np.ndarray]) -> list[np.ndarray] | SpilledWeights:
-    """``weights`` as they are, or on disk when they exceed :data:`SPILL_BYTES`."""
+class SpilledArray:
+    """One array of :class:`SpilledWeights`: read whole (``np.asarray``), by row range
+    (:meth:`rows`), by pieces (:meth:`pieces`) or at chosen rows (:meth:`take`)."""
+
+    def __init__(self, path: str, shape: tuple[int, ...], dtype: np.dtype) -> None:
+        self.path, self.shape, self.dtype = path, tuple(shape), np.dtype(dtype)
+        self.row = int(np.prod(self.shape[1:], dtype=np.int64))
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        value = np.fromfile(self.path, dtype=self.dtype).reshape(self.shape)
+        return value if dtype is None else value.astype(dtype, copy=False)
+
+    def rows(self, start: int, stop: int) -> np.ndarray:
+        """Rows ``start:stop``."""
+        count = max(0, stop - start) * self.row
+        offset = start * self.row * self.dtype.itemsize
+        part = np.fromfile(self.path, dtype=self.dtype, count=count, offset=offset)
+        return part.reshape((max(0, stop - start),) + self.shape[1:])
+
+    def pieces(self):
+        """``(start, stop, rows)`` of :data:`AVERAGE_CHUNK_BYTES` of rows, in order."""
+        chunk = max(1, AVERAGE_CHUNK_BYTES // max(1, self.row * self.dtype.itemsize))
+        for start in range(0, self.shape[0], chunk):
+            stop = min(self.shape[0], start + chunk)
+            yield start, stop, self.rows(start, stop)
+
+    def take(self, index: np.ndarray) -> np.ndarray:
+        """The rows at ``index`` (any order), reading the file a piece at a time."""
+        index = np.asarray(index, dtype=np.int64)
+        out = np.empty((len(index),) + self.shape[1:], dtype=self.dtype)
+        order = np.argsort(index, kind="stable")
+        ordered = index[order]
+        for start, stop, part in self.pieces():
+            lo, hi = np.searchsorted(ordered, [start, stop])
+            if hi > lo:
+                out[order[lo:hi]] = part[ordered[lo:hi] - start]
+        return out
+
+
+def _rows_at(value: Any, index: np.ndarray) -> np.ndarray:
+    """Rows ``index`` of an array or a :class:`SpilledArray`."""
+    if isinstance(value, SpilledArray):
+        return value.take(index)
+    return np.asarray(value)[index]
+
+
+def _row_range(value: Any, start: int, stop: int) -> np.ndarray:
+    """Rows ``start:stop`` of an array or a :class:`SpilledArray`."""
+    if isinstance(value, SpilledArray):
+        return value.rows(start, stop)
+    return np.asarray(value)[start:stop]
+
+
+def keep_weights(
+    weights: list[np.ndarray] | SpilledWeights,
+) -> list[np.ndarray] | SpilledWeights:
+    """``weights`` as they are (already on disk, or small), or on disk when they exceed
+    :data:`SPILL_BYTES`."""
+    if isinstance(weights, SpilledWeights):
+        return weights
     if sum(int(np.asarray(w).nbytes) for w in weights) > SPILL_BYTES:
         return SpilledWeights(weights)
     return weights
@@ -619,12 +708,21 @@ class TowerScores:
 
         if weight is None:
             weight = _current
+        history = sparse.csr_matrix(history)
         counts = np.asarray(history.sum(axis=1)).ravel()
         scale = sparse.diags(1.0 / np.sqrt(np.maximum(counts, 1.0))).astype(np.float32)
-        h = np.asarray(weight(tower.history_embedding.embeddings), dtype=np.float32)
-        vectors = np.asarray((scale @ history) @ h, dtype=np.float32)
+        # only the history rows these users pooled, the entries kept in their stored order
+        touched = np.unique(history.indices)
+        pooled = sparse.csr_matrix(
+            (history.data, np.searchsorted(touched, history.indices), history.indptr),
+            shape=(history.shape[0], len(touched)),
+        )
+        h = np.asarray(
+            _rows_at(weight(tower.history_embedding.embeddings), touched), dtype=np.float32
+        )
+        vectors = np.asarray((scale @ pooled) @ h, dtype=np.float32)
         if tower.use_user_embedding:
-            vectors = vectors + np.asarray(weight(tower.user_embedding.embeddings))[users]
+            vectors = vectors + _rows_at(weight(tower.user_embedding.embeddings), users)
         self.users = np.asarray(users, dtype=np.int64)
         self.vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         self.product, self.bias = _catalogue(tower, np.asarray(text, dtype=np.float32), weight)
@@ -651,18 +749,18 @@ def _catalogue(
     from recsys.model.rank_network import CATALOGUE_CHUNK
 
     chunk = CATALOGUE_CHUNK if chunk is None else chunk
-    ids = np.asarray(weight(tower.product_embedding.embeddings), dtype=np.float32)
+    ids = weight(tower.product_embedding.embeddings)  # read a chunk at a time
     id_bias = np.asarray(weight(tower.product_bias.embeddings), dtype=np.float32)[:, 0]
     kernel = np.asarray(weight(tower.text_projection.kernel), dtype=np.float32)
     text_kernel = np.asarray(weight(tower.text_bias.kernel), dtype=np.float32)[:, 0]
     n = ids.shape[0]
-    vectors = np.empty(ids.shape, dtype=np.float32)
+    vectors = np.empty(tuple(ids.shape), dtype=np.float32)
     bias = np.empty(n, dtype=np.float32)
     for start in range(0, n, chunk):
         stop = min(n, start + chunk)
         part = text[start:stop]
         np.matmul(part, kernel, out=vectors[start:stop])
-        vectors[start:stop] += ids[start:stop]
+        vectors[start:stop] += _row_range(ids, start, stop)
         bias[start:stop] = id_bias[start:stop] + part @ text_kernel
     return vectors, bias
 
@@ -913,15 +1011,32 @@ class RankerTrainer:
         for value, variable in zip(weights, self.variables, strict=True):
             variable.assign(value)
 
-    def validate(self, validation: RatingData, averages: list[np.ndarray] | None = None) -> float:
+    def _averages(self) -> list[np.ndarray] | SpilledWeights:
+        """The averaged weights for an evaluation of the epoch search: above
+        :data:`SPILL_BYTES`, written to disk a piece at a time (:class:`SpilledWeights`), so
+        that no whole averaged table is held beside the optimizer's state; else arrays."""
+        if not isinstance(self.optimizer, LazyAdamW):
+            return self.optimizer.averages()
+        pieces = self.optimizer.average_pieces()
+        size = sum(int(np.prod(p.shape, dtype=np.int64)) * p.dtype.itemsize for p in pieces)
+        if size <= SPILL_BYTES:
+            return [p.whole() for p in pieces]
+        return SpilledWeights(pieces)
+
+    def validate(
+        self,
+        validation: RatingData,
+        averages: list[np.ndarray] | SpilledWeights | None = None,
+    ) -> float:
         """Internal-validation NDCG@10 of the averaged weights (the weights that would score).
 
         The figure :func:`~recsys.evaluation.tuning.validation_ndcg` gives for the model
         precomputed with those weights, from the vectors of the sampled validation users only
-        (:class:`TowerScores`: one TensorFlow matmul per batch of users), so an evaluation
-        neither pools every user nor leaves the model's own precomputation changed. The
-        averages (``averages``: ``optimizer.averages()`` already computed) are scored as they
-        are, never loaded into the tower, so an evaluation holds one extra copy of the weights.
+        (:class:`TowerScores`), so an evaluation neither pools every user nor leaves the
+        model's own precomputation changed. The averages (``averages``: ``optimizer.averages()``
+        already computed, or written to disk by :class:`SpilledWeights`) are scored as they
+        are, never loaded into the tower; spilled ones are read a piece at a time (the rows
+        the sampled users pooled, the product rows a chunk at a time).
         """
         from recsys.evaluation.tuning import validation_ndcg
 
@@ -931,7 +1046,8 @@ class RankerTrainer:
         history.data[:] = 1.0
         if averages is None:
             averages = self.optimizer.averages()
-        averaged = {id(v): a for v, a in zip(self.variables, averages, strict=True)}
+        values = averages.arrays() if isinstance(averages, SpilledWeights) else averages
+        averaged = {id(v): a for v, a in zip(self.variables, values, strict=True)}
 
         def weight(variable: Any) -> Any:
             value = averaged.get(id(variable))
@@ -1028,7 +1144,9 @@ class RankerTrainer:
                 if budget_stop:
                     break
                 continue
-            averages = self.optimizer.averages()
+            averages = self._averages()
+            if isinstance(averages, SpilledWeights):
+                spilled.append(averages)
             score = self.validate(validation, averages)
             evaluations.append((epoch, score))
             fields["ndcg"] = score
@@ -1036,8 +1154,10 @@ class RankerTrainer:
                 if isinstance(best[2], SpilledWeights):
                     best[2].close()
                 best = (score, epoch, keep_weights(averages))
-                if isinstance(best[2], SpilledWeights):
+                if isinstance(best[2], SpilledWeights) and best[2] is not averages:
                     spilled.append(best[2])
+            elif isinstance(averages, SpilledWeights):
+                averages.close()
             averages = None  # kept only as the best epoch's weights
             _log.info(
                 "ranker epoch %d: loss %.4f, internal validation NDCG@10 %.4f",
