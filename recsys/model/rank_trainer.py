@@ -693,7 +693,9 @@ class TowerScores:
     from the tower (computed in pieces, :func:`_catalogue`), and a batch's scores are one
     ``U[users] @ V.T + b`` in numpy.
     ``weight`` (variable -> value, as in ``RankingTower.product_vectors``): score those values
-    instead of the tower's current weights, without loading them into it.
+    instead of the tower's current weights, without loading them into it. A value may be a
+    :class:`SpilledArray`: only the history rows the users pooled are read from it, and the
+    product rows a chunk at a time.
     """
 
     def __init__(
