@@ -623,23 +623,27 @@ class SpilledArray:
         part = np.fromfile(self.path, dtype=self.dtype, count=count, offset=offset)
         return part.reshape((max(0, stop - start),) + self.shape[1:])
 
-    def pieces(self):
-        """``(start, stop, rows)`` of :data:`AVERAGE_CHUNK_BYTES` of rows, in order."""
+    def _ranges(self):
+        """``(start, stop)`` of the pieces: :data:`AVERAGE_CHUNK_BYTES` of rows each."""
         chunk = max(1, AVERAGE_CHUNK_BYTES // max(1, self.row * self.dtype.itemsize))
         for start in range(0, self.shape[0], chunk):
-            stop = min(self.shape[0], start + chunk)
+            yield start, min(self.shape[0], start + chunk)
+
+    def pieces(self):
+        """``(start, stop, rows)`` of :data:`AVERAGE_CHUNK_BYTES` of rows, in order."""
+        for start, stop in self._ranges():
             yield start, stop, self.rows(start, stop)
 
     def take(self, index: np.ndarray) -> np.ndarray:
-        """The rows at ``index`` (any order), reading the file a piece at a time."""
+        """The rows at ``index`` (any order), reading only the pieces that hold one."""
         index = np.asarray(index, dtype=np.int64)
         out = np.empty((len(index),) + self.shape[1:], dtype=self.dtype)
         order = np.argsort(index, kind="stable")
         ordered = index[order]
-        for start, stop, part in self.pieces():
+        for start, stop in self._ranges():
             lo, hi = np.searchsorted(ordered, [start, stop])
             if hi > lo:
-                out[order[lo:hi]] = part[ordered[lo:hi] - start]
+                out[order[lo:hi]] = self.rows(start, stop)[ordered[lo:hi] - start]
         return out
 
 
@@ -1017,13 +1021,12 @@ class RankerTrainer:
         """The averaged weights for an evaluation of the epoch search: above
         :data:`SPILL_BYTES`, written to disk a piece at a time (:class:`SpilledWeights`), so
         that no whole averaged table is held beside the optimizer's state; else arrays."""
-        if not isinstance(self.optimizer, LazyAdamW):
-            return self.optimizer.averages()
-        pieces = self.optimizer.average_pieces()
-        size = sum(int(np.prod(p.shape, dtype=np.int64)) * p.dtype.itemsize for p in pieces)
-        if size <= SPILL_BYTES:
-            return [p.whole() for p in pieces]
-        return SpilledWeights(pieces)
+        if isinstance(self.optimizer, LazyAdamW):
+            pieces = self.optimizer.average_pieces()
+            size = sum(int(np.prod(p.shape, dtype=np.int64)) * p.dtype.itemsize for p in pieces)
+            if size > SPILL_BYTES:
+                return SpilledWeights(pieces)
+        return self.optimizer.averages()
 
     def validate(
         self,
